@@ -1,0 +1,26 @@
+//! AMD SEV-SNP evidence: attestation reports, the AMD certificate chain, and verification.
+//!
+//! This is part of Coffer's trust core: no I/O, no `unsafe`. Callers read files and pass bytes;
+//! the verification time is always an argument.
+//!
+//! ```text
+//! Report::decode(bytes) -> Report          (binary, hex or base64; exact ABI layout)
+//! Endorsements::from_{vek,pem_chain,thim_json}
+//! Verifier::new(Roots::amd()?[.with_emulated(..)], allow_emulated).verify(..) -> Verified
+//! ```
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod certs;
+pub mod error;
+pub mod report;
+pub mod time;
+pub mod verify;
+
+pub use certs::{AmdExtensions, Certificate, RsaPssParams};
+pub use error::{CertError, ReportError, VerifyError};
+pub use report::{
+    AttestationReport, Cpuid, GuestPolicy, PlatformInfo, Product, Report, Signature, SignerInfo,
+    SigningKey, TcbComponent, TcbLayout, TcbVersion, REPORT_LEN, SIGNED_LEN,
+};
+pub use verify::{Endorsements, Roots, Tee, TrustedRoot, Verified, Verifier, VerifyOptions};

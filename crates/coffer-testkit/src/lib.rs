@@ -1,0 +1,35 @@
+//! Finds the shared test vectors for tests.
+//!
+//! Vectors are read from `$COFFER_VECTORS`, else `../shared/vectors` beside the workspace. When
+//! neither exists a test prints that it was skipped, unless `COFFER_REQUIRE_VECTORS=1` (CI), which
+//! turns a missing vector into a failure.
+
+use std::path::PathBuf;
+
+/// The vectors directory, or `None` (after printing a skip notice) when absent and not required.
+///
+/// # Panics
+/// When `COFFER_REQUIRE_VECTORS=1` and the directory is missing: that is the test failing.
+pub fn vectors(test: &str) -> Option<PathBuf> {
+    let dir = match std::env::var_os("COFFER_VECTORS") {
+        Some(d) => PathBuf::from(d),
+        None => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/vectors"),
+    };
+    if dir.is_dir() {
+        return Some(dir);
+    }
+    if std::env::var("COFFER_REQUIRE_VECTORS").as_deref() == Ok("1") {
+        panic!("{test}: test vectors required (COFFER_REQUIRE_VECTORS=1) but {} is missing", dir.display());
+    }
+    eprintln!("{test}: SKIPPED: test vectors not found at {} (set COFFER_VECTORS)", dir.display());
+    None
+}
+
+/// Read a file under the vectors directory.
+///
+/// # Panics
+/// When the file cannot be read: a missing vector inside an existing vectors directory is a failure.
+pub fn read(dir: &std::path::Path, rel: &str) -> Vec<u8> {
+    let path = dir.join(rel);
+    std::fs::read(&path).unwrap_or_else(|e| panic!("vector {}: {e}", path.display()))
+}
