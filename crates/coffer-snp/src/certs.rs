@@ -27,7 +27,8 @@ const OID_CN: ObjectIdentifier = ObjectIdentifier::new_unwrap("2.5.4.3");
 pub mod oid {
     use der::asn1::ObjectIdentifier;
     /// structVersion (INTEGER).
-    pub const STRUCT_VERSION: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.3.6.1.4.1.3704.1.1");
+    pub const STRUCT_VERSION: ObjectIdentifier =
+        ObjectIdentifier::new_unwrap("1.3.6.1.4.1.3704.1.1");
     /// productName (IA5String).
     pub const PRODUCT_NAME: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.3.6.1.4.1.3704.1.2");
     /// blSPL (INTEGER).
@@ -77,7 +78,10 @@ impl RsaPssParams {
             oid: OID_SHA384,
             parameters: Some(der::Any::null()),
         };
-        let mgf_params = sha384.to_der().ok().and_then(|d| der::Any::from_der(&d).ok());
+        let mgf_params = sha384
+            .to_der()
+            .ok()
+            .and_then(|d| der::Any::from_der(&d).ok());
         RsaPssParams {
             hash: Some(sha384),
             mask_gen: Some(AlgorithmIdentifierOwned {
@@ -103,7 +107,10 @@ impl RsaPssParams {
         if hash != Some(OID_SHA384) {
             return Err(format!("hash is {hash:?}, expected SHA-384"));
         }
-        let mgf = self.mask_gen.as_ref().ok_or("MGF is the default (MGF1-SHA-1)")?;
+        let mgf = self
+            .mask_gen
+            .as_ref()
+            .ok_or("MGF is the default (MGF1-SHA-1)")?;
         if mgf.oid != OID_MGF1 {
             return Err(format!("MGF is {}, expected MGF1", mgf.oid));
         }
@@ -146,7 +153,12 @@ pub struct Certificate {
 
 impl std::fmt::Debug for Certificate {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Certificate({}, {})", self.subject_cn, hex::encode(self.fingerprint))
+        write!(
+            f,
+            "Certificate({}, {})",
+            self.subject_cn,
+            hex::encode(self.fingerprint)
+        )
     }
 }
 
@@ -210,7 +222,9 @@ impl Certificate {
         let certs =
             x509_cert::Certificate::load_pem_chain(pem).map_err(|e| parse_err(context, e))?;
         if certs.is_empty() {
-            return Err(CertError::Source(format!("{context}: no PEM certificate found")));
+            return Err(CertError::Source(format!(
+                "{context}: no PEM certificate found"
+            )));
         }
         certs
             .iter()
@@ -283,8 +297,14 @@ impl Certificate {
 
     /// Whether the subject key is an EC key (VCEK/VLEK) rather than RSA (ARK/ASK/ASVK).
     pub fn has_ec_key(&self) -> bool {
-        const ID_EC_PUBLIC_KEY: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.10045.2.1");
-        self.cert.tbs_certificate.subject_public_key_info.algorithm.oid == ID_EC_PUBLIC_KEY
+        const ID_EC_PUBLIC_KEY: ObjectIdentifier =
+            ObjectIdentifier::new_unwrap("1.2.840.10045.2.1");
+        self.cert
+            .tbs_certificate
+            .subject_public_key_info
+            .algorithm
+            .oid
+            == ID_EC_PUBLIC_KEY
     }
 
     /// Check this certificate's RSASSA-PSS (SHA-384, salt 48) signature with `issuer`'s key.

@@ -80,7 +80,9 @@ impl FromStr for Product {
             "milan" => Ok(Product::Milan),
             "genoa" => Ok(Product::Genoa),
             "turin" => Ok(Product::Turin),
-            other => Err(format!("unknown product '{other}' (expected milan, genoa or turin)")),
+            other => Err(format!(
+                "unknown product '{other}' (expected milan, genoa or turin)"
+            )),
         }
     }
 }
@@ -217,7 +219,8 @@ impl TcbVersion {
 
     /// Parse Azure THIM's `tcbm`: 16 hex digits of the raw bytes in reversed order.
     pub fn from_tcbm(tcbm: &str, layout: TcbLayout) -> Result<Self, String> {
-        let bytes = hex::decode(tcbm.trim()).map_err(|e| format!("tcbm '{tcbm}' is not hex: {e}"))?;
+        let bytes =
+            hex::decode(tcbm.trim()).map_err(|e| format!("tcbm '{tcbm}' is not hex: {e}"))?;
         let mut raw: [u8; 8] = bytes
             .try_into()
             .map_err(|_| format!("tcbm '{tcbm}' must be 16 hex digits"))?;
@@ -423,7 +426,12 @@ pub struct Signature {
 
 impl fmt::Debug for Signature {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "Signature {{ r: {}, s: {} }}", hex::encode(self.r), hex::encode(self.s))
+        write!(
+            f,
+            "Signature {{ r: {}, s: {} }}",
+            hex::encode(self.r),
+            hex::encode(self.s)
+        )
     }
 }
 
@@ -598,7 +606,8 @@ impl AttestationReport {
 
     /// Product from CPUID (v3+ reports only).
     pub fn product_from_cpuid(&self) -> Option<Product> {
-        self.cpuid.and_then(|c| Product::from_cpuid(c.fam_id, c.mod_id))
+        self.cpuid
+            .and_then(|c| Product::from_cpuid(c.fam_id, c.mod_id))
     }
 
     /// Parse exactly 1184 bytes.

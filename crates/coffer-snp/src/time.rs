@@ -17,7 +17,10 @@ pub fn format_rfc3339(secs: u64) -> String {
 pub fn parse_rfc3339(s: &str) -> Result<u64, String> {
     let bad = || format!("'{s}' is not an RFC 3339 time like 2025-01-31T12:00:00Z");
     let b = s.trim().as_bytes();
-    if b.len() < 20 || b[4] != b'-' || b[7] != b'-' || !matches!(b[10], b'T' | b't' | b' ')
+    if b.len() < 20
+        || b[4] != b'-'
+        || b[7] != b'-'
+        || !matches!(b[10], b'T' | b't' | b' ')
         || b[13] != b':'
         || b[16] != b':'
     {
@@ -44,7 +47,9 @@ pub fn parse_rfc3339(s: &str) -> Result<u64, String> {
         [b'Z'] | [b'z'] => 0,
         [sign @ (b'+' | b'-'), h1, h2, b':', m1, m2] => {
             let d = |c: &u8| -> Result<i64, String> {
-                c.is_ascii_digit().then(|| i64::from(c - b'0')).ok_or_else(bad)
+                c.is_ascii_digit()
+                    .then(|| i64::from(c - b'0'))
+                    .ok_or_else(bad)
             };
             let v = (d(h1)? * 10 + d(h2)?) * 3600 + (d(m1)? * 10 + d(m2)?) * 60;
             if *sign == b'+' {
@@ -57,8 +62,15 @@ pub fn parse_rfc3339(s: &str) -> Result<u64, String> {
     };
     let year = u16::try_from(year).map_err(|_| bad())?;
     let to_u8 = |v: u32| u8::try_from(v).map_err(|_| bad());
-    let dt = DateTime::new(year, to_u8(month)?, to_u8(day)?, to_u8(hour)?, to_u8(min)?, to_u8(sec)?)
-        .map_err(|_| bad())?;
+    let dt = DateTime::new(
+        year,
+        to_u8(month)?,
+        to_u8(day)?,
+        to_u8(hour)?,
+        to_u8(min)?,
+        to_u8(sec)?,
+    )
+    .map_err(|_| bad())?;
     let local = i64::try_from(dt.unix_duration().as_secs()).map_err(|_| bad())?;
     u64::try_from(local - offset).map_err(|_| bad())
 }
@@ -79,9 +91,18 @@ mod tests {
     fn parses_and_formats() {
         assert_eq!(parse_rfc3339("1970-01-01T00:00:00Z"), Ok(0));
         assert_eq!(parse_rfc3339("2025-12-15T19:24:08Z"), Ok(1765826648));
-        assert_eq!(parse_rfc3339("2025-12-15T20:24:08.123+01:00"), Ok(1765826648));
+        assert_eq!(
+            parse_rfc3339("2025-12-15T20:24:08.123+01:00"),
+            Ok(1765826648)
+        );
         assert_eq!(format_rfc3339(1765826648), "2025-12-15T19:24:08Z");
-        for bad in ["", "2025-13-01T00:00:00Z", "2025-01-01", "2025-01-01T00:00:00", "x025-01-01T00:00:00Z"] {
+        for bad in [
+            "",
+            "2025-13-01T00:00:00Z",
+            "2025-01-01",
+            "2025-01-01T00:00:00",
+            "x025-01-01T00:00:00Z",
+        ] {
             assert!(parse_rfc3339(bad).is_err(), "{bad}");
         }
     }

@@ -43,9 +43,18 @@ const EMBEDDED: [(Product, &str, &str); 3] = [
 
 /// SHA-256 fingerprints of AMD's ARK certificates (DER). Embedded roots must match them.
 pub const ARK_FINGERPRINTS: [(Product, &str); 3] = [
-    (Product::Milan, "69d063b45344d26a2e94e1f4210de49ef555308287d4c174445c95639a540bcd"),
-    (Product::Genoa, "4c6598d19c18719c5dfd4a7d335f674e5bfe1d8f800cea2cf270c10d103db2f1"),
-    (Product::Turin, "1f084161a44bb6d93778a904877d4819cafa5d05ef4193b2ded9dd9c73dd3f6a"),
+    (
+        Product::Milan,
+        "69d063b45344d26a2e94e1f4210de49ef555308287d4c174445c95639a540bcd",
+    ),
+    (
+        Product::Genoa,
+        "4c6598d19c18719c5dfd4a7d335f674e5bfe1d8f800cea2cf270c10d103db2f1",
+    ),
+    (
+        Product::Turin,
+        "1f084161a44bb6d93778a904877d4819cafa5d05ef4193b2ded9dd9c73dd3f6a",
+    ),
 ];
 
 /// Which kind of TEE the evidence proves.
@@ -93,7 +102,9 @@ pub struct Roots {
 fn pair(pem: &str, context: &str) -> Result<(Certificate, Certificate), CertError> {
     let mut certs = Certificate::pem_chain(pem.as_bytes(), context)?;
     if certs.len() != 2 {
-        return Err(CertError::Source(format!("{context}: expected intermediate and ARK")));
+        return Err(CertError::Source(format!(
+            "{context}: expected intermediate and ARK"
+        )));
     }
     let ark = certs.remove(1);
     Ok((certs.remove(0), ark))
@@ -105,7 +116,8 @@ fn check_root(
     ark: &Certificate,
     intermediates: &[&Certificate],
 ) -> Result<(), CertError> {
-    let bad = |what: String| CertError::Source(format!("{tee:?} root {}: {what}", ark.subject_cn()));
+    let bad =
+        |what: String| CertError::Source(format!("{tee:?} root {}: {what}", ark.subject_cn()));
     if !ark.is_signed_by(ark)? {
         return Err(bad("ARK is not self-signed".into()));
     }
@@ -115,7 +127,10 @@ fn check_root(
         }
     }
     if let Some(p) = product {
-        let pin = ARK_FINGERPRINTS.iter().find(|(q, _)| *q == p).map(|(_, f)| *f);
+        let pin = ARK_FINGERPRINTS
+            .iter()
+            .find(|(q, _)| *q == p)
+            .map(|(_, f)| *f);
         if pin != Some(hex::encode(ark.fingerprint()).as_str()) {
             return Err(bad("ARK fingerprint does not match the pinned value".into()));
         }
@@ -131,7 +146,9 @@ impl Roots {
             let (ask, ark) = pair(ask_pem, product.name())?;
             let (asvk, ark2) = pair(asvk_pem, product.name())?;
             if ark.fingerprint() != ark2.fingerprint() {
-                return Err(CertError::Source(format!("{product}: ASVK chain has another ARK")));
+                return Err(CertError::Source(format!(
+                    "{product}: ASVK chain has another ARK"
+                )));
             }
             check_root(Tee::SevSnp, Some(product), &ark, &[&ask, &asvk])?;
             roots.push(TrustedRoot {
@@ -153,7 +170,9 @@ impl Roots {
             .iter()
             .any(|(_, f)| *f == hex::encode(ark.fingerprint()))
         {
-            return Err(CertError::Source("an AMD ARK cannot be the emulated root".into()));
+            return Err(CertError::Source(
+                "an AMD ARK cannot be the emulated root".into(),
+            ));
         }
         check_root(Tee::EmulatedSnp, None, &ark, &[&ask])?;
         self.roots.push(TrustedRoot {
@@ -212,7 +231,9 @@ impl Endorsements {
             tcbm: Option<String>,
         }
         let thim: Thim = serde_json::from_slice(json).map_err(|e| {
-            CertError::Source(format!("{context}: not a THIM response (vcekCert, certificateChain, tcbm): {e}"))
+            CertError::Source(format!(
+                "{context}: not a THIM response (vcekCert, certificateChain, tcbm): {e}"
+            ))
         })?;
         let mut certs = Certificate::pem_chain(thim.vcek_cert.as_bytes(), context)?;
         if let Some(chain) = &thim.certificate_chain {
@@ -371,7 +392,10 @@ impl Verifier {
             let thim = TcbVersion::from_tcbm(tcbm, chain.product.tcb_layout())
                 .map_err(VerifyError::Malformed)?;
             for &c in fields.reported_tcb.components() {
-                let (cert, rep) = (thim.get(c).unwrap_or(0), fields.reported_tcb.get(c).unwrap_or(0));
+                let (cert, rep) = (
+                    thim.get(c).unwrap_or(0),
+                    fields.reported_tcb.get(c).unwrap_or(0),
+                );
                 if cert != rep {
                     return Err(VerifyError::TcbMismatch {
                         signer: "THIM tcbm",
@@ -399,7 +423,9 @@ impl Verifier {
 
         let reserved = fields.platform_info.reserved_bits();
         if reserved != 0 {
-            warnings.push(format!("PLATFORM_INFO has reserved bits set: {reserved:#x}"));
+            warnings.push(format!(
+                "PLATFORM_INFO has reserved bits set: {reserved:#x}"
+            ));
         }
         let reserved = fields.signer_info.reserved_bits();
         if reserved != 0 {
@@ -431,7 +457,11 @@ impl Verifier {
                 vek.subject_cn()
             )));
         }
-        let cn_role = if vek.subject_cn().contains("VLEK") { "VLEK" } else { "VCEK" };
+        let cn_role = if vek.subject_cn().contains("VLEK") {
+            "VLEK"
+        } else {
+            "VCEK"
+        };
         if cn_role != role {
             return Err(VerifyError::Chain(format!(
                 "the report is signed by a {role} but the certificate is {}",
@@ -439,7 +469,10 @@ impl Verifier {
             )));
         }
         let ext = vek.amd_extensions()?;
-        let from_name = ext.product_name.as_deref().and_then(Product::from_product_name);
+        let from_name = ext
+            .product_name
+            .as_deref()
+            .and_then(Product::from_product_name);
         let product = check_product(fields, from_name, opts.product, None)?;
 
         let candidates: Vec<&TrustedRoot> = self
@@ -466,7 +499,11 @@ impl Verifier {
         let intermediate = intermediate.ok_or_else(|| {
             VerifyError::Chain(format!(
                 "{role} is not signed by {} of {product} (nor by a supplied one)",
-                if signer == SigningKey::Vlek { "the ASVK" } else { "the ASK" }
+                if signer == SigningKey::Vlek {
+                    "the ASVK"
+                } else {
+                    "the ASK"
+                }
             ))
         })?;
         let mut root = None;
@@ -514,7 +551,11 @@ impl Verifier {
         let (vn, va) = vek.validity();
         let (inb, ina) = intermediate.validity();
         let (anb, ana) = root.ark.validity();
-        let inter_role = if signer == SigningKey::Vlek { "ASVK" } else { "ASK" };
+        let inter_role = if signer == SigningKey::Vlek {
+            "ASVK"
+        } else {
+            "ASK"
+        };
         Ok(CachedChain {
             key,
             tee: root.tee,

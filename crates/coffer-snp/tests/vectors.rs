@@ -22,7 +22,12 @@ fn at(s: &str) -> VerifyOptions {
     }
 }
 
-fn check(v: &Verifier, report: &[u8], e: &Endorsements, when: &str) -> Result<Verified, VerifyError> {
+fn check(
+    v: &Verifier,
+    report: &[u8],
+    e: &Endorsements,
+    when: &str,
+) -> Result<Verified, VerifyError> {
     let report = Report::decode(report)?;
     v.verify(&report, e, &at(when))
 }
@@ -35,9 +40,24 @@ struct Case {
 }
 
 const CASES: [Case; 3] = [
-    Case { dir: "sev-snp/virtee-milan-v2", report: "report.hex", vcek: "vcek.der", when: "2024-06-01T00:00:00Z" },
-    Case { dir: "sev-snp/gosev-milan-v2", report: "report.bin", vcek: "vcek.der", when: "2022-09-24T01:00:00Z" },
-    Case { dir: "sev-snp/trustee-milan-v2", report: "report.bin", vcek: "vcek.der", when: "2024-06-01T00:00:00Z" },
+    Case {
+        dir: "sev-snp/virtee-milan-v2",
+        report: "report.hex",
+        vcek: "vcek.der",
+        when: "2024-06-01T00:00:00Z",
+    },
+    Case {
+        dir: "sev-snp/gosev-milan-v2",
+        report: "report.bin",
+        vcek: "vcek.der",
+        when: "2022-09-24T01:00:00Z",
+    },
+    Case {
+        dir: "sev-snp/trustee-milan-v2",
+        report: "report.bin",
+        vcek: "vcek.der",
+        when: "2024-06-01T00:00:00Z",
+    },
 ];
 
 fn load(dir: &Path, c: &Case) -> (Vec<u8>, Endorsements) {
@@ -48,7 +68,9 @@ fn load(dir: &Path, c: &Case) -> (Vec<u8>, Endorsements) {
 
 #[test]
 fn embedded_roots_match_the_published_ones() {
-    let Some(dir) = coffer_testkit::vectors("embedded_roots_match_the_published_ones") else { return };
+    let Some(dir) = coffer_testkit::vectors("embedded_roots_match_the_published_ones") else {
+        return;
+    };
     let roots = Roots::amd().unwrap();
     for p in ["milan", "genoa", "turin"] {
         let ark = coffer_snp::Certificate::from_der_or_pem(
@@ -65,7 +87,9 @@ fn embedded_roots_match_the_published_ones() {
 
 #[test]
 fn real_reports_verify_with_expected_values() {
-    let Some(dir) = coffer_testkit::vectors("real_reports_verify_with_expected_values") else { return };
+    let Some(dir) = coffer_testkit::vectors("real_reports_verify_with_expected_values") else {
+        return;
+    };
     let v = verifier();
     for c in &CASES {
         let (report, e) = load(&dir, c);
@@ -80,18 +104,27 @@ fn real_reports_verify_with_expected_values() {
     let r = check(&v, &report, &e, CASES[0].when).unwrap().report;
     assert_eq!(r.policy.0, 0x30000);
     assert_eq!((r.guest_svn, r.vmpl, r.platform_info.0), (0, 0, 1));
-    assert_eq!((r.current_major, r.current_minor, r.current_build), (1, 52, 4));
+    assert_eq!(
+        (r.current_major, r.current_minor, r.current_build),
+        (1, 52, 4)
+    );
     assert_eq!(hex::encode(r.reported_tcb.raw()), "0300000000000873");
     assert_eq!(hex::encode(r.report_data), "d447b55d197491bfe15cf298f9de9986b7a7c4be2468b4f6e2d53b71d7c645810b0f2cdfca0040433be063fc1a8293f0f3f8dae7b79fecb3d1cd82bd6a93ebfd");
     assert_eq!(hex::encode(r.measurement), "7a1e5c266c0108dbc9bb94fa926951320940915d0aafb42464bd88b579ea158d3e1a0dc39b2c60bd95b9c480cd81841f");
     assert_eq!(hex::encode(r.chip_id), "d49554ec717f4e5b0fe6b143bcf0405bd7ae304727edf46603f2a76aef6a3abc15d7af38db757039029f0efacfd08e244324884738c72b082e2f87a44d541eb6");
-    assert_eq!(hex::encode(r.report_id), "92b3b47d59f0a2a10a74c5678868a80238cf593c01a82f3cffb878e904c28d5b");
+    assert_eq!(
+        hex::encode(r.report_id),
+        "92b3b47d59f0a2a10a74c5678868a80238cf593c01a82f3cffb878e904c28d5b"
+    );
 
     let (report, e) = load(&dir, &CASES[1]);
     let r = check(&v, &report, &e, CASES[1].when).unwrap().report;
     assert_eq!(r.policy.0, 0xb0000);
     assert!(r.policy.debug() && r.policy.smt());
-    assert_eq!((r.current_major, r.current_minor, r.current_build), (1, 49, 3));
+    assert_eq!(
+        (r.current_major, r.current_minor, r.current_build),
+        (1, 49, 3)
+    );
     assert_eq!(hex::encode(r.reported_tcb.raw()), "0200000000000544");
     assert_eq!(&r.report_data[..5], &[1, 2, 3, 4, 5]);
     assert!(r.report_data[5..].iter().all(|&b| b == 0));
@@ -105,12 +138,17 @@ fn real_reports_verify_with_expected_values() {
     assert_eq!(hex::encode(r.current_tcb.raw()), "03000000000008ce");
     assert_eq!(hex::encode(r.reported_tcb.raw()), "0300000000000873");
     assert_eq!(hex::encode(r.id_key_digest), "0356215882a825279a85b300b0b742931d113bf7e32dde2e50ffde7ec743ca491ecdd7f336dc28a6e0b2bb57af7a44a3");
-    assert_eq!(hex::encode(&r.report_data[..32]), "ec6c52d7533cc2c4f45be7849cf112ab82b2009fe7bd43e71ed08c14400ad7e2");
+    assert_eq!(
+        hex::encode(&r.report_data[..32]),
+        "ec6c52d7533cc2c4f45be7849cf112ab82b2009fe7bd43e71ed08c14400ad7e2"
+    );
 }
 
 #[test]
 fn aci_report_verifies_with_pem_chain_and_thim() {
-    let Some(dir) = coffer_testkit::vectors("aci_report_verifies_with_pem_chain_and_thim") else { return };
+    let Some(dir) = coffer_testkit::vectors("aci_report_verifies_with_pem_chain_and_thim") else {
+        return;
+    };
     let report = coffer_testkit::read(&dir, "sev-snp/aci-milan-v2/report.bin");
     let pem = coffer_testkit::read(&dir, "sev-snp/aci-milan-v2/vcek_ask_ark_chain.pem");
     let thim = coffer_testkit::read(&dir, "sev-snp/aci-milan-v2/thim_certificate_response.json");
@@ -121,16 +159,25 @@ fn aci_report_verifies_with_pem_chain_and_thim() {
     for e in [&from_pem, &from_thim] {
         let ok = check(&verifier(), &report, e, when).unwrap();
         let r = ok.report;
-        assert_eq!(hex::encode(r.host_data), "cadd74f71ebb8fbf9782baab649612520f3c416bc5ce9ac768808ddc8d9b031c");
+        assert_eq!(
+            hex::encode(r.host_data),
+            "cadd74f71ebb8fbf9782baab649612520f3c416bc5ce9ac768808ddc8d9b031c"
+        );
         assert_eq!(hex::encode(r.measurement), "51068107cdc7ee3d89c7821b05bca6147eb77b2005ae759050fc049b65a1b0beabc65a9d857acecf23225f5ec76849f5");
-        assert_eq!(hex::encode(&r.report_data[..32]), "ee986ff2bd7e3f22e29f640918627816cf8e23b9d9c312767168eab68c861c71");
+        assert_eq!(
+            hex::encode(&r.report_data[..32]),
+            "ee986ff2bd7e3f22e29f640918627816cf8e23b9d9c312767168eab68c861c71"
+        );
         assert!(r.report_data[32..].iter().all(|&b| b == 0));
         assert_eq!(hex::encode(r.id_key_digest), "d3ed82823f890b10087105c472e2957541ede92fda7bbb6bbf8660c411c78fec8128955bc6e0efbb24c0c4a781bfee59");
         assert_eq!((r.guest_svn, r.policy.0), (2, 0x3001f));
     }
     // The bindings the README states.
     let runtime = coffer_testkit::read(&dir, "sev-snp/aci-milan-v2/runtime_data.json");
-    assert_eq!(hex::encode(openssl::sha::sha256(&runtime)), "ee986ff2bd7e3f22e29f640918627816cf8e23b9d9c312767168eab68c861c71");
+    assert_eq!(
+        hex::encode(openssl::sha::sha256(&runtime)),
+        "ee986ff2bd7e3f22e29f640918627816cf8e23b9d9c312767168eab68c861c71"
+    );
 
     // Any order of the PEM chain.
     let text = String::from_utf8(pem).unwrap();
@@ -153,19 +200,30 @@ fn aci_report_verifies_with_pem_chain_and_thim() {
     use base64::Engine as _;
     let b64 = base64::engine::general_purpose::STANDARD.encode(&report);
     check(&verifier(), b64.as_bytes(), &from_pem, when).unwrap();
-    check(&verifier(), hex::encode(&report).as_bytes(), &from_pem, when).unwrap();
+    check(
+        &verifier(),
+        hex::encode(&report).as_bytes(),
+        &from_pem,
+        when,
+    )
+    .unwrap();
 }
 
 #[test]
 fn upstream_negatives_fail_for_the_right_reason() {
-    let Some(dir) = coffer_testkit::vectors("upstream_negatives_fail_for_the_right_reason") else { return };
+    let Some(dir) = coffer_testkit::vectors("upstream_negatives_fail_for_the_right_reason") else {
+        return;
+    };
     let v = verifier();
 
     // virtee: report[21] ^= 0x80 changes POLICY -> signature.
     let (report, e) = load(&dir, &CASES[0]);
     let mut bytes = Report::decode(&report).unwrap().bytes().to_vec();
     bytes[21] ^= 0x80;
-    assert_eq!(check(&v, &bytes, &e, CASES[0].when).unwrap_err().check(), "signature");
+    assert_eq!(
+        check(&v, &bytes, &e, CASES[0].when).unwrap_err().check(),
+        "signature"
+    );
     // virtee: vcek[40] ^= 0xff -> chain.
     let mut vcek = coffer_testkit::read(&dir, "sev-snp/virtee-milan-v2/vcek.der");
     vcek[40] ^= 0xff;
@@ -179,17 +237,31 @@ fn upstream_negatives_fail_for_the_right_reason() {
     let (report, e) = load(&dir, &CASES[2]);
     let mut b = report.clone();
     b[42] = b[42].wrapping_add(1);
-    assert_eq!(check(&v, &b, &e, CASES[2].when).unwrap_err().check(), "signature");
+    assert_eq!(
+        check(&v, &b, &e, CASES[2].when).unwrap_err().check(),
+        "signature"
+    );
     let mut b = report.clone();
     b[384] = b[384].wrapping_add(1);
     let err = check(&v, &b, &e, CASES[2].when).unwrap_err();
     assert!(
-        matches!(err, VerifyError::TcbMismatch { component: "bootloader", cert: 3, report: 4, .. }),
+        matches!(
+            err,
+            VerifyError::TcbMismatch {
+                component: "bootloader",
+                cert: 3,
+                report: 4,
+                ..
+            }
+        ),
         "{err}"
     );
 
     // trustee synthetic VCEKs: parse, extensions readable, not signed by the Milan ASK.
-    for f in ["vcek_bad_sig_hwid_raw.der", "vcek_bad_sig_hwid_octetstring.der"] {
+    for f in [
+        "vcek_bad_sig_hwid_raw.der",
+        "vcek_bad_sig_hwid_octetstring.der",
+    ] {
         let der = coffer_testkit::read(&dir, &format!("sev-snp/negative/{f}"));
         let e = Endorsements::from_vek(&der, f).unwrap();
         let ext = e.vek.amd_extensions().unwrap();
@@ -203,12 +275,17 @@ fn upstream_negatives_fail_for_the_right_reason() {
 
 #[test]
 fn time_wrong_chip_and_wrong_product_are_refused() {
-    let Some(dir) = coffer_testkit::vectors("time_wrong_chip_and_wrong_product_are_refused") else { return };
+    let Some(dir) = coffer_testkit::vectors("time_wrong_chip_and_wrong_product_are_refused") else {
+        return;
+    };
     let (report, e) = load(&dir, &CASES[0]);
     // VCEK valid 2023-04-03 .. 2030-04-03.
     for when in ["2023-04-02T00:00:00Z", "2030-04-04T00:00:00Z"] {
         let err = check(&verifier(), &report, &e, when).unwrap_err();
-        assert!(matches!(err, VerifyError::Expired { cert: "VCEK", .. }), "{when}: {err}");
+        assert!(
+            matches!(err, VerifyError::Expired { cert: "VCEK", .. }),
+            "{when}: {err}"
+        );
     }
     // Another chip's VCEK with the same TCB (trustee): chip-id-mismatch.
     let (_, other) = load(&dir, &CASES[2]);
@@ -221,7 +298,9 @@ fn time_wrong_chip_and_wrong_product_are_refused() {
     // Asking for Genoa when the VCEK says Milan.
     let mut opts = at(CASES[0].when);
     opts.product = Some(Product::Genoa);
-    let err = verifier().verify(&Report::decode(&report).unwrap(), &e, &opts).unwrap_err();
+    let err = verifier()
+        .verify(&Report::decode(&report).unwrap(), &e, &opts)
+        .unwrap_err();
     assert_eq!(err.check(), "chain", "{err}");
     // A chain whose ARK is not pinned: the ASK presented as the root.
     let pem = coffer_testkit::read(&dir, "sev-snp/aci-milan-v2/vcek_ask_ark_chain.pem");
@@ -244,7 +323,9 @@ fn coffer_testkit_other_ark(dir: &Path) -> coffer_snp::Certificate {
 
 #[test]
 fn every_bit_of_the_signed_area_matters() {
-    let Some(dir) = coffer_testkit::vectors("every_bit_of_the_signed_area_matters") else { return };
+    let Some(dir) = coffer_testkit::vectors("every_bit_of_the_signed_area_matters") else {
+        return;
+    };
     let (report, e) = load(&dir, &CASES[2]);
     let original = Report::decode(&report).unwrap().bytes().to_vec();
     let v = verifier();

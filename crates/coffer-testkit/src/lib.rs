@@ -19,9 +19,15 @@ pub fn vectors(test: &str) -> Option<PathBuf> {
         return Some(dir);
     }
     if std::env::var("COFFER_REQUIRE_VECTORS").as_deref() == Ok("1") {
-        panic!("{test}: test vectors required (COFFER_REQUIRE_VECTORS=1) but {} is missing", dir.display());
+        panic!(
+            "{test}: test vectors required (COFFER_REQUIRE_VECTORS=1) but {} is missing",
+            dir.display()
+        );
     }
-    eprintln!("{test}: SKIPPED: test vectors not found at {} (set COFFER_VECTORS)", dir.display());
+    eprintln!(
+        "{test}: SKIPPED: test vectors not found at {} (set COFFER_VECTORS)",
+        dir.display()
+    );
     None
 }
 

@@ -1,0 +1,55 @@
+//! `coffer`: run unmodified containers in a TEE and prove it.
+//!
+//! This binary only parses arguments and wires library calls; each subcommand lives in `cmd/`.
+
+mod cmd;
+mod home;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Coffer: confidential containers on AMD SEV-SNP, real or emulated.
+///
+/// State lives in $COFFER_HOME (default ~/.local/share/coffer).
+#[derive(Parser, Debug)]
+#[command(name = "coffer", version, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// AMD SEV-SNP evidence: show, verify and emulate attestation reports.
+    #[command(subcommand)]
+    Snp(cmd::snp::SnpCommand),
+    /// Run the end-to-end demonstration on embedded defaults (no setup, no outside files).
+    Demo(cmd::demo::DemoArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Snp(c) => cmd::snp::run(c),
+        Command::Demo(a) => cmd::demo::run(a),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("coffer: error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+}
