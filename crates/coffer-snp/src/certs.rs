@@ -217,22 +217,38 @@ impl Certificate {
         Self::from_der(bytes, context)
     }
 
-    /// Parse every certificate in a PEM text.
+    /// Parse every `CERTIFICATE` block of a PEM text; other blocks are ignored.
+    ///
+    /// Written here rather than using `x509_cert::Certificate::load_pem_chain`, which panics
+    /// (integer underflow) on empty or truncated input, found by this crate's property tests.
     pub fn pem_chain(pem: &[u8], context: &str) -> Result<Vec<Self>, CertError> {
-        let certs =
-            x509_cert::Certificate::load_pem_chain(pem).map_err(|e| parse_err(context, e))?;
+        const BEGIN: &str = "-----BEGIN CERTIFICATE-----";
+        const END: &str = "-----END CERTIFICATE-----";
+        let text = std::str::from_utf8(pem).map_err(|e| parse_err(context, e))?;
+        let mut certs = Vec::new();
+        let mut rest = text;
+        while let Some(start) = rest.find(BEGIN) {
+            let body_and_more = &rest[start + BEGIN.len()..];
+            let end = body_and_more
+                .find(END)
+                .ok_or_else(|| parse_err(context, "PEM block without END CERTIFICATE"))?;
+            let body: String = body_and_more[..end]
+                .chars()
+                .filter(|c| !c.is_ascii_whitespace())
+                .collect();
+            use base64::Engine as _;
+            let der = base64::engine::general_purpose::STANDARD
+                .decode(body)
+                .map_err(|e| parse_err(context, format!("PEM body is not base64: {e}")))?;
+            certs.push(Self::from_der(&der, context)?);
+            rest = &body_and_more[end + END.len()..];
+        }
         if certs.is_empty() {
             return Err(CertError::Source(format!(
                 "{context}: no PEM certificate found"
             )));
         }
-        certs
-            .iter()
-            .map(|c| {
-                let der = c.to_der().map_err(|e| parse_err(context, e))?;
-                Self::from_der(&der, context)
-            })
-            .collect()
+        Ok(certs)
     }
 
     /// DER bytes.

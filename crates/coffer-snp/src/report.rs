@@ -831,8 +831,14 @@ pub fn decode_report_bytes(input: &[u8]) -> Result<Vec<u8>, ReportError> {
         return Ok(input.to_vec());
     }
     let text = match std::str::from_utf8(input) {
-        Ok(t) => t,
-        Err(_) => {
+        Ok(t)
+            if !t
+                .chars()
+                .any(|c| c.is_control() && !c.is_ascii_whitespace()) =>
+        {
+            t
+        }
+        _ => {
             return Err(ReportError::UnrecognisedEncoding {
                 what: format!("{} bytes of binary data", input.len()),
             })

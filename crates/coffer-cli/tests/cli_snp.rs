@@ -1,0 +1,277 @@
+//! The `coffer snp` CLI contract, run as a real binary in a fresh $COFFER_HOME.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+fn coffer(home: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_coffer"))
+        .args(args)
+        .env("COFFER_HOME", home)
+        .output()
+        .expect("run coffer")
+}
+
+fn json(out: &Output) -> serde_json::Value {
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "stdout is not JSON ({e}): {}\nstderr: {}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })
+}
+
+#[test]
+fn emulate_then_verify_round_trips_and_needs_the_flag() {
+    let home = tempfile::tempdir().unwrap();
+    let h = home.path();
+    let report = h.join("r.bin");
+    let certs = h.join("c.pem");
+    let rd = "11".repeat(32);
+    let hd = "22".repeat(32);
+    let ms = "33".repeat(48);
+    let out = coffer(
+        h,
+        &[
+            "snp",
+            "emulate",
+            "--report-data",
+            &rd,
+            "--host-data",
+            &hd,
+            "--measurement",
+            &ms,
+            "--vmpl",
+            "2",
+            "--out",
+            report.to_str().unwrap(),
+            "--certs-out",
+            certs.to_str().unwrap(),
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    for extra in [vec![], vec!["--certs", certs.to_str().unwrap()]] {
+        let mut args = vec![
+            "snp",
+            "verify",
+            report.to_str().unwrap(),
+            "--allow-emulated",
+        ];
+        args.extend(extra.iter().copied());
+        let out = coffer(h, &args);
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let v = json(&out);
+        assert_eq!(v["valid"], true);
+        assert_eq!(v["tee"], "emulated-snp");
+        assert_eq!(v["signer"], "vcek");
+        assert_eq!(
+            v["report"]["report_data"],
+            format!("{rd}{}", "00".repeat(32))
+        );
+        assert_eq!(v["report"]["host_data"], hd);
+        assert_eq!(v["report"]["measurement"], ms);
+        assert_eq!(v["report"]["vmpl"], 2);
+    }
+
+    let out = coffer(
+        h,
+        &[
+            "snp",
+            "verify",
+            report.to_str().unwrap(),
+            "--certs",
+            certs.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let v = json(&out);
+    assert_eq!(
+        (v["valid"].clone(), v["check"].clone()),
+        (false.into(), "unknown-root".into())
+    );
+
+    // show prints the same fields.
+    let out = coffer(h, &["snp", "show", report.to_str().unwrap()]);
+    assert!(out.status.success());
+    assert_eq!(json(&out)["host_data"], hd);
+
+    // One flipped bit in HOST_DATA.
+    let mut bytes = std::fs::read(&report).unwrap();
+    bytes[0xC0] ^= 4;
+    let bad = h.join("bad.bin");
+    std::fs::write(&bad, &bytes).unwrap();
+    let out = coffer(
+        h,
+        &[
+            "snp",
+            "verify",
+            bad.to_str().unwrap(),
+            "--certs",
+            certs.to_str().unwrap(),
+            "--allow-emulated",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(json(&out)["check"], "signature");
+}
+
+#[test]
+fn bad_input_is_a_clear_error() {
+    let home = tempfile::tempdir().unwrap();
+    let h = home.path();
+    let junk = h.join("junk");
+    std::fs::write(&junk, "not a report").unwrap();
+    let out = coffer(
+        h,
+        &["snp", "verify", junk.to_str().unwrap(), "--allow-emulated"],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(json(&out)["check"], "malformed");
+    let out = coffer(h, &["snp", "show", junk.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("neither hex nor base64"));
+    let out = coffer(h, &["snp", "verify", h.join("missing").to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot read"));
+    let out = coffer(
+        h,
+        &[
+            "snp",
+            "emulate",
+            "--report-data",
+            "zz",
+            "--host-data",
+            "00",
+            "--out",
+            "/dev/null",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--report-data is not hex"));
+    let out = coffer(
+        h,
+        &[
+            "snp",
+            "emulate",
+            "--report-data",
+            "00",
+            "--host-data",
+            "00",
+            "--out",
+            "/dev/null",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--host-data must be 32 bytes"));
+    let out = coffer(
+        h,
+        &["snp", "verify", junk.to_str().unwrap(), "--at", "yesterday"],
+    );
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("RFC 3339"));
+}
+
+#[test]
+fn real_evidence_through_the_cli() {
+    let Some(dir) = coffer_testkit::vectors("real_evidence_through_the_cli") else {
+        return;
+    };
+    let home = tempfile::tempdir().unwrap();
+    let h = home.path();
+    let aci = dir.join("sev-snp/aci-milan-v2");
+    let report = aci.join("report.bin");
+    let at = "2024-06-01T00:00:00Z";
+    for (flag, file) in [
+        ("--certs", "vcek_ask_ark_chain.pem"),
+        ("--thim", "thim_certificate_response.json"),
+    ] {
+        let out = coffer(
+            h,
+            &[
+                "snp",
+                "verify",
+                report.to_str().unwrap(),
+                flag,
+                aci.join(file).to_str().unwrap(),
+                "--at",
+                at,
+            ],
+        );
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{flag}: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        let v = json(&out);
+        assert_eq!(v["tee"], "sevsnp");
+        assert_eq!(v["product"], "milan");
+        assert_eq!(
+            v["report"]["host_data"],
+            "cadd74f71ebb8fbf9782baab649612520f3c416bc5ce9ac768808ddc8d9b031c"
+        );
+    }
+    let virtee = dir.join("sev-snp/virtee-milan-v2");
+    let out = coffer(
+        h,
+        &[
+            "snp",
+            "verify",
+            virtee.join("report.hex").to_str().unwrap(),
+            "--vcek",
+            virtee.join("vcek.der").to_str().unwrap(),
+            "--at",
+            "2031-01-01T00:00:00Z",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(json(&out)["check"], "expired");
+    let out = coffer(
+        h,
+        &[
+            "snp",
+            "verify",
+            virtee.join("report.hex").to_str().unwrap(),
+            "--vcek",
+            virtee.join("vcek.der").to_str().unwrap(),
+            "--at",
+            at,
+            "--product",
+            "turin",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(json(&out)["check"], "chain");
+    let out = coffer(
+        h,
+        &["snp", "show", virtee.join("report.hex").to_str().unwrap()],
+    );
+    let v = json(&out);
+    assert_eq!(v["version"], 2);
+    assert_eq!(v["reported_tcb"]["microcode"], 115);
+}
+
+#[test]
+fn demo_runs_to_the_end() {
+    let home = tempfile::tempdir().unwrap();
+    let out = coffer(home.path(), &["demo"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("verified: tee=emulated-snp"), "{text}");
+    assert!(text.contains("refused (unknown-root)"), "{text}");
+    assert!(text.contains("refused (signature)"), "{text}");
+}
