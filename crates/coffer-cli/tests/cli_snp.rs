@@ -1,5 +1,7 @@
 //! The `coffer snp` CLI contract, run as a real binary in a fresh $COFFER_HOME.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::path::Path;
 use std::process::{Command, Output};
 

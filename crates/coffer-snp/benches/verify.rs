@@ -3,6 +3,8 @@
 //!
 //! Uses the real trustee Milan report from the shared vectors, at a fixed verification time.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use openssl::bn::BigNum;
 use openssl::ecdsa::EcdsaSig;

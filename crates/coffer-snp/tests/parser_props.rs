@@ -1,5 +1,7 @@
 //! The parser never panics, and whatever it accepts it re-encodes exactly.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use coffer_snp::{AttestationReport, Certificate, Endorsements, Report, REPORT_LEN};
 use proptest::prelude::*;
 
