@@ -39,3 +39,22 @@ pub fn read(dir: &std::path::Path, rel: &str) -> Vec<u8> {
     let path = dir.join(rel);
     std::fs::read(&path).unwrap_or_else(|e| panic!("vector {}: {e}", path.display()))
 }
+
+/// Whether an external tool the test compares against is on PATH. Missing: prints a skip notice,
+/// or panics when `COFFER_REQUIRE_VECTORS=1` (CI installs every such tool).
+///
+/// # Panics
+/// When the tool is missing and required.
+pub fn tool(name: &str, test: &str) -> bool {
+    let found = std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).any(|d| d.join(name).is_file()))
+        .unwrap_or(false);
+    if found {
+        return true;
+    }
+    if std::env::var("COFFER_REQUIRE_VECTORS").as_deref() == Ok("1") {
+        panic!("{test}: tool '{name}' required (COFFER_REQUIRE_VECTORS=1) but not on PATH");
+    }
+    eprintln!("{test}: SKIPPED: '{name}' not on PATH");
+    false
+}
