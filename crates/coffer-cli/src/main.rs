@@ -24,6 +24,9 @@ enum Command {
     /// AMD SEV-SNP evidence: show, verify and emulate attestation reports.
     #[command(subcommand)]
     Snp(cmd::snp::SnpCommand),
+    /// OCI images: import into the local store, list, measure layers (dm-verity).
+    #[command(subcommand)]
+    Image(cmd::image::ImageCommand),
     /// Run the end-to-end demonstration on embedded defaults (no setup, no outside files).
     Demo(cmd::demo::DemoArgs),
 }
@@ -32,6 +35,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Snp(c) => cmd::snp::run(c),
+        Command::Image(c) => cmd::image::run(c),
         Command::Demo(a) => cmd::demo::run(a),
     };
     match result {

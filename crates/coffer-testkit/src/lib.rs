@@ -58,3 +58,23 @@ pub fn tool(name: &str, test: &str) -> bool {
     eprintln!("{test}: SKIPPED: '{name}' not on PATH");
     false
 }
+
+/// Build the `examples/hello` image into `out` with its script (umoci, busybox-static).
+/// Returns false (after a skip notice) when the tools are missing and not required.
+///
+/// # Panics
+/// When the build fails, or the tools are missing and required.
+pub fn build_example_image(out: &std::path::Path, test: &str) -> bool {
+    if !tool("umoci", test) {
+        return false;
+    }
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../examples/hello/build-image.sh");
+    let status = std::process::Command::new("bash")
+        .arg(&script)
+        .arg(out)
+        .stdout(std::process::Stdio::null())
+        .status()
+        .unwrap_or_else(|e| panic!("{test}: cannot run {}: {e}", script.display()));
+    assert!(status.success(), "{test}: {} failed", script.display());
+    true
+}

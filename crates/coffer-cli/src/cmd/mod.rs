@@ -1,2 +1,3 @@
 pub(crate) mod demo;
+pub(crate) mod image;
 pub(crate) mod snp;

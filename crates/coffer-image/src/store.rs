@@ -1,0 +1,281 @@
+//! The local store: an OCI image layout under `$COFFER_HOME/images` plus a measurement cache.
+
+use std::fs;
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+
+use oci_spec::image::{Descriptor, ImageIndex, MediaType};
+
+use crate::layout::{Image, Layout, REF_NAME};
+use crate::measure::{measure_layers, LayerMeasurement, Progress};
+use crate::{io_err, Digest, ImageError};
+
+/// Where an image comes from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ImageRef {
+    /// An OCI layout directory, optionally with a tag (`oci:DIR[:TAG]`).
+    OciLayout {
+        /// Directory.
+        dir: PathBuf,
+        /// Tag (ref name).
+        tag: Option<String>,
+    },
+    /// An image in the store, by name.
+    Stored(String),
+}
+
+impl ImageRef {
+    /// Parse `oci:DIR[:TAG]` or a stored image name.
+    pub fn parse(s: &str) -> Result<Self, ImageError> {
+        if let Some(rest) = s.strip_prefix("oci:") {
+            if rest.is_empty() {
+                return Err(ImageError::BadReference("'oci:' needs a directory: oci:DIR[:TAG]".into()));
+            }
+            // The tag is what follows the last ':' when that part is not a path.
+            if let Some((dir, tag)) = rest.rsplit_once(':') {
+                if !tag.contains('/') && !tag.is_empty() && !dir.is_empty() {
+                    return Ok(ImageRef::OciLayout { dir: dir.into(), tag: Some(tag.into()) });
+                }
+            }
+            return Ok(ImageRef::OciLayout { dir: rest.into(), tag: None });
+        }
+        if s.is_empty() || s.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            return Err(ImageError::BadReference(format!("'{s}' is not an image name")));
+        }
+        Ok(ImageRef::Stored(s.to_string()))
+    }
+}
+
+/// An image found in the store or a layout, with where its blobs are.
+#[derive(Clone, Debug)]
+pub struct StoredImage {
+    /// Its name (stored) or `oci:DIR:TAG`.
+    pub name: String,
+    /// The layout holding its blobs.
+    pub layout: Layout,
+    /// The image.
+    pub image: Image,
+}
+
+/// The image store.
+#[derive(Clone, Debug)]
+pub struct Store {
+    root: PathBuf,
+    layout: Layout,
+}
+
+fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), ImageError> {
+    let tmp = path.with_extension(format!("tmp-{}", unique()));
+    let mut f = fs::File::create(&tmp).map_err(io_err(&tmp))?;
+    f.write_all(bytes).and_then(|_| f.sync_all()).map_err(io_err(&tmp))?;
+    fs::rename(&tmp, path).map_err(io_err(path))
+}
+
+fn unique() -> String {
+    let mut b = [0u8; 8];
+    if openssl::rand::rand_bytes(&mut b).is_err() {
+        return format!("{}-{:?}", std::process::id(), std::time::SystemTime::now());
+    }
+    hex::encode(b)
+}
+
+impl Store {
+    /// Open (creating if needed) the store under `home/images`.
+    pub fn open(home: &Path) -> Result<Self, ImageError> {
+        let root = home.join("images");
+        fs::create_dir_all(root.join("blobs/sha256")).map_err(io_err(&root))?;
+        fs::create_dir_all(root.join("measurements")).map_err(io_err(&root))?;
+        let marker = root.join("oci-layout");
+        if !marker.exists() {
+            write_atomic(&marker, br#"{"imageLayoutVersion":"1.0.0"}"#)?;
+        }
+        let index = root.join("index.json");
+        if !index.exists() {
+            write_atomic(&index, br#"{"schemaVersion":2,"manifests":[]}"#)?;
+        }
+        let layout = Layout::open(&root)?;
+        Ok(Store { root, layout })
+    }
+
+    /// The store's own layout.
+    pub fn layout(&self) -> &Layout {
+        &self.layout
+    }
+
+    /// Stored images: (name, manifest digest).
+    pub fn list(&self) -> Result<Vec<(String, Digest)>, ImageError> {
+        let mut tags = self.layout.tags()?;
+        tags.sort();
+        Ok(tags)
+    }
+
+    /// Resolve a reference (stored name or OCI layout).
+    pub fn resolve(&self, r: &ImageRef) -> Result<StoredImage, ImageError> {
+        match r {
+            ImageRef::Stored(name) => {
+                let image = self.layout.resolve(Some(name)).map_err(|e| match e {
+                    ImageError::NotFound(_) => ImageError::NotFound(format!(
+                        "no image '{name}' in the store (coffer image ls lists them; import with coffer image import oci:DIR[:TAG])"
+                    )),
+                    other => other,
+                })?;
+                Ok(StoredImage { name: name.clone(), layout: self.layout.clone(), image })
+            }
+            ImageRef::OciLayout { dir, tag } => {
+                let layout = Layout::open(dir)?;
+                let image = layout.resolve(tag.as_deref())?;
+                let name = match tag {
+                    Some(t) => format!("oci:{}:{t}", dir.display()),
+                    None => format!("oci:{}", dir.display()),
+                };
+                Ok(StoredImage { name, layout, image })
+            }
+        }
+    }
+
+    fn cache_path(&self, layer: &Digest) -> PathBuf {
+        self.root.join("measurements").join(format!("{}.json", layer.hex()))
+    }
+
+    /// Measure an image's layers (base first), using and filling the cache.
+    pub fn measure(&self, img: &StoredImage, progress: Option<&Progress>) -> Result<Vec<LayerMeasurement>, ImageError> {
+        let mut out: Vec<Option<LayerMeasurement>> = Vec::with_capacity(img.image.layers.len());
+        let mut todo = Vec::new();
+        for (i, l) in img.image.layers.iter().enumerate() {
+            let cached = fs::read(self.cache_path(&l.digest))
+                .ok()
+                .and_then(|b| serde_json::from_slice::<LayerMeasurement>(&b).ok())
+                .filter(|m| m.diff_id == l.diff_id);
+            if cached.is_none() {
+                todo.push(i);
+            }
+            out.push(cached);
+        }
+        if !todo.is_empty() {
+            let layers: Vec<_> = todo.iter().map(|&i| img.image.layers[i].clone()).collect();
+            let measured = measure_layers(&img.layout, &layers, progress)?;
+            for (&i, m) in todo.iter().zip(measured) {
+                if let Ok(json) = serde_json::to_vec(&m) {
+                    // The cache is an optimisation: failing to write it is not an error.
+                    let _ = write_atomic(&self.cache_path(&img.image.layers[i].digest), &json);
+                }
+                out[i] = Some(m);
+            }
+        }
+        Ok(out.into_iter().flatten().collect())
+    }
+
+    /// Import an image from an OCI layout under `name`.
+    ///
+    /// Every blob is copied into a staging directory and checked (digest; for layers also the
+    /// diff_id, and the measurement is cached); only when all pass are the blobs moved into the
+    /// store and the name recorded. On any failure the store is unchanged.
+    pub fn import(&self, src: &ImageRef, name: Option<&str>, progress: Option<&Progress>) -> Result<StoredImage, ImageError> {
+        let ImageRef::OciLayout { dir, tag } = src else {
+            return Err(ImageError::BadReference("import needs an OCI layout: oci:DIR[:TAG]".into()));
+        };
+        let source = self.resolve(src)?;
+        let name = match name {
+            Some(n) => n.to_string(),
+            None => {
+                let base = dir
+                    .canonicalize()
+                    .ok()
+                    .and_then(|d| d.file_name().map(|f| f.to_string_lossy().into_owned()))
+                    .unwrap_or_else(|| "image".into());
+                format!("{base}:{}", tag.clone().unwrap_or_else(|| "latest".into()))
+            }
+        };
+        ImageRef::parse(&name)?;
+        let staging = self.root.join(format!(".staging-{}", unique()));
+        let result = self.stage_and_commit(&source, &staging, &name, progress);
+        let _ = fs::remove_dir_all(&staging);
+        result?;
+        self.resolve(&ImageRef::Stored(name))
+    }
+
+    fn stage_and_commit(&self, source: &StoredImage, staging: &Path, name: &str, progress: Option<&Progress>) -> Result<(), ImageError> {
+        let blobs = staging.join("blobs/sha256");
+        fs::create_dir_all(&blobs).map_err(io_err(&blobs))?;
+        let img = &source.image;
+        // Small blobs: already digest-checked by the reader.
+        let manifest_path = blobs.join(img.manifest_digest.hex());
+        fs::write(&manifest_path, &img.manifest_bytes).map_err(io_err(&manifest_path))?;
+        let config = source.layout.read_blob(&img.config_digest)?;
+        let config_path = blobs.join(img.config_digest.hex());
+        fs::write(&config_path, &config).map_err(io_err(&config_path))?;
+        for l in &img.layers {
+            let from = source.layout.blob_path(&l.digest);
+            let to = blobs.join(l.digest.hex());
+            if self.layout.blob_path(&l.digest).exists() {
+                continue;
+            }
+            fs::copy(&from, &to).map_err(io_err(&from))?;
+        }
+        // Check every staged layer (digest, diff_id) and measure it, in parallel.
+        write_atomic(&staging.join("oci-layout"), br#"{"imageLayoutVersion":"1.0.0"}"#)?;
+        let staged = Layout::open(staging)?;
+        let new_layers: Vec<_> = img
+            .layers
+            .iter()
+            .filter(|l| blobs.join(l.digest.hex()).exists())
+            .cloned()
+            .collect();
+        let measured: Vec<(Digest, LayerMeasurement)> = new_layers
+            .iter()
+            .map(|l| l.digest)
+            .zip(measure_layers(&staged, &new_layers, progress)?)
+            .collect();
+        // Commit: blobs first (content-addressed, harmless if we stop here), then the name.
+        for entry in fs::read_dir(&blobs).map_err(io_err(&blobs))? {
+            let entry = entry.map_err(io_err(&blobs))?;
+            let dest = self.root.join("blobs/sha256").join(entry.file_name());
+            if !dest.exists() {
+                fs::rename(entry.path(), &dest).map_err(io_err(&dest))?;
+            }
+        }
+        for (digest, m) in measured {
+            if let Ok(json) = serde_json::to_vec(&m) {
+                let _ = write_atomic(&self.cache_path(&digest), &json);
+            }
+        }
+        self.set_ref(name, &img.manifest_digest, img.manifest_bytes.len() as u64)
+    }
+
+    /// Point `name` at a manifest in `index.json`, under an exclusive lock.
+    fn set_ref(&self, name: &str, digest: &Digest, size: u64) -> Result<(), ImageError> {
+        let lock_path = self.root.join(".lock");
+        let lock = fs::File::create(&lock_path).map_err(io_err(&lock_path))?;
+        lock.lock().map_err(io_err(&lock_path))?;
+        let mut index: ImageIndex = self.layout.index()?;
+        let mut manifests: Vec<Descriptor> = index
+            .manifests()
+            .iter()
+            .filter(|m| m.annotations().as_ref().and_then(|a| a.get(REF_NAME)).map(String::as_str) != Some(name))
+            .cloned()
+            .collect();
+        let mut d = Descriptor::new(MediaType::ImageManifest, size, oci_spec::image::Digest::try_from(digest.to_string()).map_err(|e| ImageError::BadReference(e.to_string()))?);
+        d.set_annotations(Some([(REF_NAME.to_string(), name.to_string())].into_iter().collect()));
+        manifests.push(d);
+        index.set_manifests(manifests);
+        let bytes = serde_json::to_vec_pretty(&index).map_err(|e| ImageError::BadReference(e.to_string()))?;
+        write_atomic(&self.root.join("index.json"), &bytes)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_references() {
+        assert_eq!(
+            ImageRef::parse("oci:/tmp/x:v1").unwrap(),
+            ImageRef::OciLayout { dir: "/tmp/x".into(), tag: Some("v1".into()) }
+        );
+        assert_eq!(ImageRef::parse("oci:dir").unwrap(), ImageRef::OciLayout { dir: "dir".into(), tag: None });
+        assert_eq!(ImageRef::parse("hello:latest").unwrap(), ImageRef::Stored("hello:latest".into()));
+        assert!(ImageRef::parse("oci:").is_err());
+        assert!(ImageRef::parse("a b").is_err());
+    }
+}
