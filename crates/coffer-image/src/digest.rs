@@ -50,7 +50,11 @@ impl FromStr for Digest {
         let hex_part = s
             .strip_prefix("sha256:")
             .ok_or_else(|| bad("only sha256 digests are supported"))?;
-        if hex_part.len() != 64 || !hex_part.bytes().all(|c| matches!(c, b'0'..=b'9' | b'a'..=b'f')) {
+        if hex_part.len() != 64
+            || !hex_part
+                .bytes()
+                .all(|c| matches!(c, b'0'..=b'9' | b'a'..=b'f'))
+        {
             return Err(bad("expected 64 lowercase hex digits"));
         }
         let mut out = [0u8; 32];

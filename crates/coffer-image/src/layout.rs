@@ -80,7 +80,10 @@ impl Layout {
     pub fn open(dir: &Path) -> Result<Self, ImageError> {
         let marker = dir.join("oci-layout");
         let text = fs::read_to_string(&marker).map_err(|e| {
-            layout_err(dir, format!("not an OCI image layout (no readable oci-layout file: {e})"))
+            layout_err(
+                dir,
+                format!("not an OCI image layout (no readable oci-layout file: {e})"),
+            )
         })?;
         let v: serde_json::Value = serde_json::from_str(&text)
             .map_err(|e| layout_err(&marker, format!("not JSON: {e}")))?;
@@ -145,18 +148,38 @@ impl Layout {
         let chosen = match tag {
             Some(t) => manifests
                 .iter()
-                .find(|m| m.annotations().as_ref().and_then(|a| a.get(REF_NAME)).map(String::as_str) == Some(t))
+                .find(|m| {
+                    m.annotations()
+                        .as_ref()
+                        .and_then(|a| a.get(REF_NAME))
+                        .map(String::as_str)
+                        == Some(t)
+                })
                 .ok_or_else(|| {
-                    let tags: Vec<String> = self.tags().unwrap_or_default().into_iter().map(|(t, _)| t).collect();
+                    let tags: Vec<String> = self
+                        .tags()
+                        .unwrap_or_default()
+                        .into_iter()
+                        .map(|(t, _)| t)
+                        .collect();
                     ImageError::NotFound(format!(
                         "{}: no image tagged '{t}' (tags: {})",
                         self.dir.display(),
-                        if tags.is_empty() { "none".into() } else { tags.join(", ") }
+                        if tags.is_empty() {
+                            "none".into()
+                        } else {
+                            tags.join(", ")
+                        }
                     ))
                 })?,
             None => match manifests.as_slice() {
                 [one] => one,
-                [] => return Err(ImageError::NotFound(format!("{}: the layout holds no image", self.dir.display()))),
+                [] => {
+                    return Err(ImageError::NotFound(format!(
+                        "{}: the layout holds no image",
+                        self.dir.display()
+                    )))
+                }
                 _ => {
                     return Err(ImageError::NotFound(format!(
                         "{}: the layout holds {} images; name one with oci:DIR:TAG",
@@ -186,8 +209,13 @@ impl Layout {
             digest = pick.digest().to_string().parse()?;
             media = pick.media_type().clone();
         }
-        if media != MediaType::ImageManifest && media.to_string() != "application/vnd.docker.distribution.manifest.v2+json" {
-            return Err(layout_err(&self.blob_path(&digest), format!("unsupported manifest media type {media}")));
+        if media != MediaType::ImageManifest
+            && media.to_string() != "application/vnd.docker.distribution.manifest.v2+json"
+        {
+            return Err(layout_err(
+                &self.blob_path(&digest),
+                format!("unsupported manifest media type {media}"),
+            ));
         }
         self.image(&digest)
     }
@@ -199,13 +227,21 @@ impl Layout {
             .map_err(|e| layout_err(&self.blob_path(digest), format!("invalid manifest: {e}")))?;
         let config_digest: Digest = manifest.config().digest().to_string().parse()?;
         let config_bytes = self.read_blob(&config_digest)?;
-        let config: ImageConfiguration = serde_json::from_slice(&config_bytes)
-            .map_err(|e| layout_err(&self.blob_path(&config_digest), format!("invalid image config: {e}")))?;
+        let config: ImageConfiguration = serde_json::from_slice(&config_bytes).map_err(|e| {
+            layout_err(
+                &self.blob_path(&config_digest),
+                format!("invalid image config: {e}"),
+            )
+        })?;
         let diff_ids = config.rootfs().diff_ids();
         if diff_ids.len() != manifest.layers().len() {
             return Err(layout_err(
                 &self.blob_path(&config_digest),
-                format!("config lists {} diff_ids for {} layers", diff_ids.len(), manifest.layers().len()),
+                format!(
+                    "config lists {} diff_ids for {} layers",
+                    diff_ids.len(),
+                    manifest.layers().len()
+                ),
             ));
         }
         let layers = manifest

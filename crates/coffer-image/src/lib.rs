@@ -20,7 +20,7 @@ mod store;
 pub use digest::Digest;
 pub use layout::{Image, Layer, Layout, REF_NAME};
 pub use measure::{measure_layers, LayerMeasurement, Progress};
-pub use store::{ImageRef, StoredImage, Store};
+pub use store::{ImageRef, Store, StoredImage};
 
 use std::path::PathBuf;
 
@@ -53,7 +53,9 @@ pub enum ImageError {
         actual: Digest,
     },
     /// A layer's uncompressed content does not match the config's diff_id.
-    #[error("layer {digest}: uncompressed content hashes to {actual}, config says diff_id {diff_id}")]
+    #[error(
+        "layer {digest}: uncompressed content hashes to {actual}, config says diff_id {diff_id}"
+    )]
     DiffIdMismatch {
         /// Layer blob digest.
         digest: Digest,

@@ -30,7 +30,9 @@ mod digest_str {
         s.serialize_str(&d.to_string())
     }
     pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Digest, D::Error> {
-        String::deserialize(d)?.parse().map_err(serde::de::Error::custom)
+        String::deserialize(d)?
+            .parse()
+            .map_err(serde::de::Error::custom)
     }
 }
 
@@ -141,11 +143,14 @@ pub fn measure_layers(
         p.total
             .fetch_add(layers.iter().map(|l| l.size).sum(), Ordering::Relaxed);
     }
-    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
     let workers = cores.min(layers.len()).max(1);
     let verity_threads = (cores / workers).max(1);
     let next = AtomicUsize::new(0);
-    let mut results: Vec<Option<Result<LayerMeasurement, ImageError>>> = (0..layers.len()).map(|_| None).collect();
+    let mut results: Vec<Option<Result<LayerMeasurement, ImageError>>> =
+        (0..layers.len()).map(|_| None).collect();
     let done: Vec<(usize, Result<LayerMeasurement, ImageError>)> = std::thread::scope(|s| {
         let handles: Vec<_> = (0..workers)
             .map(|_| {
@@ -154,7 +159,12 @@ pub fn measure_layers(
                     loop {
                         let i = next.fetch_add(1, Ordering::Relaxed);
                         let Some(layer) = layers.get(i) else { break };
-                        let r = measure_blob(&layout.blob_path(&layer.digest), layer, progress, verity_threads);
+                        let r = measure_blob(
+                            &layout.blob_path(&layer.digest),
+                            layer,
+                            progress,
+                            verity_threads,
+                        );
                         mine.push((i, r));
                     }
                     mine
@@ -174,7 +184,10 @@ pub fn measure_layers(
         .zip(layers)
         .map(|(r, l)| {
             r.unwrap_or_else(|| {
-                Err(ImageError::NotFound(format!("layer {} was not measured (worker failed)", l.digest)))
+                Err(ImageError::NotFound(format!(
+                    "layer {} was not measured (worker failed)",
+                    l.digest
+                )))
             })
         })
         .collect()

@@ -29,18 +29,28 @@ impl ImageRef {
     pub fn parse(s: &str) -> Result<Self, ImageError> {
         if let Some(rest) = s.strip_prefix("oci:") {
             if rest.is_empty() {
-                return Err(ImageError::BadReference("'oci:' needs a directory: oci:DIR[:TAG]".into()));
+                return Err(ImageError::BadReference(
+                    "'oci:' needs a directory: oci:DIR[:TAG]".into(),
+                ));
             }
             // The tag is what follows the last ':' when that part is not a path.
             if let Some((dir, tag)) = rest.rsplit_once(':') {
                 if !tag.contains('/') && !tag.is_empty() && !dir.is_empty() {
-                    return Ok(ImageRef::OciLayout { dir: dir.into(), tag: Some(tag.into()) });
+                    return Ok(ImageRef::OciLayout {
+                        dir: dir.into(),
+                        tag: Some(tag.into()),
+                    });
                 }
             }
-            return Ok(ImageRef::OciLayout { dir: rest.into(), tag: None });
+            return Ok(ImageRef::OciLayout {
+                dir: rest.into(),
+                tag: None,
+            });
         }
         if s.is_empty() || s.chars().any(|c| c.is_whitespace() || c.is_control()) {
-            return Err(ImageError::BadReference(format!("'{s}' is not an image name")));
+            return Err(ImageError::BadReference(format!(
+                "'{s}' is not an image name"
+            )));
         }
         Ok(ImageRef::Stored(s.to_string()))
     }
@@ -67,7 +77,9 @@ pub struct Store {
 fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), ImageError> {
     let tmp = path.with_extension(format!("tmp-{}", unique()));
     let mut f = fs::File::create(&tmp).map_err(io_err(&tmp))?;
-    f.write_all(bytes).and_then(|_| f.sync_all()).map_err(io_err(&tmp))?;
+    f.write_all(bytes)
+        .and_then(|_| f.sync_all())
+        .map_err(io_err(&tmp))?;
     fs::rename(&tmp, path).map_err(io_err(path))
 }
 
@@ -119,7 +131,11 @@ impl Store {
                     )),
                     other => other,
                 })?;
-                Ok(StoredImage { name: name.clone(), layout: self.layout.clone(), image })
+                Ok(StoredImage {
+                    name: name.clone(),
+                    layout: self.layout.clone(),
+                    image,
+                })
             }
             ImageRef::OciLayout { dir, tag } => {
                 let layout = Layout::open(dir)?;
@@ -128,17 +144,27 @@ impl Store {
                     Some(t) => format!("oci:{}:{t}", dir.display()),
                     None => format!("oci:{}", dir.display()),
                 };
-                Ok(StoredImage { name, layout, image })
+                Ok(StoredImage {
+                    name,
+                    layout,
+                    image,
+                })
             }
         }
     }
 
     fn cache_path(&self, layer: &Digest) -> PathBuf {
-        self.root.join("measurements").join(format!("{}.json", layer.hex()))
+        self.root
+            .join("measurements")
+            .join(format!("{}.json", layer.hex()))
     }
 
     /// Measure an image's layers (base first), using and filling the cache.
-    pub fn measure(&self, img: &StoredImage, progress: Option<&Progress>) -> Result<Vec<LayerMeasurement>, ImageError> {
+    pub fn measure(
+        &self,
+        img: &StoredImage,
+        progress: Option<&Progress>,
+    ) -> Result<Vec<LayerMeasurement>, ImageError> {
         let mut out: Vec<Option<LayerMeasurement>> = Vec::with_capacity(img.image.layers.len());
         let mut todo = Vec::new();
         for (i, l) in img.image.layers.iter().enumerate() {
@@ -170,9 +196,16 @@ impl Store {
     /// Every blob is copied into a staging directory and checked (digest; for layers also the
     /// diff_id, and the measurement is cached); only when all pass are the blobs moved into the
     /// store and the name recorded. On any failure the store is unchanged.
-    pub fn import(&self, src: &ImageRef, name: Option<&str>, progress: Option<&Progress>) -> Result<StoredImage, ImageError> {
+    pub fn import(
+        &self,
+        src: &ImageRef,
+        name: Option<&str>,
+        progress: Option<&Progress>,
+    ) -> Result<StoredImage, ImageError> {
         let ImageRef::OciLayout { dir, tag } = src else {
-            return Err(ImageError::BadReference("import needs an OCI layout: oci:DIR[:TAG]".into()));
+            return Err(ImageError::BadReference(
+                "import needs an OCI layout: oci:DIR[:TAG]".into(),
+            ));
         };
         let source = self.resolve(src)?;
         let name = match name {
@@ -194,7 +227,13 @@ impl Store {
         self.resolve(&ImageRef::Stored(name))
     }
 
-    fn stage_and_commit(&self, source: &StoredImage, staging: &Path, name: &str, progress: Option<&Progress>) -> Result<(), ImageError> {
+    fn stage_and_commit(
+        &self,
+        source: &StoredImage,
+        staging: &Path,
+        name: &str,
+        progress: Option<&Progress>,
+    ) -> Result<(), ImageError> {
         let blobs = staging.join("blobs/sha256");
         fs::create_dir_all(&blobs).map_err(io_err(&blobs))?;
         let img = &source.image;
@@ -213,7 +252,10 @@ impl Store {
             fs::copy(&from, &to).map_err(io_err(&from))?;
         }
         // Check every staged layer (digest, diff_id) and measure it, in parallel.
-        write_atomic(&staging.join("oci-layout"), br#"{"imageLayoutVersion":"1.0.0"}"#)?;
+        write_atomic(
+            &staging.join("oci-layout"),
+            br#"{"imageLayoutVersion":"1.0.0"}"#,
+        )?;
         let staged = Layout::open(staging)?;
         let new_layers: Vec<_> = img
             .layers
@@ -251,14 +293,30 @@ impl Store {
         let mut manifests: Vec<Descriptor> = index
             .manifests()
             .iter()
-            .filter(|m| m.annotations().as_ref().and_then(|a| a.get(REF_NAME)).map(String::as_str) != Some(name))
+            .filter(|m| {
+                m.annotations()
+                    .as_ref()
+                    .and_then(|a| a.get(REF_NAME))
+                    .map(String::as_str)
+                    != Some(name)
+            })
             .cloned()
             .collect();
-        let mut d = Descriptor::new(MediaType::ImageManifest, size, oci_spec::image::Digest::try_from(digest.to_string()).map_err(|e| ImageError::BadReference(e.to_string()))?);
-        d.set_annotations(Some([(REF_NAME.to_string(), name.to_string())].into_iter().collect()));
+        let mut d = Descriptor::new(
+            MediaType::ImageManifest,
+            size,
+            oci_spec::image::Digest::try_from(digest.to_string())
+                .map_err(|e| ImageError::BadReference(e.to_string()))?,
+        );
+        d.set_annotations(Some(
+            [(REF_NAME.to_string(), name.to_string())]
+                .into_iter()
+                .collect(),
+        ));
         manifests.push(d);
         index.set_manifests(manifests);
-        let bytes = serde_json::to_vec_pretty(&index).map_err(|e| ImageError::BadReference(e.to_string()))?;
+        let bytes = serde_json::to_vec_pretty(&index)
+            .map_err(|e| ImageError::BadReference(e.to_string()))?;
         write_atomic(&self.root.join("index.json"), &bytes)
     }
 }
@@ -271,10 +329,22 @@ mod tests {
     fn parses_references() {
         assert_eq!(
             ImageRef::parse("oci:/tmp/x:v1").unwrap(),
-            ImageRef::OciLayout { dir: "/tmp/x".into(), tag: Some("v1".into()) }
+            ImageRef::OciLayout {
+                dir: "/tmp/x".into(),
+                tag: Some("v1".into())
+            }
         );
-        assert_eq!(ImageRef::parse("oci:dir").unwrap(), ImageRef::OciLayout { dir: "dir".into(), tag: None });
-        assert_eq!(ImageRef::parse("hello:latest").unwrap(), ImageRef::Stored("hello:latest".into()));
+        assert_eq!(
+            ImageRef::parse("oci:dir").unwrap(),
+            ImageRef::OciLayout {
+                dir: "dir".into(),
+                tag: None
+            }
+        );
+        assert_eq!(
+            ImageRef::parse("hello:latest").unwrap(),
+            ImageRef::Stored("hello:latest".into())
+        );
         assert!(ImageRef::parse("oci:").is_err());
         assert!(ImageRef::parse("a b").is_err());
     }

@@ -13,12 +13,22 @@ fn veritysetup_root(padded: &[u8]) -> String {
     let (d, h) = (dir.path().join("d"), dir.path().join("h"));
     std::fs::write(&d, padded).unwrap();
     let out = Command::new("veritysetup")
-        .args(["format", "--no-superblock", &format!("--salt={}", "0".repeat(64))])
+        .args([
+            "format",
+            "--no-superblock",
+            &format!("--salt={}", "0".repeat(64)),
+        ])
         .args([&d, &h])
         .output()
         .unwrap();
     assert!(out.status.success());
-    String::from_utf8(out.stdout).unwrap().lines().find_map(|l| l.strip_prefix("Root hash:")).unwrap().trim().to_string()
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("Root hash:"))
+        .unwrap()
+        .trim()
+        .to_string()
 }
 
 fn snapshot(dir: &Path) -> Vec<(String, Vec<u8>)> {
@@ -44,7 +54,14 @@ fn hand_layout(dir: &Path, tamper_diff_id: bool) -> Vec<u8> {
     std::fs::create_dir_all(content.join("etc")).unwrap();
     std::fs::write(content.join("etc/motd"), "hello\n").unwrap();
     let tar = dir.join("layer.tar");
-    let st = Command::new("tar").args(["-C"]).arg(&content).args(["-cf"]).arg(&tar).arg(".").status().unwrap();
+    let st = Command::new("tar")
+        .args(["-C"])
+        .arg(&content)
+        .args(["-cf"])
+        .arg(&tar)
+        .arg(".")
+        .status()
+        .unwrap();
     assert!(st.success());
     let layer = std::fs::read(&tar).unwrap();
     let oci = dir.join("oci");
@@ -56,12 +73,17 @@ fn hand_layout(dir: &Path, tamper_diff_id: bool) -> Vec<u8> {
         d
     };
     let ld = put(&layer);
-    let diff_id = if tamper_diff_id { Digest::of(b"other") } else { ld };
+    let diff_id = if tamper_diff_id {
+        Digest::of(b"other")
+    } else {
+        ld
+    };
     let config = serde_json::to_vec(&json!({
         "architecture": "amd64", "os": "linux",
         "config": {"Cmd": ["/bin/true"]},
         "rootfs": {"type": "layers", "diff_ids": [diff_id.to_string()]}
-    })).unwrap();
+    }))
+    .unwrap();
     let cd = put(&config);
     let manifest = serde_json::to_vec(&json!({
         "schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
@@ -81,7 +103,10 @@ fn hand_layout(dir: &Path, tamper_diff_id: bool) -> Vec<u8> {
 fn umoci_image_imports_and_measures_like_veritysetup() {
     let tmp = tempfile::tempdir().unwrap();
     let oci = tmp.path().join("hello");
-    if !coffer_testkit::build_example_image(&oci, "umoci_image_imports_and_measures_like_veritysetup") {
+    if !coffer_testkit::build_example_image(
+        &oci,
+        "umoci_image_imports_and_measures_like_veritysetup",
+    ) {
         return;
     }
     let home = tmp.path().join("home");
@@ -92,7 +117,11 @@ fn umoci_image_imports_and_measures_like_veritysetup() {
     assert_eq!(img.name, "hello:latest");
     assert_eq!(store.list().unwrap().len(), 1);
     assert_eq!(img.image.layers.len(), 2);
-    assert!(img.image.layers.iter().all(|l| l.media_type.ends_with("+gzip")));
+    assert!(img
+        .image
+        .layers
+        .iter()
+        .all(|l| l.media_type.ends_with("+gzip")));
     let m = store.measure(&img, None).unwrap();
     assert_eq!(m, direct);
     if coffer_testkit::tool("veritysetup", "umoci measure") {
@@ -100,7 +129,8 @@ fn umoci_image_imports_and_measures_like_veritysetup() {
             assert_eq!(meas.diff_id, layer.diff_id);
             let gz = std::fs::read(store.layout().blob_path(&layer.digest)).unwrap();
             let mut tar = Vec::new();
-            std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(&gz[..]), &mut tar).unwrap();
+            std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(&gz[..]), &mut tar)
+                .unwrap();
             assert_eq!(Digest::of(&tar), layer.diff_id);
             tar.resize(tar.len().div_ceil(4096) * 4096, 0);
             assert_eq!(hex::encode(meas.root_hash), veritysetup_root(&tar));
@@ -117,12 +147,26 @@ fn uncompressed_layers_import_and_measure() {
     let tmp = tempfile::tempdir().unwrap();
     let mut layer = hand_layout(tmp.path(), false);
     let store = Store::open(&tmp.path().join("home")).unwrap();
-    let img = store.import(&ImageRef::parse(&format!("oci:{}:v1", tmp.path().join("oci").display())).unwrap(), Some("hand:v1"), None).unwrap();
+    let img = store
+        .import(
+            &ImageRef::parse(&format!("oci:{}:v1", tmp.path().join("oci").display())).unwrap(),
+            Some("hand:v1"),
+            None,
+        )
+        .unwrap();
     let m = store.measure(&img, None).unwrap();
     layer.resize(layer.len().div_ceil(4096) * 4096, 0);
-    assert_eq!(m[0].root_hash, coffer_verity::root_hash(&layer[..]).unwrap());
-    assert!(matches!(store.resolve(&ImageRef::parse("nope:1").unwrap()), Err(ImageError::NotFound(_))));
-    let err = store.resolve(&ImageRef::parse(&format!("oci:{}:v9", tmp.path().join("oci").display())).unwrap()).unwrap_err();
+    assert_eq!(
+        m[0].root_hash,
+        coffer_verity::root_hash(&layer[..]).unwrap()
+    );
+    assert!(matches!(
+        store.resolve(&ImageRef::parse("nope:1").unwrap()),
+        Err(ImageError::NotFound(_))
+    ));
+    let err = store
+        .resolve(&ImageRef::parse(&format!("oci:{}:v9", tmp.path().join("oci").display())).unwrap())
+        .unwrap_err();
     assert!(err.to_string().contains("tags: v1"), "{err}");
 }
 
@@ -133,19 +177,37 @@ fn corrupted_blobs_are_refused_and_the_store_is_unchanged() {
     let home = tmp.path().join("home");
     let store = Store::open(&home).unwrap();
     let before = snapshot(&home);
-    let blob = tmp.path().join("oci/blobs/sha256").join(Digest::of(&layer).hex());
+    let blob = tmp
+        .path()
+        .join("oci/blobs/sha256")
+        .join(Digest::of(&layer).hex());
     let mut bytes = std::fs::read(&blob).unwrap();
     bytes[600] ^= 1;
     std::fs::write(&blob, &bytes).unwrap();
-    let err = store.import(&ImageRef::parse(&format!("oci:{}", tmp.path().join("oci").display())).unwrap(), None, None).unwrap_err();
+    let err = store
+        .import(
+            &ImageRef::parse(&format!("oci:{}", tmp.path().join("oci").display())).unwrap(),
+            None,
+            None,
+        )
+        .unwrap_err();
     assert!(matches!(err, ImageError::DigestMismatch { .. }), "{err}");
     assert_eq!(snapshot(&home), before);
 
     let tmp2 = tempfile::tempdir().unwrap();
     hand_layout(tmp2.path(), true);
-    let err = store.import(&ImageRef::parse(&format!("oci:{}", tmp2.path().join("oci").display())).unwrap(), None, None).unwrap_err();
+    let err = store
+        .import(
+            &ImageRef::parse(&format!("oci:{}", tmp2.path().join("oci").display())).unwrap(),
+            None,
+            None,
+        )
+        .unwrap_err();
     assert!(matches!(err, ImageError::DiffIdMismatch { .. }), "{err}");
     assert_eq!(snapshot(&home), before);
-    let err = Store::open(&home).unwrap().import(&ImageRef::parse("oci:/nonexistent").unwrap(), None, None).unwrap_err();
+    let err = Store::open(&home)
+        .unwrap()
+        .import(&ImageRef::parse("oci:/nonexistent").unwrap(), None, None)
+        .unwrap_err();
     assert!(err.to_string().contains("not an OCI image layout"), "{err}");
 }

@@ -68,7 +68,8 @@ pub fn build_example_image(out: &std::path::Path, test: &str) -> bool {
     if !tool("umoci", test) {
         return false;
     }
-    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../examples/hello/build-image.sh");
+    let script =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../examples/hello/build-image.sh");
     let status = std::process::Command::new("bash")
         .arg(&script)
         .arg(out)

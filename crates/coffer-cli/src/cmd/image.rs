@@ -44,7 +44,9 @@ pub(crate) fn run(cmd: ImageCommand) -> Result<ExitCode> {
     match cmd {
         ImageCommand::Import(a) => {
             let src = ImageRef::parse(&a.source)?;
-            let img = with_progress("importing", |p| store.import(&src, a.name.as_deref(), Some(p)))?;
+            let img = with_progress("importing", |p| {
+                store.import(&src, a.name.as_deref(), Some(p))
+            })?;
             let size: u64 = img.image.layers.iter().map(|l| l.size).sum();
             println!(
                 "imported {} ({} layers, {:.1} MiB, manifest {})",
@@ -62,7 +64,11 @@ pub(crate) fn run(cmd: ImageCommand) -> Result<ExitCode> {
             for (name, digest) in images {
                 let img = store.resolve(&ImageRef::Stored(name.clone()))?;
                 let size: u64 = img.image.layers.iter().map(|l| l.size).sum();
-                println!("{name}\t{digest}\t{} layers\t{:.1} MiB", img.image.layers.len(), size as f64 / 1048576.0);
+                println!(
+                    "{name}\t{digest}\t{} layers\t{:.1} MiB",
+                    img.image.layers.len(),
+                    size as f64 / 1048576.0
+                );
             }
         }
         ImageCommand::Measure(a) => {
@@ -96,10 +102,19 @@ where
                 if ticks < 5 {
                     continue;
                 }
-                let (b, t) = (progress.bytes.load(Ordering::Relaxed), progress.total.load(Ordering::Relaxed));
+                let (b, t) = (
+                    progress.bytes.load(Ordering::Relaxed),
+                    progress.total.load(Ordering::Relaxed),
+                );
                 let pct = if t > 0 { b.min(t) * 100 / t } else { 0 };
-                let bar: String = (0..30).map(|i| if i * 100 < pct * 30 { '#' } else { '.' }).collect();
-                eprint!("\r{what} [{bar}] {pct:3}% {:.1}/{:.1} MiB", b as f64 / 1048576.0, t as f64 / 1048576.0);
+                let bar: String = (0..30)
+                    .map(|i| if i * 100 < pct * 30 { '#' } else { '.' })
+                    .collect();
+                eprint!(
+                    "\r{what} [{bar}] {pct:3}% {:.1}/{:.1} MiB",
+                    b as f64 / 1048576.0,
+                    t as f64 / 1048576.0
+                );
                 drawn = true;
             }
             if drawn {

@@ -1,0 +1,269 @@
+//! Enforcement: regorus over the customer policy and Coffer's framework, with group state.
+
+use regorus::{Engine, PolicyLengthConfig};
+use serde_json::{json, Map, Value};
+
+use crate::PolicyError;
+
+/// Coffer's framework, which every generated policy maps its enforcement points to.
+pub const FRAMEWORK_REGO: &str = include_str!("../rego/framework.rego");
+
+/// The enforcement points, and the result used when a policy does not define one (as hcsshim's
+/// `api.rego` default results for policies older than the point).
+const POINTS: [(&str, &str); 17] = [
+    ("mount_device", r#"{"allowed": false}"#),
+    ("unmount_device", r#"{"allowed": true}"#),
+    ("mount_overlay", r#"{"allowed": false}"#),
+    ("unmount_overlay", r#"{"allowed": true}"#),
+    (
+        "create_container",
+        r#"{"allowed": false, "env_list": null, "allow_stdio_access": false}"#,
+    ),
+    (
+        "exec_in_container",
+        r#"{"allowed": true, "env_list": null}"#,
+    ),
+    (
+        "exec_external",
+        r#"{"allowed": true, "env_list": null, "allow_stdio_access": false}"#,
+    ),
+    ("shutdown_container", r#"{"allowed": true}"#),
+    ("signal_container_process", r#"{"allowed": true}"#),
+    ("get_properties", r#"{"allowed": true}"#),
+    ("dump_stacks", r#"{"allowed": true}"#),
+    ("runtime_logging", r#"{"allowed": true}"#),
+    ("scratch_mount", r#"{"allowed": true}"#),
+    ("scratch_unmount", r#"{"allowed": true}"#),
+    (
+        "load_fragment",
+        r#"{"allowed": false, "add_module": false}"#,
+    ),
+    ("plan9_mount", r#"{"allowed": true}"#),
+    ("plan9_unmount", r#"{"allowed": true}"#),
+];
+
+/// Names of the enforcement points.
+pub const ENFORCEMENT_POINTS: [&str; 17] = {
+    let mut out = [""; 17];
+    let mut i = 0;
+    while i < POINTS.len() {
+        out[i] = POINTS[i].0;
+        i += 1;
+    }
+    out
+};
+
+/// The outcome of one request.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Decision {
+    /// Whether the request may proceed.
+    pub allowed: bool,
+    /// Why not (the policy's `reason`), when denied.
+    pub reason: Option<Value>,
+    /// The rule's full result (e.g. `env_list`, `allow_stdio_access`), without `metadata`.
+    pub result: Value,
+}
+
+/// A loaded policy with the group's state. Denied requests never change the state.
+#[derive(Clone)]
+pub struct Enforcer {
+    engine: Engine,
+    state: Map<String, Value>,
+}
+
+fn to_regorus(v: &Value) -> Result<regorus::Value, PolicyError> {
+    regorus::Value::from_json_str(&v.to_string()).map_err(|e| PolicyError::BadInput(e.to_string()))
+}
+
+fn from_regorus(v: &regorus::Value, rule: &str) -> Result<Value, PolicyError> {
+    let text = v.to_json_str().map_err(|e| PolicyError::Eval {
+        rule: rule.into(),
+        reason: e.to_string(),
+    })?;
+    serde_json::from_str(&text).map_err(|e| PolicyError::Eval {
+        rule: rule.into(),
+        reason: e.to_string(),
+    })
+}
+
+impl std::fmt::Debug for Enforcer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Enforcer")
+            .field("state", &self.state)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Enforcer {
+    /// Load `policy` (Rego text, `package policy`) with Coffer's framework.
+    pub fn new(policy: &str) -> Result<Self, PolicyError> {
+        let mut engine = Engine::new();
+        // Generated policies put all containers on one line: Azure's reach 8 KiB and more.
+        let limits = PolicyLengthConfig {
+            max_col: std::num::NonZeroU32::MIN.saturating_add((1 << 22) - 1),
+            max_file_bytes: std::num::NonZeroUsize::MIN.saturating_add((16 << 20) - 1),
+            max_lines: std::num::NonZeroUsize::MIN.saturating_add(1_000_000 - 1),
+        };
+        engine.set_policy_length_config(limits);
+        engine
+            .add_policy("coffer/framework.rego".into(), FRAMEWORK_REGO.into())
+            .map_err(|e| PolicyError::Load(format!("framework: {e}")))?;
+        let package = engine
+            .add_policy("policy.rego".into(), policy.into())
+            .map_err(|e| PolicyError::Load(e.to_string()))?;
+        if package != "data.policy" {
+            return Err(PolicyError::Load(format!(
+                "the policy must be `package policy`, this one is {}",
+                package.trim_start_matches("data.")
+            )));
+        }
+        Ok(Enforcer {
+            engine,
+            state: Map::new(),
+        })
+    }
+
+    /// Replace the state (e.g. from `--state`).
+    pub fn set_state(&mut self, state: Value) -> Result<(), PolicyError> {
+        match state {
+            Value::Object(m) => {
+                self.state = m;
+                Ok(())
+            }
+            Value::Null => {
+                self.state = Map::new();
+                Ok(())
+            }
+            _ => Err(PolicyError::BadInput("state must be a JSON object".into())),
+        }
+    }
+
+    /// The group state (`data.metadata`).
+    pub fn state(&self) -> Value {
+        Value::Object(self.state.clone())
+    }
+
+    /// Decide `rule` for `input`; apply the result's metadata updates only when allowed.
+    pub fn decide(&mut self, rule: &str, input: &Value) -> Result<Decision, PolicyError> {
+        let default = POINTS
+            .iter()
+            .find(|(name, _)| *name == rule)
+            .map(|(_, d)| *d)
+            .ok_or_else(|| PolicyError::UnknownRule(rule.into()))?;
+        let mut input = match input {
+            Value::Object(m) => m.clone(),
+            Value::Null => Map::new(),
+            _ => {
+                return Err(PolicyError::BadInput(format!(
+                    "{rule}: input must be a JSON object"
+                )))
+            }
+        };
+        input.insert("rule".into(), json!(rule));
+        input.insert("name".into(), json!(rule));
+        self.engine.set_input(to_regorus(&Value::Object(input))?);
+        self.engine.clear_data();
+        self.engine
+            .add_data(to_regorus(&json!({ "metadata": self.state }))?)
+            .map_err(|e| PolicyError::BadInput(e.to_string()))?;
+
+        let eval = |engine: &mut Engine, path: String| -> Result<Value, PolicyError> {
+            let v = engine.eval_rule(path).map_err(|e| PolicyError::Eval {
+                rule: rule.into(),
+                reason: e.to_string(),
+            })?;
+            if v == regorus::Value::Undefined {
+                return Ok(Value::Null);
+            }
+            from_regorus(&v, rule)
+        };
+        let mut result = eval(&mut self.engine, format!("data.policy.{rule}"))?;
+        if result.is_null() {
+            result = serde_json::from_str(default).map_err(|e| PolicyError::Eval {
+                rule: rule.into(),
+                reason: e.to_string(),
+            })?;
+        }
+        let allowed = result
+            .get("allowed")
+            .and_then(Value::as_bool)
+            .unwrap_or(false);
+        let metadata = match &mut result {
+            Value::Object(m) => m.remove("metadata"),
+            _ => None,
+        };
+        if allowed {
+            if let Some(updates) = metadata {
+                let mut next = self.state.clone();
+                apply_metadata(&mut next, &updates, rule)?;
+                self.state = next;
+            }
+            return Ok(Decision {
+                allowed,
+                reason: None,
+                result,
+            });
+        }
+        let mut reason = eval(&mut self.engine, "data.policy.reason".into())?;
+        let empty = reason
+            .get("errors")
+            .and_then(Value::as_array)
+            .is_some_and(|e| e.is_empty());
+        if reason.is_null() || empty {
+            let errors = eval(&mut self.engine, "data.framework.errors".into())?;
+            reason = match errors.as_array() {
+                Some(e) if !e.is_empty() => json!({ "errors": errors }),
+                _ => json!({ "errors": [format!("{rule} denied by policy")] }),
+            };
+        }
+        Ok(Decision {
+            allowed,
+            reason: Some(reason),
+            result,
+        })
+    }
+}
+
+/// Apply `[{"name","action","key","value"}]` to the state.
+fn apply_metadata(
+    state: &mut Map<String, Value>,
+    updates: &Value,
+    rule: &str,
+) -> Result<(), PolicyError> {
+    let bad = |why: &str| PolicyError::Eval {
+        rule: rule.into(),
+        reason: format!("invalid metadata update: {why}"),
+    };
+    let list = updates.as_array().ok_or_else(|| bad("not a list"))?;
+    for u in list {
+        let name = u
+            .get("name")
+            .and_then(Value::as_str)
+            .ok_or_else(|| bad("no name"))?;
+        let key = u
+            .get("key")
+            .and_then(Value::as_str)
+            .ok_or_else(|| bad("no key"))?;
+        let action = u
+            .get("action")
+            .and_then(Value::as_str)
+            .ok_or_else(|| bad("no action"))?;
+        let entry = state
+            .entry(name.to_string())
+            .or_insert_with(|| Value::Object(Map::new()));
+        let map = entry
+            .as_object_mut()
+            .ok_or_else(|| bad("state entry is not an object"))?;
+        match action {
+            "add" | "update" => {
+                let value = u.get("value").cloned().unwrap_or(Value::Null);
+                map.insert(key.to_string(), value);
+            }
+            "remove" => {
+                map.remove(key);
+            }
+            other => return Err(bad(&format!("unknown action {other}"))),
+        }
+    }
+    Ok(())
+}

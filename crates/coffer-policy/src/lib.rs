@@ -1,0 +1,62 @@
+//! Security policies for confidential container groups.
+//!
+//! * [`generate`]: a Kubernetes Pod spec plus measured images become a Rego policy shaped like
+//!   Azure's generated ones (`package policy`, `containers := [...]` on one line, `allow_*`
+//!   switches, every enforcement point mapped to `data.framework.<point>`). Byte-stable.
+//! * [`Enforcer`]: the policy plus Coffer's own `framework.rego`, evaluated with regorus, decides each
+//!   request and keeps the group's state (mounted layers, containers) between requests.
+//!
+//! The policy's SHA-256 ([`digest`]) is what the TEE's HOST_DATA must hold.
+
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+mod engine;
+mod gen;
+mod pod;
+
+pub use engine::{Decision, Enforcer, ENFORCEMENT_POINTS, FRAMEWORK_REGO};
+pub use gen::{allow_all_policy, generate, GenOptions, ImageFacts};
+pub use pod::{parse_pod, Pod};
+
+/// Errors of policy generation and enforcement.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum PolicyError {
+    /// The Pod manifest is not valid YAML or not a Pod coffer supports.
+    #[error("pod manifest: {0}")]
+    Pod(String),
+    /// A field coffer does not support (never silently ignored).
+    #[error("pod manifest: unsupported field {field}: {why}")]
+    Unsupported {
+        /// Path of the field, e.g. `spec.containers[0].ports`.
+        field: String,
+        /// Why it is not supported.
+        why: String,
+    },
+    /// An image the Pod names was not provided.
+    #[error("image {0} was not resolved")]
+    MissingImage(String),
+    /// The policy text does not load.
+    #[error("policy does not load: {0}")]
+    Load(String),
+    /// Evaluation failed (not a denial: the engine could not decide).
+    #[error("policy evaluation of {rule} failed: {reason}")]
+    Eval {
+        /// Enforcement point.
+        rule: String,
+        /// Engine message.
+        reason: String,
+    },
+    /// The rule is not an enforcement point.
+    #[error("unknown enforcement point '{0}' (known: {list})", list = ENFORCEMENT_POINTS.join(", "))]
+    UnknownRule(String),
+    /// Input or state is not what the point needs.
+    #[error("{0}")]
+    BadInput(String),
+}
+
+/// SHA-256 of the exact policy bytes: the value HOST_DATA must carry.
+pub fn digest(policy: &[u8]) -> [u8; 32] {
+    openssl::sha::sha256(policy)
+}

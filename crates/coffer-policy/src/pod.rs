@@ -1,0 +1,356 @@
+//! The subset of the Kubernetes Pod spec (core/v1) that Coffer runs.
+//!
+//! Every struct refuses unknown fields, so an unsupported field is an error that names it rather
+//! than something silently ignored.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::Deserialize;
+
+use crate::PolicyError;
+
+/// A Pod manifest.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Pod {
+    /// Must be `v1`.
+    pub api_version: String,
+    /// Must be `Pod`.
+    pub kind: String,
+    /// Name and annotations.
+    pub metadata: ObjectMeta,
+    /// The group.
+    pub spec: PodSpec,
+}
+
+/// Pod metadata.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ObjectMeta {
+    /// Group name.
+    pub name: String,
+    /// Namespace (informational).
+    #[serde(default)]
+    pub namespace: Option<String>,
+    /// Labels (informational).
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    /// Annotations (Coffer's own are under `coffer.dev/`).
+    #[serde(default)]
+    pub annotations: BTreeMap<String, String>,
+}
+
+/// Pod spec.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct PodSpec {
+    /// Containers, started in order; the first is the main one.
+    pub containers: Vec<Container>,
+    /// Volumes the containers mount.
+    #[serde(default)]
+    pub volumes: Vec<Volume>,
+    /// `Never` (default), `OnFailure` or `Always` are accepted; Coffer runs a group once.
+    #[serde(default)]
+    pub restart_policy: Option<String>,
+}
+
+/// A container.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Container {
+    /// Name, unique in the Pod.
+    pub name: String,
+    /// Image: a stored image name, or `oci:DIR[:TAG]`.
+    pub image: String,
+    /// Overrides the image's Entrypoint.
+    #[serde(default)]
+    pub command: Option<Vec<String>>,
+    /// Overrides the image's Cmd.
+    #[serde(default)]
+    pub args: Option<Vec<String>>,
+    /// Environment variables.
+    #[serde(default)]
+    pub env: Vec<EnvVar>,
+    /// Overrides the image's WorkingDir.
+    #[serde(default)]
+    pub working_dir: Option<String>,
+    /// Privileges.
+    #[serde(default)]
+    pub security_context: Option<SecurityContext>,
+    /// Volume mounts.
+    #[serde(default)]
+    pub volume_mounts: Vec<VolumeMount>,
+    /// Liveness probe (exec only).
+    #[serde(default)]
+    pub liveness_probe: Option<Probe>,
+    /// Readiness probe (exec only).
+    #[serde(default)]
+    pub readiness_probe: Option<Probe>,
+    /// Startup probe (exec only).
+    #[serde(default)]
+    pub startup_probe: Option<Probe>,
+    /// Lifecycle hooks (exec only).
+    #[serde(default)]
+    pub lifecycle: Option<Lifecycle>,
+    /// Resource limits (cgroups).
+    #[serde(default)]
+    pub resources: Option<Resources>,
+    /// Accepted for compatibility; images come from the local store.
+    #[serde(default)]
+    pub image_pull_policy: Option<String>,
+}
+
+/// An environment variable: a literal value, or a value supplied at run time.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct EnvVar {
+    /// Name.
+    pub name: String,
+    /// Literal value.
+    #[serde(default)]
+    pub value: Option<String>,
+    /// A reference resolved outside the policy's knowledge: any non-empty value is allowed.
+    #[serde(default)]
+    pub value_from: Option<serde_yaml::Value>,
+}
+
+/// Security context.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct SecurityContext {
+    /// Run privileged (all capabilities).
+    #[serde(default)]
+    pub privileged: Option<bool>,
+    /// `false` sets no_new_privileges.
+    #[serde(default)]
+    pub allow_privilege_escalation: Option<bool>,
+    /// Capabilities to add or drop.
+    #[serde(default)]
+    pub capabilities: Option<Capabilities>,
+    /// User id.
+    #[serde(default)]
+    pub run_as_user: Option<u32>,
+    /// Group id.
+    #[serde(default)]
+    pub run_as_group: Option<u32>,
+}
+
+/// Capability changes (names with or without `CAP_`, or `ALL`).
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Capabilities {
+    /// Added.
+    #[serde(default)]
+    pub add: Vec<String>,
+    /// Dropped.
+    #[serde(default)]
+    pub drop: Vec<String>,
+}
+
+/// A volume mount.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct VolumeMount {
+    /// Volume name.
+    pub name: String,
+    /// Where in the container.
+    pub mount_path: String,
+    /// Read-only.
+    #[serde(default)]
+    pub read_only: Option<bool>,
+}
+
+/// A volume.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Volume {
+    /// Name.
+    pub name: String,
+    /// Scratch space shared by the group's containers.
+    #[serde(default)]
+    pub empty_dir: Option<EmptyDir>,
+}
+
+/// emptyDir volume.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct EmptyDir {
+    /// `Memory` or empty.
+    #[serde(default)]
+    pub medium: Option<String>,
+    /// Size limit.
+    #[serde(default)]
+    pub size_limit: Option<String>,
+}
+
+/// A probe (exec only; httpGet and tcpSocket are not supported).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Probe {
+    /// Command run in the container.
+    pub exec: ExecAction,
+    /// Timing (accepted).
+    #[serde(default)]
+    pub initial_delay_seconds: Option<u32>,
+    /// Timing (accepted).
+    #[serde(default)]
+    pub period_seconds: Option<u32>,
+    /// Timing (accepted).
+    #[serde(default)]
+    pub timeout_seconds: Option<u32>,
+    /// Timing (accepted).
+    #[serde(default)]
+    pub failure_threshold: Option<u32>,
+    /// Timing (accepted).
+    #[serde(default)]
+    pub success_threshold: Option<u32>,
+}
+
+/// An exec action.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExecAction {
+    /// argv.
+    pub command: Vec<String>,
+}
+
+/// Lifecycle hooks.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Lifecycle {
+    /// After start.
+    #[serde(default)]
+    pub post_start: Option<Handler>,
+    /// Before stop.
+    #[serde(default)]
+    pub pre_stop: Option<Handler>,
+}
+
+/// A hook handler (exec only).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Handler {
+    /// The command.
+    pub exec: ExecAction,
+}
+
+/// Resource limits and requests (e.g. `memory: 64Mi`, `cpu: 500m`).
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Resources {
+    /// Limits, enforced with cgroups.
+    #[serde(default)]
+    pub limits: BTreeMap<String, serde_yaml::Value>,
+    /// Requests (accepted).
+    #[serde(default)]
+    pub requests: BTreeMap<String, serde_yaml::Value>,
+}
+
+/// Parse and validate a Pod manifest.
+pub fn parse_pod(yaml: &str) -> Result<Pod, PolicyError> {
+    let de = serde_yaml::Deserializer::from_str(yaml);
+    let pod: Pod = serde_path_to_error::deserialize(de).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner().to_string();
+        if inner.contains("unknown field") {
+            let field = inner
+                .split('`')
+                .nth(1)
+                .map(|f| {
+                    if path == "." {
+                        f.to_string()
+                    } else {
+                        format!("{path}.{f}")
+                    }
+                })
+                .unwrap_or(path);
+            PolicyError::Unsupported {
+                field,
+                why: "coffer does not support this field (it would otherwise be silently ignored)"
+                    .into(),
+            }
+        } else {
+            PolicyError::Pod(format!("{path}: {inner}"))
+        }
+    })?;
+    validate(&pod)?;
+    Ok(pod)
+}
+
+fn validate(pod: &Pod) -> Result<(), PolicyError> {
+    let bad = |m: String| Err(PolicyError::Pod(m));
+    if pod.api_version != "v1" || pod.kind != "Pod" {
+        return bad(format!(
+            "expected apiVersion: v1 and kind: Pod, got {} {}",
+            pod.api_version, pod.kind
+        ));
+    }
+    if pod.spec.containers.is_empty() {
+        return bad("spec.containers is empty".into());
+    }
+    let mut names = BTreeSet::new();
+    for (i, c) in pod.spec.containers.iter().enumerate() {
+        if c.name.is_empty() || !names.insert(&c.name) {
+            return bad(format!(
+                "spec.containers[{i}].name '{}' is empty or repeated",
+                c.name
+            ));
+        }
+        if c.image.is_empty() {
+            return bad(format!("spec.containers[{i}].image is empty"));
+        }
+        for (j, e) in c.env.iter().enumerate() {
+            if e.value.is_some() && e.value_from.is_some() {
+                return bad(format!(
+                    "spec.containers[{i}].env[{j}] has both value and valueFrom"
+                ));
+            }
+            if e.name.is_empty() || e.name.contains('=') {
+                return bad(format!(
+                    "spec.containers[{i}].env[{j}].name '{}' is invalid",
+                    e.name
+                ));
+            }
+        }
+        for (j, m) in c.volume_mounts.iter().enumerate() {
+            if !pod.spec.volumes.iter().any(|v| v.name == m.name) {
+                return bad(format!(
+                    "spec.containers[{i}].volumeMounts[{j}] names volume '{}', which spec.volumes does not define",
+                    m.name
+                ));
+            }
+            if !m.mount_path.starts_with('/') {
+                return bad(format!(
+                    "spec.containers[{i}].volumeMounts[{j}].mountPath must be absolute"
+                ));
+            }
+        }
+    }
+    for (i, v) in pod.spec.volumes.iter().enumerate() {
+        if v.empty_dir.is_none() {
+            return bad(format!(
+                "spec.volumes[{i}] ('{}') has no volume kind (supported: emptyDir)",
+                v.name
+            ));
+        }
+        if v.name.is_empty()
+            || !v
+                .name
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        {
+            return bad(format!(
+                "spec.volumes[{i}].name '{}' must be a DNS label",
+                v.name
+            ));
+        }
+    }
+    if let Some(p) = &pod.spec.restart_policy {
+        if !matches!(p.as_str(), "Never" | "OnFailure" | "Always") {
+            return bad(format!(
+                "spec.restartPolicy '{p}' is not Never, OnFailure or Always"
+            ));
+        }
+    }
+    Ok(())
+}
