@@ -106,7 +106,7 @@ where
                     progress.bytes.load(Ordering::Relaxed),
                     progress.total.load(Ordering::Relaxed),
                 );
-                let pct = if t > 0 { b.min(t) * 100 / t } else { 0 };
+                let pct = (b.min(t) * 100).checked_div(t).unwrap_or(0);
                 let bar: String = (0..30)
                     .map(|i| if i * 100 < pct * 30 { '#' } else { '.' })
                     .collect();
