@@ -27,6 +27,9 @@ enum Command {
     /// OCI images: import into the local store, list, measure layers (dm-verity).
     #[command(subcommand)]
     Image(cmd::image::ImageCommand),
+    /// Security policies: generate from a Pod manifest, digest, evaluate.
+    #[command(subcommand)]
+    Policy(cmd::policy::PolicyCommand),
     /// Run the end-to-end demonstration on embedded defaults (no setup, no outside files).
     Demo(cmd::demo::DemoArgs),
 }
@@ -36,6 +39,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Snp(c) => cmd::snp::run(c),
         Command::Image(c) => cmd::image::run(c),
+        Command::Policy(c) => cmd::policy::run(c),
         Command::Demo(a) => cmd::demo::run(a),
     };
     match result {

@@ -253,19 +253,9 @@ pub fn parse_pod(yaml: &str) -> Result<Pod, PolicyError> {
         let path = e.path().to_string();
         let inner = e.into_inner().to_string();
         if inner.contains("unknown field") {
-            let field = inner
-                .split('`')
-                .nth(1)
-                .map(|f| {
-                    if path == "." {
-                        f.to_string()
-                    } else {
-                        format!("{path}.{f}")
-                    }
-                })
-                .unwrap_or(path);
+            // serde_path_to_error's path already ends with the unknown field's name.
             PolicyError::Unsupported {
-                field,
+                field: path,
                 why: "coffer does not support this field (it would otherwise be silently ignored)"
                     .into(),
             }

@@ -1,3 +1,4 @@
 pub(crate) mod demo;
 pub(crate) mod image;
+pub(crate) mod policy;
 pub(crate) mod snp;

@@ -1,0 +1,182 @@
+//! `coffer policy gen|digest|eval`.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{Context as _, Result};
+use clap::{Args, Subcommand};
+use coffer_image::{ImageRef, Store};
+use coffer_policy::{Enforcer, GenOptions, ImageFacts, Pod};
+use serde_json::json;
+
+use crate::cmd::image::with_progress;
+use crate::home::coffer_home;
+
+#[derive(Subcommand, Debug)]
+pub(crate) enum PolicyCommand {
+    /// Generate the security policy for a Pod manifest, measuring every image layer.
+    ///
+    /// Images are stored names (coffer image ls) or oci:DIR[:TAG]. Prints host_data: the SHA-256
+    /// the TEE's HOST_DATA must hold for this policy.
+    Gen(GenArgs),
+    /// Print the SHA-256 of a policy file's exact bytes (its HOST_DATA).
+    Digest(DigestArgs),
+    /// Evaluate one enforcement point: prints {"allowed","reason","result","state"}; exits 1 if denied.
+    Eval(EvalArgs),
+}
+
+#[derive(Args, Debug)]
+pub(crate) struct GenArgs {
+    /// Pod manifest (apiVersion: v1, kind: Pod).
+    pod: PathBuf,
+    /// Write the policy here (default: standard output, host_data then goes to stderr).
+    #[arg(short, long)]
+    output: Option<PathBuf>,
+    /// Write a debug policy that allows everything (proves nothing about what runs).
+    #[arg(long)]
+    allow_all: bool,
+    /// Do not let the host read the containers' stdout/stderr.
+    #[arg(long)]
+    disable_stdio: bool,
+}
+
+#[derive(Args, Debug)]
+pub(crate) struct DigestArgs {
+    /// Policy file.
+    file: PathBuf,
+}
+
+#[derive(Args, Debug)]
+pub(crate) struct EvalArgs {
+    /// Policy file (package policy).
+    #[arg(long)]
+    policy: PathBuf,
+    /// Enforcement point, e.g. mount_device, create_container.
+    #[arg(long)]
+    rule: String,
+    /// Input JSON file ("-" for stdin).
+    #[arg(long)]
+    input: PathBuf,
+    /// State JSON from a previous eval (data.metadata).
+    #[arg(long)]
+    state: Option<PathBuf>,
+}
+
+pub(crate) fn run(cmd: PolicyCommand) -> Result<ExitCode> {
+    match cmd {
+        PolicyCommand::Gen(a) => gen(a),
+        PolicyCommand::Digest(a) => {
+            let bytes = std::fs::read(&a.file)
+                .with_context(|| format!("cannot read {}", a.file.display()))?;
+            println!("{}", hex::encode(coffer_policy::digest(&bytes)));
+            Ok(ExitCode::SUCCESS)
+        }
+        PolicyCommand::Eval(a) => eval(a),
+    }
+}
+
+/// Resolve and measure every image the Pod names.
+pub(crate) fn image_facts(store: &Store, pod: &Pod) -> Result<BTreeMap<String, ImageFacts>> {
+    let mut out = BTreeMap::new();
+    for c in &pod.spec.containers {
+        if out.contains_key(&c.image) {
+            continue;
+        }
+        let img = store
+            .resolve(&ImageRef::parse(&c.image)?)
+            .with_context(|| format!("container '{}': image {}", c.name, c.image))?;
+        let layers = with_progress(&format!("measuring {}", c.image), |p| {
+            store.measure(&img, Some(p))
+        })?;
+        let cfg = img.image.config.config().clone().unwrap_or_default();
+        out.insert(
+            c.image.clone(),
+            ImageFacts {
+                entrypoint: cfg.entrypoint().clone().unwrap_or_default(),
+                cmd: cfg.cmd().clone().unwrap_or_default(),
+                env: cfg.env().clone().unwrap_or_default(),
+                working_dir: cfg.working_dir().clone().unwrap_or_default(),
+                user: cfg.user().clone().unwrap_or_default(),
+                stop_signal: cfg.stop_signal().clone(),
+                layers: layers.iter().map(|m| hex::encode(m.root_hash)).collect(),
+            },
+        );
+    }
+    Ok(out)
+}
+
+/// Generate the policy text for a Pod file.
+pub(crate) fn generate_for(
+    pod_path: &Path,
+    home: &Path,
+    opts: &GenOptions,
+) -> Result<(Pod, String)> {
+    let yaml = std::fs::read_to_string(pod_path)
+        .with_context(|| format!("cannot read {}", pod_path.display()))?;
+    let pod = coffer_policy::parse_pod(&yaml).with_context(|| pod_path.display().to_string())?;
+    let store = Store::open(home)?;
+    let facts = image_facts(&store, &pod)?;
+    let text = coffer_policy::generate(&pod, &facts, opts)?;
+    Ok((pod, text))
+}
+
+fn gen(a: GenArgs) -> Result<ExitCode> {
+    let text = if a.allow_all {
+        eprintln!("coffer: WARNING: --allow-all writes a DEBUG policy that allows EVERYTHING;");
+        eprintln!(
+            "coffer: WARNING: attestation of a group under it proves nothing about what runs."
+        );
+        coffer_policy::allow_all_policy()
+    } else {
+        let opts = GenOptions {
+            allow_stdio_access: !a.disable_stdio,
+        };
+        generate_for(&a.pod, &coffer_home()?, &opts)?.1
+    };
+    let host_data = hex::encode(coffer_policy::digest(text.as_bytes()));
+    match &a.output {
+        Some(path) => {
+            std::fs::write(path, &text)
+                .with_context(|| format!("cannot write {}", path.display()))?;
+            println!("host_data: {host_data}");
+        }
+        None => {
+            print!("{text}");
+            eprintln!("host_data: {host_data}");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn read_json(path: &Path) -> Result<serde_json::Value> {
+    let bytes = if path == Path::new("-") {
+        let mut b = Vec::new();
+        std::io::Read::read_to_end(&mut std::io::stdin(), &mut b)?;
+        b
+    } else {
+        std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?
+    };
+    serde_json::from_slice(&bytes).with_context(|| format!("{} is not JSON", path.display()))
+}
+
+fn eval(a: EvalArgs) -> Result<ExitCode> {
+    let policy = std::fs::read_to_string(&a.policy)
+        .with_context(|| format!("cannot read {}", a.policy.display()))?;
+    let mut e = Enforcer::new(&policy).with_context(|| a.policy.display().to_string())?;
+    if let Some(s) = &a.state {
+        e.set_state(read_json(s)?)?;
+    }
+    let d = e.decide(&a.rule, &read_json(&a.input)?)?;
+    println!(
+        "{}",
+        serde_json::to_string_pretty(&json!({
+            "allowed": d.allowed, "reason": d.reason, "result": d.result, "state": e.state()
+        }))?
+    );
+    Ok(if d.allowed {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}

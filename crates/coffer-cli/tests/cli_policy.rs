@@ -1,0 +1,232 @@
+//! Round trip on coffer's own example image: build (umoci), import, generate, enforce.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use coffer_policy::Enforcer;
+use serde_json::{json, Value};
+
+fn coffer(home: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_coffer"))
+        .args(args)
+        .env("COFFER_HOME", home)
+        .output()
+        .expect("run coffer")
+}
+
+fn ok(out: Output) -> String {
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+#[test]
+fn generated_policy_round_trip_on_the_example_image() {
+    let tmp = tempfile::tempdir().unwrap();
+    let oci = tmp.path().join("hello");
+    if !coffer_testkit::build_example_image(&oci, "generated_policy_round_trip") {
+        return;
+    }
+    let home = tmp.path().join("home");
+    ok(coffer(
+        &home,
+        &[
+            "image",
+            "import",
+            &format!("oci:{}:latest", oci.display()),
+            "--name",
+            "hello:latest",
+        ],
+    ));
+    let measured = ok(coffer(&home, &["image", "measure", "hello:latest"]));
+    let roots: Vec<String> = measured
+        .lines()
+        .map(|l| l.split(' ').nth(1).unwrap().to_string())
+        .collect();
+    assert_eq!(roots.len(), 2);
+    let pod = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/hello/pod.yaml");
+    let policy_path = tmp.path().join("p.rego");
+    let out = ok(coffer(
+        &home,
+        &[
+            "policy",
+            "gen",
+            pod.to_str().unwrap(),
+            "-o",
+            policy_path.to_str().unwrap(),
+        ],
+    ));
+    let policy = std::fs::read_to_string(&policy_path).unwrap();
+    let digest = ok(coffer(
+        &home,
+        &["policy", "digest", policy_path.to_str().unwrap()],
+    ));
+    assert_eq!(out.trim(), format!("host_data: {}", digest.trim()));
+    assert_eq!(
+        digest.trim(),
+        hex::encode(openssl::sha::sha256(policy.as_bytes()))
+    );
+
+    let mut e = Enforcer::new(&policy).unwrap();
+    let mut paths = vec![];
+    for (i, r) in roots.iter().enumerate() {
+        let t = format!("/run/layers/{i}");
+        assert!(
+            e.decide("mount_device", &json!({"target": t, "deviceHash": r}))
+                .unwrap()
+                .allowed
+        );
+        paths.push(t);
+    }
+    assert!(
+        !e.decide(
+            "mount_device",
+            &json!({"target": "/run/layers/9", "deviceHash": "ab".repeat(32)})
+        )
+        .unwrap()
+        .allowed
+    );
+    assert!(
+        !e.clone()
+            .decide(
+                "mount_overlay",
+                &json!({"containerID": "hello", "layerPaths": paths, "target": "/r"})
+            )
+            .unwrap()
+            .allowed
+    );
+    let top_first: Vec<_> = paths.iter().rev().collect();
+    assert!(
+        e.decide(
+            "mount_overlay",
+            &json!({"containerID": "hello", "layerPaths": top_first, "target": "/r"})
+        )
+        .unwrap()
+        .allowed
+    );
+    let line = policy
+        .lines()
+        .find(|l| l.starts_with("containers := "))
+        .unwrap();
+    let c: Value = serde_json::from_str::<Vec<Value>>(&line[14..])
+        .unwrap()
+        .remove(0);
+    let create = |argv: Value, env: Value| {
+        json!({"containerID": "hello", "argList": argv, "envList": env, "workingDir": "/app",
+        "mounts": [{"destination": "/scratch", "options": ["rbind", "rshared", "rw"], "source": "sandbox:///volumes/scratch", "type": "bind"}],
+        "privileged": false, "noNewPrivileges": false, "user": {"id": "0", "name": "root"}, "groups": [{"id": "0", "name": "root"}],
+        "umask": "0022", "capabilities": c["capabilities"].clone()})
+    };
+    let d = e
+        .clone()
+        .decide(
+            "create_container",
+            &create(
+                json!(["/bin/sh", "-c", "cat /etc/shadow"]),
+                json!(["PATH=/bin"]),
+            ),
+        )
+        .unwrap();
+    assert!(!d.allowed);
+    let d = e
+        .decide(
+            "create_container",
+            &create(
+                json!(["/bin/sh", "/app/hello.sh"]),
+                json!(["PATH=/bin", "GREETING=bonjour", "LD_PRELOAD=/evil.so"]),
+            ),
+        )
+        .unwrap();
+    assert!(d.allowed, "{:?}", d.reason);
+    assert_eq!(
+        d.result["env_list"],
+        json!(["PATH=/bin", "GREETING=bonjour"])
+    );
+    assert!(e.decide("exec_in_container", &json!({"containerID": "hello", "argList": ["/bin/true"], "envList": [], "workingDir": "/app"})).unwrap().allowed);
+    assert!(!e.decide("exec_in_container", &json!({"containerID": "hello", "argList": ["/bin/sh"], "envList": [], "workingDir": "/app"})).unwrap().allowed);
+    assert!(
+        e.decide(
+            "signal_container_process",
+            &json!({"containerID": "hello", "signal": 15, "isInitProcess": true, "argList": []})
+        )
+        .unwrap()
+        .allowed
+    );
+    assert!(
+        !e.decide(
+            "signal_container_process",
+            &json!({"containerID": "hello", "signal": 9, "isInitProcess": true, "argList": []})
+        )
+        .unwrap()
+        .allowed
+    );
+
+    // policy eval through the CLI, carrying state between calls.
+    let input = tmp.path().join("in.json");
+    std::fs::write(
+        &input,
+        json!({"target": "/l0", "deviceHash": roots[0]}).to_string(),
+    )
+    .unwrap();
+    let out = coffer(
+        &home,
+        &[
+            "policy",
+            "eval",
+            "--policy",
+            policy_path.to_str().unwrap(),
+            "--rule",
+            "mount_device",
+            "--input",
+            input.to_str().unwrap(),
+        ],
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(v["allowed"], true);
+    assert_eq!(v["state"]["devices"]["/l0"], roots[0]);
+    let state = tmp.path().join("state.json");
+    std::fs::write(&state, v["state"].to_string()).unwrap();
+    let out = coffer(
+        &home,
+        &[
+            "policy",
+            "eval",
+            "--policy",
+            policy_path.to_str().unwrap(),
+            "--rule",
+            "mount_device",
+            "--input",
+            input.to_str().unwrap(),
+            "--state",
+            state.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["allowed"], false);
+    assert!(
+        v["reason"].to_string().contains("already mounted"),
+        "{}",
+        v["reason"]
+    );
+
+    // --allow-all says so loudly.
+    let out = coffer(
+        &home,
+        &[
+            "policy",
+            "gen",
+            pod.to_str().unwrap(),
+            "--allow-all",
+            "-o",
+            tmp.path().join("a.rego").to_str().unwrap(),
+        ],
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("allows EVERYTHING"));
+}

@@ -1,0 +1,154 @@
+//! Generation from Pod manifests: merging with the image config, errors, byte stability.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::BTreeMap;
+
+use coffer_policy::{generate, parse_pod, GenOptions, ImageFacts, PolicyError};
+use serde_json::Value;
+
+fn facts() -> BTreeMap<String, ImageFacts> {
+    let mut m = BTreeMap::new();
+    m.insert(
+        "app:1".to_string(),
+        ImageFacts {
+            entrypoint: vec!["/bin/app".into()],
+            cmd: vec!["--serve".into()],
+            env: vec!["PATH=/bin".into(), "MODE=prod".into()],
+            working_dir: "/srv".into(),
+            user: "1000:1000".into(),
+            stop_signal: Some("SIGINT".into()),
+            layers: vec!["aa".repeat(32), "bb".repeat(32)],
+        },
+    );
+    m
+}
+
+fn containers(policy: &str) -> Vec<Value> {
+    let line = policy
+        .lines()
+        .find(|l| l.starts_with("containers := "))
+        .unwrap();
+    serde_json::from_str(&line["containers := ".len()..]).unwrap()
+}
+
+const POD: &str = r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: g}
+spec:
+  containers:
+    - name: a
+      image: app:1
+      args: ["--once"]
+      env:
+        - {name: MODE, value: test}
+        - name: SECRET
+          valueFrom: {secretKeyRef: {name: s, key: k}}
+      securityContext:
+        allowPrivilegeEscalation: false
+        capabilities: {drop: [NET_RAW], add: [NET_ADMIN]}
+      lifecycle:
+        preStop: {exec: {command: [/bin/app, --drain]}}
+    - name: b
+      image: app:1
+      command: [/bin/other]
+      workingDir: /tmp
+      securityContext: {privileged: true, runAsUser: 5}
+"#;
+
+#[test]
+fn merges_like_kubernetes_and_is_byte_stable() {
+    let pod = parse_pod(POD).unwrap();
+    let text = generate(&pod, &facts(), &GenOptions::default()).unwrap();
+    assert_eq!(
+        text,
+        generate(&parse_pod(POD).unwrap(), &facts(), &GenOptions::default()).unwrap()
+    );
+    let cs = containers(&text);
+    let a = &cs[0];
+    assert_eq!(a["command"], serde_json::json!(["/bin/app", "--once"]));
+    assert_eq!(a["working_dir"], "/srv");
+    let env: Vec<String> = a["env_rules"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            format!(
+                "{}|{}",
+                r["pattern"].as_str().unwrap(),
+                r["strategy"].as_str().unwrap()
+            )
+        })
+        .collect();
+    assert_eq!(
+        env,
+        ["PATH=/bin|string", "MODE=test|string", "SECRET=.+|re2"]
+    );
+    assert_eq!(a["no_new_privileges"], true);
+    let bounding: Vec<&str> = a["capabilities"]["bounding"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c.as_str().unwrap())
+        .collect();
+    assert!(bounding.contains(&"CAP_NET_ADMIN") && !bounding.contains(&"CAP_NET_RAW"));
+    assert_eq!(
+        a["exec_processes"][0]["command"],
+        serde_json::json!(["/bin/app", "--drain"])
+    );
+    assert_eq!(a["signals"], serde_json::json!([2]));
+    assert_eq!(a["user"]["user_idname"]["pattern"], "1000");
+    assert_eq!(a["layers"].as_array().unwrap().len(), 2);
+    let b = &cs[1];
+    assert_eq!(b["command"], serde_json::json!(["/bin/other"]));
+    assert_eq!(b["working_dir"], "/tmp");
+    assert_eq!(b["allow_elevated"], true);
+    assert_eq!(b["capabilities"]["bounding"].as_array().unwrap().len(), 41);
+    assert_eq!(b["user"]["user_idname"]["pattern"], "5");
+    assert_eq!(b["user"]["group_idnames"][0]["pattern"], "1000");
+    let no_stdio = generate(
+        &pod,
+        &facts(),
+        &GenOptions {
+            allow_stdio_access: false,
+        },
+    )
+    .unwrap();
+    assert_eq!(containers(&no_stdio)[0]["allow_stdio_access"], false);
+}
+
+#[test]
+fn unsupported_fields_are_named() {
+    let with_ports = POD.replace(
+        "      args: [\"--once\"]",
+        "      args: [\"--once\"]\n      ports: [{containerPort: 80}]",
+    );
+    match parse_pod(&with_ports).unwrap_err() {
+        PolicyError::Unsupported { field, .. } => assert_eq!(field, "spec.containers[0].ports"),
+        other => panic!("{other}"),
+    }
+    let http_probe = POD.replace(
+        "      lifecycle:",
+        "      livenessProbe: {httpGet: {path: /, port: 80}}\n      lifecycle:",
+    );
+    let err = parse_pod(&http_probe).unwrap_err().to_string();
+    assert!(err.contains("httpGet"), "{err}");
+    let host_path = "apiVersion: v1\nkind: Pod\nmetadata: {name: x}\nspec:\n  containers: [{name: a, image: i}]\n  volumes: [{name: v, hostPath: {path: /}}]\n";
+    assert!(parse_pod(host_path)
+        .unwrap_err()
+        .to_string()
+        .contains("spec.volumes[0].hostPath"));
+    assert!(parse_pod("apiVersion: v1\nkind: Deployment\nmetadata: {name: x}\nspec: {containers: [{name: a, image: i}]}\n").unwrap_err().to_string().contains("kind: Pod"));
+    assert!(parse_pod("::: not yaml").is_err());
+    let missing_volume = "apiVersion: v1\nkind: Pod\nmetadata: {name: x}\nspec:\n  containers: [{name: a, image: i, volumeMounts: [{name: v, mountPath: /v}]}]\n";
+    assert!(parse_pod(missing_volume)
+        .unwrap_err()
+        .to_string()
+        .contains("volume 'v'"));
+    let pod = parse_pod("apiVersion: v1\nkind: Pod\nmetadata: {name: x}\nspec: {containers: [{name: a, image: nope}]}\n").unwrap();
+    assert!(matches!(
+        generate(&pod, &facts(), &GenOptions::default()),
+        Err(PolicyError::MissingImage(_))
+    ));
+}
