@@ -74,7 +74,10 @@ pub(crate) fn measure_blob(
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => return Err(decompress_err(e)),
             };
-            diff.update(&buf[..n]);
+            // Uncompressed: the diff_id is the blob digest, already being computed.
+            if compression == Compression::Gzip {
+                diff.update(&buf[..n]);
+            }
             verity.update(&buf[..n]);
         }
     }
@@ -87,7 +90,10 @@ pub(crate) fn measure_blob(
             actual,
         });
     }
-    let diff_id = Digest::from_bytes(diff.finish());
+    let diff_id = match compression {
+        Compression::Gzip => Digest::from_bytes(diff.finish()),
+        Compression::None => actual,
+    };
     if diff_id != layer.diff_id {
         return Err(ImageError::DiffIdMismatch {
             digest: layer.digest,

@@ -2,11 +2,13 @@
 #
 # A customer policy (package policy) lists what may run (`containers`, `allow_*` switches) and maps
 # each enforcement point to data.framework.<point>. This file decides, from the request in `input`
-# and the group's state in `data.metadata`, whether the request is allowed. A result may carry
-# `metadata` updates ({"name","action":"add"|"update"|"remove","key","value"}) that the engine
-# applies to data.metadata only when the request is allowed. `errors` explains every denial.
+# and the group's state, whether the request is allowed. A result may carry `metadata` updates
+# ({"name","action":"add"|"update"|"remove","key","value"}) that the engine applies to the state
+# only when the request is allowed. `errors` explains every denial.
 #
-# State kept in data.metadata:
+# The engine passes the state as `input.metadata` (never taken from the host: the engine refuses
+# requests that carry one), so that the static `data` never changes and the evaluator stays
+# prepared between requests. State kept there:
 #   devices        mount target -> dm-verity root hash of the layer mounted there
 #   matches        container id -> policy containers it may still be (narrowed at create)
 #   overlayTargets overlay target -> container id
@@ -52,7 +54,7 @@ default allow_capability_dropping := false
 
 allow_capability_dropping := data.policy.allow_capability_dropping
 
-metadata := object.get(data, "metadata", {})
+metadata := object.get(input, "metadata", {})
 
 devices := object.get(metadata, "devices", {})
 
@@ -222,7 +224,23 @@ env_allowed(c, env) if {
 	env_rule_ok(rule, env)
 }
 
-allowed_env(c) := [e | some e in object.get(input, "envList", []); env_allowed(c, e)]
+input_env := object.get(input, "envList", [])
+
+# Exact-string rules are looked up in a set; only the rest are tried as regular expressions.
+env_allowed_with(strings, _, env) if strings[env]
+
+env_allowed_with(strings, patterns, env) if {
+	not strings[env]
+	some p in patterns
+	regex.match(p, env)
+}
+
+allowed_env(c) := [e |
+	strings := {r.pattern | some r in c.env_rules; r.strategy == "string"}
+	patterns := [anchored(r.pattern) | some r in c.env_rules; r.strategy == "re2"]
+	some e in input_env
+	env_allowed_with(strings, patterns, e)
+]
 
 required_missing(c, list) if {
 	some rule in c.env_rules
@@ -235,26 +253,25 @@ rule_satisfied(rule, list) if {
 	env_rule_ok(rule, e)
 }
 
+env_count_ok(list) if count(list) == count(input_env)
+
+env_count_ok(list) if {
+	allow_environment_variable_dropping
+	count(list) < count(input_env)
+}
+
 # The environment the process gets: all of it when every variable is allowed; with dropping
 # allowed, only the allowed ones. Required variables must be present either way.
 env_result(c) := list if {
 	list := allowed_env(c)
-	count(list) == count(object.get(input, "envList", []))
+	env_count_ok(list)
 	not required_missing(c, list)
 }
-
-env_result(c) := list if {
-	allow_environment_variable_dropping
-	list := allowed_env(c)
-	count(list) < count(object.get(input, "envList", []))
-	not required_missing(c, list)
-}
-
-env_ok(c) if env_result(c)
 
 container_candidates := object.get(matches, input.containerID, [])
 
-create_candidates := [c |
+# Candidates that pass every check, each with the environment it would get.
+create_matches := [{"container": c, "env": env} |
 	some c in container_candidates
 	command_ok(c)
 	working_dir_ok(c)
@@ -263,8 +280,10 @@ create_candidates := [c |
 	user_ok(c)
 	mounts_ok(c)
 	caps_ok(c)
-	env_ok(c)
+	env := env_result(c)
 ]
+
+create_candidates := [m.container | some m in create_matches]
 
 default create_container := {"allowed": false}
 
@@ -280,8 +299,8 @@ create_container := {
 } if {
 	not started[input.containerID]
 	matches[input.containerID]
-	count(create_candidates) > 0
-	envs := {env_result(c) | some c in create_candidates}
+	count(create_matches) > 0
+	envs := {m.env | some m in create_matches}
 	count(envs) == 1
 	some env_list in envs
 	stdios := {c.allow_stdio_access | some c in create_candidates}
@@ -294,18 +313,18 @@ exec_process_ok(c) if {
 	p.command == input.argList
 }
 
-exec_candidates := [c |
+exec_matches := [{"container": c, "env": env} |
 	some c in container_candidates
 	exec_process_ok(c)
 	working_dir_ok(c)
-	env_ok(c)
+	env := env_result(c)
 ]
 
 default exec_in_container := {"allowed": false}
 
-exec_in_container := {"allowed": true, "env_list": env_result(exec_candidates[0]), "allow_stdio_access": exec_candidates[0].allow_stdio_access} if {
+exec_in_container := {"allowed": true, "env_list": exec_matches[0].env, "allow_stdio_access": exec_matches[0].container.allow_stdio_access} if {
 	started[input.containerID]
-	count(exec_candidates) > 0
+	count(exec_matches) > 0
 }
 
 default exec_external := {"allowed": false}
@@ -492,7 +511,7 @@ errors contains "capabilities not allowed" if {
 errors contains sprintf("environment variable not allowed: %s", [name]) if {
 	rule_is({"create_container", "exec_in_container"})
 	not allow_environment_variable_dropping
-	some e in object.get(input, "envList", [])
+	some e in input_env
 	count(container_candidates) > 0
 	every c in container_candidates {
 		not env_allowed(c, e)
@@ -510,8 +529,8 @@ errors contains sprintf("required environment variable missing: %s", [rule.patte
 
 errors contains "candidate containers disagree (environment or stdio access)" if {
 	rule_is({"create_container"})
-	count(create_candidates) > 1
-	count({env_result(c) | some c in create_candidates}) + count({c.allow_stdio_access | some c in create_candidates}) > 2
+	count(create_matches) > 1
+	count({m.env | some m in create_matches}) + count({c.allow_stdio_access | some c in create_candidates}) > 2
 }
 
 errors contains "the container is not running" if {

@@ -117,10 +117,13 @@ impl Enforcer {
                 package.trim_start_matches("data.")
             )));
         }
-        Ok(Enforcer {
+        let mut enforcer = Enforcer {
             engine,
             state: Map::new(),
-        })
+        };
+        // Prepare the evaluator now (analysis of policy and framework), not on the first request.
+        enforcer.decide("get_properties", &json!({}))?;
+        Ok(enforcer)
     }
 
     /// Replace the state (e.g. from `--state`).
@@ -159,13 +162,17 @@ impl Enforcer {
                 )))
             }
         };
+        if input.contains_key("metadata") {
+            return Err(PolicyError::BadInput(format!(
+                "{rule}: input must not carry 'metadata' (the group state is the engine's)"
+            )));
+        }
         input.insert("rule".into(), json!(rule));
         input.insert("name".into(), json!(rule));
+        input.insert("metadata".into(), Value::Object(self.state.clone()));
+        // Only the input changes between requests: data stays fixed, so regorus keeps its
+        // prepared schedule and a decision costs an evaluation, not a re-analysis.
         self.engine.set_input(to_regorus(&Value::Object(input))?);
-        self.engine.clear_data();
-        self.engine
-            .add_data(to_regorus(&json!({ "metadata": self.state }))?)
-            .map_err(|e| PolicyError::BadInput(e.to_string()))?;
 
         let eval = |engine: &mut Engine, path: String| -> Result<Value, PolicyError> {
             let v = engine.eval_rule(path).map_err(|e| PolicyError::Eval {
