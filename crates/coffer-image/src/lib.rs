@@ -15,6 +15,7 @@
 mod digest;
 mod layout;
 mod measure;
+mod pull;
 mod store;
 
 pub use digest::Digest;

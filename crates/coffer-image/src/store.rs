@@ -83,7 +83,7 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), ImageError> {
     fs::rename(&tmp, path).map_err(io_err(path))
 }
 
-fn unique() -> String {
+pub(crate) fn unique() -> String {
     let mut b = [0u8; 8];
     if openssl::rand::rand_bytes(&mut b).is_err() {
         return format!("{}-{:?}", std::process::id(), std::time::SystemTime::now());

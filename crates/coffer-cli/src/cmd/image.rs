@@ -18,6 +18,9 @@ pub(crate) enum ImageCommand {
     /// Every blob is checked against its digest and every layer against its diff_id; a corrupted
     /// image is refused and the store left unchanged. Layers are measured (dm-verity) on the way.
     Import(ImportArgs),
+    /// Pull an image from an OCI registry into the store (plain HTTP only for localhost and
+    /// 127.0.0.1 registries). Checked and measured like an import.
+    Pull(PullArgs),
     /// List the images in the store.
     Ls,
     /// Print each layer's diff_id and dm-verity root hash, base layer first.
@@ -29,6 +32,15 @@ pub(crate) struct ImportArgs {
     /// Source: oci:DIR[:TAG].
     source: String,
     /// Name in the store (default: DIR's basename and TAG, e.g. hello:latest).
+    #[arg(long)]
+    name: Option<String>,
+}
+
+#[derive(Args, Debug)]
+pub(crate) struct PullArgs {
+    /// Reference, e.g. 127.0.0.1:5000/hello:latest.
+    reference: String,
+    /// Name in the store (default: the reference).
     #[arg(long)]
     name: Option<String>,
 }
@@ -53,6 +65,17 @@ pub(crate) fn run(cmd: ImageCommand) -> Result<ExitCode> {
                 img.name,
                 img.image.layers.len(),
                 size as f64 / 1048576.0,
+                img.image.manifest_digest
+            );
+        }
+        ImageCommand::Pull(a) => {
+            let img = with_progress("pulling", |p| {
+                store.pull(&a.reference, a.name.as_deref(), Some(p))
+            })?;
+            println!(
+                "pulled {} ({} layers, manifest {})",
+                img.name,
+                img.image.layers.len(),
                 img.image.manifest_digest
             );
         }
