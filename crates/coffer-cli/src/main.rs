@@ -30,6 +30,11 @@ enum Command {
     /// Security policies: generate from a Pod manifest, digest, evaluate.
     #[command(subcommand)]
     Policy(cmd::policy::PolicyCommand),
+    /// Run the attestation service and key broker (HTTP, SQLite; no other setup).
+    Serve(cmd::serve::ServeArgs),
+    /// Manage keys in a running coffer serve (admin token required).
+    #[command(subcommand)]
+    Key(cmd::serve::KeyCommand),
     /// Run the end-to-end demonstration on embedded defaults (no setup, no outside files).
     Demo(cmd::demo::DemoArgs),
 }
@@ -40,6 +45,8 @@ fn main() -> ExitCode {
         Command::Snp(c) => cmd::snp::run(c),
         Command::Image(c) => cmd::image::run(c),
         Command::Policy(c) => cmd::policy::run(c),
+        Command::Serve(a) => cmd::serve::serve(a),
+        Command::Key(c) => cmd::serve::key(c),
         Command::Demo(a) => cmd::demo::run(a),
     };
     match result {

@@ -1,4 +1,5 @@
 pub(crate) mod demo;
 pub(crate) mod image;
 pub(crate) mod policy;
+pub(crate) mod serve;
 pub(crate) mod snp;

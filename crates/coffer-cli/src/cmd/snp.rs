@@ -90,7 +90,7 @@ pub(crate) struct EmulateArgs {
     certs_out: Option<PathBuf>,
 }
 
-fn parse_time(s: &str) -> Result<u64, String> {
+pub(crate) fn parse_time(s: &str) -> Result<u64, String> {
     coffer_snp::time::parse_rfc3339(s)
 }
 
@@ -130,13 +130,22 @@ fn show(a: ShowArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// The verifier for this machine: AMD roots, plus the local development root if one exists.
-pub(crate) fn verifier(home: &Path, allow_emulated: bool) -> Result<Verifier> {
+/// Roots for this machine: AMD's, plus the local development root if one exists (created when
+/// emulation is allowed, so that a fresh home can verify its own emulated evidence).
+pub(crate) fn roots(home: &Path, allow_emulated: bool) -> Result<Roots> {
     let mut roots = Roots::amd().context("embedded AMD roots")?;
+    if allow_emulated {
+        EmulatedSp::open_or_create(home)?;
+    }
     if let Some((ark, ask)) = EmulatedSp::existing_root(home)? {
         roots = roots.with_emulated(ark, ask)?;
     }
-    Ok(Verifier::new(roots, allow_emulated))
+    Ok(roots)
+}
+
+/// The verifier for this machine.
+pub(crate) fn verifier(home: &Path, allow_emulated: bool) -> Result<Verifier> {
+    Ok(Verifier::new(roots(home, false)?, allow_emulated))
 }
 
 fn failure(err: &VerifyError) -> ExitCode {

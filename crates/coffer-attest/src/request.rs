@@ -1,0 +1,112 @@
+//! The MAA `attest/SevSnpVM` request body.
+
+use base64::Engine as _;
+use coffer_snp::{Endorsements, Report};
+use serde::Deserialize;
+use serde_json::Value;
+
+use crate::AttestError;
+
+/// `{"report": b64url(JSON{SnpReport, VcekCertChain, Endorsements?}), "runtimeData"?, "nonce"?}`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AttestRequest {
+    /// base64url of the evidence JSON.
+    pub report: String,
+    /// Data the report binds in REPORT_DATA.
+    #[serde(default)]
+    pub runtime_data: Option<RuntimeData>,
+    /// Accepted and ignored, as MAA's SEV-SNP path does.
+    #[serde(default)]
+    pub init_time_data: Option<Value>,
+    /// Echoed in the token.
+    #[serde(default)]
+    pub nonce: Option<Value>,
+}
+
+/// `{"data": b64url, "dataType": "JSON"|"Binary"}`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RuntimeData {
+    /// base64url of the bytes.
+    pub data: String,
+    /// `JSON` or `Binary`.
+    #[serde(default)]
+    pub data_type: String,
+}
+
+/// Decoded evidence.
+pub struct Evidence {
+    /// The report.
+    pub report: Report,
+    /// Its certificates.
+    pub endorsements: Endorsements,
+}
+
+/// Decode base64 in any of its usual spellings (URL-safe or standard, padded or not), as MAA's
+/// clients differ.
+pub fn decode_b64(s: &str) -> Option<Vec<u8>> {
+    let s = s.trim();
+    let engines = [
+        &base64::engine::general_purpose::URL_SAFE,
+        &base64::engine::general_purpose::URL_SAFE_NO_PAD,
+        &base64::engine::general_purpose::STANDARD,
+        &base64::engine::general_purpose::STANDARD_NO_PAD,
+    ];
+    engines.iter().find_map(|e| e.decode(s).ok())
+}
+
+fn field<'a>(v: &'a Value, names: &[&str]) -> Option<&'a str> {
+    names.iter().find_map(|n| v.get(*n).and_then(Value::as_str))
+}
+
+impl AttestRequest {
+    /// Decode the evidence: the report and its certificate chain (PEM, or a THIM response).
+    pub fn evidence(&self) -> Result<Evidence, AttestError> {
+        let bad = |m: String| AttestError::BadRequest(m);
+        let json = decode_b64(&self.report).ok_or_else(|| bad("report is not base64url".into()))?;
+        let v: Value = serde_json::from_slice(&json)
+            .map_err(|e| bad(format!("report is not base64url of JSON: {e}")))?;
+        let snp = field(&v, &["SnpReport", "snpReport"])
+            .ok_or_else(|| bad("report JSON has no SnpReport".into()))?;
+        let snp = decode_b64(snp).ok_or_else(|| bad("SnpReport is not base64url".into()))?;
+        let report = Report::decode(&snp).map_err(|e| AttestError::Evidence(e.into()))?;
+        let chain = field(&v, &["VcekCertChain", "vcekCertChain"])
+            .ok_or_else(|| bad("report JSON has no VcekCertChain".into()))?;
+        let chain =
+            decode_b64(chain).ok_or_else(|| bad("VcekCertChain is not base64url".into()))?;
+        let endorsements = if chain.trim_ascii_start().starts_with(b"{") {
+            Endorsements::from_thim_json(&chain, "VcekCertChain")
+        } else {
+            Endorsements::from_pem_chain(&chain, "VcekCertChain")
+        }
+        .map_err(|e| AttestError::Evidence(e.into()))?;
+        Ok(Evidence {
+            report,
+            endorsements,
+        })
+    }
+
+    /// The runtime data bytes and their type, when sent.
+    pub fn runtime_bytes(&self) -> Result<Option<(Vec<u8>, String)>, AttestError> {
+        match &self.runtime_data {
+            None => Ok(None),
+            Some(rd) if rd.data.is_empty() => Ok(None),
+            Some(rd) => {
+                let bytes = decode_b64(&rd.data).ok_or_else(|| {
+                    AttestError::BadRequest("runtimeData.data is not base64url".into())
+                })?;
+                if !matches!(
+                    rd.data_type.to_ascii_lowercase().as_str(),
+                    "json" | "binary" | ""
+                ) {
+                    return Err(AttestError::BadRequest(format!(
+                        "runtimeData.dataType '{}' is not JSON or Binary",
+                        rd.data_type
+                    )));
+                }
+                Ok(Some((bytes, rd.data_type.clone())))
+            }
+        }
+    }
+}

@@ -1,0 +1,506 @@
+//! `coffer serve` as a real process: attestation of real and emulated evidence, external
+//! authorities, release decisions, durability.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+
+use base64::Engine as _;
+use serde_json::{json, Value};
+
+pub struct Server {
+    child: Child,
+    pub url: String,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn serve(home: &Path, args: &[&str]) -> Server {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_coffer"))
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .args(args)
+        .env("COFFER_HOME", home)
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let mut lines = BufReader::new(stderr).lines();
+    let url = loop {
+        let line = lines.next().expect("serve exited").unwrap();
+        if let Some(rest) = line.split("listening on ").nth(1) {
+            break rest.split_whitespace().next().unwrap().to_string();
+        }
+    };
+    std::thread::spawn(move || for _ in lines {});
+    Server { child, url }
+}
+
+fn b64u(b: &[u8]) -> String {
+    base64::engine::general_purpose::URL_SAFE.encode(b)
+}
+
+fn claims(token: &str) -> Value {
+    let p = token.split('.').nth(1).unwrap();
+    serde_json::from_slice(
+        &base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(p)
+            .unwrap(),
+    )
+    .unwrap()
+}
+
+fn admin(home: &Path) -> String {
+    std::fs::read_to_string(home.join("serve/admin-token"))
+        .unwrap()
+        .trim()
+        .to_string()
+}
+
+fn http() -> reqwest::blocking::Client {
+    reqwest::blocking::Client::new()
+}
+
+fn attest_body(report: &[u8], chain: &[u8], runtime: &[u8]) -> Value {
+    let evidence = json!({"SnpReport": b64u(report), "VcekCertChain": b64u(chain)});
+    json!({"report": b64u(evidence.to_string().as_bytes()), "runtimeData": {"data": b64u(runtime), "dataType": "JSON"}, "nonce": 42})
+}
+
+fn create_key(s: &Server, home: &Path, name: &str, policy: Value) -> reqwest::blocking::Response {
+    http()
+        .post(format!("{}/keys", s.url))
+        .bearer_auth(admin(home))
+        .json(&json!({"name": name, "release_policy": policy}))
+        .send()
+        .unwrap()
+}
+
+fn release(s: &Server, name: &str, token: &str) -> (u16, Value) {
+    let r = http()
+        .post(format!("{}/keys/{name}/release", s.url))
+        .json(&json!({"target": token}))
+        .send()
+        .unwrap();
+    (r.status().as_u16(), r.json().unwrap())
+}
+
+#[test]
+fn real_aci_report_gets_a_token_with_azure_claims() {
+    let Some(dir) = coffer_testkit::vectors("real_aci_report_gets_a_token") else {
+        return;
+    };
+    let home = tempfile::tempdir().unwrap();
+    let s = serve(home.path(), &["--now", "2024-06-01T00:00:00Z"]);
+    let aci = "sev-snp/aci-milan-v2";
+    let report = coffer_testkit::read(&dir, &format!("{aci}/report.bin"));
+    let thim = coffer_testkit::read(&dir, &format!("{aci}/thim_certificate_response.json"));
+    let runtime = coffer_testkit::read(&dir, &format!("{aci}/runtime_data.json"));
+    let r = http()
+        .post(format!("{}/attest/SevSnpVM?api-version=2020-10-01", s.url))
+        .json(&attest_body(&report, &thim, &runtime))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let token = r.json::<Value>().unwrap()["token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let c = claims(&token);
+    assert_eq!(
+        c["x-ms-sevsnpvm-hostdata"],
+        "cadd74f71ebb8fbf9782baab649612520f3c416bc5ce9ac768808ddc8d9b031c"
+    );
+    assert_eq!(c["x-ms-sevsnpvm-launchmeasurement"], "51068107cdc7ee3d89c7821b05bca6147eb77b2005ae759050fc049b65a1b0beabc65a9d857acecf23225f5ec76849f5");
+    assert_eq!(
+        c["x-ms-sevsnpvm-reportdata"],
+        format!(
+            "ee986ff2bd7e3f22e29f640918627816cf8e23b9d9c312767168eab68c861c71{}",
+            "0".repeat(64)
+        )
+    );
+    assert_eq!(c["x-ms-sevsnpvm-guestsvn"], 2);
+    assert_eq!(c["x-ms-sevsnpvm-vmpl"], 0);
+    assert_eq!(c["x-ms-sevsnpvm-is-debuggable"], false);
+    assert_eq!(c["x-ms-sevsnpvm-bootloader-svn"], 3);
+    assert_eq!(c["x-ms-sevsnpvm-microcode-svn"], 115);
+    assert_eq!(
+        c["x-ms-sevsnpvm-familyId"],
+        "01000000000000000000000000000000"
+    );
+    assert_eq!(c["x-ms-attestation-type"], "sevsnpvm");
+    assert_eq!(c["x-coffer-tee"], "sevsnp");
+    assert_eq!(
+        c["x-ms-runtime"],
+        serde_json::from_slice::<Value>(&runtime).unwrap()
+    );
+    assert_eq!(c["nonce"], "42");
+    assert_eq!(
+        c["exp"].as_u64().unwrap() - c["iat"].as_u64().unwrap(),
+        8 * 3600
+    );
+    // The token verifies against the published JWKS.
+    let jwks: Value = http()
+        .get(format!("{}/certs", s.url))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    let oidc: Value = http()
+        .get(format!("{}/.well-known/openid-configuration", s.url))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_eq!(oidc["jwks_uri"], format!("{}/certs", s.url));
+    let trust = coffer_kbs::Trust::new(vec![
+        coffer_kbs::Authority::from_jwks(&s.url, &jwks).unwrap()
+    ]);
+    trust
+        .verify(&token, c["iat"].as_u64().unwrap() + 1)
+        .unwrap();
+    // Runtime data that REPORT_DATA does not bind.
+    let r = http()
+        .post(format!("{}/attest/SevSnpVM", s.url))
+        .json(&attest_body(&report, &thim, b"{\"other\":1}"))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    assert_eq!(
+        r.json::<Value>().unwrap()["error"]["code"],
+        "runtime-data-binding"
+    );
+    // Verification time outside the VCEK's validity.
+    drop(s);
+    let s = serve(home.path(), &["--now", "2031-01-01T00:00:00Z"]);
+    let r = http()
+        .post(format!("{}/attest/SevSnpVM", s.url))
+        .json(&attest_body(&report, &thim, &runtime))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    assert_eq!(r.json::<Value>().unwrap()["error"]["code"], "expired");
+}
+
+#[test]
+fn azure_token_from_a_pinned_external_authority_drives_release() {
+    let Some(dir) = coffer_testkit::vectors("azure_token_external_authority") else {
+        return;
+    };
+    let home = tempfile::tempdir().unwrap();
+    let jwks = dir.join("maa/azurevm-sharedeus2/jwks_partial.json");
+    let iss = "https://sharedeus2.eus2.attest.azure.net";
+    let trust = format!("{iss}={}", jwks.display());
+    let token =
+        String::from_utf8(coffer_testkit::read(&dir, "maa/azurevm-sharedeus2/jwt.txt")).unwrap();
+    let s = serve(
+        home.path(),
+        &["--trust-issuer", &trust, "--now", "2025-12-15T20:00:00Z"],
+    );
+    let m = "6a063be9dd79f6371c842e480f8dc3b5c725961344e57130e88c5adf49e8f7f6c79b75a5eb77fc769959f4aeb2f9401e";
+    let policy = |v: &str| {
+        json!({"version": "1.0.0", "anyOf": [{"authority": iss, "allOf": [
+        {"claim": "x-ms-isolation-tee.x-ms-sevsnpvm-launchmeasurement", "equals": v},
+        {"claim": "x-ms-isolation-tee.x-ms-sevsnpvm-is-debuggable", "equals": "false"}]}]})
+    };
+    assert_eq!(create_key(&s, home.path(), "good", policy(m)).status(), 201);
+    assert_eq!(
+        create_key(&s, home.path(), "bad", policy(&"0".repeat(96))).status(),
+        201
+    );
+    let (st, v) = release(&s, "good", &token);
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(v["value"].as_str().unwrap().split('.').count(), 5);
+    let (st, v) = release(&s, "bad", &token);
+    assert_eq!(st, 403);
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("x-ms-sevsnpvm-launchmeasurement"),
+        "{v}"
+    );
+    // Tampered payload, alg none, unknown key: refused.
+    let parts: Vec<&str> = token.split('.').collect();
+    let mut payload = claims(&token);
+    payload["x-ms-isolation-tee"]["x-ms-sevsnpvm-launchmeasurement"] = json!("0".repeat(96));
+    let forged = format!(
+        "{}.{}.{}",
+        parts[0],
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(payload.to_string()),
+        parts[2]
+    );
+    let (st, v) = release(&s, "bad", &forged);
+    assert_eq!(
+        (st, v["error"]["code"].as_str()),
+        (403, Some("token")),
+        "{v}"
+    );
+    let none_header =
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(r#"{"alg":"none","typ":"JWT"}"#);
+    let (st, v) = release(&s, "good", &format!("{none_header}.{}.", parts[1]));
+    assert_eq!(st, 403);
+    assert!(
+        v["error"]["message"].as_str().unwrap().contains("'none'"),
+        "{v}"
+    );
+    // After the token's exp.
+    drop(s);
+    let s = serve(
+        home.path(),
+        &["--trust-issuer", &trust, "--now", "2025-12-16T04:00:00Z"],
+    );
+    let (st, v) = release(&s, "good", &token);
+    assert_eq!(st, 403);
+    assert!(
+        v["error"]["message"].as_str().unwrap().contains("expired"),
+        "{v}"
+    );
+    // Without trusting the issuer.
+    drop(s);
+    let s = serve(home.path(), &["--now", "2025-12-15T20:00:00Z"]);
+    let (st, v) = release(&s, "good", &token);
+    assert_eq!(st, 403);
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("not a trusted authority"),
+        "{v}"
+    );
+    // The audit log kept every decision, across restarts.
+    let audit: Value = http()
+        .get(format!("{}/audit", s.url))
+        .bearer_auth(admin(home.path()))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    let releases: Vec<&Value> = audit["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["action"] == "release")
+        .collect();
+    assert_eq!(releases.len(), 6);
+    assert_eq!(releases.iter().filter(|e| e["allowed"] == true).count(), 1);
+    // Admin API needs the token.
+    assert_eq!(
+        http()
+            .get(format!("{}/keys", s.url))
+            .send()
+            .unwrap()
+            .status(),
+        401
+    );
+    assert_eq!(
+        http()
+            .get(format!("{}/keys", s.url))
+            .bearer_auth("wrong")
+            .send()
+            .unwrap()
+            .status(),
+        401
+    );
+}
+
+/// An ephemeral RSA key as the SKR sidecar makes it: runtime data `{"keys":[public JWK]}`.
+pub fn ephemeral() -> (josekit::jwk::Jwk, Vec<u8>) {
+    use josekit::jwk::KeyPair as _;
+    let pair = josekit::jwk::alg::rsa::RsaKeyPair::generate(2048).unwrap();
+    let mut public = pair.to_jwk_public_key();
+    public.set_key_operations(vec!["encrypt"]);
+    let runtime = json!({"keys": [Value::Object(public.as_ref().clone())]})
+        .to_string()
+        .into_bytes();
+    (pair.to_jwk_private_key(), runtime)
+}
+
+pub fn emulated_token(s: &Server, home: &Path, host_data: &str, runtime: &[u8]) -> (u16, Value) {
+    let rd = hex::encode(openssl::sha::sha256(runtime));
+    let (r, c) = (home.join("r.bin"), home.join("c.pem"));
+    let out = Command::new(env!("CARGO_BIN_EXE_coffer"))
+        .args([
+            "snp",
+            "emulate",
+            "--report-data",
+            &rd,
+            "--host-data",
+            host_data,
+            "--out",
+            r.to_str().unwrap(),
+            "--certs-out",
+            c.to_str().unwrap(),
+        ])
+        .env("COFFER_HOME", home)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let body = attest_body(
+        &std::fs::read(&r).unwrap(),
+        &std::fs::read(&c).unwrap(),
+        runtime,
+    );
+    let resp = http()
+        .post(format!("{}/attest/SevSnpVM", s.url))
+        .json(&body)
+        .send()
+        .unwrap();
+    (resp.status().as_u16(), resp.json().unwrap())
+}
+
+#[test]
+fn emulated_group_gets_its_key_and_others_do_not() {
+    let home = tempfile::tempdir().unwrap();
+    let h = home.path();
+    let iss = "http://coffer.test";
+    let s = serve(h, &["--allow-emulated", "--issuer", iss]);
+    let good = "ab".repeat(32);
+    let (private, runtime) = ephemeral();
+    let (st, v) = emulated_token(&s, h, &good, &runtime);
+    assert_eq!(st, 200, "{v}");
+    let token = v["token"].as_str().unwrap().to_string();
+    assert_eq!(claims(&token)["x-coffer-tee"], "emulated-snp");
+    let policy = |hd: &str| {
+        json!({"version": "1.0.0", "anyOf": [{"authority": iss, "allOf": [
+        {"claim": "x-ms-sevsnpvm-hostdata", "equals": hd}, {"claim": "x-ms-sevsnpvm-is-debuggable", "equals": "false"}]}]})
+    };
+    assert_eq!(create_key(&s, h, "k1", policy(&good)).status(), 201);
+    assert_eq!(
+        create_key(&s, h, "k2", policy(&"cd".repeat(32))).status(),
+        201
+    );
+    // Malformed policies are refused at upload with the reason.
+    let r = create_key(
+        &s,
+        h,
+        "k3",
+        json!({"version": "1.0.0", "anyOf": [{"authority": "x", "allOf": [{"claim": "a", "greater": 1}]}]}),
+    );
+    assert_eq!(r.status(), 400);
+    assert!(r.text().unwrap().contains("greater"));
+    let (st, v) = release(&s, "k1", &token);
+    assert_eq!(st, 200, "{v}");
+    let decrypter = josekit::jwe::RSA_OAEP_256
+        .decrypter_from_jwk(&private)
+        .unwrap();
+    let (plain, header) =
+        josekit::jwe::deserialize_compact(v["value"].as_str().unwrap(), &decrypter).unwrap();
+    assert_eq!(header.content_encryption(), Some("A256GCM"));
+    let jwk: Value = serde_json::from_slice(&plain).unwrap();
+    assert_eq!(jwk["kty"], "oct");
+    assert_eq!(
+        base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(jwk["k"].as_str().unwrap())
+            .unwrap()
+            .len(),
+        32
+    );
+    let (st, v) = release(&s, "k2", &token);
+    assert_eq!(st, 403);
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("x-ms-sevsnpvm-hostdata"),
+        "{v}"
+    );
+    assert_eq!(release(&s, "missing", &token).0, 404);
+    // A token signed by an untrusted key with this server's issuer.
+    let pem = coffer_attest::TokenSigner::generate_pem().unwrap();
+    let rogue = coffer_attest::TokenSigner::from_pem(&pem, iss, 3600).unwrap();
+    let forged = rogue
+        .sign(
+            claims(&token).as_object().unwrap().clone(),
+            coffer_snp::time::now(),
+        )
+        .unwrap();
+    let (st, v) = release(&s, "k1", &forged);
+    assert_eq!(st, 403, "{v}");
+    // Restart without --allow-emulated: keys survive, emulated evidence and tokens are refused.
+    drop(s);
+    let s = serve(h, &["--issuer", iss]);
+    let listed: Value = http()
+        .get(format!("{}/keys", s.url))
+        .bearer_auth(admin(h))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_eq!(listed["keys"].as_array().unwrap().len(), 2);
+    assert!(
+        !listed.to_string().contains("\"k\""),
+        "the admin API never returns key material"
+    );
+    let (st, v) = emulated_token(&s, h, &good, &runtime);
+    assert_eq!(
+        (st, v["error"]["code"].as_str()),
+        (400, Some("unknown-root")),
+        "{v}"
+    );
+    // The token is still valid and signed by this server's key, but attests emulated evidence.
+    let (st, v) = release(&s, "k1", &token);
+    assert_eq!(
+        (st, v["error"]["code"].as_str()),
+        (403, Some("emulated")),
+        "{v}"
+    );
+}
+
+#[test]
+fn acknowledged_keys_survive_kill_9() {
+    let home = tempfile::tempdir().unwrap();
+    let h = home.path();
+    let mut s = serve(h, &[]);
+    let url = s.url.clone();
+    let tok = admin(h);
+    let acked = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let a2 = acked.clone();
+    let writer = std::thread::spawn(move || {
+        let c = http();
+        for i in 0..10_000 {
+            let name = format!("burst-{i}");
+            match c
+                .post(format!("{url}/keys"))
+                .bearer_auth(&tok)
+                .json(&json!({"name": name}))
+                .send()
+            {
+                Ok(r) if r.status() == 201 => a2.lock().unwrap().push(name),
+                _ => break,
+            }
+        }
+    });
+    while acked.lock().unwrap().len() < 50 {
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    // SIGKILL in the middle of the burst.
+    s.child.kill().unwrap();
+    let _ = s.child.wait();
+    writer.join().unwrap();
+    let acked = acked.lock().unwrap().clone();
+    let s = serve(h, &[]);
+    let listed: Value = http()
+        .get(format!("{}/keys", s.url))
+        .bearer_auth(admin(h))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    let names: std::collections::BTreeSet<String> = listed["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k["name"].as_str().unwrap().to_string())
+        .collect();
+    for n in &acked {
+        assert!(names.contains(n), "acknowledged key {n} lost");
+    }
+    assert!(names.len() >= acked.len());
+}

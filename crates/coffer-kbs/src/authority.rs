@@ -1,0 +1,190 @@
+//! Checking attestation tokens: signature with a trusted authority's key, algorithm, issuer,
+//! expiry and not-before, at a time that is an input.
+
+use base64::Engine as _;
+use josekit::jwk::Jwk;
+use josekit::jws::{ES384, RS256};
+use serde_json::{Map, Value};
+
+/// Why a token is refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum TokenError {
+    /// Not a JWS compact serialisation.
+    #[error("token is malformed: {0}")]
+    Malformed(String),
+    /// `alg` is not RS256 or ES384 (`none` included).
+    #[error("token algorithm '{0}' is not accepted (RS256, ES384)")]
+    Algorithm(String),
+    /// `iss` is not a trusted authority.
+    #[error("token issuer '{0}' is not a trusted authority")]
+    UntrustedIssuer(String),
+    /// No key of the authority has the token's `kid`.
+    #[error("no key '{kid}' for issuer {issuer}")]
+    UnknownKey {
+        /// The issuer.
+        issuer: String,
+        /// The key id.
+        kid: String,
+    },
+    /// The signature does not verify.
+    #[error("token signature does not verify")]
+    Signature,
+    /// Expired.
+    #[error("token expired at {exp} (now {now})")]
+    Expired {
+        /// exp claim.
+        exp: u64,
+        /// verification time.
+        now: u64,
+    },
+    /// Not yet valid.
+    #[error("token is not valid before {nbf} (now {now})")]
+    NotYetValid {
+        /// nbf claim.
+        nbf: u64,
+        /// verification time.
+        now: u64,
+    },
+}
+
+/// A trusted token issuer and its keys.
+#[derive(Clone, Debug)]
+pub struct Authority {
+    /// `iss` value (compared without a trailing slash).
+    pub issuer: String,
+    /// Its JWKS keys.
+    pub keys: Vec<Jwk>,
+}
+
+impl Authority {
+    /// From a JWKS document.
+    pub fn from_jwks(issuer: &str, jwks: &Value) -> Result<Self, String> {
+        let keys = jwks
+            .get("keys")
+            .and_then(Value::as_array)
+            .ok_or("JWKS has no keys list")?
+            .iter()
+            .map(|k| {
+                let m = k
+                    .as_object()
+                    .cloned()
+                    .ok_or("a JWKS key is not an object")?;
+                Jwk::from_map(m).map_err(|e| e.to_string())
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        if keys.is_empty() {
+            return Err("JWKS has no keys".into());
+        }
+        Ok(Authority {
+            issuer: issuer.trim_end_matches('/').to_string(),
+            keys,
+        })
+    }
+}
+
+/// The set of trusted authorities.
+#[derive(Clone, Debug, Default)]
+pub struct Trust {
+    authorities: Vec<Authority>,
+}
+
+fn b64json(part: &str, what: &str) -> Result<Map<String, Value>, TokenError> {
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(part.trim_end_matches('='))
+        .map_err(|e| TokenError::Malformed(format!("{what} is not base64url: {e}")))?;
+    let v: Value = serde_json::from_slice(&bytes)
+        .map_err(|e| TokenError::Malformed(format!("{what} is not JSON: {e}")))?;
+    v.as_object()
+        .cloned()
+        .ok_or_else(|| TokenError::Malformed(format!("{what} is not a JSON object")))
+}
+
+impl Trust {
+    /// Trust these authorities.
+    pub fn new(authorities: Vec<Authority>) -> Self {
+        Trust { authorities }
+    }
+
+    /// Add one.
+    pub fn add(&mut self, a: Authority) {
+        self.authorities.push(a);
+    }
+
+    /// Verify `token` at `now`; returns (issuer, claims).
+    pub fn verify(
+        &self,
+        token: &str,
+        now: u64,
+    ) -> Result<(String, Map<String, Value>), TokenError> {
+        let parts: Vec<&str> = token.trim().split('.').collect();
+        if parts.len() != 3 {
+            return Err(TokenError::Malformed(format!(
+                "expected 3 parts, got {}",
+                parts.len()
+            )));
+        }
+        let header = b64json(parts[0], "header")?;
+        let alg = header
+            .get("alg")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_string();
+        if alg != "RS256" && alg != "ES384" {
+            return Err(TokenError::Algorithm(alg));
+        }
+        let unverified = b64json(parts[1], "payload")?;
+        let issuer = unverified
+            .get("iss")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .trim_end_matches('/')
+            .to_string();
+        let authority = self
+            .authorities
+            .iter()
+            .find(|a| a.issuer == issuer)
+            .ok_or_else(|| TokenError::UntrustedIssuer(issuer.clone()))?;
+        let kid = header.get("kid").and_then(Value::as_str).unwrap_or("");
+        let candidates: Vec<&Jwk> = authority
+            .keys
+            .iter()
+            .filter(|k| kid.is_empty() || k.key_id() == Some(kid))
+            .collect();
+        if candidates.is_empty() {
+            return Err(TokenError::UnknownKey {
+                issuer,
+                kid: kid.into(),
+            });
+        }
+        let mut verified = None;
+        for jwk in candidates {
+            let payload = match alg.as_str() {
+                "RS256" => RS256
+                    .verifier_from_jwk(jwk)
+                    .ok()
+                    .and_then(|v| josekit::jwt::decode_with_verifier(token.trim(), &v).ok()),
+                _ => ES384
+                    .verifier_from_jwk(jwk)
+                    .ok()
+                    .and_then(|v| josekit::jwt::decode_with_verifier(token.trim(), &v).ok()),
+            };
+            if let Some((p, _)) = payload {
+                verified = Some(p);
+                break;
+            }
+        }
+        let claims: Map<String, Value> = verified.ok_or(TokenError::Signature)?.into();
+        let num = |k: &str| claims.get(k).and_then(Value::as_u64);
+        let exp = num("exp").ok_or_else(|| TokenError::Malformed("no exp claim".into()))?;
+        if now >= exp {
+            return Err(TokenError::Expired { exp, now });
+        }
+        if let Some(nbf) = num("nbf") {
+            if now < nbf {
+                return Err(TokenError::NotYetValid { nbf, now });
+            }
+        }
+        Ok((issuer, claims))
+    }
+}

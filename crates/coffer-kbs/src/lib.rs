@@ -1,0 +1,25 @@
+//! The key broker: keys kept in SQLite under a master key, release policies in Azure Key Vault's
+//! grammar, attestation tokens checked against trusted authorities, and keys released wrapped to
+//! the TEE's ephemeral RSA key (JWE compact, RSA-OAEP-256 + A256GCM).
+
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+mod authority;
+mod policy;
+mod store;
+mod wrap;
+
+pub use authority::{Authority, TokenError, Trust};
+pub use policy::{PolicyError, ReleasePolicy};
+pub use store::{AuditEntry, KeyInfo, KeyKind, Store, StoreError};
+pub use wrap::{key_jwk, wrap_for_token, WrapError};
+
+/// The outcome of a release request.
+#[derive(Debug)]
+pub enum ReleaseOutcome {
+    /// Released: the JWE compact serialisation of the key as a JWK.
+    Released(String),
+    /// Refused, with the reason (written to the audit log).
+    Denied(String),
+}

@@ -1,0 +1,526 @@
+//! `coffer serve`: the attestation service (MAA-compatible `attest/SevSnpVM`, OpenID metadata,
+//! JWKS) and the key broker (admin API, secure key release, audit) over HTTP, in one process.
+//!
+//! Authorisation is a property of the route: every admin route sits behind one bearer-token layer.
+//! Errors become `{"error":{"code","message"}}` in one place ([`ApiError`]).
+
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use axum::extract::{Path, Query, Request, State};
+use axum::http::{header, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post, put};
+use axum::{Json, Router};
+use coffer_attest::{AttestError, AttestRequest, AttestationService, ReferenceValues, TokenSigner};
+use coffer_kbs::{Authority, KeyKind, ReleasePolicy, Store, StoreError, Trust};
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+/// How the server is set up.
+pub struct ServerConfig {
+    /// State directory (token key, admin token, database, master key).
+    pub dir: PathBuf,
+    /// Address to listen on.
+    pub listen: SocketAddr,
+    /// Issuer URL; default `http://<bound address>`.
+    pub issuer: Option<String>,
+    /// Roots for evidence (AMD, plus the development root if known).
+    pub roots: coffer_snp::Roots,
+    /// Accept emulated evidence and tokens.
+    pub allow_emulated: bool,
+    /// Reference values for appraisal.
+    pub reference: Option<ReferenceValues>,
+    /// External token issuers: (issuer, JWKS).
+    pub trusted_issuers: Vec<(String, Value)>,
+    /// Token lifetime in seconds.
+    pub token_lifetime: u64,
+    /// Fixed clock (tests only): Unix seconds.
+    pub now: Option<u64>,
+}
+
+/// Shared state of the handlers.
+pub struct AppState {
+    attest: AttestationService,
+    store: Store,
+    trust: Trust,
+    admin_token_hash: [u8; 32],
+    allow_emulated: bool,
+    now: Option<u64>,
+}
+
+impl AppState {
+    fn now(&self) -> u64 {
+        self.now.unwrap_or_else(coffer_snp::time::now)
+    }
+}
+
+/// An error response.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        ApiError {
+            status,
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = json!({"error": {"code": self.code, "message": self.message}});
+        (self.status, Json(body)).into_response()
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::NotFound(_) => {
+                ApiError::new(StatusCode::NOT_FOUND, "not-found", e.to_string())
+            }
+            StoreError::Exists(_) => ApiError::new(StatusCode::CONFLICT, "exists", e.to_string()),
+            StoreError::Invalid(_) => {
+                ApiError::new(StatusCode::BAD_REQUEST, "invalid", e.to_string())
+            }
+            // Internals are not for clients: the message stays generic.
+            _ => ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                "internal error in the key store",
+            ),
+        }
+    }
+}
+
+fn read_or_create(
+    path: &std::path::Path,
+    make: impl FnOnce() -> Result<Vec<u8>, String>,
+) -> Result<Vec<u8>, String> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    match std::fs::read(path) {
+        Ok(b) => Ok(b),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let bytes = make()?;
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(path)
+                .map_err(|e| format!("{}: {e}", path.display()))?;
+            f.write_all(&bytes)
+                .and_then(|_| f.sync_all())
+                .map_err(|e| format!("{}: {e}", path.display()))?;
+            Ok(bytes)
+        }
+        Err(e) => Err(format!("{}: {e}", path.display())),
+    }
+}
+
+/// Path of the admin token file under the state directory.
+pub fn admin_token_path(dir: &std::path::Path) -> PathBuf {
+    dir.join("admin-token")
+}
+
+/// Build the state: creates keys and token files on first start.
+pub fn build_state(cfg: &ServerConfig, issuer: &str) -> Result<Arc<AppState>, String> {
+    std::fs::create_dir_all(&cfg.dir).map_err(|e| format!("{}: {e}", cfg.dir.display()))?;
+    let admin = read_or_create(&admin_token_path(&cfg.dir), || {
+        let mut b = [0u8; 32];
+        openssl::rand::rand_bytes(&mut b).map_err(|e| e.to_string())?;
+        Ok(hex::encode(b).into_bytes())
+    })?;
+    let admin = String::from_utf8(admin).map_err(|_| "admin token file is not text".to_string())?;
+    let signing = read_or_create(
+        &cfg.dir.join("token-signing-key.pem"),
+        TokenSigner::generate_pem,
+    )?;
+    let signer = TokenSigner::from_pem(&signing, issuer, cfg.token_lifetime)?;
+    let mut trust = Trust::default();
+    trust.add(Authority::from_jwks(issuer, &signer.jwks())?);
+    for (iss, jwks) in &cfg.trusted_issuers {
+        trust.add(
+            Authority::from_jwks(iss, jwks).map_err(|e| format!("--trust-issuer {iss}: {e}"))?,
+        );
+    }
+    let verifier = coffer_snp::Verifier::new(cfg.roots.clone(), cfg.allow_emulated);
+    let store = Store::open(&cfg.dir.join("kbs.sqlite"), &cfg.dir.join("master.key"))
+        .map_err(|e| e.to_string())?;
+    Ok(Arc::new(AppState {
+        attest: AttestationService::new(verifier, cfg.reference.clone(), signer),
+        store,
+        trust,
+        admin_token_hash: openssl::sha::sha256(admin.trim().as_bytes()),
+        allow_emulated: cfg.allow_emulated,
+        now: cfg.now,
+    }))
+}
+
+/// The router, for tests and embedding.
+pub fn app(state: Arc<AppState>) -> Router {
+    let admin = Router::new()
+        .route("/keys", post(create_key).get(list_keys))
+        .route("/keys/{name}", get(show_key).delete(delete_key))
+        .route("/keys/{name}/policy", put(set_policy))
+        .route("/audit", get(audit))
+        .route_layer(middleware::from_fn_with_state(state.clone(), require_admin));
+    Router::new()
+        .route("/attest/SevSnpVM", post(attest))
+        .route("/attest/SevSnpVm", post(attest))
+        .route("/.well-known/openid-configuration", get(openid))
+        .route("/certs", get(certs))
+        .route("/keys/{name}/release", post(release))
+        .merge(admin)
+        .with_state(state)
+}
+
+/// A running server.
+pub struct Running {
+    /// Bound address.
+    pub addr: SocketAddr,
+    /// Issuer URL.
+    pub issuer: String,
+    /// Stops the server when sent (or dropped).
+    pub shutdown: tokio::sync::oneshot::Sender<()>,
+    /// The server task.
+    pub task: tokio::task::JoinHandle<Result<(), std::io::Error>>,
+}
+
+/// Bind and start serving in the current runtime.
+pub async fn start(cfg: ServerConfig) -> Result<Running, String> {
+    let listener = tokio::net::TcpListener::bind(cfg.listen)
+        .await
+        .map_err(|e| format!("cannot listen on {}: {e}", cfg.listen))?;
+    let addr = listener.local_addr().map_err(|e| e.to_string())?;
+    let issuer = cfg
+        .issuer
+        .clone()
+        .unwrap_or_else(|| format!("http://{addr}"));
+    let state = build_state(&cfg, &issuer)?;
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let router = app(state);
+    let task = tokio::spawn(async move {
+        axum::serve(listener, router)
+            .with_graceful_shutdown(async move {
+                let _ = rx.await;
+            })
+            .await
+    });
+    Ok(Running {
+        addr,
+        issuer,
+        shutdown: tx,
+        task,
+    })
+}
+
+async fn require_admin(
+    State(s): State<Arc<AppState>>,
+    req: Request,
+    next: Next,
+) -> Result<Response, ApiError> {
+    let given = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    // Compare digests in constant time: the token never meets a short-circuiting comparison.
+    let ok = openssl::memcmp::eq(
+        &openssl::sha::sha256(given.trim().as_bytes()),
+        &s.admin_token_hash,
+    );
+    if !ok {
+        return Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "admin API: missing or wrong bearer token",
+        ));
+    }
+    Ok(next.run(req).await)
+}
+
+fn json_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    serde_json::from_slice(body).map_err(|e| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "bad-request",
+            format!("invalid JSON body: {e}"),
+        )
+    })
+}
+
+async fn attest(
+    State(s): State<Arc<AppState>>,
+    body: axum::body::Bytes,
+) -> Result<Json<Value>, ApiError> {
+    let req: AttestRequest = json_body(&body)?;
+    let st = s.clone();
+    let result = tokio::task::spawn_blocking(move || st.attest.attest_snp(&req, st.now()))
+        .await
+        .map_err(|_| {
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                "attestation task failed",
+            )
+        })?;
+    match result {
+        Ok(token) => Ok(Json(json!({ "token": token }))),
+        Err(AttestError::Signing(_)) => Err(ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "token signing failed",
+        )),
+        Err(e) => Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            e.code(),
+            e.to_string(),
+        )),
+    }
+}
+
+async fn openid(State(s): State<Arc<AppState>>) -> Json<Value> {
+    Json(s.attest.signer().openid_configuration())
+}
+
+async fn certs(State(s): State<Arc<AppState>>) -> Json<Value> {
+    Json(s.attest.signer().jwks())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreateKey {
+    name: String,
+    #[serde(default = "default_kty")]
+    kty: String,
+    #[serde(default)]
+    key_size: Option<u32>,
+    /// Import: base64url key bytes (oct-HSM).
+    #[serde(default)]
+    k: Option<String>,
+    /// Import: private RSA JWK (RSA-HSM).
+    #[serde(default)]
+    jwk: Option<Value>,
+    #[serde(default)]
+    release_policy: Option<Value>,
+}
+
+fn default_kty() -> String {
+    "oct-HSM".into()
+}
+
+/// A policy as a JSON object, or Key Vault's envelope `{"contentType","data": base64url(JSON)}`.
+fn parse_policy(v: &Value) -> Result<ReleasePolicy, ApiError> {
+    let bad = |m: String| ApiError::new(StatusCode::BAD_REQUEST, "invalid-policy", m);
+    let doc = match v.get("data").and_then(Value::as_str) {
+        Some(data) if v.get("version").is_none() => {
+            let bytes = coffer_attest::decode_b64(data)
+                .ok_or_else(|| bad("release_policy.data is not base64".into()))?;
+            serde_json::from_slice(&bytes)
+                .map_err(|e| bad(format!("release_policy.data is not JSON: {e}")))?
+        }
+        _ => v.clone(),
+    };
+    ReleasePolicy::parse(&doc).map_err(|e| bad(e.to_string()))
+}
+
+async fn create_key(
+    State(s): State<Arc<AppState>>,
+    body: axum::body::Bytes,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let req: CreateKey = json_body(&body)?;
+    let kind = KeyKind::parse(&req.kty)?;
+    let policy = req.release_policy.as_ref().map(parse_policy).transpose()?;
+    let material = match (&req.k, &req.jwk) {
+        (Some(_), Some(_)) => {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid",
+                "give k or jwk, not both",
+            ))
+        }
+        (Some(k), None) => Some(coffer_attest::decode_b64(k).ok_or_else(|| {
+            ApiError::new(StatusCode::BAD_REQUEST, "invalid", "k is not base64url")
+        })?),
+        (None, Some(j)) => {
+            let jwk = josekit::jwk::Jwk::from_map(j.as_object().cloned().unwrap_or_default())
+                .map_err(|e| {
+                    ApiError::new(StatusCode::BAD_REQUEST, "invalid", format!("jwk: {e}"))
+                })?;
+            let pair = josekit::jwk::alg::rsa::RsaKeyPair::from_jwk(&jwk).map_err(|e| {
+                ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    "invalid",
+                    format!("jwk is not a private RSA key: {e}"),
+                )
+            })?;
+            Some(pair.to_der_private_key())
+        }
+        (None, None) => None,
+    };
+    let st = s.clone();
+    let now = s.now();
+    let info = tokio::task::spawn_blocking(move || {
+        let info = st.store.create(
+            &req.name,
+            kind,
+            req.key_size,
+            material,
+            policy.as_ref(),
+            now,
+        )?;
+        st.store.audit(
+            now,
+            &info.name,
+            "create",
+            true,
+            None,
+            &format!("{} {} bits", info.kty, info.key_size),
+        )?;
+        Ok::<_, StoreError>(info)
+    })
+    .await
+    .map_err(|_| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "task failed"))??;
+    Ok((StatusCode::CREATED, Json(json!(info))))
+}
+
+async fn list_keys(State(s): State<Arc<AppState>>) -> Result<Json<Value>, ApiError> {
+    Ok(Json(json!({ "keys": s.store.list()? })))
+}
+
+async fn show_key(
+    State(s): State<Arc<AppState>>,
+    Path(name): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    Ok(Json(json!(s.store.get(&name)?)))
+}
+
+async fn delete_key(
+    State(s): State<Arc<AppState>>,
+    Path(name): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    s.store.delete(&name)?;
+    s.store
+        .audit(s.now(), &name, "delete", true, None, "deleted")?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn set_policy(
+    State(s): State<Arc<AppState>>,
+    Path(name): Path<String>,
+    body: axum::body::Bytes,
+) -> Result<Json<Value>, ApiError> {
+    let v: Value = json_body(&body)?;
+    let policy = parse_policy(&v)?;
+    s.store.set_policy(&name, &policy)?;
+    s.store
+        .audit(s.now(), &name, "policy", true, None, "release policy set")?;
+    Ok(Json(json!(s.store.get(&name)?)))
+}
+
+#[derive(Deserialize)]
+struct AuditQuery {
+    limit: Option<u32>,
+}
+
+async fn audit(
+    State(s): State<Arc<AppState>>,
+    Query(q): Query<AuditQuery>,
+) -> Result<Json<Value>, ApiError> {
+    Ok(Json(
+        json!({ "entries": s.store.audit_log(q.limit.unwrap_or(100).min(10_000))? }),
+    ))
+}
+
+#[derive(Deserialize)]
+struct ReleaseRequest {
+    target: String,
+}
+
+async fn release(
+    State(s): State<Arc<AppState>>,
+    Path(name): Path<String>,
+    body: axum::body::Bytes,
+) -> Result<Json<Value>, ApiError> {
+    let req: ReleaseRequest = json_body(&body)?;
+    let st = s.clone();
+    tokio::task::spawn_blocking(move || release_blocking(&st, &name, &req.target))
+        .await
+        .map_err(|_| {
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                "release task failed",
+            )
+        })?
+}
+
+fn release_blocking(s: &AppState, name: &str, token: &str) -> Result<Json<Value>, ApiError> {
+    let now = s.now();
+    let deny = |issuer: Option<&str>, code: &'static str, why: String| -> ApiError {
+        if let Err(e) = s.store.audit(now, name, "release", false, issuer, &why) {
+            return ApiError::from(e);
+        }
+        ApiError::new(StatusCode::FORBIDDEN, code, why)
+    };
+    let (issuer, claims) = s
+        .trust
+        .verify(token, now)
+        .map_err(|e| deny(None, "token", e.to_string()))?;
+    let (kind, material, policy) = match s.store.material(name) {
+        Ok(m) => m,
+        Err(StoreError::NotFound(n)) => {
+            return Err(ApiError::new(
+                StatusCode::NOT_FOUND,
+                "not-found",
+                format!("no key named '{n}'"),
+            ))
+        }
+        Err(e) => return Err(e.into()),
+    };
+    if claims.get("x-coffer-tee").and_then(Value::as_str) == Some("emulated-snp")
+        && !s.allow_emulated
+    {
+        return Err(deny(
+            Some(&issuer),
+            "emulated",
+            "the token attests emulated evidence and this server runs without --allow-emulated"
+                .into(),
+        ));
+    }
+    let policy = policy.ok_or_else(|| {
+        deny(
+            Some(&issuer),
+            "no-policy",
+            format!("key '{name}' has no release policy"),
+        )
+    })?;
+    policy.evaluate(&issuer, &claims).map_err(|why| {
+        deny(
+            Some(&issuer),
+            "policy",
+            format!("release policy not satisfied: {why}"),
+        )
+    })?;
+    let jwk = coffer_kbs::key_jwk(kind, &material, name)
+        .map_err(|e| deny(Some(&issuer), "internal", e.to_string()))?;
+    let jwe = coffer_kbs::wrap_for_token(&claims, &jwk)
+        .map_err(|e| deny(Some(&issuer), "wrapping-key", e.to_string()))?;
+    s.store
+        .audit(now, name, "release", true, Some(&issuer), "released")?;
+    Ok(Json(json!({ "value": jwe })))
+}
