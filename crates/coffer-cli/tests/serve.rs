@@ -504,3 +504,70 @@ fn acknowledged_keys_survive_kill_9() {
     }
     assert!(names.len() >= acked.len());
 }
+
+#[test]
+fn python_pyjwt_and_jwcrypto_interoperate() {
+    let t = "python_pyjwt_and_jwcrypto_interoperate";
+    let have = Command::new("python3")
+        .args(["-c", "import jwt, jwcrypto"])
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    if !have {
+        assert_ne!(
+            std::env::var("COFFER_REQUIRE_VECTORS").as_deref(),
+            Ok("1"),
+            "{t}: python3 with PyJWT and jwcrypto is required"
+        );
+        eprintln!("{t}: SKIPPED: python3 with PyJWT and jwcrypto not found");
+        return;
+    }
+    let home = tempfile::tempdir().unwrap();
+    let h = home.path();
+    let s = serve(h, &["--allow-emulated"]);
+    let hd = "ef".repeat(32);
+    let (private, runtime) = ephemeral();
+    let (st, v) = emulated_token(&s, h, &hd, &runtime);
+    assert_eq!(st, 200, "{v}");
+    let token = v["token"].as_str().unwrap().to_string();
+    let policy = json!({"version": "1.0.0", "anyOf": [{"authority": s.url, "allOf": [{"claim": "x-ms-sevsnpvm-hostdata", "equals": hd}]}]});
+    assert_eq!(create_key(&s, h, "py", policy).status(), 201);
+    let (st, v) = release(&s, "py", &token);
+    assert_eq!(st, 200, "{v}");
+    let jwe = v["value"].as_str().unwrap().to_string();
+    let files: Vec<std::path::PathBuf> = ["token", "jwe", "key.json"]
+        .iter()
+        .map(|f| h.join(f))
+        .collect();
+    std::fs::write(&files[0], &token).unwrap();
+    std::fs::write(&files[1], &jwe).unwrap();
+    std::fs::write(
+        &files[2],
+        Value::Object(private.as_ref().clone()).to_string(),
+    )
+    .unwrap();
+    let script =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/interop/verify_and_unwrap.py");
+    let out = Command::new("python3")
+        .arg(script)
+        .arg(&s.url)
+        .arg(&s.url)
+        .args(&files)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let py: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(py["claims_hostdata"], hd);
+    // The same key material as josekit decrypts.
+    let decrypter = josekit::jwe::RSA_OAEP_256
+        .decrypter_from_jwk(&private)
+        .unwrap();
+    let (plain, _) = josekit::jwe::deserialize_compact(&jwe, &decrypter).unwrap();
+    let ours: Value = serde_json::from_slice(&plain).unwrap();
+    assert_eq!(py["key"]["k"], ours["k"]);
+    assert_eq!(py["key"]["kty"], "oct");
+}
