@@ -30,6 +30,19 @@ enum Command {
     /// Security policies: generate from a Pod manifest, digest, evaluate.
     #[command(subcommand)]
     Policy(cmd::policy::PolicyCommand),
+    /// Run a Pod's containers as a confidential group in an (emulated) SEV-SNP TEE.
+    ///
+    /// Generates the policy (or takes --policy), binds its digest into HOST_DATA, starts the
+    /// sandbox whose agent enforces the policy on every request, streams the containers' output
+    /// prefixed by name, and exits with the first (main) container's status.
+    Run(cmd::run::RunArgs),
+    /// Run a process in a running group's container, if the policy's exec_processes allow it.
+    Exec(cmd::run::ExecArgs),
+    /// List running groups.
+    Ps,
+    /// The in-TEE agent (started by coffer run inside the sandbox).
+    #[command(hide = true)]
+    Agent(cmd::run::AgentArgs),
     /// Run the attestation service and key broker (HTTP, SQLite; no other setup).
     Serve(cmd::serve::ServeArgs),
     /// Manage keys in a running coffer serve (admin token required).
@@ -45,6 +58,10 @@ fn main() -> ExitCode {
         Command::Snp(c) => cmd::snp::run(c),
         Command::Image(c) => cmd::image::run(c),
         Command::Policy(c) => cmd::policy::run(c),
+        Command::Run(a) => cmd::run::run(a),
+        Command::Exec(a) => cmd::run::exec(a),
+        Command::Ps => cmd::run::ps(),
+        Command::Agent(a) => cmd::run::agent(a),
         Command::Serve(a) => cmd::serve::serve(a),
         Command::Key(c) => cmd::serve::key(c),
         Command::Demo(a) => cmd::demo::run(a),

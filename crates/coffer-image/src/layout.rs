@@ -105,6 +105,18 @@ impl Layout {
         self.dir.join("blobs/sha256").join(digest.hex())
     }
 
+    /// A layer's uncompressed tar stream. Not checked here: whoever consumes it measures it
+    /// (the agent inside the TEE never trusts the host's copy).
+    pub fn open_layer(&self, layer: &Layer) -> Result<Box<dyn Read + Send>, ImageError> {
+        let path = self.blob_path(&layer.digest);
+        let f = fs::File::open(&path).map_err(io_err(&path))?;
+        let f = std::io::BufReader::with_capacity(1 << 20, f);
+        Ok(match layer.compression()? {
+            Compression::None => Box::new(f),
+            Compression::Gzip => Box::new(flate2::read::GzDecoder::new(f)),
+        })
+    }
+
     /// Read a small blob (manifest, config) whole, checking its digest.
     pub fn read_blob(&self, digest: &Digest) -> Result<Vec<u8>, ImageError> {
         let path = self.blob_path(digest);

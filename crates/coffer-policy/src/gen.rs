@@ -104,8 +104,8 @@ const ALL_CAPS: [&str; 41] = [
     "CAP_WAKE_ALARM",
 ];
 
-/// Source of an emptyDir volume as the agent names it.
-pub(crate) fn volume_source(name: &str) -> String {
+/// Source of an emptyDir volume as the agent names it (the policy's mount `source`).
+pub fn volume_source(name: &str) -> String {
     format!("sandbox:///volumes/{name}")
 }
 
@@ -157,55 +157,87 @@ fn idname(v: &str) -> Value {
     }
 }
 
-fn container_json(
+/// A container as it will run: the Pod spec merged with its image config, as Kubernetes merges
+/// them. Policy generation and the launcher both use this, so they cannot disagree.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ResolvedContainer {
+    /// Container name.
+    pub name: String,
+    /// argv.
+    pub args: Vec<String>,
+    /// Literal environment (`NAME=value`), image first then Pod.
+    pub env: Vec<String>,
+    /// Names whose value comes from outside the Pod (`valueFrom`): any non-empty value allowed.
+    pub env_from: Vec<String>,
+    /// Working directory.
+    pub working_dir: String,
+    /// User (id or name).
+    pub user: String,
+    /// Group (id, name, or empty for any).
+    pub group: String,
+    /// Capabilities (bounding = effective = permitted).
+    pub capabilities: Vec<String>,
+    /// Privileged.
+    pub privileged: bool,
+    /// no_new_privileges.
+    pub no_new_privileges: bool,
+    /// (volume name, mount path, read-only).
+    pub mounts: Vec<(String, String, bool)>,
+    /// Processes the host may exec (probes, hooks).
+    pub exec: Vec<Vec<String>>,
+    /// Signal number that stops the container.
+    pub stop_signal: u32,
+}
+
+/// Merge a Pod container with its image config.
+pub fn resolve_container(
     pod_index: usize,
     c: &Container,
     img: &ImageFacts,
-    opts: &GenOptions,
-) -> Result<Value, PolicyError> {
+) -> Result<ResolvedContainer, PolicyError> {
     let field = |f: &str| format!("spec.containers[{pod_index}].{f}");
     // Kubernetes: command replaces Entrypoint (and drops Cmd); args replace Cmd.
-    let command: Vec<String> = match (&c.command, &c.args) {
+    let args: Vec<String> = match (&c.command, &c.args) {
         (Some(cmd), args) => cmd.iter().chain(args.iter().flatten()).cloned().collect(),
         (None, Some(args)) => img.entrypoint.iter().chain(args).cloned().collect(),
         (None, None) => img.entrypoint.iter().chain(&img.cmd).cloned().collect(),
     };
-    if command.is_empty() {
+    if args.is_empty() {
         return Err(PolicyError::Pod(format!(
             "container '{}' has no command: neither the Pod nor the image config gives one",
             c.name
         )));
     }
-
     // Environment: the image's, then the Pod's (which wins for the same name).
     let mut order: Vec<String> = Vec::new();
-    let mut rules: BTreeMap<String, Value> = BTreeMap::new();
+    let mut values: BTreeMap<String, Option<String>> = BTreeMap::new();
     for e in &img.env {
-        let name = e.split('=').next().unwrap_or_default().to_string();
-        if rules
-            .insert(
-                name.clone(),
-                json!({"pattern": e, "required": false, "strategy": "string"}),
-            )
+        let (name, value) = e.split_once('=').unwrap_or((e.as_str(), ""));
+        if values
+            .insert(name.to_string(), Some(value.to_string()))
             .is_none()
         {
-            order.push(name);
+            order.push(name.to_string());
         }
     }
     for e in &c.env {
-        let rule = match (&e.value, &e.value_from) {
-            (_, Some(_)) => {
-                json!({"pattern": format!("{}=.+", e.name), "required": false, "strategy": "re2"})
-            }
-            (v, None) => {
-                json!({"pattern": format!("{}={}", e.name, v.as_deref().unwrap_or("")), "required": false, "strategy": "string"})
-            }
+        let v = if e.value_from.is_some() {
+            None
+        } else {
+            Some(e.value.clone().unwrap_or_default())
         };
-        if rules.insert(e.name.clone(), rule).is_none() {
+        if values.insert(e.name.clone(), v).is_none() {
             order.push(e.name.clone());
         }
     }
-    let env_rules: Vec<Value> = order.iter().filter_map(|n| rules.get(n).cloned()).collect();
+    let mut env = Vec::new();
+    let mut env_from = Vec::new();
+    for n in &order {
+        match values.get(n) {
+            Some(Some(v)) => env.push(format!("{n}={v}")),
+            _ => env_from.push(n.clone()),
+        }
+    }
 
     let sc = c.security_context.clone().unwrap_or_default();
     let privileged = sc.privileged.unwrap_or(false);
@@ -232,8 +264,6 @@ fn container_json(
             }
         }
     }
-    let caps: Vec<String> = caps.into_iter().collect();
-
     let (img_user, img_group) = match img.user.split_once(':') {
         Some((u, g)) => (u.to_string(), g.to_string()),
         None => (img.user.clone(), String::new()),
@@ -254,7 +284,6 @@ fn container_json(
             String::new()
         }
     });
-
     let mut exec: Vec<Vec<String>> = Vec::new();
     for p in [&c.liveness_probe, &c.readiness_probe, &c.startup_probe]
         .into_iter()
@@ -269,39 +298,87 @@ fn container_json(
     }
     let mut seen = BTreeSet::new();
     exec.retain(|cmd| seen.insert(cmd.clone()));
-    let exec_processes: Vec<Value> = exec
-        .into_iter()
-        .map(|cmd| json!({"command": cmd, "signals": [], "allow_stdio_access": opts.allow_stdio_access}))
-        .collect();
-
-    let mounts: Vec<Value> = c
-        .volume_mounts
-        .iter()
-        .map(|m| {
-            let mode = if m.read_only.unwrap_or(false) {
-                "ro"
-            } else {
-                "rw"
-            };
-            json!({
-                "destination": m.mount_path,
-                "options": ["rbind", "rshared", mode],
-                "source": volume_source(&m.name),
-                "type": "bind",
-            })
-        })
-        .collect();
-
     let stop = img.stop_signal.as_deref().unwrap_or("SIGTERM");
-    let stop = signal_number(stop).ok_or_else(|| {
+    let stop_signal = signal_number(stop).ok_or_else(|| {
         PolicyError::Pod(format!(
             "image of container '{}' has an unknown StopSignal '{stop}'",
             c.name
         ))
     })?;
+    Ok(ResolvedContainer {
+        name: c.name.clone(),
+        args,
+        env,
+        env_from,
+        working_dir: c
+            .working_dir
+            .clone()
+            .filter(|w| !w.is_empty())
+            .unwrap_or_else(|| {
+                if img.working_dir.is_empty() {
+                    "/".into()
+                } else {
+                    img.working_dir.clone()
+                }
+            }),
+        user,
+        group,
+        capabilities: caps.into_iter().collect(),
+        privileged,
+        no_new_privileges: sc.allow_privilege_escalation == Some(false),
+        mounts: c
+            .volume_mounts
+            .iter()
+            .map(|m| {
+                (
+                    m.name.clone(),
+                    m.mount_path.clone(),
+                    m.read_only.unwrap_or(false),
+                )
+            })
+            .collect(),
+        exec,
+        stop_signal,
+    })
+}
 
+fn container_json(
+    pod_index: usize,
+    c: &Container,
+    img: &ImageFacts,
+    opts: &GenOptions,
+) -> Result<Value, PolicyError> {
+    let r = resolve_container(pod_index, c, img)?;
+    let mut env_rules: Vec<Value> = r
+        .env
+        .iter()
+        .map(|e| json!({"pattern": e, "required": false, "strategy": "string"}))
+        .collect();
+    env_rules.extend(
+        r.env_from
+            .iter()
+            .map(|n| json!({"pattern": format!("{n}=.+"), "required": false, "strategy": "re2"})),
+    );
+    let exec_processes: Vec<Value> = r
+        .exec
+        .iter()
+        .map(|cmd| json!({"command": cmd, "signals": [], "allow_stdio_access": opts.allow_stdio_access}))
+        .collect();
+    let mounts: Vec<Value> = r
+        .mounts
+        .iter()
+        .map(|(name, path, ro)| {
+            json!({
+                "destination": path,
+                "options": ["rbind", "rshared", if *ro { "ro" } else { "rw" }],
+                "source": volume_source(name),
+                "type": "bind",
+            })
+        })
+        .collect();
+    let caps = &r.capabilities;
     Ok(json!({
-        "allow_elevated": privileged,
+        "allow_elevated": r.privileged,
         "allow_stdio_access": opts.allow_stdio_access,
         "capabilities": {
             "ambient": [],
@@ -310,24 +387,22 @@ fn container_json(
             "inheritable": [],
             "permitted": caps,
         },
-        "command": command,
+        "command": r.args,
         "env_rules": env_rules,
         "exec_processes": exec_processes,
         "id": c.image,
         "layers": img.layers,
         "mounts": mounts,
-        "name": c.name,
-        "no_new_privileges": sc.allow_privilege_escalation == Some(false),
+        "name": r.name,
+        "no_new_privileges": r.no_new_privileges,
         "seccomp_profile_sha256": "",
-        "signals": [stop],
+        "signals": [r.stop_signal],
         "user": {
-            "group_idnames": [idname(&group)],
+            "group_idnames": [idname(&r.group)],
             "umask": "0022",
-            "user_idname": idname(&user),
+            "user_idname": idname(&r.user),
         },
-        "working_dir": c.working_dir.clone().filter(|w| !w.is_empty()).unwrap_or_else(|| {
-            if img.working_dir.is_empty() { "/".into() } else { img.working_dir.clone() }
-        }),
+        "working_dir": r.working_dir,
     }))
 }
 

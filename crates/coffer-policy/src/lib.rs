@@ -16,7 +16,10 @@ mod gen;
 mod pod;
 
 pub use engine::{Decision, Enforcer, ENFORCEMENT_POINTS, FRAMEWORK_REGO};
-pub use gen::{allow_all_policy, generate, GenOptions, ImageFacts};
+pub use gen::{
+    allow_all_policy, generate, resolve_container, volume_source, GenOptions, ImageFacts,
+    ResolvedContainer,
+};
 pub use pod::{parse_pod, Pod};
 
 /// Errors of policy generation and enforcement.

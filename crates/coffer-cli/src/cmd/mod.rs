@@ -1,5 +1,6 @@
 pub(crate) mod demo;
 pub(crate) mod image;
 pub(crate) mod policy;
+pub(crate) mod run;
 pub(crate) mod serve;
 pub(crate) mod snp;

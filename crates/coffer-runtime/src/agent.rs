@@ -1,0 +1,842 @@
+//! The in-TEE agent: checks its launch data, then serves the host, asking the policy before
+//! every action.
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Condvar, Mutex};
+
+use coffer_policy::Enforcer;
+use serde_json::{json, Value};
+
+use crate::protocol::{read_frame, write_frame, ProcessSpec, Request, VolumeSpec, VERSION};
+use crate::sandbox::WORK_DIR;
+use crate::sp::SecureProcessor;
+use crate::RuntimeError;
+
+/// Output of a container, kept for attach, and its exit status.
+#[derive(Default)]
+struct Output {
+    lines: Vec<(String, String)>,
+    exit: Option<i32>,
+}
+
+struct ContainerState {
+    bundle: PathBuf,
+    rootfs: PathBuf,
+    allow_stdio: bool,
+    output: Arc<(Mutex<Output>, Condvar)>,
+    child: Option<Child>,
+}
+
+struct State {
+    enforcer: Enforcer,
+    overlays: BTreeMap<String, PathBuf>,
+    containers: BTreeMap<String, ContainerState>,
+    layers: Vec<PathBuf>,
+}
+
+/// The agent.
+pub struct Agent {
+    cgroup_prefix: String,
+    state: Mutex<State>,
+    work: PathBuf,
+    runc: PathBuf,
+    report_summary: Value,
+}
+
+fn lock(m: &Mutex<State>) -> std::sync::MutexGuard<'_, State> {
+    // A panicking request handler must not wedge the group: the state is still consistent
+    // (policy state changes only after an allowed decision), so keep going.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn denied(rule: &str, reason: Option<Value>) -> Value {
+    json!({"ok": false, "denied": true, "rule": rule, "error": format!("denied by policy ({rule})"), "reason": reason})
+}
+
+fn failed(e: impl std::fmt::Display) -> Value {
+    json!({"ok": false, "error": e.to_string()})
+}
+
+fn safe_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 64
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
+        && id != "."
+        && id != ".."
+}
+
+fn find_runc() -> PathBuf {
+    for p in ["/usr/sbin/runc", "/usr/bin/runc", "/sbin/runc", "/bin/runc"] {
+        if Path::new(p).exists() {
+            return PathBuf::from(p);
+        }
+    }
+    PathBuf::from("runc")
+}
+
+/// Check the launch data and build the agent. Fails (the agent refuses to serve) unless
+/// SHA-256(policy) equals the HOST_DATA in its own report.
+pub fn start(policy: &[u8], sp: &dyn SecureProcessor) -> Result<Agent, RuntimeError> {
+    let digest = coffer_policy::digest(policy);
+    let mut report_data = [0u8; 64];
+    report_data[..32].copy_from_slice(&digest);
+    let evidence = sp.report(&report_data)?;
+    let report = coffer_snp::Report::decode(&evidence.report)
+        .map_err(|e| RuntimeError::SecureProcessor(e.to_string()))?;
+    let f = report.fields();
+    if f.host_data != digest {
+        return Err(RuntimeError::Agent(format!(
+            "refusing to serve: SHA-256 of the policy ({}) differs from HOST_DATA ({})",
+            hex::encode(digest),
+            hex::encode(f.host_data)
+        )));
+    }
+    let text = std::str::from_utf8(policy)
+        .map_err(|_| RuntimeError::Agent("the policy is not UTF-8".into()))?;
+    let enforcer = Enforcer::new(text)?;
+    Ok(Agent {
+        cgroup_prefix: format!("{:016x}", rand_u64()),
+        state: Mutex::new(State {
+            enforcer,
+            overlays: BTreeMap::new(),
+            containers: BTreeMap::new(),
+            layers: Vec::new(),
+        }),
+        work: PathBuf::from(WORK_DIR),
+        runc: find_runc(),
+        report_summary: json!({
+            "host_data": hex::encode(f.host_data),
+            "measurement": hex::encode(f.measurement),
+            "report_id": hex::encode(f.report_id),
+        }),
+    })
+}
+
+impl Agent {
+    /// Serve on `socket` until a shutdown request.
+    pub fn serve(self, socket: &Path) -> Result<(), RuntimeError> {
+        // The loopback interface of the fresh network namespace, for sidecars on localhost.
+        let _ = Command::new("ip")
+            .args(["link", "set", "lo", "up"])
+            .status();
+        let _ = std::fs::remove_file(socket);
+        let listener = UnixListener::bind(socket)
+            .map_err(crate::io(format!("binding {}", socket.display())))?;
+        let agent = Arc::new(self);
+        for conn in listener.incoming() {
+            let Ok(conn) = conn else { continue };
+            let a = agent.clone();
+            std::thread::spawn(move || {
+                if a.handle(conn) {
+                    std::process::exit(0);
+                }
+            });
+        }
+        Ok(())
+    }
+
+    /// Handle one connection; true when the group was shut down.
+    fn handle(&self, mut conn: UnixStream) -> bool {
+        loop {
+            let frame = match read_frame(&mut conn) {
+                Ok(Some(f)) => f,
+                _ => return false,
+            };
+            let req: Request = match serde_json::from_value(frame) {
+                Ok(r) => r,
+                Err(e) => {
+                    let _ = write_frame(&mut conn, &failed(format!("bad request: {e}")));
+                    continue;
+                }
+            };
+            let (answer, shutdown) = match req {
+                Request::Hello { version } if version == VERSION => (
+                    json!({"ok": true, "version": VERSION, "report": self.report_summary}),
+                    false,
+                ),
+                Request::Hello { version } => (
+                    failed(format!(
+                        "protocol version {version} unsupported (agent speaks {VERSION})"
+                    )),
+                    false,
+                ),
+                Request::MountLayer { target } => (self.mount_layer(&target, &mut conn), false),
+                Request::MountOverlay {
+                    container_id,
+                    layer_paths,
+                } => (self.mount_overlay(&container_id, &layer_paths), false),
+                Request::CreateContainer {
+                    container_id,
+                    process,
+                    volumes,
+                } => (self.create(&container_id, &process, &volumes), false),
+                Request::Attach { container_id } => {
+                    self.attach(&container_id, &mut conn);
+                    continue;
+                }
+                Request::Exec {
+                    container_id,
+                    process,
+                } => (self.exec(&container_id, &process), false),
+                Request::Signal {
+                    container_id,
+                    signal,
+                } => (self.signal(&container_id, signal), false),
+                Request::GetProperties => (self.properties(), false),
+                Request::Shutdown => (self.shutdown(), true),
+            };
+            let _ = write_frame(&mut conn, &answer);
+            if shutdown {
+                return true;
+            }
+        }
+    }
+
+    fn decide(&self, rule: &str, input: Value) -> Result<coffer_policy::Decision, Value> {
+        lock(&self.state)
+            .enforcer
+            .decide(rule, &input)
+            .map_err(failed)
+    }
+
+    fn mount_layer(&self, target: &str, conn: &mut UnixStream) -> Value {
+        // Read the chunks first, whatever happens: the stream must stay in sync.
+        let layers_root = self.work.join("layers");
+        let name = target
+            .strip_prefix(&format!("{}/", layers_root.display()))
+            .unwrap_or("");
+        let tmp = self.work.join(format!(
+            "incoming-{}.tar",
+            std::process::id() as u64 ^ rand_u64()
+        ));
+        let received = receive_layer(conn, &tmp);
+        let root = match received {
+            Ok(r) => r,
+            Err(e) => {
+                let _ = std::fs::remove_file(&tmp);
+                return failed(e);
+            }
+        };
+        if !safe_id(name) {
+            let _ = std::fs::remove_file(&tmp);
+            return failed(format!(
+                "layer target must be {}/<name>",
+                layers_root.display()
+            ));
+        }
+        let device_hash = hex::encode(root);
+        let decision = match self.decide(
+            "mount_device",
+            json!({"target": target, "deviceHash": device_hash}),
+        ) {
+            Ok(d) => d,
+            Err(e) => return e,
+        };
+        if !decision.allowed {
+            let _ = std::fs::remove_file(&tmp);
+            return denied("mount_device", decision.reason);
+        }
+        let result = unpack_layer(&tmp, Path::new(target));
+        let _ = std::fs::remove_file(&tmp);
+        if let Err(e) = result {
+            return failed(e);
+        }
+        lock(&self.state).layers.push(PathBuf::from(target));
+        json!({"ok": true, "deviceHash": device_hash})
+    }
+
+    fn mount_overlay(&self, id: &str, layer_paths: &[String]) -> Value {
+        if !safe_id(id) {
+            return failed("invalid container id");
+        }
+        let dir = self.work.join("containers").join(id);
+        let rootfs = dir.join("rootfs");
+        let d = match self.decide(
+            "mount_overlay",
+            json!({"containerID": id, "layerPaths": layer_paths, "target": rootfs}),
+        ) {
+            Ok(d) => d,
+            Err(e) => return e,
+        };
+        if !d.allowed {
+            return denied("mount_overlay", d.reason);
+        }
+        let scratch = dir.join("scratch");
+        match self.decide(
+            "scratch_mount",
+            json!({"target": scratch, "encrypted": false}),
+        ) {
+            Ok(d) if d.allowed => {}
+            Ok(d) => return denied("scratch_mount", d.reason),
+            Err(e) => return e,
+        }
+        let (upper, work) = (scratch.join("upper"), scratch.join("work"));
+        for p in [&rootfs, &upper, &work] {
+            if let Err(e) = std::fs::create_dir_all(p) {
+                return failed(format!("mkdir {}: {e}", p.display()));
+            }
+        }
+        let opts = format!(
+            "lowerdir={},upperdir={},workdir={}",
+            layer_paths.join(":"),
+            upper.display(),
+            work.display()
+        );
+        if let Err(e) = nix::mount::mount(
+            Some("overlay"),
+            &rootfs,
+            Some("overlay"),
+            nix::mount::MsFlags::empty(),
+            Some(opts.as_str()),
+        ) {
+            return failed(format!("mounting the overlay: {e}"));
+        }
+        lock(&self.state).overlays.insert(id.to_string(), rootfs);
+        json!({"ok": true})
+    }
+
+    fn create(&self, id: &str, p: &ProcessSpec, volumes: &[VolumeSpec]) -> Value {
+        let Some(rootfs) = lock(&self.state).overlays.get(id).cloned() else {
+            // Still ask the policy, so the denial carries its reason.
+            return match self.decide("create_container", json!({"containerID": id})) {
+                Ok(d) => denied("create_container", d.reason),
+                Err(e) => e,
+            };
+        };
+        let mounts: Vec<Value> = volumes
+            .iter()
+            .map(|v| json!({"destination": v.destination, "source": coffer_policy::volume_source(&v.name),
+                            "options": ["rbind", "rshared", if v.read_only { "ro" } else { "rw" }], "type": "bind"}))
+            .collect();
+        let input = json!({
+            "containerID": id, "argList": p.args, "envList": p.env, "workingDir": p.cwd, "mounts": mounts,
+            "privileged": false, "noNewPrivileges": p.no_new_privileges,
+            "user": {"id": p.uid.to_string(), "name": ""}, "groups": [{"id": p.gid.to_string(), "name": ""}], "umask": "0022",
+            "capabilities": {"bounding": p.capabilities, "effective": p.capabilities, "permitted": p.capabilities, "inheritable": [], "ambient": []},
+        });
+        let d = match self.decide("create_container", input) {
+            Ok(d) => d,
+            Err(e) => return e,
+        };
+        if !d.allowed {
+            return denied("create_container", d.reason);
+        }
+        // Run what the policy returned: its env_list and caps_list, not the request's.
+        let env: Vec<String> =
+            serde_json::from_value(d.result["env_list"].clone()).unwrap_or_default();
+        let caps: Vec<String> =
+            serde_json::from_value(d.result["caps_list"]["bounding"].clone()).unwrap_or_default();
+        let allow_stdio = d.result["allow_stdio_access"].as_bool().unwrap_or(false);
+        let bundle = self.work.join("containers").join(id);
+        let mut vols = Vec::new();
+        for v in volumes {
+            let src = self.work.join("volumes").join(&v.name);
+            if let Err(e) = std::fs::create_dir_all(&src) {
+                return failed(format!("volume {}: {e}", v.name));
+            }
+            vols.push((src, v.destination.clone(), v.read_only));
+        }
+        let cgroup = format!("/coffer/{}-{id}", self.cgroup_prefix);
+        let spec = match crate::agent::oci::spec(&rootfs, p, &env, &caps, &vols, &cgroup) {
+            Ok(s) => s,
+            Err(e) => return failed(e),
+        };
+        if let Err(e) = spec.save(bundle.join("config.json")) {
+            return failed(format!("writing the OCI spec: {e}"));
+        }
+        let child = Command::new(&self.runc)
+            .args([
+                "--root",
+                &self.work.join("runc").display().to_string(),
+                "run",
+                "--bundle",
+            ])
+            .arg(&bundle)
+            .arg(id)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn();
+        let mut child = match child {
+            Ok(c) => c,
+            Err(e) => return failed(format!("starting runc: {e}")),
+        };
+        let output = Arc::new((Mutex::new(Output::default()), Condvar::new()));
+        for (stream, name) in [
+            (
+                child
+                    .stdout
+                    .take()
+                    .map(|s| Box::new(s) as Box<dyn Read + Send>),
+                "stdout",
+            ),
+            (
+                child
+                    .stderr
+                    .take()
+                    .map(|s| Box::new(s) as Box<dyn Read + Send>),
+                "stderr",
+            ),
+        ] {
+            if let Some(s) = stream {
+                let out = output.clone();
+                std::thread::spawn(move || {
+                    for line in BufReader::new(s).lines() {
+                        let Ok(line) = line else { break };
+                        let (m, cv) = &*out;
+                        m.lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .lines
+                            .push((name.to_string(), line));
+                        cv.notify_all();
+                    }
+                });
+            }
+        }
+        lock(&self.state).containers.insert(
+            id.to_string(),
+            ContainerState {
+                bundle,
+                rootfs,
+                allow_stdio,
+                output,
+                child: Some(child),
+            },
+        );
+        json!({"ok": true, "env_list": env, "allow_stdio_access": allow_stdio})
+    }
+
+    fn attach(&self, id: &str, conn: &mut UnixStream) {
+        let found = {
+            let mut st = lock(&self.state);
+            st.containers
+                .get_mut(id)
+                .map(|c| (c.allow_stdio, c.output.clone(), c.child.take()))
+        };
+        let Some((allow, output, child)) = found else {
+            let _ = write_frame(conn, &failed(format!("no container '{id}'")));
+            return;
+        };
+        if let Some(mut child) = child {
+            // The first attach also reaps the runtime process and records the exit status.
+            let out = output.clone();
+            std::thread::spawn(move || {
+                let code = child.wait().ok().and_then(|s| s.code()).unwrap_or(-1);
+                std::thread::sleep(std::time::Duration::from_millis(20));
+                let (m, cv) = &*out;
+                m.lock().unwrap_or_else(|p| p.into_inner()).exit = Some(code);
+                cv.notify_all();
+            });
+        }
+        if !allow {
+            let _ = write_frame(
+                conn,
+                &json!({"ok": false, "error": "stdio access is not allowed by the policy (allow_stdio_access)"}),
+            );
+        }
+        let (m, cv) = &*output;
+        let mut sent = 0;
+        loop {
+            let mut g = m.lock().unwrap_or_else(|p| p.into_inner());
+            while g.lines.len() == sent && g.exit.is_none() {
+                g = cv.wait(g).unwrap_or_else(|p| p.into_inner());
+            }
+            let new: Vec<(String, String)> = g.lines[sent..].to_vec();
+            let exit = if g.lines.len() == sent + new.len() {
+                g.exit
+            } else {
+                None
+            };
+            drop(g);
+            sent += new.len();
+            if allow {
+                for (stream, data) in new {
+                    if write_frame(conn, &json!({"stream": stream, "data": data})).is_err() {
+                        return;
+                    }
+                }
+            }
+            if let Some(code) = exit {
+                let _ = write_frame(conn, &json!({"ok": true, "exit": code}));
+                return;
+            }
+        }
+    }
+
+    fn exec(&self, id: &str, p: &ProcessSpec) -> Value {
+        let d = match self.decide(
+            "exec_in_container",
+            json!({"containerID": id, "argList": p.args, "envList": p.env, "workingDir": p.cwd}),
+        ) {
+            Ok(d) => d,
+            Err(e) => return e,
+        };
+        if !d.allowed {
+            return denied("exec_in_container", d.reason);
+        }
+        let env: Vec<String> =
+            serde_json::from_value(d.result["env_list"].clone()).unwrap_or_default();
+        let mut cmd = Command::new(&self.runc);
+        cmd.args([
+            "--root",
+            &self.work.join("runc").display().to_string(),
+            "exec",
+            "--cwd",
+            &p.cwd,
+        ]);
+        for e in &env {
+            cmd.args(["--env", e]);
+        }
+        cmd.arg(id).args(&p.args);
+        match cmd.stdin(Stdio::null()).output() {
+            Ok(out) => {
+                let stdio = d.result["allow_stdio_access"].as_bool().unwrap_or(false);
+                json!({"ok": true, "exit": out.status.code().unwrap_or(-1),
+                       "stdout": if stdio { String::from_utf8_lossy(&out.stdout).into_owned() } else { String::new() },
+                       "stderr": if stdio { String::from_utf8_lossy(&out.stderr).into_owned() } else { String::new() }})
+            }
+            Err(e) => failed(format!("runc exec: {e}")),
+        }
+    }
+
+    fn signal(&self, id: &str, signal: i32) -> Value {
+        let d = match self.decide(
+            "signal_container_process",
+            json!({"containerID": id, "signal": signal, "isInitProcess": true, "argList": []}),
+        ) {
+            Ok(d) => d,
+            Err(e) => return e,
+        };
+        if !d.allowed {
+            return denied("signal_container_process", d.reason);
+        }
+        self.runc(&["kill", id, &signal.to_string()])
+    }
+
+    fn runc(&self, args: &[&str]) -> Value {
+        match Command::new(&self.runc)
+            .arg("--root")
+            .arg(self.work.join("runc"))
+            .args(args)
+            .output()
+        {
+            Ok(o) if o.status.success() => json!({"ok": true}),
+            Ok(o) => failed(format!(
+                "runc {}: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&o.stderr).trim()
+            )),
+            Err(e) => failed(format!("runc: {e}")),
+        }
+    }
+
+    fn properties(&self) -> Value {
+        match self.decide("get_properties", json!({})) {
+            Ok(d) if d.allowed => {}
+            Ok(d) => return denied("get_properties", d.reason),
+            Err(e) => return e,
+        }
+        let st = lock(&self.state);
+        let containers: Vec<Value> = st
+            .containers
+            .iter()
+            .map(|(id, c)| {
+                let exit = c.output.0.lock().map(|o| o.exit).unwrap_or(None);
+                json!({"id": id, "exit": exit, "rootfs": c.rootfs})
+            })
+            .collect();
+        json!({"ok": true, "containers": containers, "report": self.report_summary})
+    }
+
+    /// Stop every container (through the policy), then unmount everything.
+    fn shutdown(&self) -> Value {
+        let ids: Vec<String> = lock(&self.state).containers.keys().cloned().collect();
+        let mut problems = Vec::new();
+        for id in &ids {
+            match self.decide("shutdown_container", json!({"containerID": id})) {
+                Ok(d) if d.allowed => {}
+                Ok(d) => problems.push(format!("{id}: shutdown denied: {:?}", d.reason)),
+                Err(e) => problems.push(format!("{id}: {e}")),
+            }
+            let _ = self.runc(&["kill", id, "KILL"]);
+            let child = lock(&self.state)
+                .containers
+                .get_mut(id)
+                .and_then(|c| c.child.take());
+            if let Some(mut c) = child {
+                let _ = c.wait();
+            }
+            let r = self.runc(&["delete", "--force", id]);
+            if r["ok"] != true && !r["error"].as_str().unwrap_or("").contains("does not exist") {
+                problems.push(format!("{id}: {}", r["error"]));
+            }
+        }
+        let st = lock(&self.state);
+        for (_, rootfs) in st.overlays.iter() {
+            let _ = nix::mount::umount2(rootfs, nix::mount::MntFlags::MNT_DETACH);
+        }
+        for c in st.containers.values() {
+            let _ = std::fs::remove_dir_all(&c.bundle);
+        }
+        // runc removes each container's cgroup; remove the (now empty) parent it leaves.
+        if let Ok(controllers) = std::fs::read_dir("/sys/fs/cgroup") {
+            for c in controllers.flatten() {
+                let _ = std::fs::remove_dir(c.path().join("coffer"));
+            }
+        }
+        json!({"ok": problems.is_empty(), "problems": problems})
+    }
+}
+
+fn rand_u64() -> u64 {
+    let mut b = [0u8; 8];
+    let _ = openssl::rand::rand_bytes(&mut b);
+    u64::from_le_bytes(b)
+}
+
+/// Read the chunked layer into `path`, measuring it on the way: returns the dm-verity root.
+fn receive_layer(conn: &mut UnixStream, path: &Path) -> Result<[u8; 32], String> {
+    let mut file = std::io::BufWriter::new(
+        std::fs::File::create(path).map_err(|e| format!("{}: {e}", path.display()))?,
+    );
+    let mut verity = coffer_verity::VerityHasher::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let mut len = [0u8; 4];
+        conn.read_exact(&mut len)
+            .map_err(|e| format!("reading layer: {e}"))?;
+        let mut left = u32::from_be_bytes(len) as usize;
+        if left == 0 {
+            break;
+        }
+        while left > 0 {
+            let n = left.min(buf.len());
+            conn.read_exact(&mut buf[..n])
+                .map_err(|e| format!("reading layer: {e}"))?;
+            verity.update(&buf[..n]);
+            file.write_all(&buf[..n])
+                .map_err(|e| format!("writing layer: {e}"))?;
+            left -= n;
+        }
+    }
+    file.flush().map_err(|e| format!("writing layer: {e}"))?;
+    verity.finish().map_err(|e| e.to_string())
+}
+
+/// Unpack a layer tar (OCI whiteouts become overlayfs whiteouts).
+fn unpack_layer(tar_path: &Path, target: &Path) -> Result<(), String> {
+    std::fs::create_dir_all(target).map_err(|e| format!("{}: {e}", target.display()))?;
+    let f = std::fs::File::open(tar_path).map_err(|e| e.to_string())?;
+    let mut archive = tar::Archive::new(f);
+    archive.set_preserve_permissions(true);
+    archive.set_preserve_ownerships(true);
+    archive.set_unpack_xattrs(true);
+    for entry in archive.entries().map_err(|e| format!("layer tar: {e}"))? {
+        let mut entry = entry.map_err(|e| format!("layer tar: {e}"))?;
+        let path = entry
+            .path()
+            .map_err(|e| format!("layer tar: {e}"))?
+            .into_owned();
+        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+        if name == ".wh..wh..opq" {
+            let dir = target.join(path.parent().unwrap_or(Path::new("")));
+            std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+            let _ = xattr_set(&dir, "trusted.overlay.opaque", b"y");
+            continue;
+        }
+        if let Some(hidden) = name.strip_prefix(".wh.") {
+            let p = target
+                .join(path.parent().unwrap_or(Path::new("")))
+                .join(hidden);
+            nix::sys::stat::mknod(
+                &p,
+                nix::sys::stat::SFlag::S_IFCHR,
+                nix::sys::stat::Mode::empty(),
+                0,
+            )
+            .map_err(|e| format!("whiteout {}: {e}", p.display()))?;
+            continue;
+        }
+        // unpack_in refuses paths that would escape the target.
+        entry
+            .unpack_in(target)
+            .map_err(|e| format!("layer tar {}: {e}", path.display()))?;
+    }
+    Ok(())
+}
+
+fn xattr_set(path: &Path, name: &str, value: &[u8]) -> Result<(), String> {
+    let _ = (path, name, value);
+    // Opaque directories need setxattr, which std does not expose; run setfattr if present.
+    let status = Command::new("setfattr")
+        .args(["-n", name, "-v", &String::from_utf8_lossy(value)])
+        .arg(path)
+        .status();
+    match status {
+        Ok(s) if s.success() => Ok(()),
+        _ => Err("cannot mark opaque directory".into()),
+    }
+}
+
+/// Building the OCI runtime spec.
+pub(crate) mod oci {
+    use std::path::{Path, PathBuf};
+
+    use oci_spec::runtime::{
+        Capability, LinuxBuilder, LinuxCapabilitiesBuilder, LinuxNamespaceBuilder,
+        LinuxNamespaceType, MountBuilder, ProcessBuilder, RootBuilder, Spec, SpecBuilder,
+        UserBuilder,
+    };
+
+    use crate::protocol::ProcessSpec;
+
+    fn mnt(
+        dest: &str,
+        typ: &str,
+        src: &str,
+        opts: &[&str],
+    ) -> Result<oci_spec::runtime::Mount, String> {
+        MountBuilder::default()
+            .destination(dest)
+            .typ(typ)
+            .source(src)
+            .options(opts.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+            .build()
+            .map_err(|e| e.to_string())
+    }
+
+    /// The spec: own mount and PID namespaces, the sandbox's network, UTS and IPC.
+    pub(crate) fn spec(
+        rootfs: &Path,
+        p: &ProcessSpec,
+        env: &[String],
+        caps: &[String],
+        volumes: &[(PathBuf, String, bool)],
+        cgroup: &str,
+    ) -> Result<Spec, String> {
+        let caps: std::collections::HashSet<Capability> =
+            caps.iter().filter_map(|c| c.parse().ok()).collect();
+        let capabilities = LinuxCapabilitiesBuilder::default()
+            .bounding(caps.clone())
+            .effective(caps.clone())
+            .permitted(caps)
+            .inheritable(std::collections::HashSet::new())
+            .ambient(std::collections::HashSet::new())
+            .build()
+            .map_err(|e| e.to_string())?;
+        let process = ProcessBuilder::default()
+            .terminal(false)
+            .args(p.args.clone())
+            .env(env.to_vec())
+            .cwd(p.cwd.clone())
+            .user(
+                UserBuilder::default()
+                    .uid(p.uid)
+                    .gid(p.gid)
+                    .build()
+                    .map_err(|e| e.to_string())?,
+            )
+            .capabilities(capabilities)
+            .no_new_privileges(p.no_new_privileges)
+            .build()
+            .map_err(|e| e.to_string())?;
+        let mut mounts = vec![
+            mnt("/proc", "proc", "proc", &["nosuid", "noexec", "nodev"])?,
+            mnt(
+                "/dev",
+                "tmpfs",
+                "tmpfs",
+                &["nosuid", "strictatime", "mode=755", "size=65536k"],
+            )?,
+            mnt(
+                "/dev/pts",
+                "devpts",
+                "devpts",
+                &[
+                    "nosuid",
+                    "noexec",
+                    "newinstance",
+                    "ptmxmode=0666",
+                    "mode=0620",
+                ],
+            )?,
+            mnt(
+                "/dev/shm",
+                "tmpfs",
+                "shm",
+                &["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"],
+            )?,
+            mnt(
+                "/dev/mqueue",
+                "mqueue",
+                "mqueue",
+                &["nosuid", "noexec", "nodev"],
+            )?,
+            mnt(
+                "/sys",
+                "sysfs",
+                "sysfs",
+                &["nosuid", "noexec", "nodev", "ro"],
+            )?,
+        ];
+        for (src, dest, ro) in volumes {
+            mounts.push(mnt(
+                dest,
+                "bind",
+                &src.display().to_string(),
+                &["rbind", "rprivate", if *ro { "ro" } else { "rw" }],
+            )?);
+        }
+        let namespaces = [LinuxNamespaceType::Pid, LinuxNamespaceType::Mount]
+            .into_iter()
+            .map(|t| {
+                LinuxNamespaceBuilder::default()
+                    .typ(t)
+                    .build()
+                    .map_err(|e| e.to_string())
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let linux = LinuxBuilder::default()
+            .namespaces(namespaces)
+            .cgroups_path(PathBuf::from(cgroup))
+            .masked_paths(vec![
+                "/proc/kcore".into(),
+                "/proc/keys".into(),
+                "/proc/timer_list".into(),
+                "/sys/firmware".into(),
+            ])
+            .readonly_paths(vec![
+                "/proc/bus".into(),
+                "/proc/fs".into(),
+                "/proc/irq".into(),
+                "/proc/sys".into(),
+                "/proc/sysrq-trigger".into(),
+            ])
+            .build()
+            .map_err(|e| e.to_string())?;
+        let mut spec = SpecBuilder::default()
+            .version("1.0.2")
+            .root(
+                RootBuilder::default()
+                    .path(rootfs)
+                    .readonly(false)
+                    .build()
+                    .map_err(|e| e.to_string())?,
+            )
+            .process(process)
+            .mounts(mounts)
+            .linux(linux)
+            .build()
+            .map_err(|e| e.to_string())?;
+        // The builder's defaults set a hostname, which needs a UTS namespace of its own; the
+        // group shares the sandbox's.
+        spec.set_hostname(None);
+        Ok(spec)
+    }
+}

@@ -1,0 +1,327 @@
+//! The host side: launching a group's sandbox and driving its agent.
+
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+use crate::protocol::{read_frame, write_frame, ProcessSpec, Request, VolumeSpec, VERSION};
+use crate::sp::EmulatedService;
+use crate::RuntimeError;
+
+/// A connection to an agent.
+pub struct AgentClient {
+    stream: UnixStream,
+}
+
+fn check(v: Value) -> Result<Value, RuntimeError> {
+    if v.get("ok").and_then(Value::as_bool) == Some(true) {
+        return Ok(v);
+    }
+    if v.get("denied").and_then(Value::as_bool) == Some(true) {
+        let reason = match v.get("reason") {
+            Some(Value::Object(r)) => match r.get("errors") {
+                Some(Value::Array(e)) => e
+                    .iter()
+                    .map(|x| {
+                        x.as_str()
+                            .map(str::to_string)
+                            .unwrap_or_else(|| x.to_string())
+                    })
+                    .collect::<Vec<_>>()
+                    .join("; "),
+                _ => Value::Object(r.clone()).to_string(),
+            },
+            Some(other) => other.to_string(),
+            None => String::new(),
+        };
+        return Err(RuntimeError::Denied {
+            rule: v["rule"].as_str().unwrap_or("?").to_string(),
+            reason,
+        });
+    }
+    Err(RuntimeError::Agent(
+        v.get("error")
+            .and_then(Value::as_str)
+            .unwrap_or("agent error")
+            .to_string(),
+    ))
+}
+
+impl AgentClient {
+    /// Connect and check the protocol version.
+    pub fn connect(socket: &Path) -> Result<Self, RuntimeError> {
+        let stream = UnixStream::connect(socket).map_err(crate::io(format!(
+            "connecting to the agent at {}",
+            socket.display()
+        )))?;
+        let mut c = AgentClient { stream };
+        c.call(&Request::Hello { version: VERSION })?;
+        Ok(c)
+    }
+
+    /// Send a request and read its answer (an error for denials and failures).
+    pub fn call(&mut self, req: &Request) -> Result<Value, RuntimeError> {
+        write_frame(&mut self.stream, req)?;
+        let v = read_frame(&mut self.stream)?
+            .ok_or_else(|| RuntimeError::Protocol("the agent closed the connection".into()))?;
+        check(v)
+    }
+
+    /// Stream a layer's uncompressed tar to `target`.
+    pub fn mount_layer(&mut self, target: &str, mut tar: impl Read) -> Result<Value, RuntimeError> {
+        write_frame(
+            &mut self.stream,
+            &Request::MountLayer {
+                target: target.into(),
+            },
+        )?;
+        let mut buf = vec![0u8; 1 << 20];
+        loop {
+            let n = tar.read(&mut buf).map_err(crate::io("reading the layer"))?;
+            self.stream
+                .write_all(&(n as u32).to_be_bytes())
+                .map_err(crate::io("sending the layer"))?;
+            if n == 0 {
+                break;
+            }
+            self.stream
+                .write_all(&buf[..n])
+                .map_err(crate::io("sending the layer"))?;
+        }
+        let v = read_frame(&mut self.stream)?
+            .ok_or_else(|| RuntimeError::Protocol("the agent closed the connection".into()))?;
+        check(v)
+    }
+
+    /// Follow a container's output until it exits; returns the exit status.
+    pub fn attach(
+        mut self,
+        container_id: &str,
+        mut on_line: impl FnMut(&str, &str),
+    ) -> Result<i32, RuntimeError> {
+        write_frame(
+            &mut self.stream,
+            &Request::Attach {
+                container_id: container_id.into(),
+            },
+        )?;
+        loop {
+            let v = read_frame(&mut self.stream)?
+                .ok_or_else(|| RuntimeError::Protocol("the agent closed the connection".into()))?;
+            if let Some(code) = v.get("exit").and_then(Value::as_i64) {
+                return Ok(code as i32);
+            }
+            if let (Some(s), Some(d)) = (
+                v.get("stream").and_then(Value::as_str),
+                v.get("data").and_then(Value::as_str),
+            ) {
+                on_line(s, d);
+                continue;
+            }
+            if v.get("ok") == Some(&Value::Bool(false)) {
+                // stdio not allowed: keep waiting for the exit status only.
+                on_line("coffer", v["error"].as_str().unwrap_or(""));
+            }
+        }
+    }
+}
+
+/// What to launch.
+pub struct LaunchSpec {
+    /// `$COFFER_HOME`.
+    pub home: PathBuf,
+    /// Group name (from the Pod).
+    pub name: String,
+    /// The policy text given to the agent.
+    pub policy: Vec<u8>,
+    /// HOST_DATA fixed at launch (normally SHA-256 of `policy`).
+    pub host_data: [u8; 32],
+    /// The agent executable (this coffer binary).
+    pub agent_exe: PathBuf,
+}
+
+/// A running group.
+pub struct Group {
+    /// Name.
+    pub name: String,
+    /// Host directory of the group (`$COFFER_HOME/run/<name>`).
+    pub dir: PathBuf,
+    /// The sandbox process (`unshare` with the agent as PID 1 of its namespaces).
+    pub sandbox: Child,
+    _sp: EmulatedService,
+    /// MEASUREMENT of the launch.
+    pub measurement: [u8; 48],
+}
+
+/// MEASUREMENT = SHA-384(agent binary ‖ launch configuration).
+pub fn launch_measurement(
+    agent_exe: &Path,
+    launch_config: &[u8],
+) -> Result<[u8; 48], RuntimeError> {
+    let mut h = openssl::sha::Sha384::new();
+    let mut f = std::fs::File::open(agent_exe)
+        .map_err(crate::io(format!("reading {}", agent_exe.display())))?;
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f
+            .read(&mut buf)
+            .map_err(crate::io("reading the agent binary"))?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    h.update(launch_config);
+    Ok(h.finish())
+}
+
+/// The run directory of a group.
+pub fn group_dir(home: &Path, name: &str) -> PathBuf {
+    home.join("run").join(name)
+}
+
+/// Start the sandbox and wait until the agent serves (or refuses).
+pub fn launch(spec: LaunchSpec) -> Result<Group, RuntimeError> {
+    let dir = group_dir(&spec.home, &spec.name);
+    if dir.join("io/agent.sock").exists() && dir.join("pid").exists() {
+        let pid = std::fs::read_to_string(dir.join("pid")).unwrap_or_default();
+        if Path::new(&format!("/proc/{}", pid.trim())).exists() {
+            return Err(RuntimeError::Agent(format!(
+                "a group named '{}' is already running (pid {})",
+                spec.name,
+                pid.trim()
+            )));
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    let io_dir = dir.join("io");
+    std::fs::create_dir_all(&io_dir).map_err(crate::io(format!("mkdir {}", io_dir.display())))?;
+    std::fs::write(io_dir.join("policy.rego"), &spec.policy)
+        .map_err(crate::io("writing the policy"))?;
+    let launch_config = serde_json::to_vec(
+        &json!({"version": VERSION, "io": crate::sandbox::IO_DIR, "agent": "coffer agent"}),
+    )
+    .map_err(|e| RuntimeError::Protocol(e.to_string()))?;
+    let measurement = launch_measurement(&spec.agent_exe, &launch_config)?;
+    let emu = coffer_snp_emu::EmulatedSp::open_or_create(&spec.home)
+        .map_err(|e| RuntimeError::SecureProcessor(e.to_string()))?;
+    let sp = EmulatedService::start(&io_dir.join("sp.sock"), emu, spec.host_data, measurement)?;
+    let sandbox = Command::new("unshare")
+        .args([
+            "--fork",
+            "--kill-child",
+            "--pid",
+            "--mount",
+            "--net",
+            "--uts",
+            "--ipc",
+            "--propagation",
+            "private",
+        ])
+        .arg(&spec.agent_exe)
+        .arg("agent")
+        .arg("--io")
+        .arg(&io_dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(
+            std::fs::File::create(dir.join("agent.log"))
+                .map_err(crate::io("creating agent.log"))?,
+        )
+        .spawn()
+        .map_err(crate::io("starting the sandbox (unshare)"))?;
+    std::fs::write(dir.join("pid"), sandbox.id().to_string())
+        .map_err(crate::io("writing the pid file"))?;
+    let mut group = Group {
+        name: spec.name,
+        dir,
+        sandbox,
+        _sp: sp,
+        measurement,
+    };
+    let socket = io_dir.join("agent.sock");
+    let started = Instant::now();
+    loop {
+        if socket.exists() && UnixStream::connect(&socket).is_ok() {
+            return Ok(group);
+        }
+        if let Ok(Some(status)) = group.sandbox.try_wait() {
+            let log = std::fs::read_to_string(group.dir.join("agent.log")).unwrap_or_default();
+            return Err(RuntimeError::Agent(format!(
+                "the agent exited ({status}): {}",
+                log.trim()
+            )));
+        }
+        if started.elapsed() > Duration::from_secs(30) {
+            let _ = group.sandbox.kill();
+            return Err(RuntimeError::Agent(
+                "the agent did not start within 30 s".into(),
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+impl Group {
+    /// The agent's socket.
+    pub fn socket(&self) -> PathBuf {
+        self.dir.join("io/agent.sock")
+    }
+
+    /// A new client connection.
+    pub fn client(&self) -> Result<AgentClient, RuntimeError> {
+        AgentClient::connect(&self.socket())
+    }
+
+    /// Ask the agent to shut down and wait for the sandbox to exit.
+    pub fn shutdown(mut self) -> Result<Value, RuntimeError> {
+        let answer = self.client().and_then(|mut c| c.call(&Request::Shutdown));
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.sandbox.try_wait() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let _ = self.sandbox.kill();
+        let _ = self.sandbox.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+        answer
+    }
+}
+
+/// Volume and process specs for a resolved container.
+pub fn process_for(r: &coffer_policy::ResolvedContainer) -> (ProcessSpec, Vec<VolumeSpec>) {
+    let mut env = r.env.clone();
+    // valueFrom variables take their value from the launcher's environment when set.
+    for n in &r.env_from {
+        if let Ok(v) = std::env::var(n) {
+            if !v.is_empty() {
+                env.push(format!("{n}={v}"));
+            }
+        }
+    }
+    let process = ProcessSpec {
+        args: r.args.clone(),
+        env,
+        cwd: r.working_dir.clone(),
+        uid: r.user.parse().unwrap_or(0),
+        gid: r.group.parse().unwrap_or(0),
+        capabilities: r.capabilities.clone(),
+        no_new_privileges: r.no_new_privileges,
+    };
+    let volumes = r
+        .mounts
+        .iter()
+        .map(|(name, dest, ro)| VolumeSpec {
+            name: name.clone(),
+            destination: dest.clone(),
+            read_only: *ro,
+        })
+        .collect();
+    (process, volumes)
+}
