@@ -1,0 +1,414 @@
+//! Confidential groups end to end: `coffer run` on the example, and every denial the agent must
+//! make, each leaving nothing behind.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use coffer_image::{ImageRef, Store};
+use coffer_runtime::host::{self, LaunchSpec};
+use coffer_runtime::protocol::{ProcessSpec, Request};
+use coffer_runtime::RuntimeError;
+
+fn tools(t: &str) -> bool {
+    coffer_testkit::tool("runc", t)
+        && coffer_testkit::tool("unshare", t)
+        && coffer_testkit::tool("umoci", t)
+}
+
+fn coffer(home: &Path, args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_coffer"))
+        .args(args)
+        .env("COFFER_HOME", home)
+        .output()
+        .unwrap()
+}
+
+fn pod_path() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/hello/pod.yaml")
+}
+
+/// A home with the example image imported as hello:latest, and the generated policy.
+fn setup(t: &str) -> Option<(tempfile::TempDir, String)> {
+    if !tools(t) {
+        return None;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let oci = tmp.path().join("hello");
+    assert!(coffer_testkit::build_example_image(&oci, t));
+    let out = coffer(
+        tmp.path(),
+        &[
+            "image",
+            "import",
+            &format!("oci:{}:latest", oci.display()),
+            "--name",
+            "hello:latest",
+        ],
+    );
+    assert!(out.status.success());
+    let policy = tmp.path().join("p.rego");
+    let out = coffer(
+        tmp.path(),
+        &[
+            "policy",
+            "gen",
+            pod_path().to_str().unwrap(),
+            "-o",
+            policy.to_str().unwrap(),
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = std::fs::read_to_string(&policy).unwrap();
+    Some((tmp, text))
+}
+
+fn mountinfo() -> String {
+    std::fs::read_to_string("/proc/self/mountinfo").unwrap()
+}
+
+fn coffer_cgroups() -> Vec<PathBuf> {
+    std::fs::read_dir("/sys/fs/cgroup")
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.path().join("coffer"))
+                .filter(|p| p.exists())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn launch(home: &Path, name: &str, policy: &str) -> Result<host::Group, RuntimeError> {
+    host::launch(LaunchSpec {
+        home: home.to_path_buf(),
+        name: name.into(),
+        policy: policy.as_bytes().to_vec(),
+        host_data: coffer_policy::digest(policy.as_bytes()),
+        agent_exe: PathBuf::from(env!("CARGO_BIN_EXE_coffer")),
+    })
+}
+
+/// Mount the example's layers and overlay; returns the client.
+fn prepare(group: &host::Group, home: &Path) -> coffer_runtime::host::AgentClient {
+    let store = Store::open(home).unwrap();
+    let img = store
+        .resolve(&ImageRef::Stored("hello:latest".into()))
+        .unwrap();
+    let mut c = group.client().unwrap();
+    let mut paths = vec![];
+    for (i, l) in img.image.layers.iter().enumerate() {
+        let t = format!("/run/coffer/layers/l{i}");
+        c.mount_layer(&t, img.layout.open_layer(l).unwrap())
+            .unwrap();
+        paths.push(t);
+    }
+    paths.reverse();
+    c.call(&Request::MountOverlay {
+        container_id: "hello".into(),
+        layer_paths: paths,
+    })
+    .unwrap();
+    c
+}
+
+fn hello_process() -> ProcessSpec {
+    let caps = [
+        "CAP_AUDIT_WRITE",
+        "CAP_CHOWN",
+        "CAP_DAC_OVERRIDE",
+        "CAP_FOWNER",
+        "CAP_FSETID",
+        "CAP_KILL",
+        "CAP_MKNOD",
+        "CAP_NET_BIND_SERVICE",
+        "CAP_NET_RAW",
+        "CAP_SETFCAP",
+        "CAP_SETGID",
+        "CAP_SETPCAP",
+        "CAP_SETUID",
+        "CAP_SYS_CHROOT",
+    ];
+    ProcessSpec {
+        args: vec!["/bin/sh".into(), "/app/hello.sh".into()],
+        env: vec!["PATH=/bin".into(), "GREETING=bonjour".into()],
+        cwd: "/app".into(),
+        uid: 0,
+        gid: 0,
+        capabilities: caps.iter().map(|s| s.to_string()).collect(),
+        no_new_privileges: false,
+    }
+}
+
+fn volumes() -> Vec<coffer_runtime::protocol::VolumeSpec> {
+    vec![coffer_runtime::protocol::VolumeSpec {
+        name: "scratch".into(),
+        destination: "/scratch".into(),
+        read_only: false,
+    }]
+}
+
+fn denied(r: Result<serde_json::Value, RuntimeError>, rule: &str, why: &str) {
+    match r {
+        Err(RuntimeError::Denied { rule: got, reason }) => {
+            assert_eq!(got, rule);
+            assert!(
+                reason.contains(why),
+                "{rule}: reason '{reason}' lacks '{why}'"
+            );
+        }
+        other => panic!("{rule}: expected a denial, got {other:?}"),
+    }
+}
+
+fn assert_clean(before_mounts: &str, group_dir: &Path) {
+    assert_eq!(mountinfo(), before_mounts, "mounts left behind");
+    assert!(
+        coffer_cgroups().is_empty(),
+        "cgroups left behind: {:?}",
+        coffer_cgroups()
+    );
+    assert!(!group_dir.exists(), "group directory left behind");
+    let leftover = Command::new("pgrep")
+        .args(["-f", &group_dir.display().to_string()])
+        .output()
+        .unwrap();
+    assert!(
+        leftover.stdout.is_empty(),
+        "processes left behind: {}",
+        String::from_utf8_lossy(&leftover.stdout)
+    );
+}
+
+#[test]
+fn coffer_run_prints_the_output_and_leaves_nothing_behind() {
+    let Some((tmp, _)) = setup("coffer_run_prints_the_output") else {
+        return;
+    };
+    let before = mountinfo();
+    let out = coffer(tmp.path(), &["run", pod_path().to_str().unwrap()]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("[hello] hello from a confidential container"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("[hello] GREETING=bonjour"), "{stdout}");
+    assert_clean(&before, &host::group_dir(tmp.path(), "hello"));
+}
+
+#[test]
+fn every_forbidden_request_is_denied_with_its_reason() {
+    let Some((tmp, policy)) = setup("every_forbidden_request_is_denied") else {
+        return;
+    };
+    let home = tmp.path();
+    let before = mountinfo();
+
+    // A layer changed after the policy was generated: its measurement is not in the policy.
+    let group = launch(home, "g1", &policy).unwrap();
+    let mut c = group.client().unwrap();
+    let store = Store::open(home).unwrap();
+    let img = store
+        .resolve(&ImageRef::Stored("hello:latest".into()))
+        .unwrap();
+    let mut tar = Vec::new();
+    std::io::Read::read_to_end(
+        &mut img.layout.open_layer(&img.image.layers[1]).unwrap(),
+        &mut tar,
+    )
+    .unwrap();
+    let pos = tar.windows(5).position(|w| w == b"hello").unwrap();
+    tar[pos] = b'j';
+    denied(
+        c.mount_layer("/run/coffer/layers/l0", &tar[..]),
+        "mount_device",
+        "not a layer",
+    );
+    // Nothing was mounted: an overlay of it is refused too.
+    denied(
+        c.call(&Request::MountOverlay {
+            container_id: "hello".into(),
+            layer_paths: vec!["/run/coffer/layers/l0".into()],
+        }),
+        "mount_overlay",
+        "layers",
+    );
+    group.shutdown().unwrap();
+
+    // Command, env and working dir outside the policy (env dropping disabled for this group).
+    let strict = policy.replace(
+        "allow_environment_variable_dropping := true",
+        "allow_environment_variable_dropping := false",
+    );
+    let group = launch(home, "g2", &strict).unwrap();
+    let mut c = prepare(&group, home);
+    let mut p = hello_process();
+    p.args = vec!["/bin/sh".into(), "-c".into(), "echo pwned".into()];
+    denied(
+        c.call(&Request::CreateContainer {
+            container_id: "hello".into(),
+            process: p,
+            volumes: volumes(),
+        }),
+        "create_container",
+        "invalid command",
+    );
+    let mut p = hello_process();
+    p.env.push("LD_PRELOAD=/tmp/x.so".into());
+    denied(
+        c.call(&Request::CreateContainer {
+            container_id: "hello".into(),
+            process: p,
+            volumes: volumes(),
+        }),
+        "create_container",
+        "LD_PRELOAD",
+    );
+    let mut p = hello_process();
+    p.cwd = "/".into();
+    denied(
+        c.call(&Request::CreateContainer {
+            container_id: "hello".into(),
+            process: p,
+            volumes: volumes(),
+        }),
+        "create_container",
+        "working directory",
+    );
+    let props = c.call(&Request::GetProperties).unwrap();
+    assert_eq!(
+        props["containers"].as_array().unwrap().len(),
+        0,
+        "no container ran"
+    );
+
+    // The allowed container runs; exec and signal are checked against the policy.
+    let mut p = hello_process();
+    p.args = vec!["/bin/sh".into(), "/app/hello.sh".into()];
+    c.call(&Request::CreateContainer {
+        container_id: "hello".into(),
+        process: p,
+        volumes: volumes(),
+    })
+    .unwrap();
+    let status = group.client().unwrap().attach("hello", |_, _| {}).unwrap();
+    assert_eq!(status, 0);
+    denied(
+        c.call(&Request::Exec {
+            container_id: "hello".into(),
+            process: ProcessSpec {
+                args: vec!["/bin/sh".into()],
+                cwd: "/app".into(),
+                ..Default::default()
+            },
+        }),
+        "exec_in_container",
+        "exec_processes",
+    );
+    denied(
+        c.call(&Request::Signal {
+            container_id: "hello".into(),
+            signal: 9,
+        }),
+        "signal_container_process",
+        "signal 9",
+    );
+    let answer = group.shutdown().unwrap();
+    assert_eq!(answer["ok"], true, "{answer}");
+    assert_clean(&before, &host::group_dir(home, "g2"));
+
+    // A policy whose digest differs from HOST_DATA: the agent refuses to start.
+    let err = host::launch(LaunchSpec {
+        home: home.to_path_buf(),
+        name: "g3".into(),
+        policy: policy.as_bytes().to_vec(),
+        host_data: coffer_policy::digest(b"another policy"),
+        agent_exe: PathBuf::from(env!("CARGO_BIN_EXE_coffer")),
+    })
+    .err()
+    .expect("the agent must refuse");
+    assert!(err.to_string().contains("differs from HOST_DATA"), "{err}");
+    let _ = std::fs::remove_dir_all(host::group_dir(home, "g3"));
+    assert_eq!(mountinfo(), before);
+}
+
+#[test]
+fn exec_in_a_running_group_follows_exec_processes() {
+    let Some((tmp, policy)) = setup("exec_in_a_running_group") else {
+        return;
+    };
+    let home = tmp.path();
+    // A long-running main process, with /bin/true as an allowed exec (the Pod's liveness probe).
+    let main = [
+        "/bin/sh",
+        "-c",
+        "trap 'exit 7' TERM; while true; do sleep 0.05; done",
+    ];
+    let policy = policy.replace(
+        r#""command":["/bin/sh","/app/hello.sh"]"#,
+        &format!(r#""command":{}"#, serde_json::json!(main)),
+    );
+    let group = launch(home, "hello", &policy).unwrap();
+    let mut c = prepare(&group, home);
+    let mut p = hello_process();
+    p.args = main.iter().map(|s| s.to_string()).collect();
+    c.call(&Request::CreateContainer {
+        container_id: "hello".into(),
+        process: p,
+        volumes: volumes(),
+    })
+    .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    let ok = coffer(
+        home,
+        &["exec", "hello", "hello", "--cwd", "/app", "--", "/bin/true"],
+    );
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    let no = coffer(
+        home,
+        &[
+            "exec",
+            "hello",
+            "hello",
+            "--cwd",
+            "/app",
+            "--",
+            "/bin/cat",
+            "/etc/passwd",
+        ],
+    );
+    assert!(!no.status.success());
+    assert!(
+        String::from_utf8_lossy(&no.stderr).contains("exec_processes"),
+        "{}",
+        String::from_utf8_lossy(&no.stderr)
+    );
+    let ps = coffer(home, &["ps"]);
+    assert!(
+        String::from_utf8_lossy(&ps.stdout).contains("hello"),
+        "{}",
+        String::from_utf8_lossy(&ps.stdout)
+    );
+    // SIGTERM is the image's stop signal: allowed.
+    c.call(&Request::Signal {
+        container_id: "hello".into(),
+        signal: 15,
+    })
+    .unwrap();
+    let status = group.client().unwrap().attach("hello", |_, _| {}).unwrap();
+    assert_eq!(status, 7, "the container's TERM handler ran");
+    group.shutdown().unwrap();
+}
