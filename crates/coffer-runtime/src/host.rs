@@ -157,6 +157,41 @@ pub struct Group {
     pub measurement: [u8; 48],
 }
 
+/// MEASUREMENT = SHA-384(agent binary ‖ launch configuration), cached by the binary's identity
+/// (device, inode, size, mtime) and the configuration, as the binary is tens of megabytes.
+pub fn launch_measurement_cached(
+    cache_dir: &Path,
+    agent_exe: &Path,
+    launch_config: &[u8],
+) -> Result<[u8; 48], RuntimeError> {
+    use std::os::unix::fs::MetadataExt as _;
+    let md = std::fs::metadata(agent_exe)
+        .map_err(crate::io(format!("reading {}", agent_exe.display())))?;
+    let id = format!(
+        "{}:{}:{}:{}.{}:{}",
+        md.dev(),
+        md.ino(),
+        md.size(),
+        md.mtime(),
+        md.mtime_nsec(),
+        hex::encode(launch_config)
+    );
+    let path = cache_dir.join(format!(
+        "measurement-{}",
+        hex::encode(openssl::sha::sha256(id.as_bytes()))
+    ));
+    if let Ok(text) = std::fs::read_to_string(&path) {
+        let mut m = [0u8; 48];
+        if hex::decode_to_slice(text.trim(), &mut m).is_ok() {
+            return Ok(m);
+        }
+    }
+    let m = launch_measurement(agent_exe, launch_config)?;
+    let _ = std::fs::create_dir_all(cache_dir);
+    let _ = std::fs::write(&path, hex::encode(m));
+    Ok(m)
+}
+
 /// MEASUREMENT = SHA-384(agent binary ‖ launch configuration).
 pub fn launch_measurement(
     agent_exe: &Path,
@@ -206,7 +241,11 @@ pub fn launch(spec: LaunchSpec) -> Result<Group, RuntimeError> {
         &json!({"version": VERSION, "io": crate::sandbox::IO_DIR, "agent": "coffer agent"}),
     )
     .map_err(|e| RuntimeError::Protocol(e.to_string()))?;
-    let measurement = launch_measurement(&spec.agent_exe, &launch_config)?;
+    let measurement = launch_measurement_cached(
+        &spec.home.join("run/.cache"),
+        &spec.agent_exe,
+        &launch_config,
+    )?;
     let emu = coffer_snp_emu::EmulatedSp::open_or_create(&spec.home)
         .map_err(|e| RuntimeError::SecureProcessor(e.to_string()))?;
     let sp = EmulatedService::start(&io_dir.join("sp.sock"), emu, spec.host_data, measurement)?;

@@ -57,7 +57,25 @@ pub(crate) fn agent(a: AgentArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// Phase timings on stderr when COFFER_TIMING is set (for the start-up benchmark).
+struct Timing(Option<std::time::Instant>);
+
+impl Timing {
+    fn new() -> Self {
+        Timing(std::env::var_os("COFFER_TIMING").map(|_| std::time::Instant::now()))
+    }
+    fn mark(&self, what: &str) {
+        if let Some(t) = self.0 {
+            eprintln!(
+                "coffer-timing: {:>8.1} ms  {what}",
+                t.elapsed().as_secs_f64() * 1e3
+            );
+        }
+    }
+}
+
 pub(crate) fn run(a: RunArgs) -> Result<ExitCode> {
+    let timing = Timing::new();
     let home = coffer_home()?;
     let yaml = std::fs::read_to_string(&a.pod)
         .with_context(|| format!("cannot read {}", a.pod.display()))?;
@@ -69,6 +87,7 @@ pub(crate) fn run(a: RunArgs) -> Result<ExitCode> {
         None => coffer_policy::generate(&pod, &facts, &GenOptions::default())?.into_bytes(),
     };
     let host_data = coffer_policy::digest(&policy);
+    timing.mark("policy generated (images resolved, layers measured or cached)");
     eprintln!(
         "coffer: group '{}', policy host_data {}",
         pod.metadata.name,
@@ -81,7 +100,8 @@ pub(crate) fn run(a: RunArgs) -> Result<ExitCode> {
         host_data,
         agent_exe: std::env::current_exe()?,
     })?;
-    match drive(&group, &pod, &store, &facts) {
+    timing.mark("sandbox up, agent verified HOST_DATA and serves");
+    match drive(&group, &pod, &store, &facts, &timing) {
         Ok(code) => {
             let _ = group.shutdown();
             Ok(ExitCode::from(
@@ -100,6 +120,7 @@ fn drive(
     pod: &coffer_policy::Pod,
     store: &Store,
     facts: &BTreeMap<String, coffer_policy::ImageFacts>,
+    timing: &Timing,
 ) -> Result<i32> {
     let mut client = group.client()?;
     let mut mounted: BTreeMap<String, String> = BTreeMap::new();
@@ -117,6 +138,10 @@ fn drive(
             }
             paths.push(mounted[&key].clone());
         }
+        timing.mark(&format!(
+            "{}: layers streamed, measured by the agent, unpacked",
+            c.name
+        ));
         paths.reverse();
         client
             .call(&Request::MountOverlay {
@@ -134,6 +159,10 @@ fn drive(
                 volumes,
             })
             .with_context(|| format!("container '{}'", c.name))?;
+        timing.mark(&format!(
+            "{}: overlay mounted, container created and started (runc)",
+            c.name
+        ));
     }
     // Ctrl-C: ask for SIGTERM through the policy; the group is torn down when the main exits.
     let interrupted = Arc::new(AtomicBool::new(false));
@@ -164,9 +193,14 @@ fn drive(
         }));
     }
     let main = &pod.spec.containers[0].name;
-    let code = group
-        .client()?
-        .attach(main, |_, line| println!("[{main}] {line}"))?;
+    let mut first = true;
+    let code = group.client()?.attach(main, |_, line| {
+        if first {
+            timing.mark("first output line");
+            first = false;
+        }
+        println!("[{main}] {line}")
+    })?;
     if interrupted.load(Ordering::Relaxed) {
         eprintln!("coffer: interrupted; group stopped");
     }

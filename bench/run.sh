@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# Time from start to the container's first output line: `coffer run` (cached layers) against
+# `runc run` of an equivalent bundle (same image, unpacked by umoci), side by side, N runs each.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+N=${N:-10}
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+cargo build --release -q --bin coffer -p coffer-cli
+export COFFER_HOME="$work/home"
+examples/hello/build-image.sh "$work/oci" >/dev/null
+target/release/coffer image import "oci:$work/oci:latest" --name hello:latest >/dev/null
+target/release/coffer policy gen examples/hello/pod.yaml -o "$work/p.rego" >/dev/null   # warms the measurement cache
+target/release/coffer run examples/hello/pod.yaml >/dev/null 2>&1   # warm-up: creates the emulated root once
+umoci unpack --image "$work/oci:latest" "$work/bundle" >/dev/null
+python3 - "$work/bundle/config.json" <<'PY'
+import json, sys
+c = json.load(open(sys.argv[1]))
+c["process"]["terminal"] = False
+c["process"]["args"] = ["/bin/sh", "/app/hello.sh"]
+c["process"]["env"] = ["PATH=/bin", "GREETING=bonjour"]
+c["process"]["cwd"] = "/app"
+json.dump(c, open(sys.argv[1], "w"))
+PY
+python3 - "$N" "$work" <<'PY'
+import os, statistics, subprocess, sys, time
+n, work = int(sys.argv[1]), sys.argv[2]
+def first_line(cmd):
+    t = time.perf_counter()
+    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    p.stdout.readline()
+    dt = time.perf_counter() - t
+    p.wait()
+    return dt * 1e3
+coffer = [first_line(["target/release/coffer", "run", "examples/hello/pod.yaml"]) for _ in range(n)]
+runc = [first_line(["runc", "run", "--bundle", f"{work}/bundle", f"bench{i}"]) for i in range(n)]
+for name, xs in (("coffer run", coffer), ("runc run", runc)):
+    print(f"{name:10} first line: median {statistics.median(xs):6.1f} ms  min {min(xs):6.1f}  max {max(xs):6.1f}  (n={n})")
+print(f"ratio (median): {statistics.median(coffer) / statistics.median(runc):.2f}x")
+PY
+echo "phases of one coffer run:"
+COFFER_TIMING=1 target/release/coffer run examples/hello/pod.yaml 2>&1 >/dev/null | grep coffer-timing
