@@ -141,6 +141,26 @@ impl Enforcer {
         }
     }
 
+    /// A value the policy defines (`data.policy.<name>`), e.g. a Coffer setting; `None` if undefined.
+    pub fn policy_value(&mut self, name: &str) -> Result<Option<Value>, PolicyError> {
+        if !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
+            return Err(PolicyError::BadInput(format!(
+                "'{name}' is not a rule name"
+            )));
+        }
+        let v = self
+            .engine
+            .eval_rule(format!("data.policy.{name}"))
+            .map_err(|e| PolicyError::Eval {
+                rule: name.into(),
+                reason: e.to_string(),
+            })?;
+        if v == regorus::Value::Undefined {
+            return Ok(None);
+        }
+        from_regorus(&v, name).map(Some)
+    }
+
     /// The group state (`data.metadata`).
     pub fn state(&self) -> Value {
         Value::Object(self.state.clone())

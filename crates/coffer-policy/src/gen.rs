@@ -41,6 +41,9 @@ impl Default for GenOptions {
     }
 }
 
+/// Pod annotation that enables the secure key release API on `127.0.0.1:<port>` in the group.
+pub const SKR_ANNOTATION: &str = "coffer.dev/skr-port";
+
 /// Capabilities of an unprivileged container (the container runtime defaults).
 const DEFAULT_CAPS: [&str; 14] = [
     "CAP_AUDIT_WRITE",
@@ -450,6 +453,15 @@ pub fn generate(
         pod.metadata.name
     ));
     out.push_str(&format!("containers := {containers}\n\n"));
+    // The in-group key release API, when the Pod asks for it: part of the measured policy.
+    if let Some(port) = pod.metadata.annotations.get(SKR_ANNOTATION) {
+        let port: u16 = port.parse().ok().filter(|p| *p > 0).ok_or_else(|| {
+            PolicyError::Pod(format!(
+                "annotation {SKR_ANNOTATION}: '{port}' is not a port"
+            ))
+        })?;
+        out.push_str(&format!("coffer_skr_port := {port}\n\n"));
+    }
     out.push_str(
         "allow_properties_access := true\n\
          allow_dump_stacks := false\n\

@@ -40,6 +40,8 @@ struct State {
 
 /// The agent.
 pub struct Agent {
+    sp: Arc<dyn SecureProcessor>,
+    skr_port: Option<u16>,
     cgroup_prefix: String,
     state: Mutex<State>,
     work: PathBuf,
@@ -82,7 +84,7 @@ fn find_runc() -> PathBuf {
 
 /// Check the launch data and build the agent. Fails (the agent refuses to serve) unless
 /// SHA-256(policy) equals the HOST_DATA in its own report.
-pub fn start(policy: &[u8], sp: &dyn SecureProcessor) -> Result<Agent, RuntimeError> {
+pub fn start(policy: &[u8], sp: Arc<dyn SecureProcessor>) -> Result<Agent, RuntimeError> {
     let digest = coffer_policy::digest(policy);
     let mut report_data = [0u8; 64];
     report_data[..32].copy_from_slice(&digest);
@@ -99,8 +101,14 @@ pub fn start(policy: &[u8], sp: &dyn SecureProcessor) -> Result<Agent, RuntimeEr
     }
     let text = std::str::from_utf8(policy)
         .map_err(|_| RuntimeError::Agent("the policy is not UTF-8".into()))?;
-    let enforcer = Enforcer::new(text)?;
+    let mut enforcer = Enforcer::new(text)?;
+    let skr_port = enforcer
+        .policy_value("coffer_skr_port")?
+        .and_then(|v| v.as_u64())
+        .and_then(|p| u16::try_from(p).ok());
     Ok(Agent {
+        sp,
+        skr_port,
         cgroup_prefix: format!("{:016x}", rand_u64()),
         state: Mutex::new(State {
             enforcer,
@@ -125,6 +133,17 @@ impl Agent {
         let _ = Command::new("ip")
             .args(["link", "set", "lo", "up"])
             .status();
+        if let Some(port) = self.skr_port {
+            let skr = crate::skr::Skr {
+                sp: self.sp.clone(),
+                egress: socket.with_file_name("egress.sock"),
+            };
+            std::thread::spawn(move || {
+                if let Err(e) = crate::skr::serve(skr, port) {
+                    eprintln!("coffer agent: {e}");
+                }
+            });
+        }
         let _ = std::fs::remove_file(socket);
         let listener = UnixListener::bind(socket)
             .map_err(crate::io(format!("binding {}", socket.display())))?;

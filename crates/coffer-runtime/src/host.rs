@@ -153,6 +153,7 @@ pub struct Group {
     /// The sandbox process (`unshare` with the agent as PID 1 of its namespaces).
     pub sandbox: Child,
     _sp: EmulatedService,
+    _egress: Egress,
     /// MEASUREMENT of the launch.
     pub measurement: [u8; 48],
 }
@@ -249,6 +250,7 @@ pub fn launch(spec: LaunchSpec) -> Result<Group, RuntimeError> {
     let emu = coffer_snp_emu::EmulatedSp::open_or_create(&spec.home)
         .map_err(|e| RuntimeError::SecureProcessor(e.to_string()))?;
     let sp = EmulatedService::start(&io_dir.join("sp.sock"), emu, spec.host_data, measurement)?;
+    let egress = Egress::start(&io_dir.join("egress.sock"))?;
     let sandbox = Command::new("unshare")
         .args([
             "--fork",
@@ -280,6 +282,7 @@ pub fn launch(spec: LaunchSpec) -> Result<Group, RuntimeError> {
         dir,
         sandbox,
         _sp: sp,
+        _egress: egress,
         measurement,
     };
     let socket = io_dir.join("agent.sock");
@@ -363,4 +366,86 @@ pub fn process_for(r: &coffer_policy::ResolvedContainer) -> (ProcessSpec, Vec<Vo
         })
         .collect();
     (process, volumes)
+}
+
+/// The group's way out: `CONNECT host:port` on a Unix socket in the I/O directory, then bytes
+/// both ways. Only loopback destinations (the attestation service and key broker on this host).
+pub struct Egress {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Egress {
+    /// Serve on `socket`.
+    pub fn start(socket: &Path) -> Result<Self, RuntimeError> {
+        use std::sync::atomic::Ordering;
+        let _ = std::fs::remove_file(socket);
+        let listener = std::os::unix::net::UnixListener::bind(socket)
+            .map_err(crate::io(format!("binding {}", socket.display())))?;
+        listener
+            .set_nonblocking(true)
+            .map_err(crate::io("egress socket"))?;
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stop2 = stop.clone();
+        std::thread::spawn(move || {
+            while !stop2.load(Ordering::Relaxed) {
+                match listener.accept() {
+                    Ok((conn, _)) => {
+                        std::thread::spawn(move || Self::relay(conn));
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                        std::thread::sleep(Duration::from_millis(2))
+                    }
+                    Err(_) => {}
+                }
+            }
+        });
+        Ok(Egress { stop })
+    }
+
+    fn relay(conn: UnixStream) {
+        use std::io::BufRead as _;
+        if conn.set_nonblocking(false).is_err() {
+            return;
+        }
+        let mut reader = std::io::BufReader::new(conn);
+        let mut line = String::new();
+        if reader.read_line(&mut line).is_err() {
+            return;
+        }
+        let Some(target) = line.trim().strip_prefix("CONNECT ") else {
+            return;
+        };
+        let addrs: Vec<std::net::SocketAddr> =
+            match std::net::ToSocketAddrs::to_socket_addrs(target) {
+                Ok(a) => a.filter(|a| a.ip().is_loopback()).collect(),
+                Err(_) => return,
+            };
+        let Some(tcp) = addrs
+            .first()
+            .and_then(|a| std::net::TcpStream::connect(a).ok())
+        else {
+            return;
+        };
+        let buffered = reader.buffer().to_vec();
+        let conn = reader.into_inner();
+        let (Ok(mut tcp_w), Ok(mut conn_r)) = (tcp.try_clone(), conn.try_clone()) else {
+            return;
+        };
+        let mut tcp_r = tcp;
+        let mut conn_w = conn;
+        let up = std::thread::spawn(move || {
+            let _ = tcp_w.write_all(&buffered);
+            let _ = std::io::copy(&mut conn_r, &mut tcp_w);
+            let _ = tcp_w.shutdown(std::net::Shutdown::Write);
+        });
+        let _ = std::io::copy(&mut tcp_r, &mut conn_w);
+        let _ = conn_w.shutdown(std::net::Shutdown::Write);
+        let _ = up.join();
+    }
+}
+
+impl Drop for Egress {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
 }

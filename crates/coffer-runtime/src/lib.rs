@@ -18,6 +18,7 @@ pub mod host;
 pub mod protocol;
 pub mod sandbox;
 pub mod sev_guest;
+pub mod skr;
 pub mod sp;
 
 /// Errors of the runtime.

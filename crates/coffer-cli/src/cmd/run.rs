@@ -51,8 +51,8 @@ pub(crate) fn agent(a: AgentArgs) -> Result<ExitCode> {
     coffer_runtime::sandbox::enter(&a.io).context("building the sandbox")?;
     let io = PathBuf::from(coffer_runtime::sandbox::IO_DIR);
     let policy = std::fs::read(io.join("policy.rego")).context("reading the policy")?;
-    let sp = coffer_runtime::sp::EmulatedClient::new(&io.join("sp.sock"));
-    let agent = coffer_runtime::agent::start(&policy, &sp)?;
+    let sp = std::sync::Arc::new(coffer_runtime::sp::EmulatedClient::new(&io.join("sp.sock")));
+    let agent = coffer_runtime::agent::start(&policy, sp)?;
     agent.serve(&io.join("agent.sock"))?;
     Ok(ExitCode::SUCCESS)
 }
