@@ -1,0 +1,137 @@
+//! LUKS2 images made by the real cryptsetup open in user space; bad keys and damage are refused.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use coffer_encfs::{open_ext4, Luks2, LuksError};
+
+/// ext4 with /secret.txt, encrypted in place by `cryptsetup reencrypt --encrypt`.
+pub fn make_image(dir: &Path, secret: &str) -> (PathBuf, Vec<u8>) {
+    let src = dir.join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(src.join("secret.txt"), secret).unwrap();
+    let img = dir.join("img");
+    let f = std::fs::File::create(&img).unwrap();
+    f.set_len(48 << 20).unwrap();
+    let ok = Command::new("mkfs.ext4")
+        .args(["-q", "-b", "4096", "-d"])
+        .arg(&src)
+        .arg(&img)
+        .arg("32M")
+        .status()
+        .unwrap();
+    assert!(ok.success());
+    let mut key = vec![0u8; 32];
+    openssl::rand::rand_bytes(&mut key).unwrap();
+    std::fs::write(dir.join("key"), &key).unwrap();
+    let ok = Command::new("cryptsetup")
+        .args([
+            "reencrypt",
+            "--encrypt",
+            "--type",
+            "luks2",
+            "--cipher",
+            "aes-xts-plain64",
+            "--sector-size",
+            "4096",
+            "--reduce-device-size",
+            "16M",
+            "--pbkdf",
+            "pbkdf2",
+            "--pbkdf-force-iterations",
+            "1000",
+            "--batch-mode",
+            "--key-file",
+        ])
+        .arg(dir.join("key"))
+        .arg(&img)
+        .status()
+        .unwrap();
+    assert!(ok.success());
+    (img, key)
+}
+
+fn decrypt(img: &Path, key: &[u8], out: &Path) -> Result<u64, LuksError> {
+    let mut f = std::fs::File::open(img)?;
+    let luks = Luks2::open(&mut f)?;
+    let vk = luks.unlock(&mut f, key)?;
+    luks.decrypt_to(&mut f, &vk, &mut std::fs::File::create(out)?)
+}
+
+#[test]
+fn real_cryptsetup_image_opens_and_damage_is_refused() {
+    let t = "real_cryptsetup_image_opens";
+    if !coffer_testkit::tool("cryptsetup", t) || !coffer_testkit::tool("debugfs", t) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (img, key) = make_image(dir.path(), "the secret\n");
+    let before = std::fs::read(&img).unwrap();
+    let plain = dir.path().join("plain");
+    let n = decrypt(&img, &key, &plain).unwrap();
+    assert_eq!(n, 40 << 20);
+    let out = Command::new("debugfs")
+        .args(["-R", "cat /secret.txt"])
+        .arg(&plain)
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "the secret\n");
+
+    let mut wrong = key.clone();
+    wrong[0] ^= 1;
+    assert!(matches!(
+        decrypt(&img, &wrong, &plain),
+        Err(LuksError::WrongKey)
+    ));
+
+    // Truncated images: inside the keyslot area, and inside the file system.
+    let short = dir.path().join("short");
+    std::fs::write(&short, &before[..6 << 20]).unwrap();
+    assert!(
+        matches!(decrypt(&short, &key, &plain), Err(LuksError::Truncated(_))),
+        "{:?}",
+        decrypt(&short, &key, &plain)
+    );
+    std::fs::write(&short, &before[..20 << 20]).unwrap();
+    let mut out = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&plain)
+        .unwrap();
+    let err = open_ext4(&mut std::fs::File::open(&short).unwrap(), &key, &mut out).unwrap_err();
+    assert!(matches!(err, LuksError::Truncated(_)), "{err}");
+    let mut out = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&plain)
+        .unwrap();
+    assert_eq!(
+        open_ext4(&mut std::fs::File::open(&img).unwrap(), &key, &mut out).unwrap(),
+        40 << 20
+    );
+    // A damaged primary header: the secondary copy still opens it.
+    let mut bytes = before.clone();
+    bytes[5000] ^= 0xff;
+    let one = dir.path().join("one");
+    std::fs::write(&one, &bytes).unwrap();
+    decrypt(&one, &key, &plain).unwrap();
+    // Both copies damaged.
+    bytes[16384 + 5000] ^= 0xff;
+    std::fs::write(&one, &bytes).unwrap();
+    assert!(matches!(
+        decrypt(&one, &key, &plain),
+        Err(LuksError::Header(_))
+    ));
+    // Opening never changes the image.
+    assert_eq!(std::fs::read(&img).unwrap(), before);
+    assert!(matches!(
+        decrypt(Path::new("/dev/null"), &key, &plain),
+        Err(LuksError::Truncated(_) | LuksError::Io(_))
+    ));
+}
