@@ -265,15 +265,35 @@ fn real_evidence_through_the_cli() {
 
 #[test]
 fn demo_runs_to_the_end() {
+    let t = "demo_runs_to_the_end";
+    for tool in ["umoci", "cryptsetup", "runc", "unshare", "mkfs.ext4"] {
+        if !coffer_testkit::tool(tool, t) {
+            return;
+        }
+    }
     let home = tempfile::tempdir().unwrap();
     let out = coffer(home.path(), &["demo"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),
-        "{}",
+        "{stdout}\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(text.contains("verified: tee=emulated-snp"), "{text}");
-    assert!(text.contains("refused (unknown-root)"), "{text}");
-    assert!(text.contains("refused (signature)"), "{text}");
+    // Step 4: the key was released to the group, which read the secret from the volume.
+    assert!(
+        stdout.contains("[app] SKR API: {\"message\":\"Status OK\"}"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("[app] secret read from the encrypted volume: coffer-demo-secret-"),
+        "{stdout}"
+    );
+    // Step 5: denied to the changed group, for the HOST_DATA claim; the secret is not printed again.
+    assert!(stdout.contains("key release DENIED"), "{stdout}");
+    assert!(stdout.contains("x-ms-sevsnpvm-hostdata"), "{stdout}");
+    assert_eq!(stdout.matches("coffer-demo-secret-").count(), 1, "{stdout}");
+    assert!(
+        stdout.contains("released : 1 of 2 key release requests"),
+        "{stdout}"
+    );
 }

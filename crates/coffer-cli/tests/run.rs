@@ -90,6 +90,7 @@ fn launch(home: &Path, name: &str, policy: &str) -> Result<host::Group, RuntimeE
         policy: policy.as_bytes().to_vec(),
         host_data: coffer_policy::digest(policy.as_bytes()),
         agent_exe: PathBuf::from(env!("CARGO_BIN_EXE_coffer")),
+        volumes: vec![],
     })
 }
 
@@ -333,6 +334,7 @@ fn every_forbidden_request_is_denied_with_its_reason() {
         policy: policy.as_bytes().to_vec(),
         host_data: coffer_policy::digest(b"another policy"),
         agent_exe: PathBuf::from(env!("CARGO_BIN_EXE_coffer")),
+        volumes: vec![],
     })
     .err()
     .expect("the agent must refuse");

@@ -453,6 +453,23 @@ pub fn generate(
         pod.metadata.name
     ));
     out.push_str(&format!("containers := {containers}\n\n"));
+    // Encrypted volumes: which key opens which volume, and where it is released from, are part
+    // of the measured policy, so the host cannot point the group at another key or broker.
+    let encrypted: Vec<Value> = pod
+        .spec
+        .volumes
+        .iter()
+        .filter_map(|v| v.csi.as_ref().map(|c| (v, c)))
+        .map(|(v, c)| {
+            let a = |k: &str| c.volume_attributes.get(k).cloned().unwrap_or_default();
+            json!({"name": v.name, "key": a("keyName"), "maa_endpoint": a("attestationEndpoint"), "akv_endpoint": a("keyBrokerEndpoint")})
+        })
+        .collect();
+    if !encrypted.is_empty() {
+        let list =
+            serde_json::to_string(&encrypted).map_err(|e| PolicyError::Pod(e.to_string()))?;
+        out.push_str(&format!("coffer_encrypted_volumes := {list}\n\n"));
+    }
     // The in-group key release API, when the Pod asks for it: part of the measured policy.
     if let Some(port) = pod.metadata.annotations.get(SKR_ANNOTATION) {
         let port: u16 = port.parse().ok().filter(|p| *p > 0).ok_or_else(|| {

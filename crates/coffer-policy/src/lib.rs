@@ -20,7 +20,7 @@ pub use gen::{
     allow_all_policy, generate, resolve_container, volume_source, GenOptions, ImageFacts,
     ResolvedContainer, SKR_ANNOTATION,
 };
-pub use pod::{parse_pod, Pod};
+pub use pod::{parse_pod, Pod, ENCFS_DRIVER};
 
 /// Errors of policy generation and enforcement.
 #[derive(Debug, thiserror::Error)]

@@ -169,7 +169,29 @@ pub struct Volume {
     /// Scratch space shared by the group's containers.
     #[serde(default)]
     pub empty_dir: Option<EmptyDir>,
+    /// An encrypted volume (driver `encfs.coffer.dev`): a LUKS2 image opened inside the TEE with
+    /// a key released to the group.
+    #[serde(default)]
+    pub csi: Option<CsiVolume>,
 }
+
+/// The CSI inline volume Coffer understands: `driver: encfs.coffer.dev` with attributes
+/// `source` (LUKS2 image on the host), `keyName`, `attestationEndpoint`, `keyBrokerEndpoint`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct CsiVolume {
+    /// Must be `encfs.coffer.dev`.
+    pub driver: String,
+    /// Read-only (the only mode implemented).
+    #[serde(default)]
+    pub read_only: Option<bool>,
+    /// Attributes.
+    #[serde(default)]
+    pub volume_attributes: BTreeMap<String, String>,
+}
+
+/// CSI driver name of Coffer's encrypted volumes.
+pub const ENCFS_DRIVER: &str = "encfs.coffer.dev";
 
 /// emptyDir volume.
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -317,11 +339,39 @@ fn validate(pod: &Pod) -> Result<(), PolicyError> {
         }
     }
     for (i, v) in pod.spec.volumes.iter().enumerate() {
-        if v.empty_dir.is_none() {
-            return bad(format!(
-                "spec.volumes[{i}] ('{}') has no volume kind (supported: emptyDir)",
-                v.name
-            ));
+        const ATTRS: [&str; 4] = [
+            "source",
+            "keyName",
+            "attestationEndpoint",
+            "keyBrokerEndpoint",
+        ];
+        match (&v.empty_dir, &v.csi) {
+            (Some(_), None) => {}
+            (None, Some(csi)) => {
+                if csi.driver != ENCFS_DRIVER {
+                    return bad(format!("spec.volumes[{i}].csi.driver '{}' is not supported (only {ENCFS_DRIVER})", csi.driver));
+                }
+                if csi.read_only == Some(false) {
+                    return bad(format!("spec.volumes[{i}]: encrypted volumes are read-only (readOnly: false is not implemented)"));
+                }
+                for a in ATTRS {
+                    if !csi.volume_attributes.contains_key(a) {
+                        return bad(format!("spec.volumes[{i}].csi.volumeAttributes.{a} is missing"));
+                    }
+                }
+                if let Some(extra) = csi.volume_attributes.keys().find(|k| !ATTRS.contains(&k.as_str())) {
+                    return Err(PolicyError::Unsupported {
+                        field: format!("spec.volumes[{i}].csi.volumeAttributes.{extra}"),
+                        why: "unknown encfs attribute".into(),
+                    });
+                }
+            }
+            _ => {
+                return bad(format!(
+                    "spec.volumes[{i}] ('{}') needs exactly one kind (emptyDir, or csi with driver {ENCFS_DRIVER})",
+                    v.name
+                ))
+            }
         }
         if v.name.is_empty()
             || !v

@@ -36,10 +36,13 @@ struct State {
     overlays: BTreeMap<String, PathBuf>,
     containers: BTreeMap<String, ContainerState>,
     layers: Vec<PathBuf>,
+    opened: BTreeMap<String, PathBuf>,
 }
 
 /// The agent.
 pub struct Agent {
+    /// (volume, key, attestation endpoint, key broker endpoint), from the policy.
+    encrypted: Vec<(String, String, String, String)>,
     sp: Arc<dyn SecureProcessor>,
     skr_port: Option<u16>,
     cgroup_prefix: String,
@@ -106,7 +109,18 @@ pub fn start(policy: &[u8], sp: Arc<dyn SecureProcessor>) -> Result<Agent, Runti
         .policy_value("coffer_skr_port")?
         .and_then(|v| v.as_u64())
         .and_then(|p| u16::try_from(p).ok());
+    let encrypted = enforcer
+        .policy_value("coffer_encrypted_volumes")?
+        .and_then(|v| v.as_array().cloned())
+        .unwrap_or_default()
+        .iter()
+        .map(|v| {
+            let f = |k: &str| v[k].as_str().unwrap_or_default().to_string();
+            (f("name"), f("key"), f("maa_endpoint"), f("akv_endpoint"))
+        })
+        .collect();
     Ok(Agent {
+        encrypted,
         sp,
         skr_port,
         cgroup_prefix: format!("{:016x}", rand_u64()),
@@ -115,6 +129,7 @@ pub fn start(policy: &[u8], sp: Arc<dyn SecureProcessor>) -> Result<Agent, Runti
             overlays: BTreeMap::new(),
             containers: BTreeMap::new(),
             layers: Vec::new(),
+            opened: BTreeMap::new(),
         }),
         work: PathBuf::from(WORK_DIR),
         runc: find_runc(),
@@ -353,6 +368,13 @@ impl Agent {
             serde_json::from_value(d.result["caps_list"]["bounding"].clone()).unwrap_or_default();
         let allow_stdio = d.result["allow_stdio_access"].as_bool().unwrap_or(false);
         let bundle = self.work.join("containers").join(id);
+        // Encrypted volumes open only with a key released to this TEE; otherwise they stay closed
+        // and the container does not start.
+        for v in volumes {
+            if let Err(e) = self.open_encrypted(&v.name) {
+                return failed(format!("volume '{}' stays closed: {e}", v.name));
+            }
+        }
         let mut vols = Vec::new();
         for v in volumes {
             let src = self.work.join("volumes").join(&v.name);
@@ -429,6 +451,66 @@ impl Agent {
             },
         );
         json!({"ok": true, "env_list": env, "allow_stdio_access": allow_stdio})
+    }
+
+    /// Release the volume's key (as the policy names it), unlock the LUKS2 image, mount it
+    /// read-only. A no-op for volumes that are not encrypted or already open.
+    fn open_encrypted(&self, name: &str) -> Result<(), String> {
+        let Some((_, key, maa, akv)) = self.encrypted.iter().find(|(n, ..)| n == name) else {
+            return Ok(());
+        };
+        if lock(&self.state).opened.contains_key(name) {
+            return Ok(());
+        }
+        let skr = crate::skr::Skr {
+            sp: self.sp.clone(),
+            egress: PathBuf::from(crate::sandbox::IO_DIR).join("egress.sock"),
+        };
+        let jwk = crate::skr::release_jwk(&skr, maa, akv, key, None).map_err(|(_, m)| m)?;
+        let jwk: Value =
+            serde_json::from_str(&jwk).map_err(|e| format!("released key is not a JWK: {e}"))?;
+        use base64::Engine as _;
+        let k = jwk["k"]
+            .as_str()
+            .and_then(|k| {
+                base64::engine::general_purpose::URL_SAFE_NO_PAD
+                    .decode(k)
+                    .ok()
+            })
+            .ok_or("released key is not an oct key")?;
+        let image = PathBuf::from(crate::sandbox::IO_DIR)
+            .join("volumes")
+            .join(format!("{name}.img"));
+        let mut src =
+            std::fs::File::open(&image).map_err(|e| format!("{}: {e}", image.display()))?;
+        let plain = self.work.join("volumes").join(format!(".{name}.plain"));
+        let dir = self.work.join("volumes").join(name);
+        std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+        let mut out = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&plain)
+            .map_err(|e| e.to_string())?;
+        if let Err(e) = coffer_encfs::open_ext4(&mut src, &k, &mut out) {
+            let _ = std::fs::remove_file(&plain);
+            return Err(e.to_string());
+        }
+        let status = Command::new("mount")
+            .args(["-t", "ext4", "-o", "loop,ro,noload"])
+            .arg(&plain)
+            .arg(&dir)
+            .output()
+            .map_err(|e| e.to_string())?;
+        if !status.status.success() {
+            return Err(format!(
+                "mounting: {}",
+                String::from_utf8_lossy(&status.stderr).trim()
+            ));
+        }
+        lock(&self.state).opened.insert(name.to_string(), dir);
+        Ok(())
     }
 
     fn attach(&self, id: &str, conn: &mut UnixStream) {
@@ -597,6 +679,9 @@ impl Agent {
             }
         }
         let st = lock(&self.state);
+        for dir in st.opened.values() {
+            let _ = nix::mount::umount2(dir, nix::mount::MntFlags::MNT_DETACH);
+        }
         for (_, rootfs) in st.overlays.iter() {
             let _ = nix::mount::umount2(rootfs, nix::mount::MntFlags::MNT_DETACH);
         }

@@ -142,6 +142,8 @@ pub struct LaunchSpec {
     pub host_data: [u8; 32],
     /// The agent executable (this coffer binary).
     pub agent_exe: PathBuf,
+    /// Encrypted volume images to hand to the group: (volume name, LUKS2 image on the host).
+    pub volumes: Vec<(String, PathBuf)>,
 }
 
 /// A running group.
@@ -238,6 +240,19 @@ pub fn launch(spec: LaunchSpec) -> Result<Group, RuntimeError> {
     std::fs::create_dir_all(&io_dir).map_err(crate::io(format!("mkdir {}", io_dir.display())))?;
     std::fs::write(io_dir.join("policy.rego"), &spec.policy)
         .map_err(crate::io("writing the policy"))?;
+    if !spec.volumes.is_empty() {
+        let vdir = io_dir.join("volumes");
+        std::fs::create_dir_all(&vdir).map_err(crate::io("mkdir volumes"))?;
+        for (name, src) in &spec.volumes {
+            let dst = vdir.join(format!("{name}.img"));
+            if std::fs::hard_link(src, &dst).is_err() {
+                std::fs::copy(src, &dst).map_err(crate::io(format!(
+                    "encrypted volume {name}: {}",
+                    src.display()
+                )))?;
+            }
+        }
+    }
     let launch_config = serde_json::to_vec(
         &json!({"version": VERSION, "io": crate::sandbox::IO_DIR, "agent": "coffer agent"}),
     )

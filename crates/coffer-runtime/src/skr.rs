@@ -167,6 +167,24 @@ fn maa_token(s: &Skr, endpoint: &str, runtime: &[u8]) -> Result<String, SkrError
         .ok_or_else(|| internal("attestation service returned no token"))
 }
 
+/// Release key `kid` to this TEE: fresh RSA key, attestation, release, unwrap. Returns the key
+/// as a JWK (JSON text), or an HTTP status and the reason.
+pub fn release_jwk(
+    s: &Skr,
+    maa: &str,
+    akv: &str,
+    kid: &str,
+    access_token: Option<&str>,
+) -> Result<String, (u16, String)> {
+    let r = ReleaseReq {
+        maa_endpoint: maa.into(),
+        akv_endpoint: akv.into(),
+        kid: kid.into(),
+        access_token: access_token.map(str::to_string),
+    };
+    release(s, &r).map_err(|e| (e.0.as_u16(), e.1))
+}
+
 fn release(s: &Skr, r: &ReleaseReq) -> Result<String, SkrError> {
     use josekit::jwk::KeyPair as _;
     if r.kid.is_empty()

@@ -1,21 +1,28 @@
-//! `coffer demo`: the story so far, on embedded defaults.
+//! `coffer demo`: the whole story on embedded defaults, in a throw-away $COFFER_HOME.
 //!
-//! Makes a throw-away $COFFER_HOME, binds a policy digest into an emulated SEV-SNP report, verifies
-//! it, and shows the refusals that make it meaningful.
+//! 1. builds the example image (embedded script: busybox-static + umoci) and imports it;
+//! 2. starts `coffer serve` in-process on a free loopback port (SQLite, emulation enabled);
+//! 3. makes a 256-bit key, an encrypted volume (LUKS2, cryptsetup) holding a secret, and puts the
+//!    key in the broker with a release policy requiring this group's policy digest (HOST_DATA);
+//! 4. runs the group: the app calls the SKR API, the agent opens the volume with the released
+//!    key, the app prints the secret;
+//! 5. runs the same group under a policy with one changed line: attestation works, release is
+//!    denied, the volume stays closed;
+//! 6. prints a summary.
 
-use std::process::ExitCode;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode};
 use std::time::Instant;
 
 use anyhow::{bail, Context as _, Result};
+use base64::Engine as _;
 use clap::Args;
-use coffer_snp::{Endorsements, Product, Report, VerifyOptions};
-use coffer_snp_emu::{EmulatedSp, ReportRequest};
+use coffer_image::{ImageRef, Store};
+use serde_json::{json, Value};
 
-use crate::cmd::snp::verifier;
+use crate::cmd::serve::serve_config;
 
-/// The example policy whose digest becomes HOST_DATA.
-const EXAMPLE_POLICY: &str =
-    "package policy\n\napi_version := \"0.10.0\"\n\ndefault create_container := false\n";
+const BUILD_SCRIPT: &str = include_str!("../../../../examples/hello/build-image.sh");
 
 #[derive(Args, Debug)]
 pub(crate) struct DemoArgs {
@@ -24,97 +31,289 @@ pub(crate) struct DemoArgs {
     keep: bool,
 }
 
-fn step(n: u32, what: &str) {
-    eprintln!("[{n}] {what}");
+struct Steps {
+    started: Instant,
+    timings: Vec<(String, f64)>,
+    current: Option<(String, Instant)>,
+}
+
+impl Steps {
+    fn begin(&mut self, n: u32, what: &str) {
+        self.end();
+        eprintln!("\n[{n}/6] {what}");
+        self.current = Some((format!("{n}. {what}"), Instant::now()));
+    }
+    fn end(&mut self) {
+        if let Some((w, t)) = self.current.take() {
+            self.timings.push((w, t.elapsed().as_secs_f64()));
+        }
+    }
+}
+
+fn sh(cmd: &mut Command, what: &str) -> Result<String> {
+    let out = cmd
+        .output()
+        .with_context(|| format!("{what}: cannot start"))?;
+    if !out.status.success() {
+        bail!(
+            "{what} failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn make_volume(dir: &Path, secret: &str, key: &[u8]) -> Result<PathBuf> {
+    let src = dir.join("volume-content");
+    std::fs::create_dir_all(&src)?;
+    std::fs::write(src.join("secret.txt"), format!("{secret}\n"))?;
+    let img = dir.join("secret.img");
+    std::fs::File::create(&img)?.set_len(48 << 20)?;
+    sh(
+        Command::new("mkfs.ext4")
+            .args(["-q", "-b", "4096", "-d"])
+            .arg(&src)
+            .arg(&img)
+            .arg("32M"),
+        "mkfs.ext4",
+    )?;
+    let keyfile = dir.join("volume.key");
+    std::fs::write(&keyfile, key)?;
+    sh(
+        Command::new("cryptsetup")
+            .args([
+                "reencrypt",
+                "--encrypt",
+                "--type",
+                "luks2",
+                "--cipher",
+                "aes-xts-plain64",
+                "--sector-size",
+                "4096",
+            ])
+            .args([
+                "--reduce-device-size",
+                "16M",
+                "--pbkdf",
+                "pbkdf2",
+                "--pbkdf-force-iterations",
+                "1000",
+                "--batch-mode",
+                "--key-file",
+            ])
+            .arg(&keyfile)
+            .arg(&img),
+        "cryptsetup reencrypt --encrypt",
+    )?;
+    std::fs::remove_file(&keyfile)?;
+    Ok(img)
+}
+
+fn pod_yaml(img: &Path, endpoint: &str) -> String {
+    format!(
+        r#"apiVersion: v1
+kind: Pod
+metadata:
+  name: demo
+  annotations:
+    coffer.dev/skr-port: "8080"
+spec:
+  containers:
+    - name: app
+      image: hello:latest
+      command: ["/bin/sh", "-c"]
+      args:
+        - >-
+          echo "SKR API: $(wget -q -O - http://127.0.0.1:8080/status)";
+          echo "secret read from the encrypted volume: $(cat /secret/secret.txt)"
+      volumeMounts:
+        - name: secret
+          mountPath: /secret
+          readOnly: true
+  volumes:
+    - name: secret
+      csi:
+        driver: encfs.coffer.dev
+        readOnly: true
+        volumeAttributes:
+          source: {img}
+          keyName: demo-key
+          attestationEndpoint: "{endpoint}"
+          keyBrokerEndpoint: "{endpoint}"
+"#,
+        img = img.display()
+    )
+}
+
+fn run_group(home: &Path, pod: &Path, policy: &Path) -> Result<(bool, String, String)> {
+    let out = Command::new(std::env::current_exe()?)
+        .arg("run")
+        .arg(pod)
+        .arg("--policy")
+        .arg(policy)
+        .env("COFFER_HOME", home)
+        .output()?;
+    Ok((
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    ))
 }
 
 pub(crate) fn run(a: DemoArgs) -> Result<ExitCode> {
-    let started = Instant::now();
+    let mut steps = Steps {
+        started: Instant::now(),
+        timings: Vec::new(),
+        current: None,
+    };
     let tmp = tempfile::Builder::new().prefix("coffer-demo-").tempdir()?;
     let home = tmp.path().to_path_buf();
 
-    step(
+    steps.begin(
         1,
-        "creating the emulated SEV-SNP secure processor (development ARK/ASK, RSA-4096)",
+        "building the example image (busybox-static + umoci) and generating its policy",
     );
-    let t = Instant::now();
-    let sp = EmulatedSp::open_or_create(&home).context("step 1: emulated secure processor")?;
-    let t_root = t.elapsed();
+    let script = home.join("build-image.sh");
+    std::fs::write(&script, BUILD_SCRIPT)?;
+    let oci = home.join("hello-oci");
+    sh(
+        Command::new("bash").arg(&script).arg(&oci),
+        "step 1: building the example image (needs umoci and busybox-static)",
+    )?;
+    let store = Store::open(&home)?;
+    let img = store
+        .import(
+            &ImageRef::parse(&format!("oci:{}:latest", oci.display()))?,
+            Some("hello:latest"),
+            None,
+        )
+        .context("step 1: import")?;
+    let layers = store.measure(&img, None)?;
+    for l in &layers {
+        eprintln!(
+            "      layer {} dm-verity root {}",
+            l.diff_id,
+            hex::encode(l.root_hash)
+        );
+    }
 
-    step(
+    steps.begin(
         2,
-        "launching with HOST_DATA = SHA-256(policy) and REPORT_DATA = SHA-256(runtime data)",
+        "starting coffer serve in-process (SQLite, emulated evidence enabled)",
     );
-    let host_data = openssl::sha::sha256(EXAMPLE_POLICY.as_bytes());
-    let runtime_data = br#"{"keys":[],"nonce":"coffer-demo"}"#;
-    let mut report_data = [0u8; 64];
-    report_data[..32].copy_from_slice(&openssl::sha::sha256(runtime_data));
-    let measurement = openssl::sha::sha384(b"coffer-agent + launch configuration");
-    let req = ReportRequest {
-        report_data,
-        host_data,
-        measurement,
-        product: Product::Milan,
-        ..Default::default()
-    };
-    let made = sp.report(&req).context("step 2: emulated report")?;
-    std::fs::write(home.join("report.bin"), made.report.bytes())?;
-    std::fs::write(home.join("certs.pem"), &made.chain_pem)?;
+    let rt = tokio::runtime::Runtime::new()?;
+    let cfg = serve_config(&home, "127.0.0.1:0".parse()?, true)?;
+    let running = rt
+        .block_on(coffer_server::start(cfg))
+        .map_err(anyhow::Error::msg)
+        .context("step 2: coffer serve")?;
+    let endpoint = running.addr.to_string();
+    eprintln!("      listening on http://{endpoint}");
 
-    step(
+    steps.begin(
         3,
-        "verifying the report down to the development root (emulation allowed)",
+        "making a key, an encrypted volume with a secret, and the release policy",
     );
-    let t = Instant::now();
-    let endorsements = Endorsements::from_pem_chain(made.chain_pem.as_bytes(), "chain")?;
-    let opts = VerifyOptions {
-        at: coffer_snp::time::now(),
-        product: None,
-    };
-    let ok = verifier(&home, true)?
-        .verify(&made.report, &endorsements, &opts)
-        .context("step 3: verification")?;
-    let t_verify = t.elapsed();
-    if ok.report.host_data != host_data || ok.report.report_data != report_data {
-        bail!("step 3: verified report does not carry the launch data");
+    let mut key = [0u8; 32];
+    openssl::rand::rand_bytes(&mut key)?;
+    let mut nonce = [0u8; 8];
+    openssl::rand::rand_bytes(&mut nonce)?;
+    let secret = format!("coffer-demo-secret-{}", hex::encode(nonce));
+    let volume =
+        make_volume(&home, &secret, &key).context("step 3: encrypted volume (needs cryptsetup)")?;
+    let pod = home.join("pod.yaml");
+    std::fs::write(&pod, pod_yaml(&volume, &endpoint))?;
+    let (_, policy) =
+        crate::cmd::policy::generate_for(&pod, &home, &coffer_policy::GenOptions::default())
+            .context("step 3: policy")?;
+    let policy_path = home.join("policy.rego");
+    std::fs::write(&policy_path, &policy)?;
+    let host_data = hex::encode(coffer_policy::digest(policy.as_bytes()));
+    eprintln!("      policy HOST_DATA {host_data}");
+    let admin = std::fs::read_to_string(coffer_server::admin_token_path(&home.join("serve")))?;
+    let release_policy = json!({"version": "1.0.0", "anyOf": [{"authority": running.issuer, "allOf": [
+        {"claim": "x-ms-sevsnpvm-hostdata", "equals": host_data},
+        {"claim": "x-ms-sevsnpvm-is-debuggable", "equals": "false"}]}]});
+    let client = reqwest::blocking::Client::new();
+    let resp = client
+        .post(format!("http://{endpoint}/keys"))
+        .bearer_auth(admin.trim())
+        .json(&json!({"name": "demo-key", "k": base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(key), "release_policy": release_policy}))
+        .send()
+        .context("step 3: key broker")?;
+    if resp.status() != 201 {
+        bail!(
+            "step 3: creating the key: {}",
+            resp.text().unwrap_or_default()
+        );
     }
-    println!(
-        "verified: tee={} product={} signer={}",
-        ok.tee.name(),
-        ok.product,
-        ok.signer.name()
-    );
-    println!("  host_data   {}", hex::encode(ok.report.host_data));
-    println!("  measurement {}", hex::encode(ok.report.measurement));
-    println!(
-        "  report_data {}",
-        hex::encode(&ok.report.report_data[..32])
-    );
+    eprintln!("      key demo-key released only to HOST_DATA {host_data}");
 
-    step(
+    steps.begin(
         4,
-        "the same evidence without --allow-emulated must be refused",
+        "running the group in the emulated TEE: SKR API, key release, encrypted volume",
     );
-    match verifier(&home, false)?.verify(&made.report, &endorsements, &opts) {
-        Ok(_) => bail!("step 4: emulated evidence was accepted without --allow-emulated"),
-        Err(e) => println!("refused ({}): {e}", e.check()),
+    let (ok, out, err) = run_group(&home, &pod, &policy_path)?;
+    print!("{out}");
+    if !ok || !out.contains(&secret) {
+        bail!("step 4: the group did not read the secret: {}", err.trim());
     }
+    println!("demo: the group read its secret from the encrypted volume");
 
-    step(5, "a report with one changed HOST_DATA bit must be refused");
-    let mut tampered = made.report.bytes().to_vec();
-    tampered[0xC0] ^= 1;
-    let tampered = Report::from_bytes(&tampered)?;
-    match verifier(&home, true)?.verify(&tampered, &endorsements, &opts) {
-        Ok(_) => bail!("step 5: a tampered report verified"),
-        Err(e) => println!("refused ({}): {e}", e.check()),
+    steps.begin(
+        5,
+        "running the same group with one changed line in its policy",
+    );
+    let changed = policy.replacen("allow_dump_stacks := false", "allow_dump_stacks := true", 1);
+    if changed == policy {
+        bail!("step 5: could not change the policy");
     }
-
+    let changed_path = home.join("policy-changed.rego");
+    std::fs::write(&changed_path, &changed)?;
+    eprintln!(
+        "      changed: allow_dump_stacks := true  (HOST_DATA {})",
+        hex::encode(coffer_policy::digest(changed.as_bytes()))
+    );
+    let (ok2, out2, err2) = run_group(&home, &pod, &changed_path)?;
+    if ok2 || out2.contains(&secret) {
+        bail!("step 5: the changed group got the secret");
+    }
+    let why = err2
+        .lines()
+        .find(|l| l.contains("stays closed"))
+        .unwrap_or(err2.trim())
+        .to_string();
     println!(
-        "summary: root created in {:.0?}, cold verification {:.1?}, total {:.1?}",
-        t_root,
-        t_verify,
-        started.elapsed()
+        "demo: key release DENIED to the changed group; the volume stayed closed:\n  {}",
+        why.trim_start_matches("coffer: error: ")
     );
+    let audit: Value = client
+        .get(format!("http://{endpoint}/audit"))
+        .bearer_auth(admin.trim())
+        .send()?
+        .json()?;
+    let releases: Vec<&Value> = audit["entries"]
+        .as_array()
+        .map(|e| e.iter().filter(|x| x["action"] == "release").collect())
+        .unwrap_or_default();
+
+    steps.begin(6, "summary");
+    steps.end();
+    let _ = running.shutdown.send(());
+    println!("\nsummary");
+    println!("  measured : 2 image layers (dm-verity roots), policy HOST_DATA {host_data}");
+    println!(
+        "  attested : emulated SEV-SNP reports (tee emulated-snp), each bound to a fresh RSA key"
+    );
+    println!(
+        "  released : {} of {} key release requests (audit log): granted to the group, denied to the changed one",
+        releases.iter().filter(|r| r["allowed"] == true).count(),
+        releases.len()
+    );
+    for (w, t) in &steps.timings {
+        println!("  {t:6.2}s  {w}");
+    }
+    println!("  total {:.1}s", steps.started.elapsed().as_secs_f64());
     if a.keep {
         let kept = tmp.keep();
         println!("kept COFFER_HOME at {}", kept.display());

@@ -99,6 +99,17 @@ pub(crate) fn run(a: RunArgs) -> Result<ExitCode> {
         policy,
         host_data,
         agent_exe: std::env::current_exe()?,
+        volumes: pod
+            .spec
+            .volumes
+            .iter()
+            .filter_map(|v| {
+                v.csi
+                    .as_ref()
+                    .and_then(|c| c.volume_attributes.get("source"))
+                    .map(|s| (v.name.clone(), PathBuf::from(s)))
+            })
+            .collect(),
     })?;
     timing.mark("sandbox up, agent verified HOST_DATA and serves");
     match drive(&group, &pod, &store, &facts, &timing) {
