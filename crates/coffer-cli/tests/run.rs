@@ -142,6 +142,8 @@ fn hello_process() -> ProcessSpec {
         gid: 0,
         capabilities: caps.iter().map(|s| s.to_string()).collect(),
         no_new_privileges: false,
+        memory_limit: None,
+        cpu_millis: None,
     }
 }
 
@@ -363,6 +365,7 @@ fn exec_in_a_running_group_follows_exec_processes() {
     let mut c = prepare(&group, home);
     let mut p = hello_process();
     p.args = main.iter().map(|s| s.to_string()).collect();
+    p.memory_limit = Some(64 << 20);
     c.call(&Request::CreateContainer {
         container_id: "hello".into(),
         process: p,
@@ -397,6 +400,20 @@ fn exec_in_a_running_group_follows_exec_processes() {
         String::from_utf8_lossy(&no.stderr).contains("exec_processes"),
         "{}",
         String::from_utf8_lossy(&no.stderr)
+    );
+    // The memory limit reached the container's cgroup.
+    let limits: Vec<String> = std::fs::read_dir("/sys/fs/cgroup/memory/coffer")
+        .map(|d| {
+            d.flatten()
+                .filter_map(|e| {
+                    std::fs::read_to_string(e.path().join("memory.limit_in_bytes")).ok()
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    assert_eq!(
+        limits.iter().map(|l| l.trim()).collect::<Vec<_>>(),
+        vec![(64u64 << 20).to_string()]
     );
     let ps = coffer(home, &["ps"]);
     assert!(

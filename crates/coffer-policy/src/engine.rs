@@ -148,17 +148,20 @@ impl Enforcer {
                 "'{name}' is not a rule name"
             )));
         }
-        let v = self
+        // A query, not eval_rule: an undefined rule is simply no result, not an error.
+        let results = self
             .engine
-            .eval_rule(format!("data.policy.{name}"))
+            .eval_query(format!("data.policy.{name}"), false)
             .map_err(|e| PolicyError::Eval {
                 rule: name.into(),
                 reason: e.to_string(),
             })?;
-        if v == regorus::Value::Undefined {
-            return Ok(None);
+        match results.result.first().and_then(|r| r.expressions.first()) {
+            Some(expr) if expr.value != regorus::Value::Undefined => {
+                from_regorus(&expr.value, name).map(Some)
+            }
+            _ => Ok(None),
         }
-        from_regorus(&v, name).map(Some)
     }
 
     /// The group state (`data.metadata`).

@@ -190,6 +190,42 @@ pub struct ResolvedContainer {
     pub exec: Vec<Vec<String>>,
     /// Signal number that stops the container.
     pub stop_signal: u32,
+    /// Memory limit in bytes (`resources.limits.memory`).
+    pub memory_limit: Option<u64>,
+    /// CPU limit in millicores (`resources.limits.cpu`).
+    pub cpu_millis: Option<u64>,
+}
+
+/// Kubernetes quantities: `64Mi`, `1G`, `500m`, `2`.
+fn quantity(field: &str, v: &serde_yaml::Value, cpu: bool) -> Result<u64, PolicyError> {
+    let text = match v {
+        serde_yaml::Value::String(s) => s.clone(),
+        serde_yaml::Value::Number(n) => n.to_string(),
+        _ => return Err(PolicyError::Pod(format!("{field} must be a quantity"))),
+    };
+    let bad = || PolicyError::Pod(format!("{field}: '{text}' is not a quantity"));
+    let split = text
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(text.len());
+    let (num, unit) = text.split_at(split);
+    let n: f64 = num.parse().map_err(|_| bad())?;
+    let mult: f64 = match (unit, cpu) {
+        ("", true) => 1000.0,
+        ("m", true) => 1.0,
+        ("", false) => 1.0,
+        ("Ki", false) => 1024.0,
+        ("Mi", false) => 1024.0 * 1024.0,
+        ("Gi", false) => 1024.0 * 1024.0 * 1024.0,
+        ("k", false) | ("K", false) => 1e3,
+        ("M", false) => 1e6,
+        ("G", false) => 1e9,
+        _ => return Err(bad()),
+    };
+    let v = (n * mult).round();
+    if !(v >= 1.0 && v < 9.0e18) {
+        return Err(bad());
+    }
+    Ok(v as u64)
 }
 
 /// Merge a Pod container with its image config.
@@ -342,6 +378,14 @@ pub fn resolve_container(
             .collect(),
         exec,
         stop_signal,
+        memory_limit: match c.resources.as_ref().and_then(|r| r.limits.get("memory")) {
+            Some(v) => Some(quantity(&field("resources.limits.memory"), v, false)?),
+            None => None,
+        },
+        cpu_millis: match c.resources.as_ref().and_then(|r| r.limits.get("cpu")) {
+            Some(v) => Some(quantity(&field("resources.limits.cpu"), v, true)?),
+            None => None,
+        },
     })
 }
 

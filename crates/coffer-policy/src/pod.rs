@@ -256,7 +256,8 @@ pub struct Handler {
     pub exec: ExecAction,
 }
 
-/// Resource limits and requests (e.g. `memory: 64Mi`, `cpu: 500m`).
+/// Resource limits and requests (e.g. `memory: 64Mi`, `cpu: 500m`). Limits of `memory` and `cpu`
+/// become the container's cgroup limits; other resources are refused.
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Resources {
@@ -383,6 +384,18 @@ fn validate(pod: &Pod) -> Result<(), PolicyError> {
                 "spec.volumes[{i}].name '{}' must be a DNS label",
                 v.name
             ));
+        }
+    }
+    for (i, c) in pod.spec.containers.iter().enumerate() {
+        if let Some(r) = &c.resources {
+            for k in r.limits.keys().chain(r.requests.keys()) {
+                if k != "memory" && k != "cpu" {
+                    return Err(PolicyError::Unsupported {
+                        field: format!("spec.containers[{i}].resources.*.{k}"),
+                        why: "only cpu and memory are supported".into(),
+                    });
+                }
+            }
         }
     }
     if let Some(p) = &pod.spec.restart_policy {

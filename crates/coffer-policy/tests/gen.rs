@@ -54,6 +54,7 @@ spec:
       image: app:1
       command: [/bin/other]
       workingDir: /tmp
+      resources: {limits: {memory: 64Mi, cpu: 500m}}
       securityContext: {privileged: true, runAsUser: 5}
 "#;
 
@@ -107,6 +108,17 @@ fn merges_like_kubernetes_and_is_byte_stable() {
     assert_eq!(b["capabilities"]["bounding"].as_array().unwrap().len(), 41);
     assert_eq!(b["user"]["user_idname"]["pattern"], "5");
     assert_eq!(b["user"]["group_idnames"][0]["pattern"], "1000");
+    let r =
+        coffer_policy::resolve_container(1, &pod.spec.containers[1], &facts()["app:1"]).unwrap();
+    assert_eq!((r.memory_limit, r.cpu_millis), (Some(64 << 20), Some(500)));
+    let gpu = POD.replace(
+        "resources: {limits: {memory: 64Mi, cpu: 500m}}",
+        "resources: {limits: {nvidia.com/gpu: 1}}",
+    );
+    assert!(parse_pod(&gpu)
+        .unwrap_err()
+        .to_string()
+        .contains("nvidia.com/gpu"));
     let no_stdio = generate(
         &pod,
         &facts(),

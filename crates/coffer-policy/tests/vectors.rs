@@ -299,3 +299,18 @@ fn unknown_rules_and_bad_policies_are_errors() {
         .to_string()
         .contains("unknown enforcement point"));
 }
+
+#[test]
+fn policy_values_are_optional() {
+    let mut e = Enforcer::new(&format!(
+        "{}\ncoffer_skr_port := 8080\n",
+        coffer_policy::allow_all_policy()
+    ))
+    .unwrap();
+    assert_eq!(
+        e.policy_value("coffer_skr_port").unwrap(),
+        Some(json!(8080))
+    );
+    assert_eq!(e.policy_value("coffer_encrypted_volumes").unwrap(), None);
+    assert!(e.policy_value("a.b").is_err());
+}

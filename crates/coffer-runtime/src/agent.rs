@@ -906,7 +906,28 @@ pub(crate) mod oci {
                     .map_err(|e| e.to_string())
             })
             .collect::<Result<Vec<_>, _>>()?;
+        let mut resources = oci_spec::runtime::LinuxResourcesBuilder::default();
+        if let Some(m) = p.memory_limit {
+            let limit = i64::try_from(m).map_err(|_| "memory limit too large".to_string())?;
+            resources = resources.memory(
+                oci_spec::runtime::LinuxMemoryBuilder::default()
+                    .limit(limit)
+                    .build()
+                    .map_err(|e| e.to_string())?,
+            );
+        }
+        if let Some(c) = p.cpu_millis {
+            let quota = i64::try_from(c * 100).map_err(|_| "cpu limit too large".to_string())?;
+            resources = resources.cpu(
+                oci_spec::runtime::LinuxCpuBuilder::default()
+                    .quota(quota)
+                    .period(100_000u64)
+                    .build()
+                    .map_err(|e| e.to_string())?,
+            );
+        }
         let linux = LinuxBuilder::default()
+            .resources(resources.build().map_err(|e| e.to_string())?)
             .namespaces(namespaces)
             .cgroups_path(PathBuf::from(cgroup))
             .masked_paths(vec![

@@ -370,6 +370,8 @@ pub fn process_for(r: &coffer_policy::ResolvedContainer) -> (ProcessSpec, Vec<Vo
         gid: r.group.parse().unwrap_or(0),
         capabilities: r.capabilities.clone(),
         no_new_privileges: r.no_new_privileges,
+        memory_limit: r.memory_limit,
+        cpu_millis: r.cpu_millis,
     };
     let volumes = r
         .mounts

@@ -31,6 +31,12 @@ pub struct ProcessSpec {
     pub capabilities: Vec<String>,
     /// no_new_privileges.
     pub no_new_privileges: bool,
+    /// cgroup memory limit, bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_limit: Option<u64>,
+    /// cgroup CPU limit, millicores.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_millis: Option<u64>,
 }
 
 /// A volume mount into a container.
