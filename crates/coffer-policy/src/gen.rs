@@ -222,7 +222,7 @@ fn quantity(field: &str, v: &serde_yaml::Value, cpu: bool) -> Result<u64, Policy
         _ => return Err(bad()),
     };
     let v = (n * mult).round();
-    if !(v >= 1.0 && v < 9.0e18) {
+    if !(1.0..9.0e18).contains(&v) {
         return Err(bad());
     }
     Ok(v as u64)
