@@ -111,6 +111,7 @@ pub(crate) fn make_root(dir: &Path) -> Result<(), EmuError> {
         2,
         vec![],
     )?;
+    make_asvk(dir, &ark, &ark_key)?;
     let mut chip_id = [0u8; 64];
     openssl::rand::rand_bytes(&mut chip_id)?;
     store_private(&dir.join("ark.key"), &ark_key.private_key_to_pem_pkcs8()?)?;
@@ -119,6 +120,69 @@ pub(crate) fn make_root(dir: &Path) -> Result<(), EmuError> {
     store(&dir.join("ask.pem"), ask.to_pem().as_bytes(), 0o644)?;
     store(&dir.join("chip_id"), hex::encode(chip_id).as_bytes(), 0o644)?;
     Ok(())
+}
+
+/// Make the ASVK (signs VLEKs) in `dir`, under the ARK.
+pub(crate) fn make_asvk(
+    dir: &Path,
+    ark: &Certificate,
+    ark_key: &PKey<Private>,
+) -> Result<(), EmuError> {
+    let asvk_key = new_rsa_4096()?;
+    let issuer = x509_cert::Certificate::from_der_issuer(ark)?;
+    let asvk = sign(
+        "SEV-VLEK-Coffer-Emulated",
+        issuer,
+        &asvk_key,
+        ark_key,
+        25,
+        3,
+        vec![],
+    )?;
+    store_private(&dir.join("asvk.key"), &asvk_key.private_key_to_pem_pkcs8()?)?;
+    store(&dir.join("asvk.pem"), asvk.to_pem().as_bytes(), 0o644)
+}
+
+fn tcb_extensions(product: Product, tcb: &TcbVersion) -> Result<Vec<Extension>, EmuError> {
+    let spl = |c: TcbComponent| tcb.get(c).unwrap_or(0).to_der();
+    let turin = product == Product::Turin;
+    let product_name = match product {
+        Product::Milan => "Milan-B0",
+        Product::Genoa => "Genoa-B1",
+        Product::Turin => "Turin-C0",
+    };
+    let mut exts = vec![
+        ext(oid::STRUCT_VERSION, u32::from(turin).to_der()?)?,
+        ext(oid::PRODUCT_NAME, Ia5String::new(product_name)?.to_der()?)?,
+        ext(oid::BL_SPL, spl(TcbComponent::Bootloader)?)?,
+        ext(oid::TEE_SPL, spl(TcbComponent::Tee)?)?,
+        ext(oid::SNP_SPL, spl(TcbComponent::Snp)?)?,
+    ];
+    for id in oid::SPL_4_TO_7 {
+        exts.push(ext(id, 0u8.to_der()?)?);
+    }
+    exts.push(ext(oid::UCODE_SPL, spl(TcbComponent::Microcode)?)?);
+    if turin {
+        exts.push(ext(oid::FMC_SPL, spl(TcbComponent::Fmc)?)?);
+    }
+    Ok(exts)
+}
+
+/// Issue a VLEK for a product and TCB: AMD's extensions without hwID, plus the CSP id.
+pub(crate) fn make_vlek(
+    asvk: &Certificate,
+    asvk_key: &PKey<Private>,
+    vlek_key: &PKey<Private>,
+    product: Product,
+    tcb: &TcbVersion,
+) -> Result<Certificate, EmuError> {
+    let mut exts = tcb_extensions(product, tcb)?;
+    exts.push(ext(
+        oid::CSP_ID,
+        Ia5String::new("CN=coffer-emulated")?.to_der()?,
+    )?);
+    let issuer = x509_cert::Certificate::from_der_issuer(asvk)?;
+    sign("SEV-VLEK", issuer, vlek_key, asvk_key, 7, 0, exts)
 }
 
 /// Issue a VCEK for a chip and TCB, with AMD's extensions.

@@ -94,6 +94,8 @@ pub struct ReportRequest {
     pub tcb: Option<TcbVersion>,
     /// CHIP_ID; `None` for this processor's own.
     pub chip_id: Option<[u8; 64]>,
+    /// Sign with the VCEK (default) or a VLEK (then CHIP_ID is zero, as in VLEK reports).
+    pub signing_key: SigningKey,
 }
 
 impl Default for ReportRequest {
@@ -111,6 +113,7 @@ impl Default for ReportRequest {
             product: Product::Milan,
             tcb: None,
             chip_id: None,
+            signing_key: SigningKey::Vcek,
         }
     }
 }
@@ -140,6 +143,8 @@ pub struct EmulatedSp {
     ark: Certificate,
     ask: Certificate,
     ask_key: PKey<Private>,
+    asvk: Certificate,
+    asvk_key: PKey<Private>,
     chip_id: [u8; 64],
 }
 
@@ -176,14 +181,23 @@ impl EmulatedSp {
     }
 
     /// The development root (ARK, ASK) if this home has one, without creating it.
-    pub fn existing_root(home: &Path) -> Result<Option<(Certificate, Certificate)>, EmuError> {
+    pub fn existing_root(
+        home: &Path,
+    ) -> Result<Option<(Certificate, Certificate, Option<Certificate>)>, EmuError> {
         let dir = Self::state_dir(home);
         if !dir.join("ask.pem").exists() {
             return Ok(None);
         }
+        let asvk = dir.join("asvk.pem");
+        let asvk = if asvk.exists() {
+            Some(read_cert(&asvk)?)
+        } else {
+            None
+        };
         Ok(Some((
             read_cert(&dir.join("ark.pem"))?,
             read_cert(&dir.join("ask.pem"))?,
+            asvk,
         )))
     }
 
@@ -191,6 +205,12 @@ impl EmulatedSp {
         let ark = read_cert(&dir.join("ark.pem"))?;
         let ask = read_cert(&dir.join("ask.pem"))?;
         let ask_key = read_key(&dir.join("ask.key"))?;
+        if !dir.join("asvk.pem").exists() {
+            // State made before VLEK support: issue the ASVK now.
+            certgen::make_asvk(dir, &ark, &read_key(&dir.join("ark.key"))?)?;
+        }
+        let asvk = read_cert(&dir.join("asvk.pem"))?;
+        let asvk_key = read_key(&dir.join("asvk.key"))?;
         let chip_path = dir.join("chip_id");
         let chip_hex = fs::read_to_string(&chip_path).map_err(io_err(&chip_path))?;
         let chip_id: [u8; 64] = hex::decode(chip_hex.trim())
@@ -205,6 +225,8 @@ impl EmulatedSp {
             ark,
             ask,
             ask_key,
+            asvk,
+            asvk_key,
             chip_id,
         })
     }
@@ -217,6 +239,11 @@ impl EmulatedSp {
     /// The development ASK.
     pub fn ask(&self) -> &Certificate {
         &self.ask
+    }
+
+    /// The development ASVK (signs VLEKs).
+    pub fn asvk(&self) -> &Certificate {
+        &self.asvk
     }
 
     /// This processor's CHIP_ID.
@@ -270,12 +297,45 @@ impl EmulatedSp {
         read_vcek(&path)
     }
 
+    /// The VLEK for a product and TCB (one per emulated "cloud provider"), issued on first use.
+    fn vlek(
+        &self,
+        product: Product,
+        tcb: &TcbVersion,
+    ) -> Result<(Certificate, EcKey<Private>), EmuError> {
+        let path = self.dir.join("vcek").join(format!(
+            "vlek-{}-{}.pem",
+            product.name().to_ascii_lowercase(),
+            hex::encode(tcb.raw())
+        ));
+        if !path.exists() {
+            let group = EcGroup::from_curve_name(Nid::SECP384R1)?;
+            let pkey = PKey::from_ec_key(EcKey::generate(&group)?)?;
+            let cert = certgen::make_vlek(&self.asvk, &self.asvk_key, &pkey, product, tcb)?;
+            let mut both = cert.to_pem().into_bytes();
+            both.extend_from_slice(&pkey.private_key_to_pem_pkcs8()?);
+            write_private(&path, &both)?;
+        }
+        read_vcek(&path)
+    }
+
     /// Produce a signed report.
     pub fn report(&self, req: &ReportRequest) -> Result<EmulatedReport, EmuError> {
         let tcb = req.tcb.unwrap_or_else(|| default_tcb(req.product));
         let tcb = tcb.with_layout(req.product.tcb_layout());
-        let chip_id = req.chip_id.unwrap_or(self.chip_id);
-        let (vcek, key) = self.vcek(req.product, &chip_id, &tcb)?;
+        let vlek = req.signing_key == SigningKey::Vlek;
+        // VLEK reports carry no CHIP_ID.
+        let chip_id = if vlek {
+            [0u8; 64]
+        } else {
+            req.chip_id.unwrap_or(self.chip_id)
+        };
+        let (vcek, key) = if vlek {
+            self.vlek(req.product, &tcb)?
+        } else {
+            self.vcek(req.product, &chip_id, &tcb)?
+        };
+        let intermediate = if vlek { &self.asvk } else { &self.ask };
         let (version, cpuid, mit) = match req.product {
             Product::Milan => (
                 3,
@@ -317,7 +377,15 @@ impl EmulatedSp {
             signature_algo: 1,
             current_tcb: tcb,
             platform_info: PlatformInfo(0x1),
-            signer_info: SignerInfo::new(false, false, SigningKey::Vcek),
+            signer_info: SignerInfo::new(
+                false,
+                false,
+                if vlek {
+                    SigningKey::Vlek
+                } else {
+                    SigningKey::Vcek
+                },
+            ),
             report_data: req.report_data,
             measurement: req.measurement,
             host_data: req.host_data,
@@ -353,7 +421,7 @@ impl EmulatedSp {
         let chain_pem = format!(
             "{}{}{}",
             vcek.to_pem(),
-            self.ask.to_pem(),
+            intermediate.to_pem(),
             self.ark.to_pem()
         );
         Ok(EmulatedReport {

@@ -25,7 +25,7 @@ fn roots_with_emulated() -> Roots {
     let sp = sp();
     Roots::amd()
         .unwrap()
-        .with_emulated(sp.ark().clone(), sp.ask().clone())
+        .with_emulated(sp.ark().clone(), sp.ask().clone(), Some(sp.asvk().clone()))
         .unwrap()
 }
 
@@ -208,4 +208,53 @@ fn private_keys_are_owner_only_and_state_is_reused() {
     let sp2 = sp();
     assert_eq!(sp1.ark().fingerprint(), sp2.ark().fingerprint());
     assert_eq!(sp1.chip_id(), sp2.chip_id());
+}
+
+#[test]
+fn vlek_signed_reports_verify_through_the_asvk() {
+    let sp = sp();
+    let v = Verifier::new(roots_with_emulated(), true);
+    for product in [Product::Milan, Product::Turin] {
+        let mut req = request(product);
+        req.signing_key = coffer_snp::SigningKey::Vlek;
+        let made = sp.report(&req).unwrap();
+        assert_eq!(made.report.fields().chip_id, [0u8; 64]);
+        let e = Endorsements::from_pem_chain(made.chain_pem.as_bytes(), "chain").unwrap();
+        assert!(e
+            .intermediate
+            .as_ref()
+            .unwrap()
+            .subject_cn()
+            .contains("VLEK"));
+        let ok = v
+            .verify(&made.report, &e, &now())
+            .unwrap_or_else(|e| panic!("{product}: {e}"));
+        assert_eq!(ok.signer, coffer_snp::SigningKey::Vlek);
+        assert_eq!(ok.report.host_data, req.host_data);
+        // The VLEK alone: the ASVK comes from the roots.
+        let alone = Endorsements::from_vek(made.vcek.der(), "vlek").unwrap();
+        v.verify(&made.report, &alone, &now()).unwrap();
+        // A VLEK report presented with a VCEK, and a VLEK for a VCEK-signed report: refused.
+        let vcek_made = sp.report(&request(product)).unwrap();
+        let vcek_e = Endorsements::from_vek(vcek_made.vcek.der(), "vcek").unwrap();
+        assert_eq!(
+            v.verify(&made.report, &vcek_e, &now()).unwrap_err().check(),
+            "chain"
+        );
+        assert_eq!(
+            v.verify(&vcek_made.report, &alone, &now())
+                .unwrap_err()
+                .check(),
+            "chain"
+        );
+        // Tampering still breaks the signature.
+        let mut bytes = made.report.bytes().to_vec();
+        bytes[0x90] ^= 1;
+        assert_eq!(
+            v.verify(&Report::decode(&bytes).unwrap(), &e, &now())
+                .unwrap_err()
+                .check(),
+            "signature"
+        );
+    }
 }

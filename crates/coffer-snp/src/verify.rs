@@ -165,7 +165,12 @@ impl Roots {
     /// Add the emulated secure processor's development root (ARK and ASK).
     ///
     /// Evidence under it is accepted only by a verifier built with `allow_emulated`.
-    pub fn with_emulated(mut self, ark: Certificate, ask: Certificate) -> Result<Self, CertError> {
+    pub fn with_emulated(
+        mut self,
+        ark: Certificate,
+        ask: Certificate,
+        asvk: Option<Certificate>,
+    ) -> Result<Self, CertError> {
         if ARK_FINGERPRINTS
             .iter()
             .any(|(_, f)| *f == hex::encode(ark.fingerprint()))
@@ -174,13 +179,15 @@ impl Roots {
                 "an AMD ARK cannot be the emulated root".into(),
             ));
         }
-        check_root(Tee::EmulatedSnp, None, &ark, &[&ask])?;
+        let mut intermediates = vec![&ask];
+        intermediates.extend(asvk.as_ref());
+        check_root(Tee::EmulatedSnp, None, &ark, &intermediates)?;
         self.roots.push(TrustedRoot {
             tee: Tee::EmulatedSnp,
             product: None,
             ark,
             ask,
-            asvk: None,
+            asvk,
         });
         Ok(self)
     }

@@ -82,6 +82,9 @@ pub(crate) struct EmulateArgs {
     /// Product to emulate (Turin gives a version 5 report with Turin's TCB layout).
     #[arg(long, default_value = "milan")]
     product: Product,
+    /// Sign with the chip's VCEK or with a VLEK (then CHIP_ID is zero).
+    #[arg(long, default_value = "vcek", value_parser = ["vcek", "vlek"])]
+    signing_key: String,
     /// Where to write the 1184-byte report.
     #[arg(long)]
     out: PathBuf,
@@ -137,8 +140,8 @@ pub(crate) fn roots(home: &Path, allow_emulated: bool) -> Result<Roots> {
     if allow_emulated {
         EmulatedSp::open_or_create(home)?;
     }
-    if let Some((ark, ask)) = EmulatedSp::existing_root(home)? {
-        roots = roots.with_emulated(ark, ask)?;
+    if let Some((ark, ask, asvk)) = EmulatedSp::existing_root(home)? {
+        roots = roots.with_emulated(ark, ask, asvk)?;
     }
     Ok(roots)
 }
@@ -249,6 +252,11 @@ fn emulate(a: EmulateArgs) -> Result<ExitCode> {
         policy: a.policy,
         guest_svn: a.guest_svn,
         product: a.product,
+        signing_key: if a.signing_key == "vlek" {
+            coffer_snp::SigningKey::Vlek
+        } else {
+            coffer_snp::SigningKey::Vcek
+        },
         ..Default::default()
     };
     let home = coffer_home()?;
