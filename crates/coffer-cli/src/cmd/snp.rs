@@ -214,7 +214,12 @@ fn endorsements(
         .or(a.product)
         .unwrap_or(Product::Milan);
     let tcb = f.reported_tcb.with_layout(product.tcb_layout());
-    match sp.find_vcek(product, &f.chip_id, &tcb)? {
+    let found = if f.signer_info.signing_key() == coffer_snp::SigningKey::Vlek {
+        sp.find_vlek(product, &tcb)?
+    } else {
+        sp.find_vcek(product, &f.chip_id, &tcb)?
+    };
+    match found {
         Some(vcek) => Ok(Ok(Endorsements {
             vek: vcek,
             intermediate: None,
