@@ -297,17 +297,35 @@ impl EmulatedSp {
         read_vcek(&path)
     }
 
+    fn vlek_path(&self, product: Product, tcb: &TcbVersion) -> PathBuf {
+        self.dir.join("vcek").join(format!(
+            "vlek-{}-{}.pem",
+            product.name().to_ascii_lowercase(),
+            hex::encode(tcb.raw())
+        ))
+    }
+
+    /// The VLEK already issued for this product and TCB, if any.
+    pub fn find_vlek(
+        &self,
+        product: Product,
+        tcb: &TcbVersion,
+    ) -> Result<Option<Certificate>, EmuError> {
+        let path = self.vlek_path(product, tcb);
+        if path.exists() {
+            Ok(Some(read_vcek(&path)?.0))
+        } else {
+            Ok(None)
+        }
+    }
+
     /// The VLEK for a product and TCB (one per emulated "cloud provider"), issued on first use.
     fn vlek(
         &self,
         product: Product,
         tcb: &TcbVersion,
     ) -> Result<(Certificate, EcKey<Private>), EmuError> {
-        let path = self.dir.join("vcek").join(format!(
-            "vlek-{}-{}.pem",
-            product.name().to_ascii_lowercase(),
-            hex::encode(tcb.raw())
-        ));
+        let path = self.vlek_path(product, tcb);
         if !path.exists() {
             let group = EcGroup::from_curve_name(Nid::SECP384R1)?;
             let pkey = PKey::from_ec_key(EcKey::generate(&group)?)?;
