@@ -111,7 +111,6 @@ pub(crate) fn make_root(dir: &Path) -> Result<(), EmuError> {
         2,
         vec![],
     )?;
-    make_asvk(dir, &ark, &ark_key)?;
     let mut chip_id = [0u8; 64];
     openssl::rand::rand_bytes(&mut chip_id)?;
     store_private(&dir.join("ark.key"), &ark_key.private_key_to_pem_pkcs8()?)?;

@@ -143,8 +143,8 @@ pub struct EmulatedSp {
     ark: Certificate,
     ask: Certificate,
     ask_key: PKey<Private>,
-    asvk: Certificate,
-    asvk_key: PKey<Private>,
+    /// The ASVK, made on first VLEK use (an RSA-4096 key nobody needs until then).
+    asvk: std::sync::OnceLock<(Certificate, PKey<Private>)>,
     chip_id: [u8; 64],
 }
 
@@ -205,12 +205,6 @@ impl EmulatedSp {
         let ark = read_cert(&dir.join("ark.pem"))?;
         let ask = read_cert(&dir.join("ask.pem"))?;
         let ask_key = read_key(&dir.join("ask.key"))?;
-        if !dir.join("asvk.pem").exists() {
-            // State made before VLEK support: issue the ASVK now.
-            certgen::make_asvk(dir, &ark, &read_key(&dir.join("ark.key"))?)?;
-        }
-        let asvk = read_cert(&dir.join("asvk.pem"))?;
-        let asvk_key = read_key(&dir.join("asvk.key"))?;
         let chip_path = dir.join("chip_id");
         let chip_hex = fs::read_to_string(&chip_path).map_err(io_err(&chip_path))?;
         let chip_id: [u8; 64] = hex::decode(chip_hex.trim())
@@ -225,8 +219,7 @@ impl EmulatedSp {
             ark,
             ask,
             ask_key,
-            asvk,
-            asvk_key,
+            asvk: std::sync::OnceLock::new(),
             chip_id,
         })
     }
@@ -241,9 +234,34 @@ impl EmulatedSp {
         &self.ask
     }
 
-    /// The development ASVK (signs VLEKs).
-    pub fn asvk(&self) -> &Certificate {
-        &self.asvk
+    /// The development ASVK (signs VLEKs), made on first use.
+    pub fn asvk(&self) -> Result<&Certificate, EmuError> {
+        Ok(&self.asvk_pair()?.0)
+    }
+
+    fn asvk_pair(&self) -> Result<&(Certificate, PKey<Private>), EmuError> {
+        if let Some(p) = self.asvk.get() {
+            return Ok(p);
+        }
+        if !self.dir.join("asvk.pem").exists() {
+            let ark_key = read_key(&self.dir.join("ark.key"))?;
+            // Made in a scratch directory and renamed, so concurrent first uses agree on one.
+            let tmp = self.dir.join(format!(".asvk-{}", unique_suffix()?));
+            fs::create_dir_all(&tmp).map_err(io_err(&tmp))?;
+            certgen::make_asvk(&tmp, &self.ark, &ark_key)?;
+            if !self.dir.join("asvk.pem").exists() {
+                fs::rename(tmp.join("asvk.key"), self.dir.join("asvk.key"))
+                    .map_err(io_err(&self.dir))?;
+                fs::rename(tmp.join("asvk.pem"), self.dir.join("asvk.pem"))
+                    .map_err(io_err(&self.dir))?;
+            }
+            let _ = fs::remove_dir_all(&tmp);
+        }
+        let pair = (
+            read_cert(&self.dir.join("asvk.pem"))?,
+            read_key(&self.dir.join("asvk.key"))?,
+        );
+        Ok(self.asvk.get_or_init(|| pair))
     }
 
     /// This processor's CHIP_ID.
@@ -329,7 +347,8 @@ impl EmulatedSp {
         if !path.exists() {
             let group = EcGroup::from_curve_name(Nid::SECP384R1)?;
             let pkey = PKey::from_ec_key(EcKey::generate(&group)?)?;
-            let cert = certgen::make_vlek(&self.asvk, &self.asvk_key, &pkey, product, tcb)?;
+            let (asvk, asvk_key) = self.asvk_pair()?;
+            let cert = certgen::make_vlek(asvk, asvk_key, &pkey, product, tcb)?;
             let mut both = cert.to_pem().into_bytes();
             both.extend_from_slice(&pkey.private_key_to_pem_pkcs8()?);
             write_private(&path, &both)?;
@@ -353,7 +372,7 @@ impl EmulatedSp {
         } else {
             self.vcek(req.product, &chip_id, &tcb)?
         };
-        let intermediate = if vlek { &self.asvk } else { &self.ask };
+        let intermediate = if vlek { self.asvk()? } else { &self.ask };
         let (version, cpuid, mit) = match req.product {
             Product::Milan => (
                 3,

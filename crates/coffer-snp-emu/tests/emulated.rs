@@ -25,7 +25,11 @@ fn roots_with_emulated() -> Roots {
     let sp = sp();
     Roots::amd()
         .unwrap()
-        .with_emulated(sp.ark().clone(), sp.ask().clone(), Some(sp.asvk().clone()))
+        .with_emulated(
+            sp.ark().clone(),
+            sp.ask().clone(),
+            Some(sp.asvk().unwrap().clone()),
+        )
         .unwrap()
 }
 
