@@ -48,6 +48,9 @@ enum Command {
     /// Manage keys in a running coffer serve (admin token required).
     #[command(subcommand)]
     Key(cmd::serve::KeyCommand),
+    /// Encrypted volumes (LUKS2): create, open, mount.
+    #[command(subcommand)]
+    Encfs(cmd::encfs::EncfsCommand),
     /// Run the end-to-end demonstration on embedded defaults (no setup, no outside files).
     Demo(cmd::demo::DemoArgs),
 }
@@ -64,6 +67,7 @@ fn main() -> ExitCode {
         Command::Agent(a) => cmd::run::agent(a),
         Command::Serve(a) => cmd::serve::serve(a),
         Command::Key(c) => cmd::serve::key(c),
+        Command::Encfs(c) => cmd::encfs::run(c),
         Command::Demo(a) => cmd::demo::run(a),
     };
     match result {

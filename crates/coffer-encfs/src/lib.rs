@@ -417,3 +417,151 @@ pub fn open_ext4<R: Read + Seek, W: Write + Read + Seek>(
         )),
     }
 }
+
+/// LUKS anti-forensic split: `stripes` blocks whose merge is `key`.
+fn af_split(key: &[u8], stripes: usize, hash: MessageDigest) -> Result<Vec<u8>, LuksError> {
+    let n = key.len();
+    let mut out = vec![0u8; n * stripes];
+    openssl::rand::rand_bytes(&mut out[..n * (stripes - 1)])?;
+    let mut d = vec![0u8; n];
+    for i in 0..stripes - 1 {
+        for (x, y) in d.iter_mut().zip(&out[i * n..(i + 1) * n]) {
+            *x ^= y;
+        }
+        let ds = hash.size();
+        let mut next = Vec::with_capacity(n);
+        for (j, chunk) in d.chunks(ds).enumerate() {
+            let mut h = openssl::hash::Hasher::new(hash)?;
+            h.update(&(j as u32).to_be_bytes())?;
+            h.update(chunk)?;
+            next.extend_from_slice(&h.finish()?[..chunk.len()]);
+        }
+        d = next;
+    }
+    for (x, (a, b)) in out[(stripes - 1) * n..].iter_mut().zip(d.iter().zip(key)) {
+        *x = a ^ b;
+    }
+    Ok(out)
+}
+
+/// Parameters of a new image.
+#[derive(Clone, Debug)]
+pub struct CreateOptions {
+    /// PBKDF2-SHA256 iterations for the keyslot (Azure's tooling uses 1000).
+    pub iterations: u32,
+}
+
+impl Default for CreateOptions {
+    fn default() -> Self {
+        CreateOptions { iterations: 1000 }
+    }
+}
+
+/// Header area: two 16 KiB metadata copies, then the keyslots area up to the data at 16 MiB.
+const HDR_SIZE: u64 = 16384;
+const DATA_OFFSET: u64 = 16 << 20;
+
+/// Write a LUKS2 image (aes-xts-plain64, 512-bit key, 4096-byte sectors, one PBKDF2 keyslot
+/// opened by `passphrase`) whose data segment is `plaintext` (a whole number of 4096-byte sectors).
+pub fn create<R: Read, W: Write>(
+    plaintext: &mut R,
+    plaintext_len: u64,
+    passphrase: &[u8],
+    out: &mut W,
+    opts: &CreateOptions,
+) -> Result<(), LuksError> {
+    if plaintext_len == 0 || plaintext_len % 4096 != 0 {
+        return Err(LuksError::Header(format!(
+            "the plaintext must be a whole number of 4096-byte sectors, got {plaintext_len} bytes"
+        )));
+    }
+    let b64e = |b: &[u8]| base64::engine::general_purpose::STANDARD.encode(b);
+    let mut volume_key = [0u8; 64];
+    openssl::rand::rand_bytes(&mut volume_key)?;
+    let (mut ks_salt, mut dg_salt) = ([0u8; 32], [0u8; 32]);
+    openssl::rand::rand_bytes(&mut ks_salt)?;
+    openssl::rand::rand_bytes(&mut dg_salt)?;
+    let iterations = opts.iterations.max(1000) as usize;
+    let mut digest = [0u8; 32];
+    openssl::pkcs5::pbkdf2_hmac(
+        &volume_key,
+        &dg_salt,
+        iterations,
+        MessageDigest::sha256(),
+        &mut digest,
+    )?;
+    let stripes = 4000usize;
+    let area_size = ((64 * stripes) as u64).div_ceil(4096) * 4096;
+    let keyslots_size = DATA_OFFSET - 2 * HDR_SIZE;
+    let metadata = serde_json::json!({
+        "keyslots": {"0": {"type": "luks2", "key_size": 64,
+            "af": {"type": "luks1", "stripes": stripes, "hash": "sha256"},
+            "area": {"type": "raw", "offset": (2 * HDR_SIZE).to_string(), "size": area_size.to_string(), "encryption": "aes-xts-plain64", "key_size": 64},
+            "kdf": {"type": "pbkdf2", "hash": "sha256", "iterations": iterations, "salt": b64e(&ks_salt)}}},
+        "tokens": {},
+        "segments": {"0": {"type": "crypt", "offset": DATA_OFFSET.to_string(), "size": "dynamic", "iv_tweak": "0", "encryption": "aes-xts-plain64", "sector_size": 4096}},
+        "digests": {"0": {"type": "pbkdf2", "keyslots": ["0"], "segments": ["0"], "hash": "sha256", "iterations": iterations, "salt": b64e(&dg_salt), "digest": b64e(&digest)}},
+        "config": {"json_size": (HDR_SIZE - 4096).to_string(), "keyslots_size": keyslots_size.to_string()},
+    });
+    let json = serde_json::to_vec(&metadata).map_err(|e| LuksError::Header(e.to_string()))?;
+    if json.len() >= (HDR_SIZE - 4096) as usize {
+        return Err(LuksError::Header("metadata too large".into()));
+    }
+    let mut salt = [0u8; 64];
+    openssl::rand::rand_bytes(&mut salt)?;
+    let mut u = [0u8; 16];
+    openssl::rand::rand_bytes(&mut u)?;
+    u[6] = (u[6] & 0x0f) | 0x40;
+    u[8] = (u[8] & 0x3f) | 0x80;
+    let h = hex::encode(u);
+    let uuid = format!(
+        "{}-{}-{}-{}-{}",
+        &h[..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..]
+    );
+    let header = |offset: u64, magic: &[u8; 6]| -> Vec<u8> {
+        let mut a = vec![0u8; HDR_SIZE as usize];
+        a[..6].copy_from_slice(magic);
+        a[6..8].copy_from_slice(&2u16.to_be_bytes());
+        a[8..16].copy_from_slice(&HDR_SIZE.to_be_bytes());
+        a[16..24].copy_from_slice(&1u64.to_be_bytes());
+        a[72..78].copy_from_slice(b"sha256");
+        a[104..168].copy_from_slice(&salt);
+        a[168..168 + uuid.len()].copy_from_slice(uuid.as_bytes());
+        a[256..264].copy_from_slice(&offset.to_be_bytes());
+        a[4096..4096 + json.len()].copy_from_slice(&json);
+        let csum = openssl::sha::sha256(&a);
+        a[448..480].copy_from_slice(&csum);
+        a
+    };
+    out.write_all(&header(0, MAGIC1))?;
+    out.write_all(&header(HDR_SIZE, MAGIC2))?;
+    let mut kek = [0u8; 64];
+    openssl::pkcs5::pbkdf2_hmac(
+        passphrase,
+        &ks_salt,
+        iterations,
+        MessageDigest::sha256(),
+        &mut kek,
+    )?;
+    let mut material = af_split(&volume_key, stripes, MessageDigest::sha256())?;
+    material.resize(area_size as usize, 0);
+    xts(&kek, &mut material, 512, 0, 1, false)?;
+    out.write_all(&material)?;
+    let pad = DATA_OFFSET - 2 * HDR_SIZE - area_size;
+    out.write_all(&vec![0u8; pad as usize])?;
+    let mut buf = vec![0u8; 4096 * 256];
+    let mut done = 0u64;
+    while done < plaintext_len {
+        let n = ((plaintext_len - done) as usize).min(buf.len());
+        plaintext.read_exact(&mut buf[..n])?;
+        xts(&volume_key, &mut buf[..n], 4096, done / 512, 8, false)?;
+        out.write_all(&buf[..n])?;
+        done += n as u64;
+    }
+    out.flush()?;
+    Ok(())
+}

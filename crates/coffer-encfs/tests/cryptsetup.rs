@@ -135,3 +135,77 @@ fn real_cryptsetup_image_opens_and_damage_is_refused() {
         Err(LuksError::Truncated(_) | LuksError::Io(_))
     ));
 }
+
+#[test]
+fn images_written_by_coffer_are_accepted_by_cryptsetup() {
+    let t = "images_written_by_coffer_are_accepted_by_cryptsetup";
+    if !coffer_testkit::tool("cryptsetup", t) || !coffer_testkit::tool("debugfs", t) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(src.join("secret.txt"), "written by coffer\n").unwrap();
+    let plain = dir.path().join("fs");
+    std::fs::File::create(&plain)
+        .unwrap()
+        .set_len(16 << 20)
+        .unwrap();
+    assert!(Command::new("mkfs.ext4")
+        .args(["-q", "-F", "-b", "4096", "-d"])
+        .arg(&src)
+        .arg(&plain)
+        .status()
+        .unwrap()
+        .success());
+    let key = b"0123456789abcdef0123456789abcdef";
+    let img = dir.path().join("img");
+    coffer_encfs::create(
+        &mut std::fs::File::open(&plain).unwrap(),
+        16 << 20,
+        key,
+        &mut std::fs::File::create(&img).unwrap(),
+        &Default::default(),
+    )
+    .unwrap();
+    let dump = Command::new("cryptsetup")
+        .arg("luksDump")
+        .arg(&img)
+        .output()
+        .unwrap();
+    assert!(
+        dump.status.success(),
+        "{}",
+        String::from_utf8_lossy(&dump.stderr)
+    );
+    assert!(String::from_utf8_lossy(&dump.stdout).contains("aes-xts-plain64"));
+    let keyfile = dir.path().join("key");
+    std::fs::write(&keyfile, key).unwrap();
+    let ok = Command::new("cryptsetup")
+        .args(["open", "--test-passphrase", "--key-file"])
+        .arg(&keyfile)
+        .arg(&img)
+        .status()
+        .unwrap();
+    assert!(ok.success(), "cryptsetup rejects coffer's keyslot");
+    std::fs::write(&keyfile, b"another key of thirty-two bytes!").unwrap();
+    let bad = Command::new("cryptsetup")
+        .args(["open", "--test-passphrase", "--key-file"])
+        .arg(&keyfile)
+        .arg(&img)
+        .status()
+        .unwrap();
+    assert!(!bad.success());
+    let out = dir.path().join("out");
+    decrypt(&img, key, &out).unwrap();
+    let cat = Command::new("debugfs")
+        .args(["-R", "cat /secret.txt"])
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&cat.stdout), "written by coffer\n");
+    let mut odd = std::io::Cursor::new(vec![0u8; 100]);
+    assert!(
+        coffer_encfs::create(&mut odd, 100, key, &mut Vec::new(), &Default::default()).is_err()
+    );
+}

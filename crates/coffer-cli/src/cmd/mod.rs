@@ -1,4 +1,5 @@
 pub(crate) mod demo;
+pub(crate) mod encfs;
 pub(crate) mod image;
 pub(crate) mod policy;
 pub(crate) mod run;

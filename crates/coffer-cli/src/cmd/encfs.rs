@@ -1,0 +1,165 @@
+//! `coffer encfs create|open|mount`: encrypted volumes for operators, outside a group.
+
+use std::path::PathBuf;
+use std::process::{Command, ExitCode};
+
+use anyhow::{bail, Context as _, Result};
+use clap::{Args, Subcommand};
+
+#[derive(Subcommand, Debug)]
+pub(crate) enum EncfsCommand {
+    /// Make a LUKS2 image (aes-xts-plain64, 4096-byte sectors, PBKDF2 keyslot) holding an ext4
+    /// file system with DIR's content. cryptsetup accepts it (luksDump, open).
+    Create(CreateArgs),
+    /// Decrypt an image's data segment (checks headers, key, and the file system size) into a file.
+    Open(OpenArgs),
+    /// Mount an image read-only at MOUNTPOINT: decrypted into memory (/dev/shm), loop-mounted.
+    Mount(MountArgs),
+}
+
+#[derive(Args, Debug)]
+pub(crate) struct CreateArgs {
+    /// Directory whose content the volume holds.
+    #[arg(long)]
+    from: PathBuf,
+    /// Key file: its bytes are the passphrase (e.g. 32 bytes of an oct-HSM key).
+    #[arg(long)]
+    key_file: PathBuf,
+    /// Output image.
+    #[arg(short, long)]
+    output: PathBuf,
+    /// File system size in MiB (default: content plus room).
+    #[arg(long)]
+    size_mib: Option<u64>,
+}
+
+#[derive(Args, Debug)]
+pub(crate) struct OpenArgs {
+    /// LUKS2 image.
+    image: PathBuf,
+    /// Key file.
+    #[arg(long)]
+    key_file: PathBuf,
+    /// Where to write the plaintext file system.
+    #[arg(long)]
+    out: PathBuf,
+}
+
+#[derive(Args, Debug)]
+pub(crate) struct MountArgs {
+    /// LUKS2 image.
+    image: PathBuf,
+    /// Key file.
+    #[arg(long)]
+    key_file: PathBuf,
+    /// Mount point.
+    mountpoint: PathBuf,
+}
+
+fn dir_size(p: &std::path::Path) -> u64 {
+    std::fs::read_dir(p)
+        .map(|d| {
+            d.flatten()
+                .map(|e| match e.metadata() {
+                    Ok(m) if m.is_dir() => dir_size(&e.path()) + 4096,
+                    Ok(m) => m.len().div_ceil(4096) * 4096,
+                    Err(_) => 0,
+                })
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
+pub(crate) fn run(cmd: EncfsCommand) -> Result<ExitCode> {
+    match cmd {
+        EncfsCommand::Create(a) => {
+            let key = std::fs::read(&a.key_file)
+                .with_context(|| format!("cannot read {}", a.key_file.display()))?;
+            if !a.from.is_dir() {
+                bail!("--from {} is not a directory", a.from.display());
+            }
+            let mib = a
+                .size_mib
+                .unwrap_or((dir_size(&a.from) * 2 / (1 << 20)).max(16) + 8);
+            let tmp = tempfile::NamedTempFile::new()?;
+            let out = Command::new("mkfs.ext4")
+                .args(["-q", "-F", "-b", "4096", "-d"])
+                .arg(&a.from)
+                .arg(tmp.path())
+                .arg(format!("{mib}M"))
+                .output()
+                .context("running mkfs.ext4 (e2fsprogs)")?;
+            if !out.status.success() {
+                bail!("mkfs.ext4: {}", String::from_utf8_lossy(&out.stderr).trim());
+            }
+            let len = std::fs::metadata(tmp.path())?.len();
+            let part = a.output.with_extension("partial");
+            let mut w = std::io::BufWriter::new(std::fs::File::create(&part)?);
+            let r = coffer_encfs::create(
+                &mut std::fs::File::open(tmp.path())?,
+                len,
+                &key,
+                &mut w,
+                &coffer_encfs::CreateOptions::default(),
+            );
+            drop(w);
+            if let Err(e) = r {
+                let _ = std::fs::remove_file(&part);
+                return Err(e.into());
+            }
+            std::fs::rename(&part, &a.output)?;
+            println!(
+                "created {} ({} MiB file system, LUKS2 aes-xts-plain64)",
+                a.output.display(),
+                mib
+            );
+        }
+        EncfsCommand::Open(a) => {
+            let key = std::fs::read(&a.key_file)
+                .with_context(|| format!("cannot read {}", a.key_file.display()))?;
+            let mut img = std::fs::File::open(&a.image)
+                .with_context(|| format!("cannot read {}", a.image.display()))?;
+            let mut out = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .open(&a.out)?;
+            match coffer_encfs::open_ext4(&mut img, &key, &mut out) {
+                Ok(n) => println!("decrypted {n} bytes into {}", a.out.display()),
+                Err(e) => {
+                    let _ = std::fs::remove_file(&a.out);
+                    bail!("{}: {e}", a.image.display());
+                }
+            }
+        }
+        EncfsCommand::Mount(a) => {
+            let key = std::fs::read(&a.key_file)
+                .with_context(|| format!("cannot read {}", a.key_file.display()))?;
+            let mut img = std::fs::File::open(&a.image)
+                .with_context(|| format!("cannot read {}", a.image.display()))?;
+            let plain = tempfile::Builder::new()
+                .prefix("coffer-encfs-")
+                .tempfile_in("/dev/shm")?;
+            let mut out = plain.reopen()?;
+            coffer_encfs::open_ext4(&mut img, &key, &mut out)
+                .with_context(|| a.image.display().to_string())?;
+            let st = Command::new("mount")
+                .args(["-t", "ext4", "-o", "loop,ro,noload"])
+                .arg(plain.path())
+                .arg(&a.mountpoint)
+                .output()?;
+            if !st.status.success() {
+                bail!("mount: {}", String::from_utf8_lossy(&st.stderr).trim());
+            }
+            // The loop device keeps the (unlinked) plaintext alive until unmounted.
+            drop(plain);
+            println!(
+                "mounted {} read-only at {} (plaintext in memory until umount)",
+                a.image.display(),
+                a.mountpoint.display()
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
