@@ -470,7 +470,7 @@ pub fn create<R: Read, W: Write>(
     out: &mut W,
     opts: &CreateOptions,
 ) -> Result<(), LuksError> {
-    if plaintext_len == 0 || plaintext_len % 4096 != 0 {
+    if plaintext_len == 0 || !plaintext_len.is_multiple_of(4096) {
         return Err(LuksError::Header(format!(
             "the plaintext must be a whole number of 4096-byte sectors, got {plaintext_len} bytes"
         )));
