@@ -269,10 +269,10 @@ impl Luks2 {
             let kdf = &slot["kdf"];
             let area = &slot["area"];
             let af = &slot["af"];
-            if kdf["type"] != "pbkdf2" {
+            let kdf_type = kdf["type"].as_str().unwrap_or_default();
+            if !matches!(kdf_type, "pbkdf2" | "argon2id" | "argon2i") {
                 return Err(LuksError::Unsupported(format!(
-                    "keyslot {id} uses {} (only pbkdf2 is implemented)",
-                    kdf["type"]
+                    "keyslot {id} uses kdf {kdf_type}"
                 )));
             }
             if area["encryption"] != "aes-xts-plain64" || af["type"] != "luks1" {
@@ -285,13 +285,36 @@ impl Luks2 {
             let stripes = num(&af["stripes"], "stripes")? as usize;
             let area_key_size = num(&area["key_size"], "area key_size")? as usize;
             let mut kek = vec![0u8; area_key_size];
-            openssl::pkcs5::pbkdf2_hmac(
-                passphrase,
-                &b64(&kdf["salt"], "kdf salt")?,
-                num(&kdf["iterations"], "iterations")? as usize,
-                digest_of(kdf["hash"].as_str().unwrap_or(""))?,
-                &mut kek,
-            )?;
+            let salt = b64(&kdf["salt"], "kdf salt")?;
+            if kdf_type == "pbkdf2" {
+                openssl::pkcs5::pbkdf2_hmac(
+                    passphrase,
+                    &salt,
+                    num(&kdf["iterations"], "iterations")? as usize,
+                    digest_of(kdf["hash"].as_str().unwrap_or(""))?,
+                    &mut kek,
+                )?;
+            } else {
+                // Argon2 is not in OpenSSL 3.0 (Debian 12): the RustCrypto implementation.
+                let algorithm = if kdf_type == "argon2id" {
+                    argon2::Algorithm::Argon2id
+                } else {
+                    argon2::Algorithm::Argon2i
+                };
+                let small = |v: u64, what: &str| {
+                    u32::try_from(v).map_err(|_| LuksError::Header(format!("{what} out of range")))
+                };
+                let params = argon2::Params::new(
+                    small(num(&kdf["memory"], "argon2 memory")?, "memory")?,
+                    small(num(&kdf["time"], "argon2 time")?, "time")?,
+                    small(num(&kdf["cpus"], "argon2 cpus")?, "cpus")?,
+                    Some(area_key_size),
+                )
+                .map_err(|e| LuksError::Header(format!("argon2 parameters: {e}")))?;
+                argon2::Argon2::new(algorithm, argon2::Version::V0x13, params)
+                    .hash_password_into(passphrase, &salt, &mut kek)
+                    .map_err(|e| LuksError::Header(format!("argon2: {e}")))?;
+            }
             let len = key_size * stripes;
             let mut material = vec![0u8; len.div_ceil(512) * 512];
             r.seek(SeekFrom::Start(num(&area["offset"], "area offset")?))?;

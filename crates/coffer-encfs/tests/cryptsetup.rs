@@ -9,6 +9,14 @@ use coffer_encfs::{open_ext4, Luks2, LuksError};
 
 /// ext4 with /secret.txt, encrypted in place by `cryptsetup reencrypt --encrypt`.
 pub fn make_image(dir: &Path, secret: &str) -> (PathBuf, Vec<u8>) {
+    make_image_with(
+        dir,
+        secret,
+        &["--pbkdf", "pbkdf2", "--pbkdf-force-iterations", "1000"],
+    )
+}
+
+fn make_image_with(dir: &Path, secret: &str, kdf: &[&str]) -> (PathBuf, Vec<u8>) {
     let src = dir.join("src");
     std::fs::create_dir_all(&src).unwrap();
     std::fs::write(src.join("secret.txt"), secret).unwrap();
@@ -38,13 +46,10 @@ pub fn make_image(dir: &Path, secret: &str) -> (PathBuf, Vec<u8>) {
             "4096",
             "--reduce-device-size",
             "16M",
-            "--pbkdf",
-            "pbkdf2",
-            "--pbkdf-force-iterations",
-            "1000",
             "--batch-mode",
-            "--key-file",
         ])
+        .args(kdf)
+        .arg("--key-file")
         .arg(dir.join("key"))
         .arg(&img)
         .status()
@@ -208,4 +213,47 @@ fn images_written_by_coffer_are_accepted_by_cryptsetup() {
     assert!(
         coffer_encfs::create(&mut odd, 100, key, &mut Vec::new(), &Default::default()).is_err()
     );
+}
+
+#[test]
+fn argon2id_keyslots_open() {
+    let t = "argon2id_keyslots_open";
+    if !coffer_testkit::tool("cryptsetup", t) || !coffer_testkit::tool("debugfs", t) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (img, key) = make_image_with(
+        dir.path(),
+        "argon secret\n",
+        &[
+            "--pbkdf",
+            "argon2id",
+            "--pbkdf-memory",
+            "32768",
+            "--pbkdf-force-iterations",
+            "4",
+            "--pbkdf-parallel",
+            "1",
+        ],
+    );
+    let dump = Command::new("cryptsetup")
+        .arg("luksDump")
+        .arg(&img)
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&dump.stdout).contains("argon2id"));
+    let plain = dir.path().join("plain");
+    decrypt(&img, &key, &plain).unwrap();
+    let out = Command::new("debugfs")
+        .args(["-R", "cat /secret.txt"])
+        .arg(&plain)
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "argon secret\n");
+    let mut wrong = key.clone();
+    wrong[31] ^= 1;
+    assert!(matches!(
+        decrypt(&img, &wrong, &plain),
+        Err(LuksError::WrongKey)
+    ));
 }
