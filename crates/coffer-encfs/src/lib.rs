@@ -8,6 +8,8 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod block;
+
 use std::io::{Read, Seek, SeekFrom, Write};
 
 use base64::Engine as _;
@@ -51,7 +53,7 @@ pub struct Luks2 {
     pub hdr_size: u64,
 }
 
-fn num(v: &Value, what: &str) -> Result<u64, LuksError> {
+pub(crate) fn num(v: &Value, what: &str) -> Result<u64, LuksError> {
     match v {
         Value::String(s) => s
             .parse()

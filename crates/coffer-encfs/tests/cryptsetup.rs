@@ -257,3 +257,87 @@ fn argon2id_keyslots_open() {
         Err(LuksError::WrongKey)
     ));
 }
+
+fn run(cmd: &mut Command) -> std::process::Output {
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{cmd:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+#[test]
+fn fuse_block_file_mounts_read_only_and_read_write() {
+    let t = "fuse_block_file_mounts";
+    if !coffer_testkit::tool("cryptsetup", t) || !Path::new("/dev/fuse").exists() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (img, key) = make_image(dir.path(), "through fuse\n");
+    let before = std::fs::read(&img).unwrap();
+    let fuse_dir = dir.path().join("fuse");
+    let mnt = dir.path().join("mnt");
+    std::fs::create_dir_all(&fuse_dir).unwrap();
+    std::fs::create_dir_all(&mnt).unwrap();
+
+    // Read-only: the ext4 inside mounts from the FUSE block file and the secret reads back.
+    let vol = coffer_encfs::block::Volume::open(&img, &key, false).unwrap();
+    let m = coffer_encfs::block::mount(vol, &fuse_dir).unwrap();
+    assert_eq!(std::fs::metadata(&m.disk).unwrap().len(), 40 << 20);
+    assert!(
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&m.disk)
+            .is_err(),
+        "read-only block file opened for writing"
+    );
+    run(Command::new("mount")
+        .args(["-t", "ext4", "-o", "loop,ro,noload"])
+        .arg(&m.disk)
+        .arg(&mnt));
+    assert_eq!(
+        std::fs::read_to_string(mnt.join("secret.txt")).unwrap(),
+        "through fuse\n"
+    );
+    run(Command::new("umount").arg(&mnt));
+    drop(m);
+    assert_eq!(
+        std::fs::read(&img).unwrap(),
+        before,
+        "a read-only mount changed the image"
+    );
+
+    // Read-write: a file written through the mount is encrypted back into the image.
+    let vol = coffer_encfs::block::Volume::open(&img, &key, true).unwrap();
+    let m = coffer_encfs::block::mount(vol, &fuse_dir).unwrap();
+    run(Command::new("mount")
+        .args(["-t", "ext4", "-o", "loop"])
+        .arg(&m.disk)
+        .arg(&mnt));
+    std::fs::write(mnt.join("new.txt"), "written inside\n").unwrap();
+    run(Command::new("umount").arg(&mnt));
+    drop(m);
+    let after = std::fs::read(&img).unwrap();
+    assert_ne!(after, before);
+    assert!(
+        !after.windows(14).any(|w| w == b"written inside"),
+        "plaintext reached the image"
+    );
+    let plain = dir.path().join("plain");
+    decrypt(&img, &key, &plain).unwrap();
+    let out = Command::new("debugfs")
+        .args(["-R", "cat /new.txt"])
+        .arg(&plain)
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "written inside\n");
+    // The wrong key opens nothing.
+    let mut wrong = key.clone();
+    wrong[0] ^= 1;
+    assert!(matches!(
+        coffer_encfs::block::Volume::open(&img, &wrong, false),
+        Err(LuksError::WrongKey)
+    ));
+}

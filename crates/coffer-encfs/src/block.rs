@@ -1,0 +1,310 @@
+//! An unlocked LUKS2 volume exposed through FUSE as one plaintext block file (`<mount>/disk`),
+//! decrypted and encrypted sector by sector on demand, so the file system inside can be
+//! loop-mounted without dm-crypt. Read-only unless opened writable; writes are encrypted back
+//! into the image.
+
+use std::ffi::OsStr;
+use std::fs::File;
+use std::os::unix::fs::FileExt as _;
+use std::path::Path;
+use std::sync::Mutex;
+use std::time::{Duration, UNIX_EPOCH};
+
+use fuser::{
+    FileAttr, FileType, Filesystem, ReplyAttr, ReplyData, ReplyDirectory, ReplyEntry, ReplyOpen,
+    ReplyWrite, Request,
+};
+
+use crate::{num, xts, Luks2, LuksError};
+
+/// The data segment of an unlocked volume.
+pub struct Volume {
+    image: Mutex<File>,
+    key: Vec<u8>,
+    offset: u64,
+    size: u64,
+    sector: u64,
+    tweak: u64,
+    writable: bool,
+}
+
+impl Volume {
+    /// Unlock `path` with `passphrase`.
+    pub fn open(path: &Path, passphrase: &[u8], writable: bool) -> Result<Self, LuksError> {
+        let mut f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(writable)
+            .open(path)?;
+        let luks = Luks2::open(&mut f)?;
+        let key = luks.unlock(&mut f, passphrase)?;
+        let seg = &luks.metadata["segments"]["0"];
+        if seg["type"] != "crypt" || seg["encryption"] != "aes-xts-plain64" {
+            return Err(LuksError::Unsupported(format!(
+                "segment {} {}",
+                seg["type"], seg["encryption"]
+            )));
+        }
+        let offset = num(&seg["offset"], "segment offset")?;
+        let sector = seg["sector_size"].as_u64().unwrap_or(512);
+        let tweak = seg
+            .get("iv_tweak")
+            .map(|t| num(t, "iv_tweak"))
+            .transpose()?
+            .unwrap_or(0);
+        let end = f.metadata()?.len();
+        let size = match &seg["size"] {
+            serde_json::Value::String(s) if s == "dynamic" => end.saturating_sub(offset),
+            other => num(other, "segment size")?,
+        };
+        if size == 0 || offset + size > end || size % sector != 0 {
+            return Err(LuksError::Truncated(format!(
+                "segment needs {} bytes, image has {end}",
+                offset + size
+            )));
+        }
+        Ok(Volume {
+            image: Mutex::new(f),
+            key,
+            offset,
+            size,
+            sector,
+            tweak,
+            writable,
+        })
+    }
+
+    /// Plaintext size.
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    fn sectors(&self, off: u64, len: u64) -> (u64, u64) {
+        let first = off / self.sector;
+        let last = (off + len).div_ceil(self.sector);
+        (first, last)
+    }
+
+    /// Read plaintext at `off`.
+    pub fn read_at(&self, off: u64, len: usize) -> Result<Vec<u8>, LuksError> {
+        if off >= self.size {
+            return Ok(Vec::new());
+        }
+        let len = (len as u64).min(self.size - off);
+        let (first, last) = self.sectors(off, len);
+        let mut buf = vec![0u8; ((last - first) * self.sector) as usize];
+        self.image
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .read_exact_at(&mut buf, self.offset + first * self.sector)?;
+        xts(
+            &self.key,
+            &mut buf,
+            self.sector as usize,
+            self.tweak + first * self.sector / 512,
+            self.sector / 512,
+            true,
+        )?;
+        let start = (off - first * self.sector) as usize;
+        Ok(buf[start..start + len as usize].to_vec())
+    }
+
+    /// Write plaintext at `off` (read-modify-write of partial sectors).
+    pub fn write_at(&self, off: u64, data: &[u8]) -> Result<(), LuksError> {
+        if !self.writable {
+            return Err(LuksError::Unsupported(
+                "the volume is open read-only".into(),
+            ));
+        }
+        if off + data.len() as u64 > self.size {
+            return Err(LuksError::Truncated(
+                "write past the end of the volume".into(),
+            ));
+        }
+        let (first, last) = self.sectors(off, data.len() as u64);
+        let f = self.image.lock().unwrap_or_else(|p| p.into_inner());
+        let mut buf = vec![0u8; ((last - first) * self.sector) as usize];
+        f.read_exact_at(&mut buf, self.offset + first * self.sector)?;
+        let iv0 = self.tweak + first * self.sector / 512;
+        xts(
+            &self.key,
+            &mut buf,
+            self.sector as usize,
+            iv0,
+            self.sector / 512,
+            true,
+        )?;
+        let start = (off - first * self.sector) as usize;
+        buf[start..start + data.len()].copy_from_slice(data);
+        xts(
+            &self.key,
+            &mut buf,
+            self.sector as usize,
+            iv0,
+            self.sector / 512,
+            false,
+        )?;
+        f.write_all_at(&buf, self.offset + first * self.sector)?;
+        Ok(())
+    }
+}
+
+const ROOT: u64 = 1;
+const DISK: u64 = 2;
+const TTL: Duration = Duration::from_secs(3600);
+
+struct BlockFs {
+    vol: Volume,
+}
+
+impl BlockFs {
+    fn attr(&self, ino: u64) -> FileAttr {
+        let (kind, perm, size, nlink) = if ino == ROOT {
+            (FileType::Directory, 0o755, 0, 2)
+        } else {
+            (
+                FileType::RegularFile,
+                if self.vol.writable { 0o600 } else { 0o400 },
+                self.vol.size,
+                1,
+            )
+        };
+        FileAttr {
+            ino,
+            size,
+            blocks: size.div_ceil(512),
+            atime: UNIX_EPOCH,
+            mtime: UNIX_EPOCH,
+            ctime: UNIX_EPOCH,
+            crtime: UNIX_EPOCH,
+            kind,
+            perm,
+            nlink,
+            uid: 0,
+            gid: 0,
+            rdev: 0,
+            blksize: 4096,
+            flags: 0,
+        }
+    }
+}
+
+impl Filesystem for BlockFs {
+    fn lookup(&mut self, _req: &Request<'_>, parent: u64, name: &OsStr, reply: ReplyEntry) {
+        if parent == ROOT && name == "disk" {
+            reply.entry(&TTL, &self.attr(DISK), 0);
+        } else {
+            reply.error(libc::ENOENT);
+        }
+    }
+
+    fn getattr(&mut self, _req: &Request<'_>, ino: u64, _fh: Option<u64>, reply: ReplyAttr) {
+        match ino {
+            ROOT | DISK => reply.attr(&TTL, &self.attr(ino)),
+            _ => reply.error(libc::ENOENT),
+        }
+    }
+
+    fn open(&mut self, _req: &Request<'_>, ino: u64, flags: i32, reply: ReplyOpen) {
+        if ino != DISK {
+            return reply.error(libc::EISDIR);
+        }
+        if flags & libc::O_ACCMODE != libc::O_RDONLY && !self.vol.writable {
+            return reply.error(libc::EROFS);
+        }
+        reply.opened(0, 0);
+    }
+
+    fn read(
+        &mut self,
+        _req: &Request<'_>,
+        ino: u64,
+        _fh: u64,
+        offset: i64,
+        size: u32,
+        _flags: i32,
+        _lock: Option<u64>,
+        reply: ReplyData,
+    ) {
+        if ino != DISK || offset < 0 {
+            return reply.error(libc::EINVAL);
+        }
+        match self.vol.read_at(offset as u64, size as usize) {
+            Ok(d) => reply.data(&d),
+            Err(_) => reply.error(libc::EIO),
+        }
+    }
+
+    fn write(
+        &mut self,
+        _req: &Request<'_>,
+        ino: u64,
+        _fh: u64,
+        offset: i64,
+        data: &[u8],
+        _wf: u32,
+        _flags: i32,
+        _lock: Option<u64>,
+        reply: ReplyWrite,
+    ) {
+        if ino != DISK || offset < 0 {
+            return reply.error(libc::EINVAL);
+        }
+        if !self.vol.writable {
+            return reply.error(libc::EROFS);
+        }
+        match self.vol.write_at(offset as u64, data) {
+            Ok(()) => reply.written(data.len() as u32),
+            Err(_) => reply.error(libc::EIO),
+        }
+    }
+
+    fn readdir(
+        &mut self,
+        _req: &Request<'_>,
+        ino: u64,
+        _fh: u64,
+        offset: i64,
+        mut reply: ReplyDirectory,
+    ) {
+        if ino != ROOT {
+            return reply.error(libc::ENOTDIR);
+        }
+        let entries = [
+            (ROOT, FileType::Directory, "."),
+            (ROOT, FileType::Directory, ".."),
+            (DISK, FileType::RegularFile, "disk"),
+        ];
+        for (i, (ino, kind, name)) in entries.iter().enumerate().skip(offset as usize) {
+            if reply.add(*ino, (i + 1) as i64, *kind, name) {
+                break;
+            }
+        }
+        reply.ok();
+    }
+}
+
+/// A mounted block file; unmounted when dropped.
+pub struct BlockMount {
+    _session: fuser::BackgroundSession,
+    /// The plaintext block file (`<mountpoint>/disk`).
+    pub disk: std::path::PathBuf,
+}
+
+/// Expose `vol` at `mountpoint/disk`.
+pub fn mount(vol: Volume, mountpoint: &Path) -> Result<BlockMount, LuksError> {
+    let writable = vol.writable;
+    let mut opts = vec![
+        fuser::MountOption::FSName("coffer-encfs".into()),
+        fuser::MountOption::DefaultPermissions,
+    ];
+    opts.push(if writable {
+        fuser::MountOption::RW
+    } else {
+        fuser::MountOption::RO
+    });
+    let session = fuser::spawn_mount2(BlockFs { vol }, mountpoint, &opts)?;
+    Ok(BlockMount {
+        _session: session,
+        disk: mountpoint.join("disk"),
+    })
+}
