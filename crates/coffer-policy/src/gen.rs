@@ -506,7 +506,8 @@ pub fn generate(
         .filter_map(|v| v.csi.as_ref().map(|c| (v, c)))
         .map(|(v, c)| {
             let a = |k: &str| c.volume_attributes.get(k).cloned().unwrap_or_default();
-            json!({"name": v.name, "key": a("keyName"), "maa_endpoint": a("attestationEndpoint"), "akv_endpoint": a("keyBrokerEndpoint")})
+            json!({"name": v.name, "key": a("keyName"), "maa_endpoint": a("attestationEndpoint"), "akv_endpoint": a("keyBrokerEndpoint"),
+                   "salt": a("keyDerivationSalt"), "label": a("keyDerivationLabel")})
         })
         .collect();
     if !encrypted.is_empty() {

@@ -340,11 +340,19 @@ fn validate(pod: &Pod) -> Result<(), PolicyError> {
         }
     }
     for (i, v) in pod.spec.volumes.iter().enumerate() {
-        const ATTRS: [&str; 4] = [
+        const REQUIRED: [&str; 4] = [
             "source",
             "keyName",
             "attestationEndpoint",
             "keyBrokerEndpoint",
+        ];
+        const ATTRS: [&str; 6] = [
+            "source",
+            "keyName",
+            "attestationEndpoint",
+            "keyBrokerEndpoint",
+            "keyDerivationSalt",
+            "keyDerivationLabel",
         ];
         match (&v.empty_dir, &v.csi) {
             (Some(_), None) => {}
@@ -355,7 +363,7 @@ fn validate(pod: &Pod) -> Result<(), PolicyError> {
                 if csi.read_only == Some(false) {
                     return bad(format!("spec.volumes[{i}]: encrypted volumes are read-only (readOnly: false is not implemented)"));
                 }
-                for a in ATTRS {
+                for a in REQUIRED {
                     if !csi.volume_attributes.contains_key(a) {
                         return bad(format!("spec.volumes[{i}].csi.volumeAttributes.{a} is missing"));
                     }

@@ -37,12 +37,14 @@ struct State {
     containers: BTreeMap<String, ContainerState>,
     layers: Vec<PathBuf>,
     opened: BTreeMap<String, PathBuf>,
+    blocks: Vec<coffer_encfs::block::BlockMount>,
 }
 
 /// The agent.
 pub struct Agent {
-    /// (volume, key, attestation endpoint, key broker endpoint), from the policy.
-    encrypted: Vec<(String, String, String, String)>,
+    /// (volume, key, attestation endpoint, key broker endpoint, HKDF salt, HKDF label), from the
+    /// policy.
+    encrypted: Vec<(String, String, String, String, String, String)>,
     sp: Arc<dyn SecureProcessor>,
     skr_port: Option<u16>,
     cgroup_prefix: String,
@@ -116,7 +118,14 @@ pub fn start(policy: &[u8], sp: Arc<dyn SecureProcessor>) -> Result<Agent, Runti
         .iter()
         .map(|v| {
             let f = |k: &str| v[k].as_str().unwrap_or_default().to_string();
-            (f("name"), f("key"), f("maa_endpoint"), f("akv_endpoint"))
+            (
+                f("name"),
+                f("key"),
+                f("maa_endpoint"),
+                f("akv_endpoint"),
+                f("salt"),
+                f("label"),
+            )
         })
         .collect();
     Ok(Agent {
@@ -130,6 +139,7 @@ pub fn start(policy: &[u8], sp: Arc<dyn SecureProcessor>) -> Result<Agent, Runti
             containers: BTreeMap::new(),
             layers: Vec::new(),
             opened: BTreeMap::new(),
+            blocks: Vec::new(),
         }),
         work: PathBuf::from(WORK_DIR),
         runc: find_runc(),
@@ -456,7 +466,8 @@ impl Agent {
     /// Release the volume's key (as the policy names it), unlock the LUKS2 image, mount it
     /// read-only. A no-op for volumes that are not encrypted or already open.
     fn open_encrypted(&self, name: &str) -> Result<(), String> {
-        let Some((_, key, maa, akv)) = self.encrypted.iter().find(|(n, ..)| n == name) else {
+        let Some((_, key, maa, akv, salt, label)) = self.encrypted.iter().find(|(n, ..)| n == name)
+        else {
             return Ok(());
         };
         if lock(&self.state).opened.contains_key(name) {
@@ -469,37 +480,33 @@ impl Agent {
         let jwk = crate::skr::release_jwk(&skr, maa, akv, key, None).map_err(|(_, m)| m)?;
         let jwk: Value =
             serde_json::from_str(&jwk).map_err(|e| format!("released key is not a JWK: {e}"))?;
-        use base64::Engine as _;
-        let k = jwk["k"]
-            .as_str()
-            .and_then(|k| {
-                base64::engine::general_purpose::URL_SAFE_NO_PAD
-                    .decode(k)
-                    .ok()
-            })
-            .ok_or("released key is not an oct key")?;
+        let k = volume_key(&jwk, salt, label)?;
         let image = PathBuf::from(crate::sandbox::IO_DIR)
             .join("volumes")
             .join(format!("{name}.img"));
-        let mut src =
-            std::fs::File::open(&image).map_err(|e| format!("{}: {e}", image.display()))?;
-        let plain = self.work.join("volumes").join(format!(".{name}.plain"));
-        let dir = self.work.join("volumes").join(name);
-        std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
-        let mut out = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&plain)
-            .map_err(|e| e.to_string())?;
-        if let Err(e) = coffer_encfs::open_ext4(&mut src, &k, &mut out) {
-            let _ = std::fs::remove_file(&plain);
-            return Err(e.to_string());
+        // The volume is decrypted on demand through a FUSE block file, never copied out.
+        let vol =
+            coffer_encfs::block::Volume::open(&image, &k, false).map_err(|e| e.to_string())?;
+        let start = vol.read_at(0, 2048).map_err(|e| e.to_string())?;
+        match coffer_encfs::ext4_size(&start) {
+            Some(fs) if fs <= vol.size() => {}
+            Some(fs) => {
+                return Err(format!(
+                    "the image is truncated: its file system needs {fs} bytes, the volume has {}",
+                    vol.size()
+                ))
+            }
+            None => return Err("the volume does not hold an ext4 file system".into()),
         }
+        let block_dir = self.work.join("volumes").join(format!(".{name}.block"));
+        let dir = self.work.join("volumes").join(name);
+        for d in [&block_dir, &dir] {
+            std::fs::create_dir_all(d).map_err(|e| e.to_string())?;
+        }
+        let block = coffer_encfs::block::mount(vol, &block_dir).map_err(|e| e.to_string())?;
         let status = Command::new("mount")
             .args(["-t", "ext4", "-o", "loop,ro,noload"])
-            .arg(&plain)
+            .arg(&block.disk)
             .arg(&dir)
             .output()
             .map_err(|e| e.to_string())?;
@@ -509,6 +516,7 @@ impl Agent {
                 String::from_utf8_lossy(&status.stderr).trim()
             ));
         }
+        lock(&self.state).blocks.push(block);
         lock(&self.state).opened.insert(name.to_string(), dir);
         Ok(())
     }
@@ -682,6 +690,10 @@ impl Agent {
         for dir in st.opened.values() {
             let _ = nix::mount::umount2(dir, nix::mount::MntFlags::MNT_DETACH);
         }
+        drop(st);
+        // Unmount the FUSE block files once nothing uses them.
+        lock(&self.state).blocks.clear();
+        let st = lock(&self.state);
         for (_, rootfs) in st.overlays.iter() {
             let _ = nix::mount::umount2(rootfs, nix::mount::MntFlags::MNT_DETACH);
         }
@@ -963,5 +975,86 @@ pub(crate) mod oci {
         // group shares the sandbox's.
         spec.set_hostname(None);
         Ok(spec)
+    }
+}
+
+/// The passphrase for a volume from a released key: an `oct` key as is; an RSA key derived with
+/// HKDF-SHA256 over the private exponent (salt and label from the policy), as Azure's encfs does.
+fn volume_key(jwk: &Value, salt_hex: &str, label: &str) -> Result<Vec<u8>, String> {
+    use base64::Engine as _;
+    let b64 = |f: &str| {
+        jwk[f]
+            .as_str()
+            .and_then(|k| {
+                base64::engine::general_purpose::URL_SAFE_NO_PAD
+                    .decode(k.trim_end_matches('='))
+                    .ok()
+            })
+            .ok_or(format!("released key has no '{f}'"))
+    };
+    match jwk["kty"].as_str() {
+        Some("oct") => b64("k"),
+        Some("RSA") => {
+            let d = b64("d")?;
+            let salt =
+                hex::decode(salt_hex).map_err(|_| "keyDerivationSalt is not hex".to_string())?;
+            let info = if label.is_empty() {
+                "Symmetric Encryption Key"
+            } else {
+                label
+            };
+            hkdf_sha256(&d, &salt, info.as_bytes()).map_err(|e| e.to_string())
+        }
+        other => Err(format!("released key type {other:?} cannot open a volume")),
+    }
+}
+
+fn hkdf_sha256(
+    ikm: &[u8],
+    salt: &[u8],
+    info: &[u8],
+) -> Result<Vec<u8>, openssl::error::ErrorStack> {
+    let mut ctx = openssl::pkey_ctx::PkeyCtx::new_id(openssl::pkey::Id::HKDF)?;
+    ctx.derive_init()?;
+    ctx.set_hkdf_md(openssl::md::Md::sha256())?;
+    ctx.set_hkdf_key(ikm)?;
+    if !salt.is_empty() {
+        ctx.set_hkdf_salt(salt)?;
+    }
+    ctx.add_hkdf_info(info)?;
+    let mut out = vec![0u8; 32];
+    ctx.derive(Some(&mut out))?;
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hkdf_matches_rfc5869_case_1() {
+        let ikm = [0x0b; 22];
+        let salt = hex::decode("000102030405060708090a0b0c").unwrap();
+        let info = hex::decode("f0f1f2f3f4f5f6f7f8f9").unwrap();
+        let okm = hkdf_sha256(&ikm, &salt, &info).unwrap();
+        assert_eq!(
+            hex::encode(okm),
+            "3cb25f25faacd57a90434f64d0362f2a2d2d0a90cf1a5a4c5db02d56ecc4c5bf"
+        );
+    }
+
+    #[test]
+    fn volume_keys_from_released_jwks() {
+        let oct =
+            serde_json::json!({"kty": "oct", "k": "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8"});
+        assert_eq!(
+            volume_key(&oct, "", "").unwrap(),
+            (0u8..32).collect::<Vec<_>>()
+        );
+        let rsa = serde_json::json!({"kty": "RSA", "d": "AQID"});
+        let a = volume_key(&rsa, "00", "").unwrap();
+        assert_eq!(a.len(), 32);
+        assert_ne!(a, volume_key(&rsa, "01", "").unwrap());
+        assert!(volume_key(&serde_json::json!({"kty": "EC"}), "", "").is_err());
     }
 }
