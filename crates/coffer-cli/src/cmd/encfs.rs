@@ -13,7 +13,8 @@ pub(crate) enum EncfsCommand {
     Create(CreateArgs),
     /// Decrypt an image's data segment (checks headers, key, and the file system size) into a file.
     Open(OpenArgs),
-    /// Mount an image read-only at MOUNTPOINT: decrypted into memory (/dev/shm), loop-mounted.
+    /// Mount an image at MOUNTPOINT (read-only unless --rw): a FUSE block file decrypts sectors
+    /// on demand and the ext4 inside is loop-mounted. Stays in the foreground; Ctrl-C unmounts.
     Mount(MountArgs),
 }
 
@@ -54,6 +55,9 @@ pub(crate) struct MountArgs {
     key_file: PathBuf,
     /// Mount point.
     mountpoint: PathBuf,
+    /// Read-write: writes are encrypted back into the image.
+    #[arg(long)]
+    rw: bool,
 }
 
 fn dir_size(p: &std::path::Path) -> u64 {
@@ -136,29 +140,53 @@ pub(crate) fn run(cmd: EncfsCommand) -> Result<ExitCode> {
         EncfsCommand::Mount(a) => {
             let key = std::fs::read(&a.key_file)
                 .with_context(|| format!("cannot read {}", a.key_file.display()))?;
-            let mut img = std::fs::File::open(&a.image)
-                .with_context(|| format!("cannot read {}", a.image.display()))?;
-            let plain = tempfile::Builder::new()
-                .prefix("coffer-encfs-")
-                .tempfile_in("/dev/shm")?;
-            let mut out = plain.reopen()?;
-            coffer_encfs::open_ext4(&mut img, &key, &mut out)
+            let vol = coffer_encfs::block::Volume::open(&a.image, &key, a.rw)
                 .with_context(|| a.image.display().to_string())?;
+            let start = vol.read_at(0, 2048)?;
+            match coffer_encfs::ext4_size(&start) {
+                Some(fs) if fs <= vol.size() => {}
+                Some(fs) => bail!(
+                    "{}: truncated: the file system needs {fs} bytes, the volume has {}",
+                    a.image.display(),
+                    vol.size()
+                ),
+                None => bail!(
+                    "{}: the volume does not hold an ext4 file system",
+                    a.image.display()
+                ),
+            }
+            let block_dir = tempfile::Builder::new().prefix("coffer-encfs-").tempdir()?;
+            let block = coffer_encfs::block::mount(vol, block_dir.path())?;
+            let opts = if a.rw { "loop" } else { "loop,ro,noload" };
             let st = Command::new("mount")
-                .args(["-t", "ext4", "-o", "loop,ro,noload"])
-                .arg(plain.path())
+                .args(["-t", "ext4", "-o", opts])
+                .arg(&block.disk)
                 .arg(&a.mountpoint)
                 .output()?;
             if !st.status.success() {
                 bail!("mount: {}", String::from_utf8_lossy(&st.stderr).trim());
             }
-            // The loop device keeps the (unlinked) plaintext alive until unmounted.
-            drop(plain);
             println!(
-                "mounted {} read-only at {} (plaintext in memory until umount)",
+                "mounted {} {} at {}; Ctrl-C (or SIGTERM) unmounts",
                 a.image.display(),
+                if a.rw { "read-write" } else { "read-only" },
                 a.mountpoint.display()
             );
+            let (tx, rx) = std::sync::mpsc::channel();
+            ctrlc::set_handler(move || {
+                let _ = tx.send(());
+            })?;
+            let _ = rx.recv();
+            let st = Command::new("umount").arg(&a.mountpoint).output()?;
+            if !st.status.success() {
+                eprintln!(
+                    "coffer: umount {}: {}",
+                    a.mountpoint.display(),
+                    String::from_utf8_lossy(&st.stderr).trim()
+                );
+            }
+            drop(block);
+            println!("unmounted {}", a.mountpoint.display());
         }
     }
     Ok(ExitCode::SUCCESS)
