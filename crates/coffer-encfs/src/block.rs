@@ -4,8 +4,6 @@
 //! into the image.
 
 use std::ffi::OsStr;
-use std::fs::File;
-use std::os::unix::fs::FileExt as _;
 use std::path::Path;
 use std::sync::Mutex;
 use std::time::{Duration, UNIX_EPOCH};
@@ -15,11 +13,12 @@ use fuser::{
     ReplyWrite, Request,
 };
 
+use crate::source::Source;
 use crate::{num, xts, Luks2, LuksError};
 
 /// The data segment of an unlocked volume.
 pub struct Volume {
-    image: Mutex<File>,
+    image: Mutex<Box<dyn Source>>,
     key: Vec<u8>,
     offset: u64,
     size: u64,
@@ -29,14 +28,27 @@ pub struct Volume {
 }
 
 impl Volume {
-    /// Unlock `path` with `passphrase`.
+    /// Unlock the image at `path` with `passphrase`.
     pub fn open(path: &Path, passphrase: &[u8], writable: bool) -> Result<Self, LuksError> {
-        let mut f = std::fs::OpenOptions::new()
+        let f = std::fs::OpenOptions::new()
             .read(true)
             .write(writable)
             .open(path)?;
-        let luks = Luks2::open(&mut f)?;
-        let key = luks.unlock(&mut f, passphrase)?;
+        Self::open_source(Box::new(f), passphrase, writable)
+    }
+
+    /// Unlock an image from any source (a file, or an HTTP URL through a block cache).
+    pub fn open_source(
+        src: Box<dyn Source>,
+        passphrase: &[u8],
+        writable: bool,
+    ) -> Result<Self, LuksError> {
+        let (luks, key) = {
+            let mut cur = crate::source::Cursor::new(src.as_ref());
+            let luks = Luks2::open(&mut cur)?;
+            let key = luks.unlock(&mut cur, passphrase)?;
+            (luks, key)
+        };
         let seg = &luks.metadata["segments"]["0"];
         if seg["type"] != "crypt" || seg["encryption"] != "aes-xts-plain64" {
             return Err(LuksError::Unsupported(format!(
@@ -51,7 +63,7 @@ impl Volume {
             .map(|t| num(t, "iv_tweak"))
             .transpose()?
             .unwrap_or(0);
-        let end = f.metadata()?.len();
+        let end = src.len();
         let size = match &seg["size"] {
             serde_json::Value::String(s) if s == "dynamic" => end.saturating_sub(offset),
             other => num(other, "segment size")?,
@@ -63,7 +75,7 @@ impl Volume {
             )));
         }
         Ok(Volume {
-            image: Mutex::new(f),
+            image: Mutex::new(src),
             key,
             offset,
             size,
@@ -95,7 +107,7 @@ impl Volume {
         self.image
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .read_exact_at(&mut buf, self.offset + first * self.sector)?;
+            .read_at(&mut buf, self.offset + first * self.sector)?;
         xts(
             &self.key,
             &mut buf,
@@ -123,7 +135,7 @@ impl Volume {
         let (first, last) = self.sectors(off, data.len() as u64);
         let f = self.image.lock().unwrap_or_else(|p| p.into_inner());
         let mut buf = vec![0u8; ((last - first) * self.sector) as usize];
-        f.read_exact_at(&mut buf, self.offset + first * self.sector)?;
+        f.read_at(&mut buf, self.offset + first * self.sector)?;
         let iv0 = self.tweak + first * self.sector / 512;
         xts(
             &self.key,
@@ -143,7 +155,7 @@ impl Volume {
             self.sector / 512,
             false,
         )?;
-        f.write_all_at(&buf, self.offset + first * self.sector)?;
+        f.write_at(&buf, self.offset + first * self.sector)?;
         Ok(())
     }
 }

@@ -9,6 +9,7 @@
 #![warn(missing_docs)]
 
 pub mod block;
+pub mod source;
 
 use std::io::{Read, Seek, SeekFrom, Write};
 

@@ -485,8 +485,29 @@ impl Agent {
             .join("volumes")
             .join(format!("{name}.img"));
         // The volume is decrypted on demand through a FUSE block file, never copied out.
-        let vol =
-            coffer_encfs::block::Volume::open(&image, &k, false).map_err(|e| e.to_string())?;
+        // A remote image (the launcher leaves its URL): Range requests through the egress relay.
+        let url = std::fs::read_to_string(image.with_extension("url")).ok();
+        let vol = match url.as_deref().map(str::trim) {
+            Some(url) => {
+                let hostport = url
+                    .trim_start_matches("http://")
+                    .split('/')
+                    .next()
+                    .unwrap_or_default()
+                    .to_string();
+                let egress = PathBuf::from(crate::sandbox::IO_DIR).join("egress.sock");
+                let connect: coffer_encfs::source::Connect = Box::new(move || {
+                    let mut s = UnixStream::connect(&egress)?;
+                    s.write_all(format!("CONNECT {hostport}\n").as_bytes())?;
+                    Ok(Box::new(s) as Box<dyn coffer_encfs::source::Stream>)
+                });
+                let src = coffer_encfs::source::HttpSource::new(url, Some(connect))
+                    .map_err(|e| format!("{url}: {e}"))?;
+                coffer_encfs::block::Volume::open_source(Box::new(src), &k, false)
+            }
+            None => coffer_encfs::block::Volume::open(&image, &k, false),
+        }
+        .map_err(|e| e.to_string())?;
         let start = vol.read_at(0, 2048).map_err(|e| e.to_string())?;
         match coffer_encfs::ext4_size(&start) {
             Some(fs) if fs <= vol.size() => {}
