@@ -293,7 +293,7 @@ fn demo_runs_to_the_end() {
     assert!(stdout.contains("x-ms-sevsnpvm-hostdata"), "{stdout}");
     assert_eq!(stdout.matches("coffer-demo-secret-").count(), 1, "{stdout}");
     assert!(
-        stdout.contains("released : 1 of 2 key release requests"),
+        stdout.contains("released : 2 of 3 key release requests"),
         "{stdout}"
     );
 }

@@ -125,6 +125,9 @@ spec:
       args:
         - >-
           echo "SKR API: $(wget -q -O - http://127.0.0.1:8080/status)";
+          echo "key released through the SKR API: $(wget -q -O - --header 'Content-Type: application/json'
+          --post-data '{{"maa_endpoint":"{endpoint}","akv_endpoint":"{endpoint}","kid":"demo-key"}}'
+          http://127.0.0.1:8080/key/release | grep -o 'kty[^,]*')";
           echo "secret read from the encrypted volume: $(cat /secret/secret.txt)"
       volumeMounts:
         - name: secret
