@@ -507,7 +507,8 @@ pub fn generate(
         .map(|(v, c)| {
             let a = |k: &str| c.volume_attributes.get(k).cloned().unwrap_or_default();
             json!({"name": v.name, "key": a("keyName"), "maa_endpoint": a("attestationEndpoint"), "akv_endpoint": a("keyBrokerEndpoint"),
-                   "salt": a("keyDerivationSalt"), "label": a("keyDerivationLabel")})
+                   "salt": a("keyDerivationSalt"), "label": a("keyDerivationLabel"),
+                   "read_only": c.read_only != Some(false)})
         })
         .collect();
     if !encrypted.is_empty() {

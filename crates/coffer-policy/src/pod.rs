@@ -360,9 +360,6 @@ fn validate(pod: &Pod) -> Result<(), PolicyError> {
                 if csi.driver != ENCFS_DRIVER {
                     return bad(format!("spec.volumes[{i}].csi.driver '{}' is not supported (only {ENCFS_DRIVER})", csi.driver));
                 }
-                if csi.read_only == Some(false) {
-                    return bad(format!("spec.volumes[{i}]: encrypted volumes are read-only (readOnly: false is not implemented)"));
-                }
                 for a in REQUIRED {
                     if !csi.volume_attributes.contains_key(a) {
                         return bad(format!("spec.volumes[{i}].csi.volumeAttributes.{a} is missing"));

@@ -44,7 +44,7 @@ struct State {
 pub struct Agent {
     /// (volume, key, attestation endpoint, key broker endpoint, HKDF salt, HKDF label), from the
     /// policy.
-    encrypted: Vec<(String, String, String, String, String, String)>,
+    encrypted: Vec<(String, String, String, String, String, String, bool)>,
     sp: Arc<dyn SecureProcessor>,
     skr_port: Option<u16>,
     cgroup_prefix: String,
@@ -125,6 +125,7 @@ pub fn start(policy: &[u8], sp: Arc<dyn SecureProcessor>) -> Result<Agent, Runti
                 f("akv_endpoint"),
                 f("salt"),
                 f("label"),
+                v["read_only"].as_bool() != Some(false),
             )
         })
         .collect();
@@ -466,7 +467,8 @@ impl Agent {
     /// Release the volume's key (as the policy names it), unlock the LUKS2 image, mount it
     /// read-only. A no-op for volumes that are not encrypted or already open.
     fn open_encrypted(&self, name: &str) -> Result<(), String> {
-        let Some((_, key, maa, akv, salt, label)) = self.encrypted.iter().find(|(n, ..)| n == name)
+        let Some((_, key, maa, akv, salt, label, read_only)) =
+            self.encrypted.iter().find(|(n, ..)| n == name)
         else {
             return Ok(());
         };
@@ -505,7 +507,7 @@ impl Agent {
                     .map_err(|e| format!("{url}: {e}"))?;
                 coffer_encfs::block::Volume::open_source(Box::new(src), &k, false)
             }
-            None => coffer_encfs::block::Volume::open(&image, &k, false),
+            None => coffer_encfs::block::Volume::open(&image, &k, !*read_only),
         }
         .map_err(|e| e.to_string())?;
         let start = vol.read_at(0, 2048).map_err(|e| e.to_string())?;
@@ -526,7 +528,12 @@ impl Agent {
         }
         let block = coffer_encfs::block::mount(vol, &block_dir).map_err(|e| e.to_string())?;
         let status = Command::new("mount")
-            .args(["-t", "ext4", "-o", "loop,ro,noload"])
+            .args([
+                "-t",
+                "ext4",
+                "-o",
+                if *read_only { "loop,ro,noload" } else { "loop" },
+            ])
             .arg(&block.disk)
             .arg(&dir)
             .output()
@@ -709,7 +716,11 @@ impl Agent {
         }
         let st = lock(&self.state);
         for dir in st.opened.values() {
-            let _ = nix::mount::umount2(dir, nix::mount::MntFlags::MNT_DETACH);
+            // A plain unmount first, so a read-write volume is flushed into the image before its
+            // FUSE block file goes away; detach only if something still holds it.
+            if nix::mount::umount(dir).is_err() {
+                let _ = nix::mount::umount2(dir, nix::mount::MntFlags::MNT_DETACH);
+            }
         }
         drop(st);
         // Unmount the FUSE block files once nothing uses them.
