@@ -48,9 +48,13 @@ pub type Connect = Box<dyn Fn() -> io::Result<Box<dyn Stream>> + Send + Sync>;
 const BLOCK: u64 = 512 << 10;
 const BLOCKS: usize = 32;
 
-/// An image behind an HTTP URL (plain HTTP; HTTPS needs a TLS connector).
+/// An image behind an `http://` or `https://` URL. For HTTPS the TLS session runs over whatever
+/// stream `connect` gives (a TCP connection, or the group's egress relay), so the relay only ever
+/// sees ciphertext.
 pub struct HttpSource {
     connect: Connect,
+    tls: Option<native_tls::TlsConnector>,
+    server_name: String,
     host: String,
     path: String,
     len: u64,
@@ -62,25 +66,41 @@ fn bad(m: impl Into<String>) -> io::Error {
 }
 
 impl HttpSource {
-    /// `url` is `http://host[:port]/path`; `connect` opens connections (None: TCP to host:port).
+    /// `url` is `http(s)://host[:port]/path`; `connect` opens connections (None: TCP to host:port).
     pub fn new(url: &str, connect: Option<Connect>) -> io::Result<Self> {
-        let rest = url
-            .strip_prefix("http://")
-            .ok_or_else(|| bad(format!("{url}: only http:// URLs are supported")))?;
+        let (tls, rest) = if let Some(r) = url.strip_prefix("https://") {
+            (
+                Some(native_tls::TlsConnector::new().map_err(|e| bad(format!("TLS: {e}")))?),
+                r,
+            )
+        } else if let Some(r) = url.strip_prefix("http://") {
+            (None, r)
+        } else {
+            return Err(bad(format!(
+                "{url}: only http:// and https:// URLs are supported"
+            )));
+        };
         let (host, path) = match rest.find('/') {
             Some(i) => (rest[..i].to_string(), rest[i..].to_string()),
             None => (rest.to_string(), "/".to_string()),
         };
+        let default_port = if tls.is_some() { 443 } else { 80 };
+        let server_name = host
+            .rsplit_once(':')
+            .map(|(h, _)| h.to_string())
+            .unwrap_or_else(|| host.clone());
         let connect = connect.unwrap_or_else(|| {
             let addr = if host.contains(':') {
                 host.clone()
             } else {
-                format!("{host}:80")
+                format!("{host}:{default_port}")
             };
             Box::new(move || Ok(Box::new(std::net::TcpStream::connect(&addr)?) as Box<dyn Stream>))
         });
         let mut s = HttpSource {
             connect,
+            tls,
+            server_name,
             host,
             path,
             len: 0,
@@ -93,7 +113,24 @@ impl HttpSource {
 
     /// GET bytes `a..=b`: the body and the total size from Content-Range.
     fn get(&self, a: u64, b: u64) -> io::Result<(Vec<u8>, u64)> {
-        let mut c = (self.connect)()?;
+        let mut c: Box<dyn Stream> = match &self.tls {
+            Some(tls) => {
+                let raw = (self.connect)()?;
+                match tls.connect(&self.server_name, raw) {
+                    Ok(s) => Box::new(s),
+                    Err(native_tls::HandshakeError::Failure(e)) => {
+                        return Err(bad(format!("TLS to {}: {e}", self.server_name)))
+                    }
+                    Err(_) => {
+                        return Err(bad(format!(
+                            "TLS to {}: handshake did not complete",
+                            self.server_name
+                        )))
+                    }
+                }
+            }
+            None => (self.connect)()?,
+        };
         write!(
             c,
             "GET {} HTTP/1.1\r\nHost: {}\r\nRange: bytes={a}-{b}\r\nConnection: close\r\n\r\n",

@@ -418,3 +418,101 @@ fn images_read_over_http_range_requests() {
         .unwrap();
     assert!(err.to_string().contains("206"), "{err}");
 }
+
+/// A self-signed certificate for 127.0.0.1, trusted through SSL_CERT_FILE.
+fn tls_acceptor(dir: &Path) -> openssl::ssl::SslAcceptor {
+    use openssl::x509::extension::SubjectAlternativeName;
+    let key = openssl::pkey::PKey::from_ec_key(
+        openssl::ec::EcKey::generate(
+            &openssl::ec::EcGroup::from_curve_name(openssl::nid::Nid::X9_62_PRIME256V1).unwrap(),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    let mut name = openssl::x509::X509NameBuilder::new().unwrap();
+    name.append_entry_by_text("CN", "127.0.0.1").unwrap();
+    let name = name.build();
+    let mut b = openssl::x509::X509Builder::new().unwrap();
+    b.set_version(2).unwrap();
+    b.set_subject_name(&name).unwrap();
+    b.set_issuer_name(&name).unwrap();
+    b.set_pubkey(&key).unwrap();
+    b.set_not_before(&openssl::asn1::Asn1Time::days_from_now(0).unwrap())
+        .unwrap();
+    b.set_not_after(&openssl::asn1::Asn1Time::days_from_now(1).unwrap())
+        .unwrap();
+    let san = SubjectAlternativeName::new()
+        .ip("127.0.0.1")
+        .build(&b.x509v3_context(None, None))
+        .unwrap();
+    b.append_extension(san).unwrap();
+    b.sign(&key, openssl::hash::MessageDigest::sha256())
+        .unwrap();
+    let cert = b.build();
+    let pem = dir.join("ca.pem");
+    std::fs::write(&pem, cert.to_pem().unwrap()).unwrap();
+    std::env::set_var("SSL_CERT_FILE", &pem);
+    let mut acc =
+        openssl::ssl::SslAcceptor::mozilla_intermediate_v5(openssl::ssl::SslMethod::tls()).unwrap();
+    acc.set_private_key(&key).unwrap();
+    acc.set_certificate(&cert).unwrap();
+    acc.build()
+}
+
+#[test]
+fn images_read_over_https() {
+    use std::io::{BufRead, BufReader, Write};
+    let t = "images_read_over_https";
+    if !coffer_testkit::tool("cryptsetup", t) || !coffer_testkit::tool("debugfs", t) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (img, key) = make_image(dir.path(), "over https\n");
+    let data = std::fs::read(&img).unwrap();
+    let acceptor = tls_acceptor(dir.path());
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("https://{}/vol.img", listener.local_addr().unwrap());
+    std::thread::spawn(move || {
+        for conn in listener.incoming().flatten() {
+            let Ok(tls) = acceptor.accept(conn) else {
+                continue;
+            };
+            let mut r = BufReader::new(tls);
+            let mut range = (0usize, 0usize);
+            loop {
+                let mut l = String::new();
+                if r.read_line(&mut l).unwrap_or(0) == 0 || l.trim().is_empty() {
+                    break;
+                }
+                if let Some(v) = l.to_ascii_lowercase().strip_prefix("range: bytes=") {
+                    let (a, b) = v.trim().split_once('-').unwrap();
+                    range = (a.parse().unwrap(), b.parse().unwrap());
+                }
+            }
+            let (a, b) = (range.0, range.1.min(data.len() - 1));
+            let s = r.get_mut();
+            let _ = write!(s, "HTTP/1.1 206 Partial Content\r\nContent-Length: {}\r\nContent-Range: bytes {a}-{b}/{}\r\n\r\n", b - a + 1, data.len());
+            let _ = s.write_all(&data[a..=b]);
+        }
+    });
+    let src = coffer_encfs::source::HttpSource::new(&url, None).unwrap();
+    let vol = coffer_encfs::block::Volume::open_source(Box::new(src), &key, false).unwrap();
+    let start = vol.read_at(0, 2048).unwrap();
+    let fs = coffer_encfs::ext4_size(&start).unwrap();
+    assert!(fs <= vol.size());
+    let mut plain = vec![0u8; 0];
+    let mut off = 0u64;
+    while off < vol.size() {
+        let chunk = vol.read_at(off, 4 << 20).unwrap();
+        off += chunk.len() as u64;
+        plain.extend_from_slice(&chunk);
+    }
+    let out = dir.path().join("plain");
+    std::fs::write(&out, &plain).unwrap();
+    let cat = Command::new("debugfs")
+        .args(["-R", "cat /secret.txt"])
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&cat.stdout), "over https\n");
+}

@@ -493,10 +493,18 @@ impl Agent {
             Some(url) => {
                 let hostport = url
                     .trim_start_matches("http://")
+                    .trim_start_matches("https://")
                     .split('/')
                     .next()
                     .unwrap_or_default()
                     .to_string();
+                let hostport = if hostport.contains(':') {
+                    hostport
+                } else if url.starts_with("https://") {
+                    format!("{hostport}:443")
+                } else {
+                    format!("{hostport}:80")
+                };
                 let egress = PathBuf::from(crate::sandbox::IO_DIR).join("egress.sock");
                 let connect: coffer_encfs::source::Connect = Box::new(move || {
                     let mut s = UnixStream::connect(&egress)?;

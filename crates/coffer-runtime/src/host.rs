@@ -245,7 +245,8 @@ pub fn launch(spec: LaunchSpec) -> Result<Group, RuntimeError> {
         std::fs::create_dir_all(&vdir).map_err(crate::io("mkdir volumes"))?;
         for (name, src) in &spec.volumes {
             let dst = vdir.join(format!("{name}.img"));
-            if src.to_string_lossy().starts_with("http://") {
+            let text = src.to_string_lossy();
+            if text.starts_with("http://") || text.starts_with("https://") {
                 std::fs::write(dst.with_extension("url"), src.to_string_lossy().as_bytes())
                     .map_err(crate::io("writing the volume URL"))?;
                 continue;

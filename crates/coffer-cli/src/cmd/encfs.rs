@@ -48,7 +48,7 @@ pub(crate) struct OpenArgs {
 
 #[derive(Args, Debug)]
 pub(crate) struct MountArgs {
-    /// LUKS2 image: a file, or an http:// URL (read with Range requests and a block cache).
+    /// LUKS2 image: a file, or an http(s):// URL (read with Range requests and a block cache).
     image: PathBuf,
     /// Key file.
     #[arg(long)]
