@@ -125,6 +125,10 @@ spec:
       args:
         - >-
           echo "SKR API: $(wget -q -O - http://127.0.0.1:8080/status)";
+          echo "raw report through the SKR API: $(wget -q -O - --header 'Content-Type: application/json'
+          --post-data '{{"runtime_data":"eyJhIjoxfQ=="}}' http://127.0.0.1:8080/attest/raw | grep -o 'report...........')";
+          echo "token through the SKR API: $(wget -q -O - --header 'Content-Type: application/json'
+          --post-data '{{"maa_endpoint":"{endpoint}","runtime_data":"eyJhIjoxfQ=="}}' http://127.0.0.1:8080/attest/maa | grep -o 'token...eyJ')";
           echo "key released through the SKR API: $(wget -q -O - --header 'Content-Type: application/json'
           --post-data '{{"maa_endpoint":"{endpoint}","akv_endpoint":"{endpoint}","kid":"demo-key"}}'
           http://127.0.0.1:8080/key/release | grep -o 'kty[^,]*')";
