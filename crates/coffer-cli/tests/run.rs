@@ -431,3 +431,39 @@ fn exec_in_a_running_group_follows_exec_processes() {
     assert_eq!(status, 7, "the container's TERM handler ran");
     group.shutdown().unwrap();
 }
+
+#[test]
+fn ctrl_c_stops_the_group_through_the_policy() {
+    use std::io::BufRead as _;
+    let Some((tmp, _)) = setup("ctrl_c_stops_the_group") else {
+        return;
+    };
+    let home = tmp.path();
+    let pod = home.join("long.yaml");
+    std::fs::write(
+        &pod,
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: long}\nspec:\n  containers:\n    - name: main\n      image: hello:latest\n      \
+         command: [\"/bin/sh\", \"-c\", \"trap 'echo stopping; exit 7' TERM; echo ready; while true; do sleep 0.05; done\"]\n",
+    )
+    .unwrap();
+    let before = mountinfo();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_coffer"))
+        .args(["run", pod.to_str().unwrap()])
+        .env("COFFER_HOME", home)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    assert_eq!(lines.next().unwrap().unwrap(), "[main] ready");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGINT,
+    )
+    .unwrap();
+    let rest: Vec<String> = lines.map_while(Result::ok).collect();
+    let status = child.wait().unwrap();
+    assert_eq!(rest, vec!["[main] stopping".to_string()]);
+    assert_eq!(status.code(), Some(7), "exit status of the main container");
+    assert_clean(&before, &host::group_dir(home, "long"));
+}
