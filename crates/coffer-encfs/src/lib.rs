@@ -177,6 +177,18 @@ fn digest_of(name: &str) -> Result<MessageDigest, LuksError> {
     }
 }
 
+/// LUKS AF diffusion: hash the buffer in digest-sized chunks, each prefixed by its index.
+fn diffuse(d: &[u8], hash: MessageDigest) -> Result<Vec<u8>, LuksError> {
+    let mut out = Vec::with_capacity(d.len());
+    for (j, chunk) in d.chunks(hash.size()).enumerate() {
+        let mut h = openssl::hash::Hasher::new(hash)?;
+        h.update(&(j as u32).to_be_bytes())?;
+        h.update(chunk)?;
+        out.extend_from_slice(&h.finish()?[..chunk.len()]);
+    }
+    Ok(out)
+}
+
 /// LUKS anti-forensic merge.
 fn af_merge(
     material: &[u8],
@@ -191,16 +203,7 @@ fn af_merge(
             *x ^= y;
         }
         if i + 1 < stripes {
-            // diffuse
-            let ds = hash.size();
-            let mut out = Vec::with_capacity(key_size);
-            for (j, chunk) in d.chunks(ds).enumerate() {
-                let mut h = openssl::hash::Hasher::new(hash)?;
-                h.update(&(j as u32).to_be_bytes())?;
-                h.update(chunk)?;
-                out.extend_from_slice(&h.finish()?[..chunk.len()]);
-            }
-            d = out;
+            d = diffuse(&d, hash)?;
         }
     }
     Ok(d)
@@ -454,15 +457,7 @@ fn af_split(key: &[u8], stripes: usize, hash: MessageDigest) -> Result<Vec<u8>, 
         for (x, y) in d.iter_mut().zip(&out[i * n..(i + 1) * n]) {
             *x ^= y;
         }
-        let ds = hash.size();
-        let mut next = Vec::with_capacity(n);
-        for (j, chunk) in d.chunks(ds).enumerate() {
-            let mut h = openssl::hash::Hasher::new(hash)?;
-            h.update(&(j as u32).to_be_bytes())?;
-            h.update(chunk)?;
-            next.extend_from_slice(&h.finish()?[..chunk.len()]);
-        }
-        d = next;
+        d = diffuse(&d, hash)?;
     }
     for (x, (a, b)) in out[(stripes - 1) * n..].iter_mut().zip(d.iter().zip(key)) {
         *x = a ^ b;

@@ -193,29 +193,13 @@ pub(crate) fn make_vcek(
     chip_id: &[u8; 64],
     tcb: &TcbVersion,
 ) -> Result<Certificate, EmuError> {
-    let spl = |c: TcbComponent| tcb.get(c).unwrap_or(0).to_der();
-    let turin = product == Product::Turin;
-    let product_name = match product {
-        Product::Milan => "Milan-B0",
-        Product::Genoa => "Genoa-B1",
-        Product::Turin => "Turin-C0",
-    };
-    let mut exts = vec![
-        ext(oid::STRUCT_VERSION, u32::from(turin).to_der()?)?,
-        ext(oid::PRODUCT_NAME, Ia5String::new(product_name)?.to_der()?)?,
-        ext(oid::BL_SPL, spl(TcbComponent::Bootloader)?)?,
-        ext(oid::TEE_SPL, spl(TcbComponent::Tee)?)?,
-        ext(oid::SNP_SPL, spl(TcbComponent::Snp)?)?,
-    ];
-    for id in oid::SPL_4_TO_7 {
-        exts.push(ext(id, 0u8.to_der()?)?);
-    }
-    exts.push(ext(oid::UCODE_SPL, spl(TcbComponent::Microcode)?)?);
-    if turin {
-        exts.push(ext(oid::FMC_SPL, spl(TcbComponent::Fmc)?)?);
-    }
+    let mut exts = tcb_extensions(product, tcb)?;
     // hwID: the raw chip id bytes as the extension value, as AMD KDS writes it (Turin: 8 bytes).
-    let hw_id = if turin { &chip_id[..8] } else { &chip_id[..] };
+    let hw_id = if product == Product::Turin {
+        &chip_id[..8]
+    } else {
+        &chip_id[..]
+    };
     exts.push(ext(oid::HW_ID, hw_id.to_vec())?);
     let issuer = x509_cert::Certificate::from_der_issuer(ask)?;
     sign("SEV-VCEK", issuer, vcek_key, ask_key, 7, 0, exts)
