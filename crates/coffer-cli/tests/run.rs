@@ -467,3 +467,44 @@ fn ctrl_c_stops_the_group_through_the_policy() {
     assert_eq!(status.code(), Some(7), "exit status of the main container");
     assert_clean(&before, &host::group_dir(home, "long"));
 }
+
+#[test]
+fn stdio_reaches_the_host_only_when_the_policy_allows_it() {
+    let Some((tmp, _)) = setup("stdio_reaches_the_host_only") else {
+        return;
+    };
+    let home = tmp.path();
+    let quiet = home.join("quiet.rego");
+    let out = coffer(
+        home,
+        &[
+            "policy",
+            "gen",
+            pod_path().to_str().unwrap(),
+            "--disable-stdio",
+            "-o",
+            quiet.to_str().unwrap(),
+        ],
+    );
+    assert!(out.status.success());
+    let out = coffer(
+        home,
+        &[
+            "run",
+            pod_path().to_str().unwrap(),
+            "--policy",
+            quiet.to_str().unwrap(),
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        !stdout.contains("hello from a confidential container"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("stdio access is not allowed"), "{stdout}");
+}
