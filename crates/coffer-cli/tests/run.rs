@@ -118,22 +118,7 @@ fn prepare(group: &host::Group, home: &Path) -> coffer_runtime::host::AgentClien
 }
 
 fn hello_process() -> ProcessSpec {
-    let caps = [
-        "CAP_AUDIT_WRITE",
-        "CAP_CHOWN",
-        "CAP_DAC_OVERRIDE",
-        "CAP_FOWNER",
-        "CAP_FSETID",
-        "CAP_KILL",
-        "CAP_MKNOD",
-        "CAP_NET_BIND_SERVICE",
-        "CAP_NET_RAW",
-        "CAP_SETFCAP",
-        "CAP_SETGID",
-        "CAP_SETPCAP",
-        "CAP_SETUID",
-        "CAP_SYS_CHROOT",
-    ];
+    let caps = coffer_policy::DEFAULT_CAPS;
     ProcessSpec {
         args: vec!["/bin/sh".into(), "/app/hello.sh".into()],
         env: vec!["PATH=/bin".into(), "GREETING=bonjour".into()],

@@ -44,8 +44,8 @@ impl Default for GenOptions {
 /// Pod annotation that enables the secure key release API on `127.0.0.1:<port>` in the group.
 pub const SKR_ANNOTATION: &str = "coffer.dev/skr-port";
 
-/// Capabilities of an unprivileged container (the container runtime defaults).
-const DEFAULT_CAPS: [&str; 14] = [
+/// Capabilities of an unprivileged container (the container runtimes' defaults).
+pub const DEFAULT_CAPS: [&str; 14] = [
     "CAP_AUDIT_WRITE",
     "CAP_CHOWN",
     "CAP_DAC_OVERRIDE",

@@ -18,7 +18,7 @@ mod pod;
 pub use engine::{Decision, Enforcer, ENFORCEMENT_POINTS, FRAMEWORK_REGO};
 pub use gen::{
     allow_all_policy, generate, resolve_container, volume_source, GenOptions, ImageFacts,
-    ResolvedContainer, SKR_ANNOTATION,
+    ResolvedContainer, DEFAULT_CAPS, SKR_ANNOTATION,
 };
 pub use pod::{parse_pod, Pod, ENCFS_DRIVER};
 
