@@ -2,19 +2,14 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+use common::coffer;
+
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Output;
 
 use coffer_policy::Enforcer;
 use serde_json::{json, Value};
-
-fn coffer(home: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_coffer"))
-        .args(args)
-        .env("COFFER_HOME", home)
-        .output()
-        .expect("run coffer")
-}
 
 fn ok(out: Output) -> String {
     assert!(

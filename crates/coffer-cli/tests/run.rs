@@ -3,6 +3,9 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+use common::coffer;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -15,14 +18,6 @@ fn tools(t: &str) -> bool {
     coffer_testkit::tool("runc", t)
         && coffer_testkit::tool("unshare", t)
         && coffer_testkit::tool("umoci", t)
-}
-
-fn coffer(home: &Path, args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_coffer"))
-        .args(args)
-        .env("COFFER_HOME", home)
-        .output()
-        .unwrap()
 }
 
 fn pod_path() -> PathBuf {

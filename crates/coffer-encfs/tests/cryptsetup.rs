@@ -342,42 +342,48 @@ fn fuse_block_file_mounts_read_only_and_read_write() {
     ));
 }
 
+/// Answer one HTTP request on `stream`: 206 with the requested byte range, or (without Range
+/// support) 200 with an empty body.
+fn answer_range<S: std::io::Read + std::io::Write>(stream: S, data: &[u8], honour_range: bool) {
+    use std::io::{BufRead, BufReader};
+    let mut r = BufReader::new(stream);
+    let mut range = None;
+    loop {
+        let mut l = String::new();
+        if r.read_line(&mut l).unwrap_or(0) == 0 || l.trim().is_empty() {
+            break;
+        }
+        if let Some(v) = l.to_ascii_lowercase().strip_prefix("range: bytes=") {
+            let (a, b) = v.trim().split_once('-').unwrap();
+            range = Some((a.parse::<usize>().unwrap(), b.parse::<usize>().unwrap()));
+        }
+    }
+    let s = r.get_mut();
+    match (range, honour_range) {
+        (Some((a, b)), true) => {
+            let b = b.min(data.len() - 1);
+            let _ = write!(s, "HTTP/1.1 206 Partial Content\r\nContent-Length: {}\r\nContent-Range: bytes {a}-{b}/{}\r\n\r\n", b - a + 1, data.len());
+            let _ = s.write_all(&data[a..=b]);
+        }
+        _ => {
+            let _ = write!(s, "HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n");
+        }
+    }
+}
+
 /// A minimal HTTP server answering Range requests for one file; counts requests.
 fn range_server(
     data: Vec<u8>,
     honour_range: bool,
 ) -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
-    use std::io::{BufRead, BufReader, Write};
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let url = format!("http://{}/vol.img", listener.local_addr().unwrap());
     let count = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let c2 = count.clone();
     std::thread::spawn(move || {
-        for conn in listener.incoming() {
-            let Ok(mut conn) = conn else { continue };
+        for conn in listener.incoming().flatten() {
             c2.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            let mut r = BufReader::new(conn.try_clone().unwrap());
-            let mut range = None;
-            loop {
-                let mut l = String::new();
-                if r.read_line(&mut l).unwrap_or(0) == 0 || l.trim().is_empty() {
-                    break;
-                }
-                if let Some(v) = l.to_ascii_lowercase().strip_prefix("range: bytes=") {
-                    let (a, b) = v.trim().split_once('-').unwrap();
-                    range = Some((a.parse::<usize>().unwrap(), b.parse::<usize>().unwrap()));
-                }
-            }
-            match (range, honour_range) {
-                (Some((a, b)), true) => {
-                    let b = b.min(data.len() - 1);
-                    let _ = write!(conn, "HTTP/1.1 206 Partial Content\r\nContent-Length: {}\r\nContent-Range: bytes {a}-{b}/{}\r\n\r\n", b - a + 1, data.len());
-                    let _ = conn.write_all(&data[a..=b]);
-                }
-                _ => {
-                    let _ = write!(conn, "HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n");
-                }
-            }
+            answer_range(conn, &data, honour_range);
         }
     });
     (url, count)
@@ -461,7 +467,6 @@ fn tls_acceptor(dir: &Path) -> openssl::ssl::SslAcceptor {
 
 #[test]
 fn images_read_over_https() {
-    use std::io::{BufRead, BufReader, Write};
     let t = "images_read_over_https";
     if !coffer_testkit::tool("cryptsetup", t) || !coffer_testkit::tool("debugfs", t) {
         return;
@@ -474,25 +479,9 @@ fn images_read_over_https() {
     let url = format!("https://{}/vol.img", listener.local_addr().unwrap());
     std::thread::spawn(move || {
         for conn in listener.incoming().flatten() {
-            let Ok(tls) = acceptor.accept(conn) else {
-                continue;
-            };
-            let mut r = BufReader::new(tls);
-            let mut range = (0usize, 0usize);
-            loop {
-                let mut l = String::new();
-                if r.read_line(&mut l).unwrap_or(0) == 0 || l.trim().is_empty() {
-                    break;
-                }
-                if let Some(v) = l.to_ascii_lowercase().strip_prefix("range: bytes=") {
-                    let (a, b) = v.trim().split_once('-').unwrap();
-                    range = (a.parse().unwrap(), b.parse().unwrap());
-                }
+            if let Ok(tls) = acceptor.accept(conn) {
+                answer_range(tls, &data, true);
             }
-            let (a, b) = (range.0, range.1.min(data.len() - 1));
-            let s = r.get_mut();
-            let _ = write!(s, "HTTP/1.1 206 Partial Content\r\nContent-Length: {}\r\nContent-Range: bytes {a}-{b}/{}\r\n\r\n", b - a + 1, data.len());
-            let _ = s.write_all(&data[a..=b]);
         }
     });
     let src = coffer_encfs::source::HttpSource::new(&url, None).unwrap();

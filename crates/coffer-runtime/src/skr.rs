@@ -70,17 +70,6 @@ pub fn serve(skr: Skr, port: u16) -> Result<(), String> {
     })
 }
 
-fn decode_b64(s: &str) -> Option<Vec<u8>> {
-    [
-        &base64::engine::general_purpose::STANDARD,
-        &base64::engine::general_purpose::URL_SAFE,
-        &base64::engine::general_purpose::STANDARD_NO_PAD,
-        &base64::engine::general_purpose::URL_SAFE_NO_PAD,
-    ]
-    .iter()
-    .find_map(|e| e.decode(s.trim()).ok())
-}
-
 fn report_for(skr: &Skr, runtime: &[u8]) -> Result<crate::sp::Evidence, SkrError> {
     let mut rd = [0u8; 64];
     rd[..32].copy_from_slice(&openssl::sha::sha256(runtime));
@@ -96,7 +85,8 @@ async fn attest_raw(
     State(s): State<Arc<Skr>>,
     Json(r): Json<RawReq>,
 ) -> Result<Json<Value>, SkrError> {
-    let runtime = decode_b64(&r.runtime_data).ok_or_else(|| bad("runtime_data is not base64"))?;
+    let runtime = coffer_attest::decode_b64(&r.runtime_data)
+        .ok_or_else(|| bad("runtime_data is not base64"))?;
     let ev = tokio::task::spawn_blocking(move || report_for(&s, &runtime))
         .await
         .map_err(|e| internal(e.to_string()))??;
@@ -113,7 +103,8 @@ async fn attest_maa(
     State(s): State<Arc<Skr>>,
     Json(r): Json<MaaReq>,
 ) -> Result<Json<Value>, SkrError> {
-    let runtime = decode_b64(&r.runtime_data).ok_or_else(|| bad("runtime_data is not base64"))?;
+    let runtime = coffer_attest::decode_b64(&r.runtime_data)
+        .ok_or_else(|| bad("runtime_data is not base64"))?;
     let token = tokio::task::spawn_blocking(move || maa_token(&s, &r.maa_endpoint, &runtime))
         .await
         .map_err(|e| internal(e.to_string()))??;
