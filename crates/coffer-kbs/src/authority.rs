@@ -3,6 +3,8 @@
 
 use base64::Engine as _;
 use josekit::jwk::Jwk;
+use josekit::jws::alg::ecdsa::EcdsaJwsVerifier;
+use josekit::jws::alg::rsassa::RsassaJwsVerifier;
 use josekit::jws::{ES384, RS256};
 use serde_json::{Map, Value};
 
@@ -53,8 +55,16 @@ pub enum TokenError {
 pub struct Authority {
     /// `iss` value (compared without a trailing slash).
     pub issuer: String,
-    /// Its JWKS keys.
-    pub keys: Vec<Jwk>,
+    keys: Vec<AuthorityKey>,
+}
+
+/// One JWKS key, with its verifiers built once: josekit builds a verifier through OpenSSL 3's DER
+/// decoder (~100 us), which per token would cost more than the RS256 check itself.
+#[derive(Clone, Debug)]
+struct AuthorityKey {
+    kid: Option<String>,
+    rs256: Option<RsassaJwsVerifier>,
+    es384: Option<EcdsaJwsVerifier>,
 }
 
 impl Authority {
@@ -70,9 +80,14 @@ impl Authority {
                     .as_object()
                     .cloned()
                     .ok_or("a JWKS key is not an object")?;
-                Jwk::from_map(m).map_err(|e| e.to_string())
+                let jwk = Jwk::from_map(m).map_err(|e| e.to_string())?;
+                Ok(AuthorityKey {
+                    kid: jwk.key_id().map(str::to_string),
+                    rs256: RS256.verifier_from_jwk(&jwk).ok(),
+                    es384: ES384.verifier_from_jwk(&jwk).ok(),
+                })
             })
-            .collect::<Result<Vec<_>, _>>()?;
+            .collect::<Result<Vec<_>, String>>()?;
         if keys.is_empty() {
             return Err("JWKS has no keys".into());
         }
@@ -146,10 +161,10 @@ impl Trust {
             .find(|a| a.issuer == issuer)
             .ok_or_else(|| TokenError::UntrustedIssuer(issuer.clone()))?;
         let kid = header.get("kid").and_then(Value::as_str).unwrap_or("");
-        let candidates: Vec<&Jwk> = authority
+        let candidates: Vec<&AuthorityKey> = authority
             .keys
             .iter()
-            .filter(|k| kid.is_empty() || k.key_id() == Some(kid))
+            .filter(|k| kid.is_empty() || k.kid.as_deref() == Some(kid))
             .collect();
         if candidates.is_empty() {
             return Err(TokenError::UnknownKey {
@@ -157,23 +172,14 @@ impl Trust {
                 kid: kid.into(),
             });
         }
-        let mut verified = None;
-        for jwk in candidates {
+        let token = token.trim();
+        let verified = candidates.iter().find_map(|k| {
             let payload = match alg.as_str() {
-                "RS256" => RS256
-                    .verifier_from_jwk(jwk)
-                    .ok()
-                    .and_then(|v| josekit::jwt::decode_with_verifier(token.trim(), &v).ok()),
-                _ => ES384
-                    .verifier_from_jwk(jwk)
-                    .ok()
-                    .and_then(|v| josekit::jwt::decode_with_verifier(token.trim(), &v).ok()),
+                "RS256" => josekit::jwt::decode_with_verifier(token, k.rs256.as_ref()?),
+                _ => josekit::jwt::decode_with_verifier(token, k.es384.as_ref()?),
             };
-            if let Some((p, _)) = payload {
-                verified = Some(p);
-                break;
-            }
-        }
+            payload.ok().map(|(p, _)| p)
+        });
         let claims: Map<String, Value> = verified.ok_or(TokenError::Signature)?.into();
         let num = |k: &str| claims.get(k).and_then(Value::as_u64);
         let exp = num("exp").ok_or_else(|| TokenError::Malformed("no exp claim".into()))?;

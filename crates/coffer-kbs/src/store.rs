@@ -7,7 +7,7 @@ use std::path::Path;
 use std::sync::Mutex;
 
 use openssl::symm::{decrypt_aead, encrypt_aead, Cipher};
-use rusqlite::{params, Connection, OptionalExtension};
+use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 use serde::Serialize;
 use serde_json::Value;
 
@@ -116,7 +116,11 @@ type StoredRow = (String, Vec<u8>, Vec<u8>, Option<String>);
 
 /// The key store.
 pub struct Store {
+    /// Every write goes through this connection.
     conn: Mutex<Connection>,
+    /// Reads (key material on release, listings) use their own connection: under WAL they need not
+    /// wait while a write holds the writer for its fsync.
+    reader: Mutex<Connection>,
     master: [u8; 32],
 }
 
@@ -176,8 +180,14 @@ impl Store {
                 id INTEGER PRIMARY KEY AUTOINCREMENT, time INTEGER NOT NULL, key TEXT NOT NULL,
                 action TEXT NOT NULL, allowed INTEGER NOT NULL, issuer TEXT, reason TEXT NOT NULL);",
         )?;
+        let reader = Connection::open_with_flags(
+            db,
+            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )?;
+        reader.busy_timeout(std::time::Duration::from_secs(5))?;
         Ok(Store {
             conn: Mutex::new(conn),
+            reader: Mutex::new(reader),
             master,
         })
     }
@@ -186,6 +196,10 @@ impl Store {
         // A panic while holding the lock cannot leave SQLite inconsistent (transactions are
         // atomic), so a poisoned lock is still usable.
         self.conn.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn reader(&self) -> std::sync::MutexGuard<'_, Connection> {
+        self.reader.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Create a key: generated (`material` None) or imported.
@@ -288,7 +302,7 @@ impl Store {
 
     /// Metadata of a key.
     pub fn get(&self, name: &str) -> Result<KeyInfo, StoreError> {
-        self.conn()
+        self.reader()
             .query_row(
                 "SELECT name, kty, key_size, created, release_policy FROM keys WHERE name = ?1",
                 [name],
@@ -300,7 +314,7 @@ impl Store {
 
     /// All keys' metadata, by name.
     pub fn list(&self) -> Result<Vec<KeyInfo>, StoreError> {
-        let conn = self.conn();
+        let conn = self.reader();
         let mut st = conn.prepare(
             "SELECT name, kty, key_size, created, release_policy FROM keys ORDER BY name",
         )?;
@@ -337,7 +351,7 @@ impl Store {
         name: &str,
     ) -> Result<(KeyKind, Vec<u8>, Option<ReleasePolicy>), StoreError> {
         let row: Option<StoredRow> = self
-            .conn()
+            .reader()
             .query_row(
                 "SELECT kty, nonce, ciphertext, release_policy FROM keys WHERE name = ?1",
                 [name],
@@ -388,7 +402,7 @@ impl Store {
 
     /// The last `limit` audit entries, oldest first.
     pub fn audit_log(&self, limit: u32) -> Result<Vec<AuditEntry>, StoreError> {
-        let conn = self.conn();
+        let conn = self.reader();
         let mut st = conn.prepare(
             "SELECT id, time, key, action, allowed, issuer, reason FROM (SELECT * FROM audit ORDER BY id DESC LIMIT ?1) ORDER BY id",
         )?;

@@ -52,12 +52,32 @@ pub struct AppState {
     admin_token_hash: [u8; 32],
     allow_emulated: bool,
     now: Option<u64>,
+    /// Permits for the CPU-bound work of a request (signature checks, signing, wrapping): one per
+    /// core plus one, so that a core stays busy while a holder is descheduled. Waiting here is first
+    /// come, first served; without it every waiting request gets a blocking thread and they all
+    /// share the cores, which stretches the latency tail (p99 at 64 clients: 275 ms without, 105 ms
+    /// with).
+    cpu: tokio::sync::Semaphore,
 }
 
 impl AppState {
     fn now(&self) -> u64 {
         self.now.unwrap_or_else(coffer_snp::time::now)
     }
+}
+
+/// Run `f` on the blocking pool once a CPU permit is free.
+async fn on_cpu<T: Send + 'static>(
+    s: &Arc<AppState>,
+    what: &'static str,
+    f: impl FnOnce(&AppState) -> T + Send + 'static,
+) -> Result<T, ApiError> {
+    let failed = || ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", what);
+    let _permit = s.cpu.acquire().await.map_err(|_| failed())?;
+    let st = s.clone();
+    tokio::task::spawn_blocking(move || f(&st))
+        .await
+        .map_err(|_| failed())
 }
 
 /// An error response.
@@ -166,6 +186,9 @@ pub fn build_state(cfg: &ServerConfig, issuer: &str) -> Result<Arc<AppState>, St
         admin_token_hash: openssl::sha::sha256(admin.trim().as_bytes()),
         allow_emulated: cfg.allow_emulated,
         now: cfg.now,
+        cpu: tokio::sync::Semaphore::new(
+            std::thread::available_parallelism().map_or(2, |n| n.get()) + 1,
+        ),
     }))
 }
 
@@ -268,16 +291,10 @@ async fn attest(
     body: axum::body::Bytes,
 ) -> Result<Json<Value>, ApiError> {
     let req: AttestRequest = json_body(&body)?;
-    let st = s.clone();
-    let result = tokio::task::spawn_blocking(move || st.attest.attest_snp(&req, st.now()))
-        .await
-        .map_err(|_| {
-            ApiError::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "internal",
-                "attestation task failed",
-            )
-        })?;
+    let result = on_cpu(&s, "attestation task failed", move |st| {
+        st.attest.attest_snp(&req, st.now())
+    })
+    .await?;
     match result {
         Ok(token) => Ok(Json(json!({ "token": token }))),
         Err(AttestError::Signing(_)) => Err(ApiError::new(
@@ -372,9 +389,8 @@ async fn create_key(
         }
         (None, None) => None,
     };
-    let st = s.clone();
     let now = s.now();
-    let info = tokio::task::spawn_blocking(move || {
+    let info = on_cpu(&s, "key creation task failed", move |st| {
         let info = st.store.create(
             &req.name,
             kind,
@@ -393,8 +409,7 @@ async fn create_key(
         )?;
         Ok::<_, StoreError>(info)
     })
-    .await
-    .map_err(|_| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "task failed"))??;
+    .await??;
     Ok((StatusCode::CREATED, Json(json!(info))))
 }
 
@@ -457,30 +472,67 @@ async fn release(
     body: axum::body::Bytes,
 ) -> Result<Json<Value>, ApiError> {
     let req: ReleaseRequest = json_body(&body)?;
+    let n = name.clone();
+    let decision = on_cpu(&s, "release task failed", move |st| {
+        decide_release(st, &n, &req.target)
+    })
+    .await??;
+    // The audit row is durable before the answer leaves; its fsync waits outside the CPU permits.
     let st = s.clone();
-    tokio::task::spawn_blocking(move || release_blocking(&st, &name, &req.target))
-        .await
-        .map_err(|_| {
-            ApiError::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "internal",
-                "release task failed",
-            )
-        })?
+    let (granted, issuer, detail) = match &decision {
+        Release::Granted { issuer, .. } => (true, Some(issuer.clone()), "released".to_string()),
+        Release::Denied { issuer, why, .. } => (false, issuer.clone(), why.clone()),
+    };
+    tokio::task::spawn_blocking(move || {
+        st.store.audit(
+            st.now(),
+            &name,
+            "release",
+            granted,
+            issuer.as_deref(),
+            &detail,
+        )
+    })
+    .await
+    .map_err(|_| {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "audit task failed",
+        )
+    })??;
+    match decision {
+        Release::Granted { jwe, .. } => Ok(Json(json!({ "value": jwe }))),
+        Release::Denied { code, why, .. } => Err(ApiError::new(StatusCode::FORBIDDEN, code, why)),
+    }
 }
 
-fn release_blocking(s: &AppState, name: &str, token: &str) -> Result<Json<Value>, ApiError> {
+/// What a release request decided, before it is audited.
+enum Release {
+    Granted {
+        issuer: String,
+        jwe: String,
+    },
+    Denied {
+        issuer: Option<String>,
+        code: &'static str,
+        why: String,
+    },
+}
+
+/// Decide a release (CPU work only). `Err` is for requests that decide nothing (unknown key, store
+/// failure); those are not audited.
+fn decide_release(s: &AppState, name: &str, token: &str) -> Result<Release, ApiError> {
     let now = s.now();
-    let deny = |issuer: Option<&str>, code: &'static str, why: String| -> ApiError {
-        if let Err(e) = s.store.audit(now, name, "release", false, issuer, &why) {
-            return ApiError::from(e);
-        }
-        ApiError::new(StatusCode::FORBIDDEN, code, why)
+    let deny = |issuer: Option<&str>, code: &'static str, why: String| Release::Denied {
+        issuer: issuer.map(str::to_string),
+        code,
+        why,
     };
-    let (issuer, claims) = s
-        .trust
-        .verify(token, now)
-        .map_err(|e| deny(None, "token", e.to_string()))?;
+    let (issuer, claims) = match s.trust.verify(token, now) {
+        Ok(v) => v,
+        Err(e) => return Ok(deny(None, "token", e.to_string())),
+    };
     let (kind, material, policy) = match s.store.material(name) {
         Ok(m) => m,
         Err(StoreError::NotFound(n)) => {
@@ -495,32 +547,33 @@ fn release_blocking(s: &AppState, name: &str, token: &str) -> Result<Json<Value>
     if claims.get("x-coffer-tee").and_then(Value::as_str) == Some("emulated-snp")
         && !s.allow_emulated
     {
-        return Err(deny(
+        return Ok(deny(
             Some(&issuer),
             "emulated",
             "the token attests emulated evidence and this server runs without --allow-emulated"
                 .into(),
         ));
     }
-    let policy = policy.ok_or_else(|| {
-        deny(
+    let Some(policy) = policy else {
+        return Ok(deny(
             Some(&issuer),
             "no-policy",
             format!("key '{name}' has no release policy"),
-        )
-    })?;
-    policy.evaluate(&issuer, &claims).map_err(|why| {
-        deny(
+        ));
+    };
+    if let Err(why) = policy.evaluate(&issuer, &claims) {
+        return Ok(deny(
             Some(&issuer),
             "policy",
             format!("release policy not satisfied: {why}"),
-        )
-    })?;
-    let jwk = coffer_kbs::key_jwk(kind, &material, name)
-        .map_err(|e| deny(Some(&issuer), "internal", e.to_string()))?;
-    let jwe = coffer_kbs::wrap_for_token(&claims, &jwk)
-        .map_err(|e| deny(Some(&issuer), "wrapping-key", e.to_string()))?;
-    s.store
-        .audit(now, name, "release", true, Some(&issuer), "released")?;
-    Ok(Json(json!({ "value": jwe })))
+        ));
+    }
+    let jwk = match coffer_kbs::key_jwk(kind, &material, name) {
+        Ok(jwk) => jwk,
+        Err(e) => return Ok(deny(Some(&issuer), "internal", e.to_string())),
+    };
+    Ok(match coffer_kbs::wrap_for_token(&claims, &jwk) {
+        Ok(jwe) => Release::Granted { issuer, jwe },
+        Err(e) => deny(Some(&issuer), "wrapping-key", e.to_string()),
+    })
 }
