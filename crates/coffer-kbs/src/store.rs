@@ -352,11 +352,10 @@ impl Store {
     ) -> Result<(KeyKind, Vec<u8>, Option<ReleasePolicy>), StoreError> {
         let row: Option<StoredRow> = self
             .reader()
-            .query_row(
+            .prepare_cached(
                 "SELECT kty, nonce, ciphertext, release_policy FROM keys WHERE name = ?1",
-                [name],
-                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
-            )
+            )?
+            .query_row([name], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
             .optional()?;
         let (kty, nonce, ct, policy) = row.ok_or_else(|| StoreError::NotFound(name.into()))?;
         if ct.len() < 16 {
@@ -393,10 +392,11 @@ impl Store {
         issuer: Option<&str>,
         reason: &str,
     ) -> Result<(), StoreError> {
-        self.conn().execute(
-            "INSERT INTO audit (time, key, action, allowed, issuer, reason) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-            params![now as i64, key, action, allowed, issuer, reason],
-        )?;
+        self.conn()
+            .prepare_cached(
+                "INSERT INTO audit (time, key, action, allowed, issuer, reason) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            )?
+            .execute(params![now as i64, key, action, allowed, issuer, reason])?;
         Ok(())
     }
 

@@ -52,12 +52,6 @@ pub struct AppState {
     admin_token_hash: [u8; 32],
     allow_emulated: bool,
     now: Option<u64>,
-    /// Permits for the CPU-bound work of a request (signature checks, signing, wrapping): one per
-    /// core plus one, so that a core stays busy while a holder is descheduled. Waiting here is first
-    /// come, first served; without it every waiting request gets a blocking thread and they all
-    /// share the cores, which stretches the latency tail (p99 at 64 clients: 275 ms without, 105 ms
-    /// with).
-    cpu: tokio::sync::Semaphore,
 }
 
 impl AppState {
@@ -66,18 +60,22 @@ impl AppState {
     }
 }
 
-/// Run `f` on the blocking pool once a CPU permit is free.
-async fn on_cpu<T: Send + 'static>(
+/// Run `f` (file I/O: SQLite commits, key generation) on the blocking pool.
+///
+/// The CPU work of attest and release (report check ~0.2 ms, token signature ~0.25 ms) runs on
+/// the runtime's workers instead, one per core: handing it to the blocking pool costs two thread
+/// switches per request and lets more threads than cores share the CPU, which stretched the
+/// latency tail (64 clients: 1348 pairs/s and p99 59 ms through the pool with FIFO permits, 1850/s
+/// and p99 57 ms inline, before the other savings).
+async fn blocking<T: Send + 'static>(
     s: &Arc<AppState>,
     what: &'static str,
     f: impl FnOnce(&AppState) -> T + Send + 'static,
 ) -> Result<T, ApiError> {
-    let failed = || ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", what);
-    let _permit = s.cpu.acquire().await.map_err(|_| failed())?;
     let st = s.clone();
     tokio::task::spawn_blocking(move || f(&st))
         .await
-        .map_err(|_| failed())
+        .map_err(|_| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", what))
 }
 
 /// An error response.
@@ -186,9 +184,6 @@ pub fn build_state(cfg: &ServerConfig, issuer: &str) -> Result<Arc<AppState>, St
         admin_token_hash: openssl::sha::sha256(admin.trim().as_bytes()),
         allow_emulated: cfg.allow_emulated,
         now: cfg.now,
-        cpu: tokio::sync::Semaphore::new(
-            std::thread::available_parallelism().map_or(2, |n| n.get()) + 1,
-        ),
     }))
 }
 
@@ -291,10 +286,7 @@ async fn attest(
     body: axum::body::Bytes,
 ) -> Result<Json<Value>, ApiError> {
     let req: AttestRequest = json_body(&body)?;
-    let result = on_cpu(&s, "attestation task failed", move |st| {
-        st.attest.attest_snp(&req, st.now())
-    })
-    .await?;
+    let result = s.attest.attest_snp(&req, s.now());
     match result {
         Ok(token) => Ok(Json(json!({ "token": token }))),
         Err(AttestError::Signing(_)) => Err(ApiError::new(
@@ -390,7 +382,7 @@ async fn create_key(
         (None, None) => None,
     };
     let now = s.now();
-    let info = on_cpu(&s, "key creation task failed", move |st| {
+    let info = blocking(&s, "key creation task failed", move |st| {
         let info = st.store.create(
             &req.name,
             kind,
@@ -472,35 +464,18 @@ async fn release(
     body: axum::body::Bytes,
 ) -> Result<Json<Value>, ApiError> {
     let req: ReleaseRequest = json_body(&body)?;
-    let n = name.clone();
-    let decision = on_cpu(&s, "release task failed", move |st| {
-        decide_release(st, &n, &req.target)
-    })
-    .await??;
-    // The audit row is durable before the answer leaves; its fsync waits outside the CPU permits.
-    let st = s.clone();
+    let decision = decide_release(&s, &name, &req.target)?;
+    // The audit row is durable before the answer leaves.
     let (granted, issuer, detail) = match &decision {
         Release::Granted { issuer, .. } => (true, Some(issuer.clone()), "released".to_string()),
         Release::Denied { issuer, why, .. } => (false, issuer.clone(), why.clone()),
     };
-    tokio::task::spawn_blocking(move || {
-        st.store.audit(
-            st.now(),
-            &name,
-            "release",
-            granted,
-            issuer.as_deref(),
-            &detail,
-        )
+    let now = s.now();
+    blocking(&s, "audit task failed", move |st| {
+        st.store
+            .audit(now, &name, "release", granted, issuer.as_deref(), &detail)
     })
-    .await
-    .map_err(|_| {
-        ApiError::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "internal",
-            "audit task failed",
-        )
-    })??;
+    .await??;
     match decision {
         Release::Granted { jwe, .. } => Ok(Json(json!({ "value": jwe }))),
         Release::Denied { code, why, .. } => Err(ApiError::new(StatusCode::FORBIDDEN, code, why)),

@@ -12,6 +12,7 @@
 #![warn(missing_docs)]
 
 pub mod certs;
+mod ecdsa;
 pub mod error;
 pub mod report;
 pub mod time;

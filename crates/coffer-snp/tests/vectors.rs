@@ -343,4 +343,37 @@ fn every_bit_of_the_signed_area_matters() {
     }
     assert_eq!(failures, 672 * 8);
     assert_eq!(v.cached_chains(), 1);
+    // Those went through the cached chain's comb table; it still accepts the original.
+    check(&v, &original, &e, CASES[2].when).unwrap();
+}
+
+#[test]
+fn every_bit_of_the_signature_matters_on_both_paths() {
+    let Some(dir) = coffer_testkit::vectors("every_bit_of_the_signature_matters_on_both_paths")
+    else {
+        return;
+    };
+    let (report, e) = load(&dir, &CASES[0]);
+    let original = Report::decode(&report).unwrap().bytes().to_vec();
+    let warm = verifier();
+    check(&warm, &original, &e, CASES[0].when).unwrap();
+    // R and S are 72-byte little-endian fields at 0x2A0 and 0x2E8; P-384 uses the low 48 bytes.
+    for (field, start) in [("R", 0x2a0), ("S", 0x2e8)] {
+        for byte in 0..48 {
+            for bit in 0..8 {
+                let mut b = original.clone();
+                b[start + byte] ^= 1 << bit;
+                assert!(
+                    check(&warm, &b, &e, CASES[0].when).is_err(),
+                    "comb table: flipping bit {bit} of {field} byte {byte} still verifies"
+                );
+                if (byte * 8 + bit) % 37 == 0 {
+                    assert!(
+                        check(&verifier(), &b, &e, CASES[0].when).is_err(),
+                        "OpenSSL: flipping bit {bit} of {field} byte {byte} still verifies"
+                    );
+                }
+            }
+        }
+    }
 }
