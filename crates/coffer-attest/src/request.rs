@@ -63,6 +63,15 @@ fn field<'a>(v: &'a Value, names: &[&str]) -> Option<&'a str> {
 impl AttestRequest {
     /// Decode the evidence: the report and its certificate chain (PEM, or a THIM response).
     pub fn evidence(&self) -> Result<Evidence, AttestError> {
+        let (report, chain) = self.evidence_bytes()?;
+        Ok(Evidence {
+            report: decode_report(&report)?,
+            endorsements: parse_chain(&chain)?,
+        })
+    }
+
+    /// The evidence's raw parts: (report bytes, certificate chain bytes).
+    pub fn evidence_bytes(&self) -> Result<(Vec<u8>, Vec<u8>), AttestError> {
         let bad = |m: String| AttestError::BadRequest(m);
         let json = decode_b64(&self.report).ok_or_else(|| bad("report is not base64url".into()))?;
         let v: Value = serde_json::from_slice(&json)
@@ -70,21 +79,11 @@ impl AttestRequest {
         let snp = field(&v, &["SnpReport", "snpReport"])
             .ok_or_else(|| bad("report JSON has no SnpReport".into()))?;
         let snp = decode_b64(snp).ok_or_else(|| bad("SnpReport is not base64url".into()))?;
-        let report = Report::decode(&snp).map_err(|e| AttestError::Evidence(e.into()))?;
         let chain = field(&v, &["VcekCertChain", "vcekCertChain"])
             .ok_or_else(|| bad("report JSON has no VcekCertChain".into()))?;
         let chain =
             decode_b64(chain).ok_or_else(|| bad("VcekCertChain is not base64url".into()))?;
-        let endorsements = if chain.trim_ascii_start().starts_with(b"{") {
-            Endorsements::from_thim_json(&chain, "VcekCertChain")
-        } else {
-            Endorsements::from_pem_chain(&chain, "VcekCertChain")
-        }
-        .map_err(|e| AttestError::Evidence(e.into()))?;
-        Ok(Evidence {
-            report,
-            endorsements,
-        })
+        Ok((snp, chain))
     }
 
     /// The runtime data bytes and their type, when sent.
@@ -109,4 +108,19 @@ impl AttestRequest {
             }
         }
     }
+}
+
+/// The report, from its bytes.
+pub(crate) fn decode_report(bytes: &[u8]) -> Result<Report, AttestError> {
+    Report::decode(bytes).map_err(|e| AttestError::Evidence(e.into()))
+}
+
+/// `VcekCertChain`: PEM certificates, or Azure THIM's JSON.
+pub(crate) fn parse_chain(chain: &[u8]) -> Result<Endorsements, AttestError> {
+    if chain.trim_ascii_start().starts_with(b"{") {
+        Endorsements::from_thim_json(chain, "VcekCertChain")
+    } else {
+        Endorsements::from_pem_chain(chain, "VcekCertChain")
+    }
+    .map_err(|e| AttestError::Evidence(e.into()))
 }

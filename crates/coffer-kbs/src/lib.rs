@@ -6,6 +6,7 @@
 #![warn(missing_docs)]
 
 mod authority;
+mod group_commit;
 mod policy;
 mod store;
 mod wrap;

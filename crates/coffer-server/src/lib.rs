@@ -52,6 +52,9 @@ pub struct AppState {
     admin_token_hash: [u8; 32],
     allow_emulated: bool,
     now: Option<u64>,
+    /// One permit per runtime worker for the CPU work of attest and release, taken in arrival
+    /// order (tokio's semaphore is fair): requests reach the cores first come, first served.
+    cpu: tokio::sync::Semaphore,
 }
 
 impl AppState {
@@ -76,6 +79,14 @@ async fn blocking<T: Send + 'static>(
     tokio::task::spawn_blocking(move || f(&st))
         .await
         .map_err(|_| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", what))
+}
+
+fn closed() -> ApiError {
+    ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "shutting-down",
+        "the server is shutting down",
+    )
 }
 
 /// An error response.
@@ -184,6 +195,9 @@ pub fn build_state(cfg: &ServerConfig, issuer: &str) -> Result<Arc<AppState>, St
         admin_token_hash: openssl::sha::sha256(admin.trim().as_bytes()),
         allow_emulated: cfg.allow_emulated,
         now: cfg.now,
+        cpu: tokio::sync::Semaphore::new(
+            std::thread::available_parallelism().map_or(2, |n| n.get()),
+        ),
     }))
 }
 
@@ -286,7 +300,10 @@ async fn attest(
     body: axum::body::Bytes,
 ) -> Result<Json<Value>, ApiError> {
     let req: AttestRequest = json_body(&body)?;
-    let result = s.attest.attest_snp(&req, s.now());
+    let result = {
+        let _cpu = s.cpu.acquire().await.map_err(|_| closed())?;
+        s.attest.attest_snp(&req, s.now())
+    };
     match result {
         Ok(token) => Ok(Json(json!({ "token": token }))),
         Err(AttestError::Signing(_)) => Err(ApiError::new(
@@ -464,7 +481,10 @@ async fn release(
     body: axum::body::Bytes,
 ) -> Result<Json<Value>, ApiError> {
     let req: ReleaseRequest = json_body(&body)?;
-    let decision = decide_release(&s, &name, &req.target)?;
+    let decision = {
+        let _cpu = s.cpu.acquire().await.map_err(|_| closed())?;
+        decide_release(&s, &name, &req.target)?
+    };
     // The audit row is durable before the answer leaves.
     let (granted, issuer, detail) = match &decision {
         Release::Granted { issuer, .. } => (true, Some(issuer.clone()), "released".to_string()),
