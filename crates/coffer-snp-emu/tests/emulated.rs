@@ -262,3 +262,30 @@ fn vlek_signed_reports_verify_through_the_asvk() {
         );
     }
 }
+
+/// Many chips: the chain cache stays bounded, and every chip's second report (checked through its
+/// comb table) still verifies, while a tampered one does not.
+#[test]
+fn chain_cache_is_bounded_and_repeat_reports_verify() {
+    let sp = sp();
+    let v = Verifier::new(roots_with_emulated(), true);
+    let mut most = 0;
+    for chip in 0..70u8 {
+        let mut req = request(Product::Milan);
+        req.chip_id = Some([chip; 64]);
+        let made = sp.report(&req).unwrap();
+        let e = Endorsements::from_vek(made.vcek.der(), "vcek").unwrap();
+        v.verify(&made.report, &e, &now()).unwrap();
+        v.verify(&made.report, &e, &now()).unwrap();
+        let mut bytes = made.report.bytes().to_vec();
+        bytes[0x50] ^= 1; // REPORT_DATA
+        let tampered = Report::decode(&bytes).unwrap();
+        assert_eq!(
+            v.verify(&tampered, &e, &now()).unwrap_err().check(),
+            "signature"
+        );
+        most = most.max(v.cached_chains());
+    }
+    assert_eq!(most, 64);
+    assert!(v.cached_chains() <= 64);
+}

@@ -322,6 +322,9 @@ struct CachedChain {
     windows: Vec<(&'static str, u64, u64)>,
 }
 
+/// Chains kept at most (each with up to 1.8 MB of comb table); the cache starts over when full.
+const CHAIN_CACHE_CAPACITY: usize = 64;
+
 /// Verifies reports; caches verified chains by VCEK/VLEK fingerprint.
 pub struct Verifier {
     roots: Roots,
@@ -374,6 +377,9 @@ impl Verifier {
             _ => {
                 let c = Arc::new(self.verify_chain(fields, endorsements, signer, opts)?);
                 if let Ok(mut cache) = self.cache.write() {
+                    if cache.len() >= CHAIN_CACHE_CAPACITY && !cache.contains_key(&fp) {
+                        cache.clear();
+                    }
                     cache.insert(fp, c.clone());
                 }
                 (c, false)
