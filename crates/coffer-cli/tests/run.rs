@@ -24,6 +24,13 @@ fn pod_path() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/hello/pod.yaml")
 }
 
+/// One group at a time: every test checks that no mount, cgroup or process is left on the host,
+/// which another test's live group would make untrue.
+fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    SERIAL.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 /// A home with the example image imported as hello:latest, and the generated policy.
 fn setup(t: &str) -> Option<(tempfile::TempDir, String)> {
     if !tools(t) {
@@ -169,6 +176,7 @@ fn assert_clean(before_mounts: &str, group_dir: &Path) {
 
 #[test]
 fn coffer_run_prints_the_output_and_leaves_nothing_behind() {
+    let _serial = one_at_a_time();
     let Some((tmp, _)) = setup("coffer_run_prints_the_output") else {
         return;
     };
@@ -190,6 +198,7 @@ fn coffer_run_prints_the_output_and_leaves_nothing_behind() {
 
 #[test]
 fn every_forbidden_request_is_denied_with_its_reason() {
+    let _serial = one_at_a_time();
     let Some((tmp, policy)) = setup("every_forbidden_request_is_denied") else {
         return;
     };
@@ -327,6 +336,7 @@ fn every_forbidden_request_is_denied_with_its_reason() {
 
 #[test]
 fn exec_in_a_running_group_follows_exec_processes() {
+    let _serial = one_at_a_time();
     let Some((tmp, policy)) = setup("exec_in_a_running_group") else {
         return;
     };
@@ -335,7 +345,7 @@ fn exec_in_a_running_group_follows_exec_processes() {
     let main = [
         "/bin/sh",
         "-c",
-        "trap 'exit 7' TERM; while true; do sleep 0.05; done",
+        "trap 'exit 7' TERM; while true; do sleep 0.05; done; : exec-test-main",
     ];
     let policy = policy.replace(
         r#""command":["/bin/sh","/app/hello.sh"]"#,
@@ -381,20 +391,28 @@ fn exec_in_a_running_group_follows_exec_processes() {
         "{}",
         String::from_utf8_lossy(&no.stderr)
     );
-    // The memory limit reached the container's cgroup.
-    let limits: Vec<String> = std::fs::read_dir("/sys/fs/cgroup/memory/coffer")
-        .map(|d| {
-            d.flatten()
-                .filter_map(|e| {
-                    std::fs::read_to_string(e.path().join("memory.limit_in_bytes")).ok()
-                })
-                .collect()
-        })
-        .unwrap_or_default();
-    assert_eq!(
-        limits.iter().map(|l| l.trim()).collect::<Vec<_>>(),
-        vec![(64u64 << 20).to_string()]
-    );
+    // The memory limit reached the container's cgroup (found through its main process: other
+    // tests' groups may run meanwhile).
+    let pgrep = Command::new("pgrep")
+        .args(["-f", ": exec-test-main"])
+        .output()
+        .unwrap();
+    let pid = String::from_utf8_lossy(&pgrep.stdout)
+        .lines()
+        .next()
+        .expect("the main process runs")
+        .to_string();
+    let cgroups = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
+    let memory = cgroups
+        .lines()
+        .find_map(|l| l.split_once(":memory:").map(|(_, path)| path.to_string()))
+        .expect("a memory cgroup");
+    assert!(memory.starts_with("/coffer/"), "{memory}");
+    let limit = std::fs::read_to_string(format!(
+        "/sys/fs/cgroup/memory{memory}/memory.limit_in_bytes"
+    ))
+    .unwrap();
+    assert_eq!(limit.trim(), (64u64 << 20).to_string());
     let ps = coffer(home, &["ps"]);
     assert!(
         String::from_utf8_lossy(&ps.stdout).contains("hello"),
@@ -414,6 +432,7 @@ fn exec_in_a_running_group_follows_exec_processes() {
 
 #[test]
 fn ctrl_c_stops_the_group_through_the_policy() {
+    let _serial = one_at_a_time();
     use std::io::BufRead as _;
     let Some((tmp, _)) = setup("ctrl_c_stops_the_group") else {
         return;
@@ -450,6 +469,7 @@ fn ctrl_c_stops_the_group_through_the_policy() {
 
 #[test]
 fn stdio_reaches_the_host_only_when_the_policy_allows_it() {
+    let _serial = one_at_a_time();
     let Some((tmp, _)) = setup("stdio_reaches_the_host_only") else {
         return;
     };
