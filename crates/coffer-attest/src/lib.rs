@@ -14,7 +14,7 @@ mod request;
 mod token;
 
 pub use claims::snp_claims;
-pub use request::{decode_b64, AttestRequest, Evidence, RuntimeData};
+pub use request::{decode_b64, AttestRequest, RuntimeData};
 pub use token::TokenSigner;
 
 use std::sync::Arc;

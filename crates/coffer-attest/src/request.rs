@@ -35,14 +35,6 @@ pub struct RuntimeData {
     pub data_type: String,
 }
 
-/// Decoded evidence.
-pub struct Evidence {
-    /// The report.
-    pub report: Report,
-    /// Its certificates.
-    pub endorsements: Endorsements,
-}
-
 /// Decode base64 in any of its usual spellings (URL-safe or standard, padded or not), as MAA's
 /// clients differ.
 pub fn decode_b64(s: &str) -> Option<Vec<u8>> {
@@ -61,16 +53,7 @@ fn field<'a>(v: &'a Value, names: &[&str]) -> Option<&'a str> {
 }
 
 impl AttestRequest {
-    /// Decode the evidence: the report and its certificate chain (PEM, or a THIM response).
-    pub fn evidence(&self) -> Result<Evidence, AttestError> {
-        let (report, chain) = self.evidence_bytes()?;
-        Ok(Evidence {
-            report: decode_report(&report)?,
-            endorsements: parse_chain(&chain)?,
-        })
-    }
-
-    /// The evidence's raw parts: (report bytes, certificate chain bytes).
+    /// The evidence's raw parts: (report bytes, certificate chain bytes: PEM, or a THIM response).
     pub fn evidence_bytes(&self) -> Result<(Vec<u8>, Vec<u8>), AttestError> {
         let bad = |m: String| AttestError::BadRequest(m);
         let json = decode_b64(&self.report).ok_or_else(|| bad("report is not base64url".into()))?;

@@ -58,6 +58,11 @@ fn make_image_with(dir: &Path, secret: &str, kdf: &[&str]) -> (PathBuf, Vec<u8>)
     (img, key)
 }
 
+/// cryptsetup makes the images, debugfs reads what they hold.
+fn luks_tools(t: &str) -> bool {
+    coffer_testkit::tool("cryptsetup", t) && coffer_testkit::tool("debugfs", t)
+}
+
 fn decrypt(img: &Path, key: &[u8], out: &Path) -> Result<u64, LuksError> {
     let mut f = std::fs::File::open(img)?;
     let luks = Luks2::open(&mut f)?;
@@ -68,7 +73,7 @@ fn decrypt(img: &Path, key: &[u8], out: &Path) -> Result<u64, LuksError> {
 #[test]
 fn real_cryptsetup_image_opens_and_damage_is_refused() {
     let t = "real_cryptsetup_image_opens";
-    if !coffer_testkit::tool("cryptsetup", t) || !coffer_testkit::tool("debugfs", t) {
+    if !luks_tools(t) {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
@@ -77,12 +82,7 @@ fn real_cryptsetup_image_opens_and_damage_is_refused() {
     let plain = dir.path().join("plain");
     let n = decrypt(&img, &key, &plain).unwrap();
     assert_eq!(n, 40 << 20);
-    let out = Command::new("debugfs")
-        .args(["-R", "cat /secret.txt"])
-        .arg(&plain)
-        .output()
-        .unwrap();
-    assert_eq!(String::from_utf8_lossy(&out.stdout), "the secret\n");
+    assert_eq!(debugfs_cat(&plain, "/secret.txt"), "the secret\n");
 
     let mut wrong = key.clone();
     wrong[0] ^= 1;
@@ -144,7 +144,7 @@ fn real_cryptsetup_image_opens_and_damage_is_refused() {
 #[test]
 fn images_written_by_coffer_are_accepted_by_cryptsetup() {
     let t = "images_written_by_coffer_are_accepted_by_cryptsetup";
-    if !coffer_testkit::tool("cryptsetup", t) || !coffer_testkit::tool("debugfs", t) {
+    if !luks_tools(t) {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
@@ -203,12 +203,7 @@ fn images_written_by_coffer_are_accepted_by_cryptsetup() {
     assert!(!bad.success());
     let out = dir.path().join("out");
     decrypt(&img, key, &out).unwrap();
-    let cat = Command::new("debugfs")
-        .args(["-R", "cat /secret.txt"])
-        .arg(&out)
-        .output()
-        .unwrap();
-    assert_eq!(String::from_utf8_lossy(&cat.stdout), "written by coffer\n");
+    assert_eq!(debugfs_cat(&out, "/secret.txt"), "written by coffer\n");
     let mut odd = std::io::Cursor::new(vec![0u8; 100]);
     assert!(
         coffer_encfs::create(&mut odd, 100, key, &mut Vec::new(), &Default::default()).is_err()
@@ -218,7 +213,7 @@ fn images_written_by_coffer_are_accepted_by_cryptsetup() {
 #[test]
 fn argon2id_keyslots_open() {
     let t = "argon2id_keyslots_open";
-    if !coffer_testkit::tool("cryptsetup", t) || !coffer_testkit::tool("debugfs", t) {
+    if !luks_tools(t) {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
@@ -244,18 +239,23 @@ fn argon2id_keyslots_open() {
     assert!(String::from_utf8_lossy(&dump.stdout).contains("argon2id"));
     let plain = dir.path().join("plain");
     decrypt(&img, &key, &plain).unwrap();
-    let out = Command::new("debugfs")
-        .args(["-R", "cat /secret.txt"])
-        .arg(&plain)
-        .output()
-        .unwrap();
-    assert_eq!(String::from_utf8_lossy(&out.stdout), "argon secret\n");
+    assert_eq!(debugfs_cat(&plain, "/secret.txt"), "argon secret\n");
     let mut wrong = key.clone();
     wrong[31] ^= 1;
     assert!(matches!(
         decrypt(&img, &wrong, &plain),
         Err(LuksError::WrongKey)
     ));
+}
+
+/// A file's bytes inside an ext4 image, read by e2fsprogs (not by coffer).
+fn debugfs_cat(fs: &Path, file: &str) -> String {
+    let out = Command::new("debugfs")
+        .args(["-R", &format!("cat {file}")])
+        .arg(fs)
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 fn run(cmd: &mut Command) -> std::process::Output {
@@ -327,12 +327,7 @@ fn fuse_block_file_mounts_read_only_and_read_write() {
     );
     let plain = dir.path().join("plain");
     decrypt(&img, &key, &plain).unwrap();
-    let out = Command::new("debugfs")
-        .args(["-R", "cat /new.txt"])
-        .arg(&plain)
-        .output()
-        .unwrap();
-    assert_eq!(String::from_utf8_lossy(&out.stdout), "written inside\n");
+    assert_eq!(debugfs_cat(&plain, "/new.txt"), "written inside\n");
     // The wrong key opens nothing.
     let mut wrong = key.clone();
     wrong[0] ^= 1;
@@ -468,7 +463,7 @@ fn tls_acceptor(dir: &Path) -> openssl::ssl::SslAcceptor {
 #[test]
 fn images_read_over_https() {
     let t = "images_read_over_https";
-    if !coffer_testkit::tool("cryptsetup", t) || !coffer_testkit::tool("debugfs", t) {
+    if !luks_tools(t) {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
@@ -498,10 +493,5 @@ fn images_read_over_https() {
     }
     let out = dir.path().join("plain");
     std::fs::write(&out, &plain).unwrap();
-    let cat = Command::new("debugfs")
-        .args(["-R", "cat /secret.txt"])
-        .arg(&out)
-        .output()
-        .unwrap();
-    assert_eq!(String::from_utf8_lossy(&cat.stdout), "over https\n");
+    assert_eq!(debugfs_cat(&out, "/secret.txt"), "over https\n");
 }

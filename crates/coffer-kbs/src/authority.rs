@@ -1,7 +1,6 @@
 //! Checking attestation tokens: signature with a trusted authority's key, algorithm, issuer,
 //! expiry and not-before, at a time that is an input.
 
-use base64::Engine as _;
 use josekit::jwk::Jwk;
 use josekit::jws::alg::ecdsa::EcdsaJwsVerifier;
 use josekit::jws::alg::rsassa::RsassaJwsVerifier;
@@ -105,8 +104,7 @@ pub struct Trust {
 }
 
 fn b64json(part: &str, what: &str) -> Result<Map<String, Value>, TokenError> {
-    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .decode(part.trim_end_matches('='))
+    let bytes = crate::decode_b64url(part)
         .map_err(|e| TokenError::Malformed(format!("{what} is not base64url: {e}")))?;
     let v: Value = serde_json::from_slice(&bytes)
         .map_err(|e| TokenError::Malformed(format!("{what} is not JSON: {e}")))?;

@@ -16,6 +16,12 @@ pub use policy::{PolicyError, ReleasePolicy};
 pub use store::{AuditEntry, KeyInfo, KeyKind, Store, StoreError};
 pub use wrap::{key_jwk, wrap_for_token, WrapError};
 
+/// base64url as JOSE writes it (no padding; a stray `=` tolerated).
+pub(crate) fn decode_b64url(s: &str) -> Result<Vec<u8>, base64::DecodeError> {
+    use base64::Engine as _;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(s.trim_end_matches('='))
+}
+
 /// The outcome of a release request.
 #[derive(Debug)]
 pub enum ReleaseOutcome {

@@ -66,7 +66,7 @@ fn wrapping_key(claims: &Map<String, Value>) -> Option<(Vec<u8>, Vec<u8>)> {
         // Only the public part is needed (and trusted): n and e.
         let b64 = |name: &str| {
             let s = m.get(name)?.as_str()?;
-            URL_SAFE_NO_PAD.decode(s.trim_end_matches('=')).ok()
+            crate::decode_b64url(s).ok()
         };
         Some((b64("n")?, b64("e")?))
     })

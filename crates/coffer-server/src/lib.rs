@@ -430,9 +430,12 @@ async fn delete_key(
     State(s): State<Arc<AppState>>,
     Path(name): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    s.store.delete(&name)?;
-    s.store
-        .audit(s.now(), &name, "delete", true, None, "deleted")?;
+    let now = s.now();
+    blocking(&s, "key deletion task failed", move |st| {
+        st.store.delete(&name)?;
+        st.store.audit(now, &name, "delete", true, None, "deleted")
+    })
+    .await??;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -443,10 +446,15 @@ async fn set_policy(
 ) -> Result<Json<Value>, ApiError> {
     let v: Value = json_body(&body)?;
     let policy = parse_policy(&v)?;
-    s.store.set_policy(&name, &policy)?;
-    s.store
-        .audit(s.now(), &name, "policy", true, None, "release policy set")?;
-    Ok(Json(json!(s.store.get(&name)?)))
+    let now = s.now();
+    let info = blocking(&s, "policy task failed", move |st| {
+        st.store.set_policy(&name, &policy)?;
+        st.store
+            .audit(now, &name, "policy", true, None, "release policy set")?;
+        st.store.get(&name)
+    })
+    .await??;
+    Ok(Json(json!(info)))
 }
 
 #[derive(Deserialize)]

@@ -2,7 +2,7 @@
 //!
 //! 1. builds the example image (embedded script: busybox-static + umoci) and imports it;
 //! 2. starts `coffer serve` in-process on a free loopback port (SQLite, emulation enabled);
-//! 3. makes a 256-bit key, an encrypted volume (LUKS2, cryptsetup) holding a secret, and puts the
+//! 3. makes a 256-bit key, an encrypted volume (LUKS2, as `coffer encfs create`) holding a secret, and puts the
 //!    key in the broker with a release policy requiring this group's policy digest (HOST_DATA);
 //! 4. runs the group: the app calls the SKR API, the agent opens the volume with the released
 //!    key, the app prints the secret;
@@ -68,44 +68,7 @@ fn make_volume(dir: &Path, secret: &str, key: &[u8]) -> Result<PathBuf> {
     std::fs::create_dir_all(&src)?;
     std::fs::write(src.join("secret.txt"), format!("{secret}\n"))?;
     let img = dir.join("secret.img");
-    std::fs::File::create(&img)?.set_len(48 << 20)?;
-    sh(
-        Command::new("mkfs.ext4")
-            .args(["-q", "-b", "4096", "-d"])
-            .arg(&src)
-            .arg(&img)
-            .arg("32M"),
-        "mkfs.ext4",
-    )?;
-    let keyfile = dir.join("volume.key");
-    std::fs::write(&keyfile, key)?;
-    sh(
-        Command::new("cryptsetup")
-            .args([
-                "reencrypt",
-                "--encrypt",
-                "--type",
-                "luks2",
-                "--cipher",
-                "aes-xts-plain64",
-                "--sector-size",
-                "4096",
-            ])
-            .args([
-                "--reduce-device-size",
-                "16M",
-                "--pbkdf",
-                "pbkdf2",
-                "--pbkdf-force-iterations",
-                "1000",
-                "--batch-mode",
-                "--key-file",
-            ])
-            .arg(&keyfile)
-            .arg(&img),
-        "cryptsetup reencrypt --encrypt",
-    )?;
-    std::fs::remove_file(&keyfile)?;
+    crate::cmd::encfs::create_volume(&src, key, &img, Some(32))?;
     Ok(img)
 }
 
@@ -226,8 +189,7 @@ pub(crate) fn run(a: DemoArgs) -> Result<ExitCode> {
     let mut nonce = [0u8; 8];
     openssl::rand::rand_bytes(&mut nonce)?;
     let secret = format!("coffer-demo-secret-{}", hex::encode(nonce));
-    let volume =
-        make_volume(&home, &secret, &key).context("step 3: encrypted volume (needs cryptsetup)")?;
+    let volume = make_volume(&home, &secret, &key).context("step 3: encrypted volume")?;
     let pod = home.join("pod.yaml");
     std::fs::write(&pod, pod_yaml(&volume, &endpoint))?;
     let (_, policy) =

@@ -74,44 +74,54 @@ fn dir_size(p: &std::path::Path) -> u64 {
         .unwrap_or(0)
 }
 
+/// Make a LUKS2 image at `output` holding an ext4 file system (mkfs.ext4 -d) with `from`'s content,
+/// opened by `key`; nothing is left at `output` on failure. Returns the file system size in MiB.
+pub(crate) fn create_volume(
+    from: &std::path::Path,
+    key: &[u8],
+    output: &std::path::Path,
+    size_mib: Option<u64>,
+) -> Result<u64> {
+    if !from.is_dir() {
+        bail!("--from {} is not a directory", from.display());
+    }
+    let mib = size_mib.unwrap_or((dir_size(from) * 2 / (1 << 20)).max(16) + 8);
+    let tmp = tempfile::NamedTempFile::new()?;
+    let out = Command::new("mkfs.ext4")
+        .args(["-q", "-F", "-b", "4096", "-d"])
+        .arg(from)
+        .arg(tmp.path())
+        .arg(format!("{mib}M"))
+        .output()
+        .context("running mkfs.ext4 (e2fsprogs)")?;
+    if !out.status.success() {
+        bail!("mkfs.ext4: {}", String::from_utf8_lossy(&out.stderr).trim());
+    }
+    let len = std::fs::metadata(tmp.path())?.len();
+    let part = output.with_extension("partial");
+    let mut w = std::io::BufWriter::new(std::fs::File::create(&part)?);
+    let r = coffer_encfs::create(
+        &mut std::fs::File::open(tmp.path())?,
+        len,
+        key,
+        &mut w,
+        &coffer_encfs::CreateOptions::default(),
+    );
+    drop(w);
+    if let Err(e) = r {
+        let _ = std::fs::remove_file(&part);
+        return Err(e.into());
+    }
+    std::fs::rename(&part, output)?;
+    Ok(mib)
+}
+
 pub(crate) fn run(cmd: EncfsCommand) -> Result<ExitCode> {
     match cmd {
         EncfsCommand::Create(a) => {
             let key = std::fs::read(&a.key_file)
                 .with_context(|| format!("cannot read {}", a.key_file.display()))?;
-            if !a.from.is_dir() {
-                bail!("--from {} is not a directory", a.from.display());
-            }
-            let mib = a
-                .size_mib
-                .unwrap_or((dir_size(&a.from) * 2 / (1 << 20)).max(16) + 8);
-            let tmp = tempfile::NamedTempFile::new()?;
-            let out = Command::new("mkfs.ext4")
-                .args(["-q", "-F", "-b", "4096", "-d"])
-                .arg(&a.from)
-                .arg(tmp.path())
-                .arg(format!("{mib}M"))
-                .output()
-                .context("running mkfs.ext4 (e2fsprogs)")?;
-            if !out.status.success() {
-                bail!("mkfs.ext4: {}", String::from_utf8_lossy(&out.stderr).trim());
-            }
-            let len = std::fs::metadata(tmp.path())?.len();
-            let part = a.output.with_extension("partial");
-            let mut w = std::io::BufWriter::new(std::fs::File::create(&part)?);
-            let r = coffer_encfs::create(
-                &mut std::fs::File::open(tmp.path())?,
-                len,
-                &key,
-                &mut w,
-                &coffer_encfs::CreateOptions::default(),
-            );
-            drop(w);
-            if let Err(e) = r {
-                let _ = std::fs::remove_file(&part);
-                return Err(e.into());
-            }
-            std::fs::rename(&part, &a.output)?;
+            let mib = create_volume(&a.from, &key, &a.output, a.size_mib)?;
             println!(
                 "created {} ({} MiB file system, LUKS2 aes-xts-plain64)",
                 a.output.display(),
