@@ -1,5 +1,6 @@
 //! `coffer encfs create|open|mount`: encrypted volumes for operators, outside a group.
 
+use std::io::Write as _;
 use std::path::PathBuf;
 use std::process::{Command, ExitCode};
 
@@ -106,11 +107,14 @@ pub(crate) fn create_volume(
         key,
         &mut w,
         &coffer_encfs::CreateOptions::default(),
-    );
+    )
+    .map_err(anyhow::Error::from)
+    // A write error held in the buffer must fail the image, not vanish when the writer drops.
+    .and_then(|()| w.flush().map_err(anyhow::Error::from));
     drop(w);
     if let Err(e) = r {
         let _ = std::fs::remove_file(&part);
-        return Err(e.into());
+        return Err(e);
     }
     std::fs::rename(&part, output)?;
     Ok(mib)
