@@ -91,6 +91,53 @@ fn release(s: &Server, name: &str, token: &str) -> (u16, Value) {
     (r.status().as_u16(), r.json().unwrap())
 }
 
+/// The payload of a signed release response, unchecked.
+fn release_payload(v: &Value) -> Value {
+    let jws = v["value"].as_str().unwrap();
+    let part = jws.split('.').nth(1).unwrap();
+    serde_json::from_slice(
+        &base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(part)
+            .unwrap(),
+    )
+    .unwrap()
+}
+
+/// The JWE of a release response, once its signature (by the server's broker key) and its
+/// binding to the request (key name, token jti, wrapping key) are checked as the TEE checks them.
+fn released_jwe(
+    s: &Server,
+    name: &str,
+    token: &str,
+    wrapping: &josekit::jwk::Jwk,
+    v: &Value,
+) -> String {
+    let broker: Value = http()
+        .get(format!("{}/broker-key", s.url))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    let claims: Value = serde_json::from_slice(
+        &base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(token.split('.').nth(1).unwrap())
+            .unwrap(),
+    )
+    .unwrap();
+    let wrapping_key = coffer_release::thumbprint(wrapping.as_ref()).unwrap();
+    coffer_release::verify(
+        v["value"].as_str().unwrap(),
+        broker["thumbprint"].as_str().unwrap(),
+        &coffer_release::Expected {
+            key: name,
+            nonce: "",
+            jti: claims["jti"].as_str().unwrap_or_default(),
+            wrapping_key: &wrapping_key,
+        },
+    )
+    .unwrap()
+}
+
 #[test]
 fn real_aci_report_gets_a_token_with_azure_claims() {
     let Some(dir) = coffer_testkit::vectors("real_aci_report_gets_a_token") else {
@@ -216,7 +263,14 @@ fn azure_token_from_a_pinned_external_authority_drives_release() {
     );
     let (st, v) = release(&s, "good", &token);
     assert_eq!(st, 200, "{v}");
-    assert_eq!(v["value"].as_str().unwrap().split('.').count(), 5);
+    assert_eq!(v["value"].as_str().unwrap().split('.').count(), 3, "a JWS");
+    let payload = release_payload(&v);
+    assert_eq!(payload["key"], "good");
+    assert_eq!(
+        payload["value"].as_str().unwrap().split('.').count(),
+        5,
+        "a JWE inside"
+    );
     let (st, v) = release(&s, "bad", &token);
     assert_eq!(st, 403);
     assert!(
@@ -390,8 +444,8 @@ fn emulated_group_gets_its_key_and_others_do_not() {
     let decrypter = josekit::jwe::RSA_OAEP_256
         .decrypter_from_jwk(&private)
         .unwrap();
-    let (plain, header) =
-        josekit::jwe::deserialize_compact(v["value"].as_str().unwrap(), &decrypter).unwrap();
+    let jwe = released_jwe(&s, "k1", &token, &private, &v);
+    let (plain, header) = josekit::jwe::deserialize_compact(&jwe, &decrypter).unwrap();
     assert_eq!(header.content_encryption(), Some("A256GCM"));
     let jwk: Value = serde_json::from_slice(&plain).unwrap();
     assert_eq!(jwk["kty"], "oct");
@@ -534,13 +588,13 @@ fn python_pyjwt_and_jwcrypto_interoperate() {
     assert_eq!(create_key(&s, h, "py", policy).status(), 201);
     let (st, v) = release(&s, "py", &token);
     assert_eq!(st, 200, "{v}");
-    let jwe = v["value"].as_str().unwrap().to_string();
-    let files: Vec<std::path::PathBuf> = ["token", "jwe", "key.json"]
+    let jwe = released_jwe(&s, "py", &token, &private, &v);
+    let files: Vec<std::path::PathBuf> = ["token", "response", "key.json"]
         .iter()
         .map(|f| h.join(f))
         .collect();
     std::fs::write(&files[0], &token).unwrap();
-    std::fs::write(&files[1], &jwe).unwrap();
+    std::fs::write(&files[1], v["value"].as_str().unwrap()).unwrap();
     std::fs::write(
         &files[2],
         Value::Object(private.as_ref().clone()).to_string(),

@@ -65,6 +65,33 @@ fn bad(m: impl Into<String>) -> io::Error {
     io::Error::other(m.into())
 }
 
+/// `host:port` of an `http(s)://host[:port]/path` URL (port 80 or 443 when absent): where its
+/// connections go.
+pub fn url_host_port(url: &str) -> io::Result<String> {
+    let (rest, port) = if let Some(r) = url.strip_prefix("https://") {
+        (r, 443)
+    } else if let Some(r) = url.strip_prefix("http://") {
+        (r, 80)
+    } else {
+        return Err(bad(format!(
+            "{url}: only http:// and https:// URLs are supported"
+        )));
+    };
+    let host = rest.split('/').next().unwrap_or_default();
+    if host.is_empty()
+        || host
+            .bytes()
+            .any(|b| b.is_ascii_whitespace() || b.is_ascii_control())
+    {
+        return Err(bad(format!("{url}: no host")));
+    }
+    Ok(if host.contains(':') {
+        host.to_string()
+    } else {
+        format!("{host}:{port}")
+    })
+}
+
 impl HttpSource {
     /// `url` is `http(s)://host[:port]/path`; `connect` opens connections (None: TCP to host:port).
     pub fn new(url: &str, connect: Option<Connect>) -> io::Result<Self> {
@@ -84,17 +111,12 @@ impl HttpSource {
             Some(i) => (rest[..i].to_string(), rest[i..].to_string()),
             None => (rest.to_string(), "/".to_string()),
         };
-        let default_port = if tls.is_some() { 443 } else { 80 };
         let server_name = host
             .rsplit_once(':')
             .map(|(h, _)| h.to_string())
             .unwrap_or_else(|| host.clone());
         let connect = connect.unwrap_or_else(|| {
-            let addr = if host.contains(':') {
-                host.clone()
-            } else {
-                format!("{host}:{default_port}")
-            };
+            let addr = url_host_port(url).unwrap_or_default();
             Box::new(move || Ok(Box::new(std::net::TcpStream::connect(&addr)?) as Box<dyn Stream>))
         });
         let mut s = HttpSource {

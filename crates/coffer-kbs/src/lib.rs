@@ -14,7 +14,7 @@ mod wrap;
 pub use authority::{Authority, TokenError, Trust};
 pub use policy::{PolicyError, ReleasePolicy};
 pub use store::{AuditEntry, KeyInfo, KeyKind, Store, StoreError};
-pub use wrap::{key_jwk, wrap_for_token, WrapError};
+pub use wrap::{key_jwk, wrap_for_token, WrapError, Wrapped};
 
 /// base64url as JOSE writes it (no padding; a stray `=` tolerated).
 pub(crate) fn decode_b64url(s: &str) -> Result<Vec<u8>, base64::DecodeError> {

@@ -72,6 +72,15 @@ fn wrapping_key(claims: &Map<String, Value>) -> Option<(Vec<u8>, Vec<u8>)> {
     })
 }
 
+/// A key wrapped to a token's wrapping key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Wrapped {
+    /// JWE compact (RSA-OAEP-256, A256GCM).
+    pub jwe: String,
+    /// RFC 7638 thumbprint of the wrapping key, which the signed release response binds.
+    pub wrapping_key: String,
+}
+
 /// Smallest wrapping modulus accepted: a released key is never weaker-wrapped than RSA-2048.
 const MIN_WRAPPING_BITS: u32 = 2048;
 
@@ -80,8 +89,9 @@ const MIN_WRAPPING_BITS: u32 = 2048;
 /// Written on OpenSSL directly rather than through josekit's encrypter: josekit builds every RSA
 /// key through OpenSSL 3's DER decoder (~100 us, three times the encryption itself), and the
 /// wrapping key is new on every release. josekit still decrypts these in the tests.
-pub fn wrap_for_token(claims: &Map<String, Value>, key_jwk: &Value) -> Result<String, WrapError> {
+pub fn wrap_for_token(claims: &Map<String, Value>, key_jwk: &Value) -> Result<Wrapped, WrapError> {
     let (n, e) = wrapping_key(claims).ok_or(WrapError::NoWrappingKey)?;
+    let wrapping_key = coffer_release::rsa_thumbprint(&n, &e);
     let crypto = |e: openssl::error::ErrorStack| WrapError::Crypto(e.to_string());
     let rsa = Rsa::from_public_components(
         BigNum::from_slice(&n).map_err(crypto)?,
@@ -125,14 +135,15 @@ pub fn wrap_for_token(claims: &Map<String, Value>, key_jwk: &Value) -> Result<St
         &mut tag,
     )
     .map_err(crypto)?;
-    Ok([
+    let jwe = [
         header,
         URL_SAFE_NO_PAD.encode(wrapped),
         URL_SAFE_NO_PAD.encode(iv),
         URL_SAFE_NO_PAD.encode(ciphertext),
         URL_SAFE_NO_PAD.encode(tag),
     ]
-    .join("."))
+    .join(".");
+    Ok(Wrapped { jwe, wrapping_key })
 }
 
 #[cfg(test)]
@@ -151,7 +162,7 @@ mod tests {
     fn josekit_decrypts_what_is_wrapped() {
         let (claims, pair) = runtime_claims(2048);
         let key = key_jwk(KeyKind::Oct, &[7u8; 32], "k1").unwrap();
-        let jwe = wrap_for_token(&claims, &key).unwrap();
+        let jwe = wrap_for_token(&claims, &key).unwrap().jwe;
         let decrypter = RSA_OAEP_256
             .decrypter_from_jwk(&pair.to_jwk_private_key())
             .unwrap();
@@ -166,7 +177,7 @@ mod tests {
         let (claims, pair) = runtime_claims(2048);
         let (_, other) = runtime_claims(2048);
         let key = key_jwk(KeyKind::Oct, &[7u8; 32], "k1").unwrap();
-        let jwe = wrap_for_token(&claims, &key).unwrap();
+        let jwe = wrap_for_token(&claims, &key).unwrap().jwe;
         let mine = RSA_OAEP_256
             .decrypter_from_jwk(&pair.to_jwk_private_key())
             .unwrap();

@@ -44,6 +44,14 @@ impl Default for GenOptions {
 /// Pod annotation that enables the secure key release API on `127.0.0.1:<port>` in the group.
 pub const SKR_ANNOTATION: &str = "coffer.dev/skr-port";
 
+/// Pod annotations naming the one attestation service, key broker and broker signing key the SKR
+/// API may use (all three, or none: then only `/status` and `/attest/raw` work).
+pub const SKR_BROKER_ANNOTATIONS: [&str; 3] = [
+    "coffer.dev/skr-attestation-endpoint",
+    "coffer.dev/skr-key-broker-endpoint",
+    "coffer.dev/skr-key-broker-key",
+];
+
 /// Capabilities of an unprivileged container (the container runtimes' defaults).
 pub const DEFAULT_CAPS: [&str; 14] = [
     "CAP_AUDIT_WRITE",
@@ -497,24 +505,38 @@ pub fn generate(
         pod.metadata.name
     ));
     out.push_str(&format!("containers := {containers}\n\n"));
-    // Encrypted volumes: which key opens which volume, and where it is released from, are part
-    // of the measured policy, so the host cannot point the group at another key or broker.
-    let encrypted: Vec<Value> = pod
+    // Encrypted volumes: which key opens which volume, where it is released from and which key
+    // signs the release are part of the measured policy, so the host cannot substitute any of them.
+    let mut encrypted = Vec::new();
+    for (v, c) in pod
         .spec
         .volumes
         .iter()
         .filter_map(|v| v.csi.as_ref().map(|c| (v, c)))
-        .map(|(v, c)| {
-            let a = |k: &str| c.volume_attributes.get(k).cloned().unwrap_or_default();
-            json!({"name": v.name, "key": a("keyName"), "maa_endpoint": a("attestationEndpoint"), "akv_endpoint": a("keyBrokerEndpoint"),
-                   "salt": a("keyDerivationSalt"), "label": a("keyDerivationLabel"),
-                   "read_only": c.read_only != Some(false)})
-        })
-        .collect();
+    {
+        let a = |k: &str| c.volume_attributes.get(k).cloned().unwrap_or_default();
+        let vol = crate::EncryptedVolumePolicy {
+            name: v.name.clone(),
+            key: a("keyName"),
+            broker: crate::KeyBrokerPolicy {
+                maa_endpoint: a("attestationEndpoint"),
+                akv_endpoint: a("keyBrokerEndpoint"),
+                broker_key: a("keyBrokerKey"),
+            },
+            salt: a("keyDerivationSalt"),
+            label: a("keyDerivationLabel"),
+            read_only: c.read_only != Some(false),
+            verity_root: a("verityRootHash").to_ascii_lowercase(),
+        };
+        vol.broker
+            .check(&format!("volume '{}'", v.name))
+            .map_err(PolicyError::Pod)?;
+        encrypted.push(vol);
+    }
     if !encrypted.is_empty() {
         let list =
             serde_json::to_string(&encrypted).map_err(|e| PolicyError::Pod(e.to_string()))?;
-        out.push_str(&format!("coffer_encrypted_volumes := {list}\n\n"));
+        out.push_str(&format!("{} := {list}\n\n", crate::ENCRYPTED_VOLUMES));
     }
     // The in-group key release API, when the Pod asks for it: part of the measured policy.
     if let Some(port) = pod.metadata.annotations.get(SKR_ANNOTATION) {
@@ -523,7 +545,38 @@ pub fn generate(
                 "annotation {SKR_ANNOTATION}: '{port}' is not a port"
             ))
         })?;
-        out.push_str(&format!("coffer_skr_port := {port}\n\n"));
+        let given: Vec<Option<&String>> = SKR_BROKER_ANNOTATIONS
+            .iter()
+            .map(|a| pod.metadata.annotations.get(*a))
+            .collect();
+        let broker = match given.as_slice() {
+            [Some(maa), Some(akv), Some(key)] => {
+                let b = crate::KeyBrokerPolicy {
+                    maa_endpoint: maa.to_string(),
+                    akv_endpoint: akv.to_string(),
+                    broker_key: key.to_string(),
+                };
+                b.check("the SKR API").map_err(PolicyError::Pod)?;
+                Some(b)
+            }
+            [None, None, None] => None,
+            _ => {
+                return Err(PolicyError::Pod(format!(
+                    "the SKR API's key broker needs all of the annotations {} or none",
+                    SKR_BROKER_ANNOTATIONS.join(", ")
+                )))
+            }
+        };
+        let skr = crate::SkrPolicy { port, broker };
+        let skr = serde_json::to_string(&skr).map_err(|e| PolicyError::Pod(e.to_string()))?;
+        out.push_str(&format!("{} := {skr}\n\n", crate::SKR));
+    } else if let Some(a) = SKR_BROKER_ANNOTATIONS
+        .iter()
+        .find(|a| pod.metadata.annotations.contains_key(**a))
+    {
+        return Err(PolicyError::Pod(format!(
+            "annotation {a} needs {SKR_ANNOTATION} (the SKR API is off without it)"
+        )));
     }
     out.push_str(
         "allow_properties_access := true\n\

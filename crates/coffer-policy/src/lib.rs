@@ -14,13 +14,17 @@
 mod engine;
 mod gen;
 mod pod;
+mod settings;
 
 pub use engine::{Decision, Enforcer, ENFORCEMENT_POINTS, FRAMEWORK_REGO};
 pub use gen::{
     allow_all_policy, generate, resolve_container, volume_source, GenOptions, ImageFacts,
-    ResolvedContainer, DEFAULT_CAPS, SKR_ANNOTATION,
+    ResolvedContainer, DEFAULT_CAPS, SKR_ANNOTATION, SKR_BROKER_ANNOTATIONS,
 };
-pub use pod::{parse_pod, Pod, ENCFS_DRIVER};
+pub use pod::{is_dns_label, parse_pod, Pod, ENCFS_DRIVER};
+pub use settings::{
+    EncryptedVolumePolicy, KeyBrokerPolicy, Settings, SkrPolicy, ENCRYPTED_VOLUMES, SKR,
+};
 
 /// Errors of policy generation and enforcement.
 #[derive(Debug, thiserror::Error)]

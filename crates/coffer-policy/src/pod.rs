@@ -290,12 +290,29 @@ pub fn parse_pod(yaml: &str) -> Result<Pod, PolicyError> {
     Ok(pod)
 }
 
+/// An RFC 1123 label, as Kubernetes requires of names that become host paths and identifiers.
+pub fn is_dns_label(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !s.starts_with('-')
+        && !s.ends_with('-')
+}
+
 fn validate(pod: &Pod) -> Result<(), PolicyError> {
     let bad = |m: String| Err(PolicyError::Pod(m));
     if pod.api_version != "v1" || pod.kind != "Pod" {
         return bad(format!(
             "expected apiVersion: v1 and kind: Pod, got {} {}",
             pod.api_version, pod.kind
+        ));
+    }
+    if !is_dns_label(&pod.metadata.name) {
+        return bad(format!(
+            "metadata.name '{}' must be an RFC 1123 label (1-63 characters: a-z, 0-9, '-', \
+             starting and ending with a letter or digit); it names the group on the host",
+            pod.metadata.name.escape_debug()
         ));
     }
     if pod.spec.containers.is_empty() {
@@ -340,19 +357,22 @@ fn validate(pod: &Pod) -> Result<(), PolicyError> {
         }
     }
     for (i, v) in pod.spec.volumes.iter().enumerate() {
-        const REQUIRED: [&str; 4] = [
+        const REQUIRED: [&str; 5] = [
             "source",
             "keyName",
             "attestationEndpoint",
             "keyBrokerEndpoint",
+            "keyBrokerKey",
         ];
-        const ATTRS: [&str; 6] = [
+        const ATTRS: [&str; 8] = [
             "source",
             "keyName",
             "attestationEndpoint",
             "keyBrokerEndpoint",
+            "keyBrokerKey",
             "keyDerivationSalt",
             "keyDerivationLabel",
+            "verityRootHash",
         ];
         match (&v.empty_dir, &v.csi) {
             (Some(_), None) => {}
@@ -363,6 +383,14 @@ fn validate(pod: &Pod) -> Result<(), PolicyError> {
                 for a in REQUIRED {
                     if !csi.volume_attributes.contains_key(a) {
                         return bad(format!("spec.volumes[{i}].csi.volumeAttributes.{a} is missing"));
+                    }
+                }
+                if let Some(root) = csi.volume_attributes.get("verityRootHash") {
+                    if csi.read_only == Some(false) {
+                        return bad(format!("spec.volumes[{i}].csi.volumeAttributes.verityRootHash pins a read-only volume's content; this volume is readOnly: false"));
+                    }
+                    if root.len() != 64 || !root.bytes().all(|b| b.is_ascii_hexdigit()) {
+                        return bad(format!("spec.volumes[{i}].csi.volumeAttributes.verityRootHash '{root}' is not 64 hex digits"));
                     }
                 }
                 if let Some(extra) = csi.volume_attributes.keys().find(|k| !ATTRS.contains(&k.as_str())) {
@@ -379,12 +407,7 @@ fn validate(pod: &Pod) -> Result<(), PolicyError> {
                 ))
             }
         }
-        if v.name.is_empty()
-            || !v
-                .name
-                .bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        {
+        if !is_dns_label(&v.name) {
             return bad(format!(
                 "spec.volumes[{i}].name '{}' must be a DNS label",
                 v.name

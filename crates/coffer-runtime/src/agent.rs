@@ -42,11 +42,11 @@ struct State {
 
 /// The agent.
 pub struct Agent {
-    /// (volume, key, attestation endpoint, key broker endpoint, HKDF salt, HKDF label), from the
-    /// policy.
-    encrypted: Vec<(String, String, String, String, String, String, bool)>,
+    /// Encrypted volumes, as the policy names them.
+    encrypted: Vec<coffer_policy::EncryptedVolumePolicy>,
     sp: Arc<dyn SecureProcessor>,
-    skr_port: Option<u16>,
+    /// The SKR API, if the policy enables it.
+    skr: Option<coffer_policy::SkrPolicy>,
     cgroup_prefix: String,
     state: Mutex<State>,
     work: PathBuf,
@@ -107,32 +107,15 @@ pub fn start(policy: &[u8], sp: Arc<dyn SecureProcessor>) -> Result<Agent, Runti
     let text = std::str::from_utf8(policy)
         .map_err(|_| RuntimeError::Agent("the policy is not UTF-8".into()))?;
     let mut enforcer = Enforcer::new(text)?;
-    let skr_port = enforcer
-        .policy_value("coffer_skr_port")?
-        .and_then(|v| v.as_u64())
-        .and_then(|p| u16::try_from(p).ok());
-    let encrypted = enforcer
-        .policy_value("coffer_encrypted_volumes")?
-        .and_then(|v| v.as_array().cloned())
-        .unwrap_or_default()
-        .iter()
-        .map(|v| {
-            let f = |k: &str| v[k].as_str().unwrap_or_default().to_string();
-            (
-                f("name"),
-                f("key"),
-                f("maa_endpoint"),
-                f("akv_endpoint"),
-                f("salt"),
-                f("label"),
-                v["read_only"].as_bool() != Some(false),
-            )
-        })
-        .collect();
+    // Settings that do not parse are a policy the agent cannot follow: refuse to serve.
+    let coffer_policy::Settings {
+        encrypted_volumes: encrypted,
+        skr,
+    } = coffer_policy::Settings::of(&mut enforcer)?;
     Ok(Agent {
         encrypted,
         sp,
-        skr_port,
+        skr,
         cgroup_prefix: format!("{:016x}", rand_u64()),
         state: Mutex::new(State {
             enforcer,
@@ -159,11 +142,18 @@ impl Agent {
         let _ = Command::new("ip")
             .args(["link", "set", "lo", "up"])
             .status();
-        if let Some(port) = self.skr_port {
+        if let Some(policy) = &self.skr {
+            let broker = match policy.broker.as_ref().map(crate::skr::Broker::from_policy) {
+                Some(Ok(b)) => Some(b),
+                Some(Err(e)) => return Err(RuntimeError::Agent(format!("the SKR API: {e}"))),
+                None => None,
+            };
             let skr = crate::skr::Skr {
                 sp: self.sp.clone(),
                 egress: socket.with_file_name("egress.sock"),
+                broker,
             };
+            let port = policy.port;
             std::thread::spawn(move || {
                 if let Err(e) = crate::skr::serve(skr, port) {
                     eprintln!("coffer agent: {e}");
@@ -467,22 +457,20 @@ impl Agent {
     /// Release the volume's key (as the policy names it), unlock the LUKS2 image, mount it
     /// read-only. A no-op for volumes that are not encrypted or already open.
     fn open_encrypted(&self, name: &str) -> Result<(), String> {
-        let Some((_, key, maa, akv, salt, label, read_only)) =
-            self.encrypted.iter().find(|(n, ..)| n == name)
-        else {
+        let Some(policy) = self.encrypted.iter().find(|v| v.name == name) else {
             return Ok(());
         };
+        let read_only = &policy.read_only;
         if lock(&self.state).opened.contains_key(name) {
             return Ok(());
         }
-        let skr = crate::skr::Skr {
-            sp: self.sp.clone(),
-            egress: PathBuf::from(crate::sandbox::IO_DIR).join("egress.sock"),
-        };
-        let jwk = crate::skr::release_jwk(&skr, maa, akv, key, None).map_err(|(_, m)| m)?;
+        let broker = crate::skr::Broker::from_policy(&policy.broker)?;
+        let egress = PathBuf::from(crate::sandbox::IO_DIR).join("egress.sock");
+        let jwk =
+            crate::skr::release_jwk(&self.sp, &egress, &broker, &policy.key).map_err(|(_, m)| m)?;
         let jwk: Value =
             serde_json::from_str(&jwk).map_err(|e| format!("released key is not a JWK: {e}"))?;
-        let k = volume_key(&jwk, salt, label)?;
+        let k = volume_key(&jwk, &policy.salt, &policy.label)?;
         let image = PathBuf::from(crate::sandbox::IO_DIR)
             .join("volumes")
             .join(format!("{name}.img"));
@@ -491,21 +479,8 @@ impl Agent {
         let url = std::fs::read_to_string(image.with_extension("url")).ok();
         let vol = match url.as_deref().map(str::trim) {
             Some(url) => {
-                let hostport = url
-                    .trim_start_matches("http://")
-                    .trim_start_matches("https://")
-                    .split('/')
-                    .next()
-                    .unwrap_or_default()
-                    .to_string();
-                let hostport = if hostport.contains(':') {
-                    hostport
-                } else if url.starts_with("https://") {
-                    format!("{hostport}:443")
-                } else {
-                    format!("{hostport}:80")
-                };
-                let egress = PathBuf::from(crate::sandbox::IO_DIR).join("egress.sock");
+                let hostport =
+                    coffer_encfs::source::url_host_port(url).map_err(|e| e.to_string())?;
                 let connect: coffer_encfs::source::Connect = Box::new(move || {
                     let mut s = UnixStream::connect(&egress)?;
                     s.write_all(format!("CONNECT {hostport}\n").as_bytes())?;

@@ -271,7 +271,22 @@ pub fn launch(spec: LaunchSpec) -> Result<Group, RuntimeError> {
     let emu = coffer_snp_emu::EmulatedSp::open_or_create(&spec.home)
         .map_err(|e| RuntimeError::SecureProcessor(e.to_string()))?;
     let sp = EmulatedService::start(&io_dir.join("sp.sock"), emu, spec.host_data, measurement)?;
-    let egress = Egress::start(&io_dir.join("egress.sock"))?;
+    // The relay goes only where the policy sends the group (its attestation services and key
+    // brokers) and to the remote volume images the host itself serves.
+    let text = std::str::from_utf8(&spec.policy)
+        .map_err(|_| RuntimeError::Agent("the policy is not UTF-8".into()))?;
+    let mut allowed = coffer_policy::Settings::of(&mut coffer_policy::Enforcer::new(text)?)?
+        .egress_destinations();
+    for (name, src) in &spec.volumes {
+        let text = src.to_string_lossy();
+        if text.starts_with("http://") || text.starts_with("https://") {
+            allowed.push(
+                coffer_encfs::source::url_host_port(&text)
+                    .map_err(|e| RuntimeError::Agent(format!("encrypted volume {name}: {e}")))?,
+            );
+        }
+    }
+    let egress = Egress::start(&io_dir.join("egress.sock"), allowed)?;
     let sandbox = Command::new("unshare")
         .args([
             "--fork",
@@ -392,14 +407,15 @@ pub fn process_for(r: &coffer_policy::ResolvedContainer) -> (ProcessSpec, Vec<Vo
 }
 
 /// The group's way out: `CONNECT host:port` on a Unix socket in the I/O directory, then bytes
-/// both ways. Only loopback destinations (the attestation service and key broker on this host).
+/// both ways. Only the destinations it was started with, and only on loopback.
 pub struct Egress {
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Egress {
     /// Serve on `socket`.
-    pub fn start(socket: &Path) -> Result<Self, RuntimeError> {
+    pub fn start(socket: &Path, allowed: Vec<String>) -> Result<Self, RuntimeError> {
+        let allowed = std::sync::Arc::new(allowed);
         use std::sync::atomic::Ordering;
         let _ = std::fs::remove_file(socket);
         let listener = std::os::unix::net::UnixListener::bind(socket)
@@ -413,7 +429,8 @@ impl Egress {
             while !stop2.load(Ordering::Relaxed) {
                 match listener.accept() {
                     Ok((conn, _)) => {
-                        std::thread::spawn(move || Self::relay(conn));
+                        let allowed = allowed.clone();
+                        std::thread::spawn(move || Self::relay(conn, &allowed));
                     }
                     Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
                         std::thread::sleep(Duration::from_millis(2))
@@ -425,7 +442,7 @@ impl Egress {
         Ok(Egress { stop })
     }
 
-    fn relay(conn: UnixStream) {
+    fn relay(conn: UnixStream, allowed: &[String]) {
         use std::io::BufRead as _;
         if conn.set_nonblocking(false).is_err() {
             return;
@@ -438,6 +455,13 @@ impl Egress {
         let Some(target) = line.trim().strip_prefix("CONNECT ") else {
             return;
         };
+        if !allowed.iter().any(|a| a == target) {
+            eprintln!(
+                "coffer: egress to '{}' refused: not a destination of the policy",
+                target.escape_debug()
+            );
+            return;
+        }
         let addrs: Vec<std::net::SocketAddr> =
             match std::net::ToSocketAddrs::to_socket_addrs(target) {
                 Ok(a) => a.filter(|a| a.ip().is_loopback()).collect(),

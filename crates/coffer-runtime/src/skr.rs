@@ -3,13 +3,15 @@
 //! sidecar: `GET /status`, `POST /attest/raw`, `POST /attest/maa`, `POST /key/release`.
 //!
 //! The sandbox has no network of its own; calls to the attestation service and key broker leave
-//! through the launcher's egress relay (a Unix socket in the I/O directory). The host sees only
-//! what it could see anyway: the token and the JWE, which is wrapped to a key that never leaves
-//! the TEE. Each release uses a fresh RSA-2048 key.
+//! through the launcher's egress relay (a Unix socket in the I/O directory), so the host sees and
+//! may answer them. Only the endpoints the measured policy names are called, and a released key
+//! is accepted only in a response signed by the broker key the policy pins and bound to this
+//! request (nonce, token `jti`, the fresh wrapping key): see `coffer-release`. The key itself is
+//! wrapped to a fresh RSA-2048 key that never leaves the TEE.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::net::UnixStream;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use axum::extract::State;
@@ -21,6 +23,8 @@ use base64::Engine as _;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
+use coffer_release::Endpoint;
+
 use crate::sp::SecureProcessor;
 
 /// What the SKR server needs.
@@ -29,6 +33,31 @@ pub struct Skr {
     pub sp: Arc<dyn SecureProcessor>,
     /// The launcher's egress relay.
     pub egress: PathBuf,
+    /// The attestation service and key broker the policy allows; `None`: only local routes.
+    pub broker: Option<Broker>,
+}
+
+/// An attestation service and key broker as the measured policy names them.
+#[derive(Debug, Clone)]
+pub struct Broker {
+    /// Where to attest.
+    pub maa: Endpoint,
+    /// Where to ask for keys.
+    pub akv: Endpoint,
+    /// RFC 7638 thumbprint of the key that signs the broker's release responses.
+    pub signing_key: String,
+}
+
+impl Broker {
+    /// From the policy's strings, checked.
+    pub fn from_policy(p: &coffer_policy::KeyBrokerPolicy) -> Result<Self, String> {
+        p.check("key broker")?;
+        Ok(Broker {
+            maa: Endpoint::parse(&p.maa_endpoint).map_err(|e| e.to_string())?,
+            akv: Endpoint::parse(&p.akv_endpoint).map_err(|e| e.to_string())?,
+            signing_key: p.broker_key.clone(),
+        })
+    }
 }
 
 struct SkrError(StatusCode, String);
@@ -70,10 +99,14 @@ pub fn serve(skr: Skr, port: u16) -> Result<(), String> {
     })
 }
 
-fn report_for(skr: &Skr, runtime: &[u8]) -> Result<crate::sp::Evidence, SkrError> {
+/// A report whose REPORT_DATA is SHA-256(runtime data) (as Azure's SKR sidecar binds it).
+fn report_for(
+    sp: &Arc<dyn SecureProcessor>,
+    runtime: &[u8],
+) -> Result<crate::sp::Evidence, SkrError> {
     let mut rd = [0u8; 64];
     rd[..32].copy_from_slice(&openssl::sha::sha256(runtime));
-    skr.sp.report(&rd).map_err(|e| internal(e.to_string()))
+    sp.report(&rd).map_err(|e| internal(e.to_string()))
 }
 
 #[derive(Deserialize)]
@@ -87,7 +120,7 @@ async fn attest_raw(
 ) -> Result<Json<Value>, SkrError> {
     let runtime = coffer_attest::decode_b64(&r.runtime_data)
         .ok_or_else(|| bad("runtime_data is not base64"))?;
-    let ev = tokio::task::spawn_blocking(move || report_for(&s, &runtime))
+    let ev = tokio::task::spawn_blocking(move || report_for(&s.sp, &runtime))
         .await
         .map_err(|e| internal(e.to_string()))??;
     Ok(Json(json!({"report": hex::encode(ev.report)})))
@@ -105,9 +138,11 @@ async fn attest_maa(
 ) -> Result<Json<Value>, SkrError> {
     let runtime = coffer_attest::decode_b64(&r.runtime_data)
         .ok_or_else(|| bad("runtime_data is not base64"))?;
-    let token = tokio::task::spawn_blocking(move || maa_token(&s, &r.maa_endpoint, &runtime))
-        .await
-        .map_err(|e| internal(e.to_string()))??;
+    let broker = allowed(&s, &r.maa_endpoint, None)?;
+    let token =
+        tokio::task::spawn_blocking(move || maa_token(&s.sp, &s.egress, &broker.maa, &runtime))
+            .await
+            .map_err(|e| internal(e.to_string()))??;
     Ok(Json(json!({"token": token})))
 }
 
@@ -124,15 +159,52 @@ async fn key_release(
     State(s): State<Arc<Skr>>,
     Json(r): Json<ReleaseReq>,
 ) -> Result<Json<Value>, SkrError> {
-    let key = tokio::task::spawn_blocking(move || release(&s, &r))
-        .await
-        .map_err(|e| internal(e.to_string()))??;
+    let broker = allowed(&s, &r.maa_endpoint, Some(&r.akv_endpoint))?;
+    let key = tokio::task::spawn_blocking(move || {
+        release(&s.sp, &s.egress, &broker, &r.kid, r.access_token.as_deref())
+    })
+    .await
+    .map_err(|e| internal(e.to_string()))??;
     Ok(Json(json!({"key": key})))
 }
 
+/// The policy's broker, if the request names its endpoints (a container cannot send the group's
+/// evidence or key requests anywhere else).
+fn allowed(s: &Skr, maa: &str, akv: Option<&str>) -> Result<Broker, SkrError> {
+    let forbidden = |m: String| SkrError(StatusCode::FORBIDDEN, m);
+    let b = s.broker.clone().ok_or_else(|| {
+        forbidden("the policy names no attestation service or key broker for the SKR API".into())
+    })?;
+    let maa = Endpoint::parse(maa).map_err(|e| bad(e.to_string()))?;
+    if maa != b.maa {
+        return Err(forbidden(format!(
+            "maa_endpoint {maa} is not the one the policy allows ({})",
+            b.maa
+        )));
+    }
+    if let Some(akv) = akv {
+        let akv = Endpoint::parse(akv).map_err(|e| bad(e.to_string()))?;
+        if akv != b.akv {
+            return Err(forbidden(format!(
+                "akv_endpoint {akv} is not the one the policy allows ({})",
+                b.akv
+            )));
+        }
+    }
+    Ok(b)
+}
+
+/// Largest answer read from the attestation service (a token with a certificate chain).
+const MAX_TOKEN_RESPONSE: usize = 1 << 20;
+
 /// Attest at the MAA-compatible endpoint; returns the token.
-fn maa_token(s: &Skr, endpoint: &str, runtime: &[u8]) -> Result<String, SkrError> {
-    let ev = report_for(s, runtime)?;
+fn maa_token(
+    sp: &Arc<dyn SecureProcessor>,
+    egress: &Path,
+    endpoint: &Endpoint,
+    runtime: &[u8],
+) -> Result<String, SkrError> {
+    let ev = report_for(sp, runtime)?;
     let b64 = |b: &[u8]| base64::engine::general_purpose::URL_SAFE.encode(b);
     let chain = ev
         .cert_chain
@@ -140,11 +212,12 @@ fn maa_token(s: &Skr, endpoint: &str, runtime: &[u8]) -> Result<String, SkrError
     let evidence = json!({"SnpReport": b64(&ev.report), "VcekCertChain": b64(chain.as_bytes())});
     let body = json!({"report": b64(evidence.to_string().as_bytes()), "runtimeData": {"data": b64(runtime), "dataType": "JSON"}});
     let (status, v) = http_post(
-        &s.egress,
+        egress,
         endpoint,
         "/attest/SevSnpVM?api-version=2020-10-01",
         &body,
         None,
+        MAX_TOKEN_RESPONSE,
     )?;
     if status != 200 {
         return Err(SkrError(
@@ -158,31 +231,41 @@ fn maa_token(s: &Skr, endpoint: &str, runtime: &[u8]) -> Result<String, SkrError
         .ok_or_else(|| internal("attestation service returned no token"))
 }
 
-/// Release key `kid` to this TEE: fresh RSA key, attestation, release, unwrap. Returns the key
-/// as a JWK (JSON text), or an HTTP status and the reason.
+/// Release key `kid` to this TEE from the policy's broker: fresh RSA key, attestation, release,
+/// signature and binding check, unwrap. Returns the key as a JWK (JSON text), or an HTTP status
+/// and the reason.
 pub fn release_jwk(
-    s: &Skr,
-    maa: &str,
-    akv: &str,
+    sp: &Arc<dyn SecureProcessor>,
+    egress: &Path,
+    broker: &Broker,
     kid: &str,
-    access_token: Option<&str>,
 ) -> Result<String, (u16, String)> {
-    let r = ReleaseReq {
-        maa_endpoint: maa.into(),
-        akv_endpoint: akv.into(),
-        kid: kid.into(),
-        access_token: access_token.map(str::to_string),
-    };
-    release(s, &r).map_err(|e| (e.0.as_u16(), e.1))
+    release(sp, egress, broker, kid, None).map_err(|e| (e.0.as_u16(), e.1))
 }
 
-fn release(s: &Skr, r: &ReleaseReq) -> Result<String, SkrError> {
+/// The `jti` claim of a token, read without checking it (the broker checks the token; the TEE
+/// only needs to know which token its answer must name).
+fn token_jti(token: &str) -> String {
+    token
+        .split('.')
+        .nth(1)
+        .and_then(coffer_attest::decode_b64)
+        .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
+        .and_then(|v| v["jti"].as_str().map(str::to_string))
+        .unwrap_or_default()
+}
+
+fn release(
+    sp: &Arc<dyn SecureProcessor>,
+    egress: &Path,
+    broker: &Broker,
+    kid: &str,
+    access_token: Option<&str>,
+) -> Result<String, SkrError> {
     use josekit::jwk::KeyPair as _;
-    if r.kid.is_empty()
-        || !r
-            .kid
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+    if kid.is_empty()
+        || kid.len() > 127
+        || !kid.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
     {
         return Err(bad("kid must be a key name"));
     }
@@ -190,14 +273,26 @@ fn release(s: &Skr, r: &ReleaseReq) -> Result<String, SkrError> {
         josekit::jwk::alg::rsa::RsaKeyPair::generate(2048).map_err(|e| internal(e.to_string()))?;
     let mut public = pair.to_jwk_public_key();
     public.set_key_operations(vec!["encrypt"]);
+    let component = |k: &str| {
+        public
+            .parameter(k)
+            .and_then(Value::as_str)
+            .and_then(coffer_attest::decode_b64)
+            .ok_or_else(|| internal("the fresh wrapping key has no modulus"))
+    };
+    let wrapping_key = coffer_release::rsa_thumbprint(&component("n")?, &component("e")?);
     let runtime = json!({"keys": [Value::Object(public.as_ref().clone())]}).to_string();
-    let token = maa_token(s, &r.maa_endpoint, runtime.as_bytes())?;
+    let token = maa_token(sp, egress, &broker.maa, runtime.as_bytes())?;
+    let mut nonce = [0u8; 16];
+    openssl::rand::rand_bytes(&mut nonce).map_err(|e| internal(e.to_string()))?;
+    let nonce = hex::encode(nonce);
     let (status, v) = http_post(
-        &s.egress,
-        &r.akv_endpoint,
-        &format!("/keys/{}/release?api-version=7.4", r.kid),
-        &json!({"target": token}),
-        r.access_token.as_deref(),
+        egress,
+        &broker.akv,
+        &format!("/keys/{kid}/release?api-version=7.4"),
+        &json!({"target": token, "nonce": nonce}),
+        access_token,
+        coffer_release::MAX_RESPONSE,
     )?;
     if status != 200 {
         let why = v
@@ -212,33 +307,52 @@ fn release(s: &Skr, r: &ReleaseReq) -> Result<String, SkrError> {
         };
         return Err(SkrError(code, format!("key release refused: {why}")));
     }
-    let jwe = v["value"]
-        .as_str()
-        .ok_or_else(|| internal("key broker returned no value"))?;
+    let signed = v["value"].as_str().ok_or_else(|| {
+        SkrError(
+            StatusCode::BAD_GATEWAY,
+            "key broker returned no value".into(),
+        )
+    })?;
+    let jti = token_jti(&token);
+    let expect = coffer_release::Expected {
+        key: kid,
+        nonce: &nonce,
+        jti: &jti,
+        wrapping_key: &wrapping_key,
+    };
+    let jwe = coffer_release::verify(signed, &broker.signing_key, &expect).map_err(|e| {
+        SkrError(
+            StatusCode::BAD_GATEWAY,
+            format!("refusing the key broker's answer: {e}"),
+        )
+    })?;
     let decrypter = josekit::jwe::RSA_OAEP_256
         .decrypter_from_jwk(&pair.to_jwk_private_key())
         .map_err(|e| internal(e.to_string()))?;
-    let (plain, _) = josekit::jwe::deserialize_compact(jwe, &decrypter)
+    let (plain, _) = josekit::jwe::deserialize_compact(&jwe, &decrypter)
         .map_err(|e| internal(format!("unwrapping the key: {e}")))?;
     String::from_utf8(plain).map_err(|_| internal("released key is not UTF-8 JSON"))
 }
 
-/// HTTP/1.1 POST through the egress relay (plain HTTP only; no TLS inside the emulated group).
+/// HTTP/1.1 POST through the egress relay (plain HTTP: the answers that matter are signed).
+/// Everything read is bounded: the relay may answer anything.
 fn http_post(
-    egress: &std::path::Path,
-    endpoint: &str,
+    egress: &Path,
+    endpoint: &Endpoint,
     path: &str,
     body: &Value,
     bearer: Option<&str>,
+    limit: usize,
 ) -> Result<(u16, Value), SkrError> {
-    let hostport = endpoint.trim_start_matches("http://").trim_end_matches('/');
-    if endpoint.starts_with("https://") {
-        return Err(bad(
-            "https endpoints are not reachable from the emulated group (use http:// on loopback)",
-        ));
+    let hostport = endpoint.host_port();
+    if let Some(t) = bearer {
+        if t.bytes().any(|b| b.is_ascii_control() || b == b' ') {
+            return Err(bad("access_token contains spaces or control characters"));
+        }
     }
     let mut conn =
         UnixStream::connect(egress).map_err(|e| internal(format!("egress relay: {e}")))?;
+    let _ = conn.set_read_timeout(Some(std::time::Duration::from_secs(60)));
     conn.write_all(format!("CONNECT {hostport}\n").as_bytes())
         .map_err(|e| internal(e.to_string()))?;
     let payload = body.to_string();
@@ -251,63 +365,140 @@ fn http_post(
     );
     conn.write_all(req.as_bytes())
         .map_err(|e| internal(e.to_string()))?;
-    let mut reader = BufReader::new(conn);
-    let mut status_line = String::new();
-    reader
-        .read_line(&mut status_line)
-        .map_err(|e| internal(format!("reading from {hostport}: {e}")))?;
+    let (status, bytes) = read_response(BufReader::new(conn), limit)
+        .map_err(|e| SkrError(StatusCode::BAD_GATEWAY, format!("{hostport}: {e}")))?;
+    let v = serde_json::from_slice(&bytes)
+        .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()));
+    Ok((status, v))
+}
+
+/// Longest status or header line, and most header lines, accepted in a response.
+const MAX_LINE: u64 = 8192;
+const MAX_HEADERS: usize = 100;
+
+fn read_line_bounded(r: &mut impl BufRead) -> Result<String, String> {
+    let mut line = String::new();
+    let n = r
+        .take(MAX_LINE)
+        .read_line(&mut line)
+        .map_err(|e| format!("reading the response: {e}"))?;
+    if n == 0 {
+        return Err("the connection closed before the response ended".into());
+    }
+    if !line.ends_with('\n') {
+        return Err(format!("a response line is longer than {MAX_LINE} bytes"));
+    }
+    Ok(line.trim_end().to_string())
+}
+
+/// Status and body of an HTTP/1.1 response, the body at most `limit` bytes.
+fn read_response(mut r: impl BufRead, limit: usize) -> Result<(u16, Vec<u8>), String> {
+    let status_line = read_line_bounded(&mut r)?;
     let status: u16 = status_line
-        .split_whitespace()
-        .nth(1)
+        .strip_prefix("HTTP/1.")
+        .and_then(|s| s.split_whitespace().nth(1))
         .and_then(|s| s.parse().ok())
-        .ok_or_else(|| internal(format!("{hostport}: not an HTTP response")))?;
-    let mut chunked = false;
-    let mut length: Option<usize> = None;
+        .ok_or("not an HTTP response")?;
+    let (mut chunked, mut length) = (false, None::<usize>);
+    let mut headers = 0;
     loop {
-        let mut h = String::new();
-        reader
-            .read_line(&mut h)
-            .map_err(|e| internal(e.to_string()))?;
-        let h = h.trim_end();
+        let h = read_line_bounded(&mut r)?;
         if h.is_empty() {
             break;
+        }
+        headers += 1;
+        if headers > MAX_HEADERS {
+            return Err(format!("more than {MAX_HEADERS} header lines"));
         }
         let lower = h.to_ascii_lowercase();
         if lower.starts_with("transfer-encoding:") && lower.contains("chunked") {
             chunked = true;
         }
         if let Some(v) = lower.strip_prefix("content-length:") {
-            length = v.trim().parse().ok();
+            let n: usize = v.trim().parse().map_err(|_| "a bad Content-Length")?;
+            if n > limit {
+                return Err(format!("the body ({n} bytes) exceeds {limit} bytes"));
+            }
+            length = Some(n);
         }
     }
-    let mut bytes = Vec::new();
+    let too_long = || format!("the body exceeds {limit} bytes");
+    let mut body = Vec::new();
     if chunked {
         loop {
-            let mut size = String::new();
-            reader
-                .read_line(&mut size)
-                .map_err(|e| internal(e.to_string()))?;
-            let n = usize::from_str_radix(size.trim(), 16).map_err(|_| internal("bad chunk"))?;
+            let size = read_line_bounded(&mut r)?;
+            let size = size.split(';').next().unwrap_or_default().trim();
+            let n = usize::from_str_radix(size, 16).map_err(|_| "a bad chunk size")?;
             if n == 0 {
                 break;
             }
-            let mut chunk = vec![0u8; n + 2];
-            reader
-                .read_exact(&mut chunk)
-                .map_err(|e| internal(e.to_string()))?;
-            bytes.extend_from_slice(&chunk[..n]);
+            if n > limit.saturating_sub(body.len()) {
+                return Err(too_long());
+            }
+            let start = body.len();
+            body.resize(start + n, 0);
+            r.read_exact(&mut body[start..])
+                .map_err(|e| format!("reading a chunk: {e}"))?;
+            read_line_bounded(&mut r)?;
         }
     } else if let Some(n) = length {
-        bytes.resize(n, 0);
-        reader
-            .read_exact(&mut bytes)
-            .map_err(|e| internal(e.to_string()))?;
+        body.resize(n, 0);
+        r.read_exact(&mut body)
+            .map_err(|e| format!("reading the body: {e}"))?;
     } else {
-        reader
-            .read_to_end(&mut bytes)
-            .map_err(|e| internal(e.to_string()))?;
+        r.take(limit as u64 + 1)
+            .read_to_end(&mut body)
+            .map_err(|e| format!("reading the body: {e}"))?;
+        if body.len() > limit {
+            return Err(too_long());
+        }
     }
-    let v = serde_json::from_slice(&bytes)
-        .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()));
-    Ok((status, v))
+    Ok((status, body))
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn parse(raw: &[u8], limit: usize) -> Result<(u16, Vec<u8>), String> {
+        read_response(std::io::Cursor::new(raw.to_vec()), limit)
+    }
+
+    #[test]
+    fn responses_parse_with_length_chunks_or_close() {
+        let r = parse(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nhi", 10).unwrap();
+        assert_eq!(r, (200, b"hi".to_vec()));
+        let r = parse(
+            b"HTTP/1.1 403 No\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nab\r\n1\r\nc\r\n0\r\n\r\n",
+            10,
+        )
+        .unwrap();
+        assert_eq!(r, (403, b"abc".to_vec()));
+        let r = parse(b"HTTP/1.0 200 OK\r\n\r\nxyz", 10).unwrap();
+        assert_eq!(r.1, b"xyz");
+    }
+
+    #[test]
+    fn hostile_lengths_are_refused_before_allocating() {
+        for raw in [
+            &b"HTTP/1.1 200 OK\r\nContent-Length: 18446744073709551615\r\n\r\n"[..],
+            b"HTTP/1.1 200 OK\r\nContent-Length: 11\r\n\r\nhello world",
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nffffffffffffffff\r\n",
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n6\r\nabcdef\r\n6\r\nabcdef\r\n0\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\n\r\n0123456789abc",
+        ] {
+            assert!(parse(raw, 10).is_err(), "{}", String::from_utf8_lossy(raw));
+        }
+        let long = format!("HTTP/1.1 200 OK\r\nX: {}\r\n\r\n", "a".repeat(10_000));
+        assert!(parse(long.as_bytes(), 10)
+            .unwrap_err()
+            .contains("longer than"));
+        let many = format!("HTTP/1.1 200 OK\r\n{}\r\n", "X: y\r\n".repeat(200));
+        assert!(parse(many.as_bytes(), 10)
+            .unwrap_err()
+            .contains("header lines"));
+        assert!(parse(b"SSH-2.0-x\r\n", 10).is_err());
+        assert!(parse(b"", 10).is_err());
+    }
 }

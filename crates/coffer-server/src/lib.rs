@@ -49,6 +49,7 @@ pub struct ServerConfig {
 /// Shared state of the handlers.
 pub struct AppState {
     attest: AttestationService,
+    broker: coffer_release::BrokerSigner,
     store: Store,
     trust: Trust,
     admin_token_hash: [u8; 32],
@@ -156,6 +157,18 @@ pub fn admin_token_path(dir: &std::path::Path) -> PathBuf {
     dir.join("admin-token")
 }
 
+/// Path of the broker's release-signing key under the state directory.
+pub fn broker_key_path(dir: &std::path::Path) -> PathBuf {
+    dir.join("broker-signing-key.pem")
+}
+
+impl AppState {
+    /// RFC 7638 thumbprint of the key that signs release responses: what policies pin.
+    pub fn broker_thumbprint(&self) -> &str {
+        self.broker.thumbprint()
+    }
+}
+
 /// Build the state: creates keys and token files on first start.
 pub fn build_state(cfg: &ServerConfig, issuer: &str) -> Result<Arc<AppState>, String> {
     std::fs::create_dir_all(&cfg.dir).map_err(|e| format!("{}: {e}", cfg.dir.display()))?;
@@ -170,6 +183,11 @@ pub fn build_state(cfg: &ServerConfig, issuer: &str) -> Result<Arc<AppState>, St
         TokenSigner::generate_pem,
     )?;
     let signer = TokenSigner::from_pem(&signing, issuer, cfg.token_lifetime)?;
+    let broker = read_or_create(&broker_key_path(&cfg.dir), || {
+        coffer_release::BrokerSigner::generate_pem().map_err(|e| e.to_string())
+    })?;
+    let broker = coffer_release::BrokerSigner::from_pem(&broker)
+        .map_err(|e| format!("{}: {e}", broker_key_path(&cfg.dir).display()))?;
     let mut trust = Trust::default();
     trust.add(Authority::from_jwks(issuer, &signer.jwks())?);
     for (iss, jwks) in &cfg.trusted_issuers {
@@ -182,6 +200,7 @@ pub fn build_state(cfg: &ServerConfig, issuer: &str) -> Result<Arc<AppState>, St
         .map_err(|e| e.to_string())?;
     Ok(Arc::new(AppState {
         attest: AttestationService::new(verifier, cfg.reference.clone(), signer),
+        broker,
         store,
         trust,
         admin_token_hash: openssl::sha::sha256(admin.trim().as_bytes()),
@@ -205,6 +224,7 @@ pub fn app(state: Arc<AppState>) -> Router {
         .route("/attest/SevSnpVm", post(attest))
         .route("/.well-known/openid-configuration", get(openid))
         .route("/certs", get(certs))
+        .route("/broker-key", get(broker_key))
         .route("/keys/{name}/release", post(release))
         .merge(admin)
         .with_state(state)
@@ -216,6 +236,8 @@ pub struct Running {
     pub addr: SocketAddr,
     /// Issuer URL.
     pub issuer: String,
+    /// Thumbprint of the release-signing key (what policies pin).
+    pub broker_key: String,
     /// Stops the server when sent (or dropped).
     pub shutdown: tokio::sync::oneshot::Sender<()>,
     /// The server task.
@@ -233,6 +255,7 @@ pub async fn start(cfg: ServerConfig) -> Result<Running, String> {
         .clone()
         .unwrap_or_else(|| format!("http://{addr}"));
     let state = build_state(&cfg, &issuer)?;
+    let broker_key = state.broker_thumbprint().to_string();
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     let router = app(state);
     let task = tokio::spawn(async move {
@@ -245,6 +268,7 @@ pub async fn start(cfg: ServerConfig) -> Result<Running, String> {
     Ok(Running {
         addr,
         issuer,
+        broker_key,
         shutdown: tx,
         task,
     })
@@ -318,6 +342,11 @@ async fn openid(State(s): State<Arc<AppState>>) -> Json<Value> {
 
 async fn certs(State(s): State<Arc<AppState>>) -> Json<Value> {
     Json(s.attest.signer().jwks())
+}
+
+/// The public key that signs release responses, and its thumbprint (what a policy pins).
+async fn broker_key(State(s): State<Arc<AppState>>) -> Json<Value> {
+    Json(json!({"jwk": s.broker.public_jwk(), "thumbprint": s.broker.thumbprint()}))
 }
 
 #[derive(Deserialize)]
@@ -474,7 +503,13 @@ async fn audit(
 #[derive(Deserialize)]
 struct ReleaseRequest {
     target: String,
+    /// Echoed in the signed response, binding it to this request (as Key Vault's `nonce`).
+    #[serde(default)]
+    nonce: String,
 }
+
+/// Longest nonce a release request may carry.
+const MAX_NONCE: usize = 256;
 
 async fn release(
     State(s): State<Arc<AppState>>,
@@ -482,10 +517,17 @@ async fn release(
     body: axum::body::Bytes,
 ) -> Result<Json<Value>, ApiError> {
     let req: ReleaseRequest = json_body(&body)?;
+    if req.nonce.len() > MAX_NONCE {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "bad-request",
+            format!("nonce longer than {MAX_NONCE} bytes"),
+        ));
+    }
     let (st, n) = (s.clone(), name.clone());
     let decision = s
         .cpu
-        .run(move || decide_release(&st, &n, &req.target))
+        .run(move || decide_release(&st, &n, &req.target, &req.nonce))
         .await
         .ok_or_else(|| internal("release task failed"))??;
     // The audit row is durable before the answer leaves.
@@ -500,7 +542,7 @@ async fn release(
     })
     .await??;
     match decision {
-        Release::Granted { jwe, .. } => Ok(Json(json!({ "value": jwe }))),
+        Release::Granted { jws, .. } => Ok(Json(json!({ "value": jws }))),
         Release::Denied { code, why, .. } => Err(ApiError::new(StatusCode::FORBIDDEN, code, why)),
     }
 }
@@ -509,7 +551,8 @@ async fn release(
 enum Release {
     Granted {
         issuer: String,
-        jwe: String,
+        /// The signed release response (JWS over the wrapped key and its binding).
+        jws: String,
     },
     Denied {
         issuer: Option<String>,
@@ -520,7 +563,7 @@ enum Release {
 
 /// Decide a release (CPU work only). `Err` is for requests that decide nothing (unknown key, store
 /// failure); those are not audited.
-fn decide_release(s: &AppState, name: &str, token: &str) -> Result<Release, ApiError> {
+fn decide_release(s: &AppState, name: &str, token: &str, nonce: &str) -> Result<Release, ApiError> {
     let now = s.now();
     let deny = |issuer: Option<&str>, code: &'static str, why: String| Release::Denied {
         issuer: issuer.map(str::to_string),
@@ -570,8 +613,24 @@ fn decide_release(s: &AppState, name: &str, token: &str) -> Result<Release, ApiE
         Ok(jwk) => jwk,
         Err(e) => return Ok(deny(Some(&issuer), "internal", e.to_string())),
     };
-    Ok(match coffer_kbs::wrap_for_token(&claims, &jwk) {
-        Ok(jwe) => Release::Granted { issuer, jwe },
-        Err(e) => deny(Some(&issuer), "wrapping-key", e.to_string()),
+    let wrapped = match coffer_kbs::wrap_for_token(&claims, &jwk) {
+        Ok(w) => w,
+        Err(e) => return Ok(deny(Some(&issuer), "wrapping-key", e.to_string())),
+    };
+    let payload = coffer_release::ReleasePayload {
+        key: name.to_string(),
+        nonce: nonce.to_string(),
+        jti: claims
+            .get("jti")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string(),
+        wrapping_key: wrapped.wrapping_key,
+        iat: now,
+        value: wrapped.jwe,
+    };
+    Ok(match s.broker.sign(&payload) {
+        Ok(jws) => Release::Granted { issuer, jws },
+        Err(e) => deny(Some(&issuer), "internal", e.to_string()),
     })
 }

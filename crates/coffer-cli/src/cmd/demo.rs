@@ -72,7 +72,7 @@ fn make_volume(dir: &Path, secret: &str, key: &[u8]) -> Result<PathBuf> {
     Ok(img)
 }
 
-fn pod_yaml(img: &Path, endpoint: &str) -> String {
+fn pod_yaml(img: &Path, endpoint: &str, broker_key: &str) -> String {
     format!(
         r#"apiVersion: v1
 kind: Pod
@@ -80,6 +80,9 @@ metadata:
   name: demo
   annotations:
     coffer.dev/skr-port: "8080"
+    coffer.dev/skr-attestation-endpoint: "{endpoint}"
+    coffer.dev/skr-key-broker-endpoint: "{endpoint}"
+    coffer.dev/skr-key-broker-key: "{broker_key}"
 spec:
   containers:
     - name: app
@@ -110,6 +113,7 @@ spec:
           keyName: demo-key
           attestationEndpoint: "{endpoint}"
           keyBrokerEndpoint: "{endpoint}"
+          keyBrokerKey: "{broker_key}"
 "#,
         img = img.display()
     )
@@ -177,8 +181,11 @@ pub(crate) fn run(a: DemoArgs) -> Result<ExitCode> {
         .block_on(coffer_server::start(cfg))
         .map_err(anyhow::Error::msg)
         .context("step 2: coffer serve")?;
-    let endpoint = running.addr.to_string();
-    eprintln!("      listening on http://{endpoint}");
+    let endpoint = format!("http://{}", running.addr);
+    eprintln!(
+        "      listening on {endpoint}; release responses signed by key {}",
+        running.broker_key
+    );
 
     steps.begin(
         3,
@@ -191,7 +198,7 @@ pub(crate) fn run(a: DemoArgs) -> Result<ExitCode> {
     let secret = format!("coffer-demo-secret-{}", hex::encode(nonce));
     let volume = make_volume(&home, &secret, &key).context("step 3: encrypted volume")?;
     let pod = home.join("pod.yaml");
-    std::fs::write(&pod, pod_yaml(&volume, &endpoint))?;
+    std::fs::write(&pod, pod_yaml(&volume, &endpoint, &running.broker_key))?;
     let (_, policy) =
         crate::cmd::policy::generate_for(&pod, &home, &coffer_policy::GenOptions::default())
             .context("step 3: policy")?;
@@ -205,7 +212,7 @@ pub(crate) fn run(a: DemoArgs) -> Result<ExitCode> {
         {"claim": "x-ms-sevsnpvm-is-debuggable", "equals": "false"}]}]});
     let client = reqwest::blocking::Client::new();
     let resp = client
-        .post(format!("http://{endpoint}/keys"))
+        .post(format!("{endpoint}/keys"))
         .bearer_auth(admin.trim())
         .json(&json!({"name": "demo-key", "k": base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(key), "release_policy": release_policy}))
         .send()
@@ -257,7 +264,7 @@ pub(crate) fn run(a: DemoArgs) -> Result<ExitCode> {
         why.trim_start_matches("coffer: error: ")
     );
     let audit: Value = client
-        .get(format!("http://{endpoint}/audit"))
+        .get(format!("{endpoint}/audit"))
         .bearer_auth(admin.trim())
         .send()?
         .json()?;

@@ -89,6 +89,11 @@ pub(crate) fn serve(a: ServeArgs) -> Result<ExitCode> {
             running.addr, running.issuer
         );
         eprintln!(
+            "coffer serve: release responses are signed by key {} (pin it in Pods as \
+             keyBrokerKey / coffer.dev/skr-key-broker-key; also at /broker-key)",
+            running.broker_key
+        );
+        eprintln!(
             "coffer serve: admin token in {}{}",
             coffer_server::admin_token_path(&home.join("serve")).display(),
             if a.allow_emulated {
