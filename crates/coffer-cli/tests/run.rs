@@ -508,3 +508,74 @@ fn stdio_reaches_the_host_only_when_the_policy_allows_it() {
     );
     assert!(stdout.contains("stdio access is not allowed"), "{stdout}");
 }
+
+/// The top block of a stream's dm-verity tree: a 4096-byte stream with the stream's own root.
+fn top_hash_block(data: &[u8]) -> Vec<u8> {
+    let mut level = data.to_vec();
+    level.resize(level.len().div_ceil(4096) * 4096, 0);
+    loop {
+        let mut next: Vec<u8> = level
+            .chunks(4096)
+            .flat_map(|b| {
+                let mut h = openssl::sha::Sha256::new();
+                h.update(&[0u8; 32]);
+                h.update(b);
+                h.finish()
+            })
+            .collect();
+        next.resize(next.len().div_ceil(4096) * 4096, 0);
+        if next.len() == 4096 {
+            return next;
+        }
+        level = next;
+    }
+}
+
+#[test]
+fn a_layer_that_does_not_unpack_is_not_counted_as_mounted() {
+    let _serial = one_at_a_time();
+    let Some((tmp, policy)) = setup("a_layer_that_does_not_unpack") else {
+        return;
+    };
+    let home = tmp.path();
+    let group = launch(home, "g5", &policy).unwrap();
+    let mut c = group.client().unwrap();
+    let store = Store::open(home).unwrap();
+    let img = store
+        .resolve(&ImageRef::Stored("hello:latest".into()))
+        .unwrap();
+    let mut top = Vec::new();
+    std::io::Read::read_to_end(
+        &mut img.layout.open_layer(&img.image.layers[0]).unwrap(),
+        &mut top,
+    )
+    .unwrap();
+    // Same dm-verity root as the approved layer, so mount_device allows it; it is no tar.
+    let forged = top_hash_block(&top);
+    let err = c
+        .mount_layer("/run/coffer/layers/l0", &forged[..])
+        .unwrap_err();
+    assert!(err.to_string().contains("not mounted"), "{err}");
+    c.mount_layer(
+        "/run/coffer/layers/l1",
+        img.layout.open_layer(&img.image.layers[1]).unwrap(),
+    )
+    .unwrap();
+    let overlay = || Request::MountOverlay {
+        container_id: "hello".into(),
+        layer_paths: vec![
+            "/run/coffer/layers/l1".into(),
+            "/run/coffer/layers/l0".into(),
+        ],
+    };
+    // Before: the policy still counted l0 and allowed an overlay without it.
+    denied(c.call(&overlay()), "mount_overlay", "layers");
+    // The policy state forgot the failed device: the real layer mounts there now.
+    c.mount_layer(
+        "/run/coffer/layers/l0",
+        img.layout.open_layer(&img.image.layers[0]).unwrap(),
+    )
+    .unwrap();
+    c.call(&overlay()).unwrap();
+    group.shutdown().unwrap();
+}

@@ -164,6 +164,14 @@ impl Enforcer {
         }
     }
 
+    /// Undo what an allowed decision recorded for `key` under `name` (e.g. a device whose mount
+    /// then failed): the state must describe what happened, not what was approved.
+    pub fn forget(&mut self, name: &str, key: &str) {
+        if let Some(Value::Object(m)) = self.state.get_mut(name) {
+            m.remove(key);
+        }
+    }
+
     /// The group state (`data.metadata`).
     pub fn state(&self) -> Value {
         Value::Object(self.state.clone())

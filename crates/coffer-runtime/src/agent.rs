@@ -35,7 +35,10 @@ struct State {
     enforcer: Enforcer,
     overlays: BTreeMap<String, PathBuf>,
     containers: BTreeMap<String, ContainerState>,
+    /// Layers unpacked and in place, ready for overlays.
     layers: Vec<PathBuf>,
+    /// Layer targets being received or unpacked.
+    pending: std::collections::BTreeSet<String>,
     opened: BTreeMap<String, PathBuf>,
     blocks: Vec<coffer_encfs::block::BlockMount>,
 }
@@ -122,6 +125,7 @@ pub fn start(policy: &[u8], sp: Arc<dyn SecureProcessor>) -> Result<Agent, Runti
             overlays: BTreeMap::new(),
             containers: BTreeMap::new(),
             layers: Vec::new(),
+            pending: Default::default(),
             opened: BTreeMap::new(),
             blocks: Vec::new(),
         }),
@@ -242,29 +246,51 @@ impl Agent {
 
     fn mount_layer(&self, target: &str, conn: &mut UnixStream) -> Value {
         // Read the chunks first, whatever happens: the stream must stay in sync.
+        let tmp = self.work.join(format!("incoming-{:016x}.tar", rand_u64()));
+        let received = receive_layer(conn, &tmp);
+        let result = match received {
+            Ok(root) => self.place_layer(target, &tmp, root),
+            Err(e) => failed(e),
+        };
+        let _ = std::fs::remove_file(&tmp);
+        result
+    }
+
+    /// Decide, unpack into a staging directory, move into place. On any failure the policy
+    /// state forgets the device again, so no overlay can count a layer that is not there.
+    fn place_layer(&self, target: &str, tar: &Path, root: [u8; 32]) -> Value {
         let layers_root = self.work.join("layers");
         let name = target
             .strip_prefix(&format!("{}/", layers_root.display()))
             .unwrap_or("");
-        let tmp = self.work.join(format!(
-            "incoming-{}.tar",
-            std::process::id() as u64 ^ rand_u64()
-        ));
-        let received = receive_layer(conn, &tmp);
-        let root = match received {
-            Ok(r) => r,
-            Err(e) => {
-                let _ = std::fs::remove_file(&tmp);
-                return failed(e);
-            }
-        };
-        if !safe_id(name) {
-            let _ = std::fs::remove_file(&tmp);
+        if !safe_id(name) || name.starts_with('.') {
             return failed(format!(
                 "layer target must be {}/<name>",
                 layers_root.display()
             ));
         }
+        {
+            let mut st = lock(&self.state);
+            if st.layers.iter().any(|l| l == Path::new(target)) || !st.pending.insert(target.into())
+            {
+                return failed(format!(
+                    "layer {target} is already mounted or being mounted"
+                ));
+            }
+        }
+        let result = self.place_pending_layer(target, &layers_root, name, tar, root);
+        lock(&self.state).pending.remove(target);
+        result
+    }
+
+    fn place_pending_layer(
+        &self,
+        target: &str,
+        layers_root: &Path,
+        name: &str,
+        tar: &Path,
+        root: [u8; 32],
+    ) -> Value {
         let device_hash = hex::encode(root);
         let decision = match self.decide(
             "mount_device",
@@ -274,21 +300,39 @@ impl Agent {
             Err(e) => return e,
         };
         if !decision.allowed {
-            let _ = std::fs::remove_file(&tmp);
             return denied("mount_device", decision.reason);
         }
-        let result = unpack_layer(&tmp, Path::new(target));
-        let _ = std::fs::remove_file(&tmp);
-        if let Err(e) = result {
-            return failed(e);
+        let staging = layers_root.join(format!(".{name}-{:016x}", rand_u64()));
+        let placed = std::fs::create_dir_all(layers_root)
+            .map_err(|e| format!("{}: {e}", layers_root.display()))
+            .and_then(|()| unpack_layer(tar, &staging))
+            .and_then(|()| {
+                std::fs::rename(&staging, target).map_err(|e| format!("placing the layer: {e}"))
+            });
+        match placed {
+            Ok(()) => {
+                lock(&self.state).layers.push(PathBuf::from(target));
+                json!({"ok": true, "deviceHash": device_hash})
+            }
+            Err(e) => {
+                let _ = std::fs::remove_dir_all(&staging);
+                lock(&self.state).enforcer.forget("devices", target);
+                failed(format!("layer {target} not mounted: {e}"))
+            }
         }
-        lock(&self.state).layers.push(PathBuf::from(target));
-        json!({"ok": true, "deviceHash": device_hash})
     }
 
     fn mount_overlay(&self, id: &str, layer_paths: &[String]) -> Value {
         if !safe_id(id) {
             return failed("invalid container id");
+        }
+        // A layer the policy already counts may still be unpacking: never overlay it half-done.
+        // (A layer that failed is forgotten by the policy state, which then denies the overlay.)
+        if let Some(l) = layer_paths
+            .iter()
+            .find(|l| lock(&self.state).pending.contains(l.as_str()))
+        {
+            return failed(format!("layer {l} is still being mounted"));
         }
         let dir = self.work.join("containers").join(id);
         let rootfs = dir.join("rootfs");
@@ -760,58 +804,144 @@ fn receive_layer(conn: &mut UnixStream, path: &Path) -> Result<[u8; 32], String>
     verity.finish().map_err(|e| e.to_string())
 }
 
-/// Unpack a layer tar (OCI whiteouts become overlayfs whiteouts).
+/// Unpack a layer tar into `target` (created; must not exist). OCI whiteouts become overlayfs
+/// whiteouts. The tar must end properly: after its end-of-archive, only zero padding.
 fn unpack_layer(tar_path: &Path, target: &Path) -> Result<(), String> {
-    std::fs::create_dir_all(target).map_err(|e| format!("{}: {e}", target.display()))?;
+    std::fs::create_dir(target).map_err(|e| format!("{}: {e}", target.display()))?;
+    let root = std::fs::File::open(target).map_err(|e| format!("{}: {e}", target.display()))?;
     let f = std::fs::File::open(tar_path).map_err(|e| e.to_string())?;
-    let mut archive = tar::Archive::new(f);
+    let mut archive = tar::Archive::new(std::io::BufReader::new(f));
     archive.set_preserve_permissions(true);
     archive.set_preserve_ownerships(true);
-    archive.set_unpack_xattrs(true);
+    let mut entries = 0u64;
     for entry in archive.entries().map_err(|e| format!("layer tar: {e}"))? {
         let mut entry = entry.map_err(|e| format!("layer tar: {e}"))?;
+        entries += 1;
         let path = entry
             .path()
             .map_err(|e| format!("layer tar: {e}"))?
             .into_owned();
-        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
-        if name == ".wh..wh..opq" {
-            let dir = target.join(path.parent().unwrap_or(Path::new("")));
-            std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
-            let _ = xattr_set(&dir, "trusted.overlay.opaque", b"y");
-            continue;
+        match whiteout::classify(&path) {
+            Some(w) => whiteout::apply(&root, &w)
+                .map_err(|e| format!("layer tar {}: {e}", path.display()))?,
+            // unpack_in refuses paths that would escape the target.
+            None => {
+                if !entry
+                    .unpack_in(target)
+                    .map_err(|e| format!("layer tar {}: {e}", path.display()))?
+                {
+                    return Err(format!(
+                        "layer tar {}: a path outside the layer",
+                        path.display()
+                    ));
+                }
+            }
         }
-        if let Some(hidden) = name.strip_prefix(".wh.") {
-            let p = target
-                .join(path.parent().unwrap_or(Path::new("")))
-                .join(hidden);
-            nix::sys::stat::mknod(
-                &p,
-                nix::sys::stat::SFlag::S_IFCHR,
-                nix::sys::stat::Mode::empty(),
-                0,
-            )
-            .map_err(|e| format!("whiteout {}: {e}", p.display()))?;
-            continue;
-        }
-        // unpack_in refuses paths that would escape the target.
-        entry
-            .unpack_in(target)
-            .map_err(|e| format!("layer tar {}: {e}", path.display()))?;
     }
-    Ok(())
+    if entries == 0 {
+        return Err("layer tar: no entries".into());
+    }
+    // The rest of the stream (end-of-archive blocks, padding) must be zeros: a stream with the
+    // same dm-verity root but other content after the archive is not the measured layer.
+    let mut rest = archive.into_inner();
+    let mut buf = [0u8; 8192];
+    loop {
+        let n = rest.read(&mut buf).map_err(|e| format!("layer tar: {e}"))?;
+        if n == 0 {
+            return Ok(());
+        }
+        if buf[..n].iter().any(|b| *b != 0) {
+            return Err("layer tar: data after the end of the archive".into());
+        }
+    }
 }
 
-fn xattr_set(path: &Path, name: &str, value: &[u8]) -> Result<(), String> {
-    let _ = (path, name, value);
-    // Opaque directories need setxattr, which std does not expose; run setfattr if present.
-    let status = Command::new("setfattr")
-        .args(["-n", name, "-v", &String::from_utf8_lossy(value)])
-        .arg(path)
-        .status();
-    match status {
-        Ok(s) if s.success() => Ok(()),
-        _ => Err("cannot mark opaque directory".into()),
+/// OCI whiteouts, applied beneath the layer root only.
+mod whiteout {
+    use std::os::fd::AsFd;
+    use std::path::{Component, Path};
+
+    use nix::fcntl::{OFlag, OpenHow, ResolveFlag};
+    use nix::sys::stat::{Mode, SFlag};
+
+    /// A whiteout entry: the directory it is in (relative to the layer root) and what it does.
+    #[derive(Debug, PartialEq, Eq)]
+    pub(super) struct Whiteout {
+        pub(super) dir: Vec<String>,
+        /// `None`: the directory is opaque; `Some(name)`: `name` is deleted.
+        pub(super) hidden: Option<String>,
+    }
+
+    /// Is this tar path a whiteout? (By its file name, as the OCI image spec defines them.)
+    pub(super) fn classify(path: &Path) -> Option<Whiteout> {
+        let name = path.file_name()?.to_str()?;
+        let hidden = if name == ".wh..wh..opq" {
+            None
+        } else {
+            Some(name.strip_prefix(".wh.")?.to_string())
+        };
+        let dir = path
+            .parent()
+            .map(|p| {
+                p.components()
+                    .map(|c| match c {
+                        Component::Normal(s) => s.to_string_lossy().into_owned(),
+                        Component::CurDir => ".".into(),
+                        _ => "..".into(),
+                    })
+                    .filter(|c| c != ".")
+                    .collect()
+            })
+            .unwrap_or_default();
+        Some(Whiteout { dir, hidden })
+    }
+
+    fn beneath() -> OpenHow {
+        OpenHow::new()
+            .flags(OFlag::O_DIRECTORY | OFlag::O_RDONLY | OFlag::O_CLOEXEC)
+            .resolve(
+                ResolveFlag::RESOLVE_BENEATH
+                    | ResolveFlag::RESOLVE_NO_SYMLINKS
+                    | ResolveFlag::RESOLVE_NO_MAGICLINKS
+                    | ResolveFlag::RESOLVE_NO_XDEV,
+            )
+    }
+
+    /// Create the directories of `w.dir` as needed (never through a symlink, never above the
+    /// root), then the whiteout device or the opaque mark. Any failure fails the layer.
+    pub(super) fn apply(root: &std::fs::File, w: &Whiteout) -> Result<(), String> {
+        if let Some(bad) = w.dir.iter().find(|c| c.as_str() == ".." || c.contains('/')) {
+            return Err(format!("whiteout path component '{bad}' leaves the layer"));
+        }
+        if let Some(h) = &w.hidden {
+            if h.is_empty() || h == "." || h == ".." || h.contains('/') {
+                return Err(format!("whiteout of '{h}'"));
+            }
+        }
+        let mut dir: std::os::fd::OwnedFd = root
+            .as_fd()
+            .try_clone_to_owned()
+            .map_err(|e| e.to_string())?;
+        for c in &w.dir {
+            match nix::sys::stat::mkdirat(dir.as_fd(), c.as_str(), Mode::from_bits_truncate(0o755))
+            {
+                Ok(()) | Err(nix::errno::Errno::EEXIST) => {}
+                Err(e) => return Err(format!("mkdir {c}: {e}")),
+            }
+            dir = nix::fcntl::openat2(dir.as_fd(), c.as_str(), beneath())
+                .map_err(|e| format!("opening {c} beneath the layer: {e}"))?;
+        }
+        match &w.hidden {
+            Some(h) => {
+                nix::sys::stat::mknodat(dir.as_fd(), h.as_str(), SFlag::S_IFCHR, Mode::empty(), 0)
+                    .map_err(|e| format!("whiteout {h}: {e}"))
+            }
+            None => {
+                let f = std::fs::File::from(dir);
+                xattr::FileExt::set_xattr(&f, "trusted.overlay.opaque", b"y")
+                    .map_err(|e| format!("marking the directory opaque: {e}"))
+            }
+        }
     }
 }
 
@@ -1045,6 +1175,175 @@ fn hkdf_sha256(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A tar with raw entry names (the tar crate's builder refuses `..`, which is the point).
+    fn raw_tar(entries: &[(&str, tar::EntryType, &str)]) -> Vec<u8> {
+        let mut out = Vec::new();
+        for (name, kind, link) in entries {
+            let mut h = tar::Header::new_old();
+            h.as_old_mut().name[..name.len()].copy_from_slice(name.as_bytes());
+            h.as_old_mut().linkname[..link.len()].copy_from_slice(link.as_bytes());
+            h.set_entry_type(*kind);
+            h.set_mode(0o755);
+            h.set_size(0);
+            h.set_uid(0);
+            h.set_gid(0);
+            h.set_mtime(0);
+            h.set_cksum();
+            out.extend_from_slice(h.as_bytes());
+        }
+        out.extend_from_slice(&[0u8; 1024]);
+        out
+    }
+
+    fn unpack(tar: &[u8]) -> (tempfile::TempDir, Result<(), String>) {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("layers/l9/etc")).unwrap();
+        std::fs::create_dir_all(dir.path().join("io")).unwrap();
+        let t = dir.path().join("layer.tar");
+        std::fs::write(&t, tar).unwrap();
+        let r = unpack_layer(&t, &dir.path().join("layers/l0"));
+        (dir, r)
+    }
+
+    fn tree(dir: &Path) -> Vec<String> {
+        let mut out = Vec::new();
+        let mut stack = vec![dir.to_path_buf()];
+        while let Some(d) = stack.pop() {
+            for e in std::fs::read_dir(&d).unwrap().flatten() {
+                let p = e.path();
+                out.push(p.strip_prefix(dir).unwrap().display().to_string());
+                if e.file_type().unwrap().is_dir() {
+                    stack.push(p);
+                }
+            }
+        }
+        out.sort();
+        out
+    }
+
+    #[test]
+    fn whiteouts_with_dotdot_cannot_leave_the_layer() {
+        for name in [
+            "../l9/etc/.wh..wh..opq",
+            "../../io/.wh.x",
+            "a/../../io/.wh.y",
+        ] {
+            let (dir, r) = unpack(&raw_tar(&[(name, tar::EntryType::Regular, "")]));
+            assert!(r.is_err(), "{name} was accepted");
+            let left: Vec<String> = tree(dir.path())
+                .into_iter()
+                .filter(|p| !p.starts_with("layers/l0") && p != "layer.tar")
+                .collect();
+            assert_eq!(
+                left,
+                ["io", "layers", "layers/l9", "layers/l9/etc"],
+                "{name}"
+            );
+            assert!(
+                xattr::get(dir.path().join("layers/l9/etc"), "trusted.overlay.opaque")
+                    .unwrap()
+                    .is_none()
+            );
+        }
+    }
+
+    #[test]
+    fn whiteouts_cannot_follow_a_symlink_out_of_the_layer() {
+        let (dir, r) = unpack(&raw_tar(&[
+            ("esc", tar::EntryType::Symlink, "../../io"),
+            ("esc/.wh.x", tar::EntryType::Regular, ""),
+        ]));
+        assert!(r.unwrap_err().contains("beneath the layer"));
+        assert_eq!(tree(&dir.path().join("io")), Vec::<String>::new());
+        let (dir, r) = unpack(&raw_tar(&[
+            ("esc", tar::EntryType::Symlink, "/"),
+            ("esc/tmp/.wh..wh..opq", tar::EntryType::Regular, ""),
+        ]));
+        assert!(r.is_err());
+        assert!(xattr::get("/tmp", "trusted.overlay.opaque")
+            .unwrap()
+            .is_none());
+        drop(dir);
+    }
+
+    #[test]
+    fn whiteouts_and_opaque_directories_are_made_without_setfattr() {
+        let (dir, r) = unpack(&raw_tar(&[
+            ("d/", tar::EntryType::Directory, ""),
+            ("d/.wh..wh..opq", tar::EntryType::Regular, ""),
+            ("e/f/.wh.gone", tar::EntryType::Regular, ""),
+        ]));
+        r.unwrap();
+        let l0 = dir.path().join("layers/l0");
+        assert_eq!(
+            xattr::get(l0.join("d"), "trusted.overlay.opaque").unwrap(),
+            Some(b"y".to_vec())
+        );
+        use std::os::unix::fs::{FileTypeExt, MetadataExt};
+        let m = std::fs::symlink_metadata(l0.join("e/f/gone")).unwrap();
+        assert!(m.file_type().is_char_device());
+        assert_eq!(m.rdev(), 0);
+    }
+
+    #[test]
+    fn a_whiteout_over_an_existing_entry_fails_the_layer() {
+        let (_dir, r) = unpack(&raw_tar(&[
+            ("x", tar::EntryType::Regular, ""),
+            (".wh.x", tar::EntryType::Regular, ""),
+        ]));
+        assert!(r.unwrap_err().contains("whiteout x"));
+    }
+
+    #[test]
+    fn data_after_the_end_of_the_archive_is_refused() {
+        let mut t = raw_tar(&[("a", tar::EntryType::Regular, "")]);
+        t.extend_from_slice(&[0u8; 4096]);
+        unpack(&t).1.unwrap();
+        t.push(1);
+        assert!(unpack(&t).1.unwrap_err().contains("after the end"));
+    }
+
+    #[test]
+    fn the_top_hash_block_of_a_layer_has_its_root_and_is_refused() {
+        // A real tar of several blocks, padded as layers are measured.
+        let mut b = tar::Builder::new(Vec::new());
+        let data = vec![7u8; 3 * 4096];
+        let mut h = tar::Header::new_gnu();
+        h.set_size(data.len() as u64);
+        h.set_mode(0o644);
+        h.set_uid(0);
+        h.set_gid(0);
+        h.set_mtime(0);
+        h.set_cksum();
+        b.append_data(&mut h, "file", &data[..]).unwrap();
+        let mut layer = b.into_inner().unwrap();
+        layer.resize(layer.len().div_ceil(4096) * 4096, 0);
+        let mut v = coffer_verity::VerityHasher::new();
+        v.update(&layer);
+        let root = v.finish().unwrap();
+        // Its tree has one hash block: the hashes of its data blocks, zero-padded.
+        let mut top = Vec::new();
+        for block in layer.chunks(4096) {
+            let mut s = openssl::sha::Sha256::new();
+            s.update(&[0u8; 32]);
+            s.update(block);
+            top.extend_from_slice(&s.finish());
+        }
+        top.resize(4096, 0);
+        let mut v = coffer_verity::VerityHasher::new();
+        v.update(&top);
+        assert_eq!(
+            v.finish().unwrap(),
+            root,
+            "the collision exists at the root level"
+        );
+        unpack(&layer).1.unwrap();
+        assert!(
+            unpack(&top).1.is_err(),
+            "the layer check refuses the hash block"
+        );
+    }
 
     #[test]
     fn hkdf_matches_rfc5869_case_1() {
