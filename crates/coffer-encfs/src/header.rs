@@ -45,7 +45,9 @@ const SALT: Range<usize> = 104..168;
 const UUID: Range<usize> = 168..208;
 const SUBSYSTEM: Range<usize> = 208..256;
 const HDR_OFFSET: Range<usize> = 256..264;
+const PADDING: Range<usize> = 264..448;
 const CSUM: Range<usize> = 448..512;
+const PADDING4096: Range<usize> = 512..BIN_LEN;
 
 /// Which of the two metadata copies.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -235,8 +237,12 @@ pub struct BinaryHeader {
     pub subsystem: [u8; 48],
     /// Offset of this copy on the device.
     pub hdr_offset: u64,
+    /// Padding (zero as written; covered by the checksum whatever it holds).
+    pub padding: [u8; 184],
     /// Checksum over the binary header (with this field zeroed) and the JSON area.
     pub csum: [u8; 64],
+    /// Padding to 4096 bytes (likewise).
+    pub padding4096: [u8; 3584],
 }
 
 fn be64(b: &[u8; BIN_LEN], r: Range<usize>) -> u64 {
@@ -258,7 +264,8 @@ fn c_str(field: &[u8]) -> Option<&str> {
 }
 
 impl BinaryHeader {
-    /// Decode the 4096 bytes of a binary header, field by field, without checking anything.
+    /// Decode the 4096 bytes of a binary header, field by field, without checking anything
+    /// (`encode` gives the same bytes back).
     pub fn parse(b: &[u8; BIN_LEN]) -> Self {
         BinaryHeader {
             magic: arr(b, MAGIC),
@@ -271,11 +278,13 @@ impl BinaryHeader {
             uuid: arr(b, UUID),
             subsystem: arr(b, SUBSYSTEM),
             hdr_offset: be64(b, HDR_OFFSET),
+            padding: arr(b, PADDING),
             csum: arr(b, CSUM),
+            padding4096: arr(b, PADDING4096),
         }
     }
 
-    /// Encode as the 4096 on-disk bytes (padding zero).
+    /// Encode as the 4096 on-disk bytes.
     pub fn encode(&self) -> [u8; BIN_LEN] {
         let mut b = [0u8; BIN_LEN];
         b[MAGIC].copy_from_slice(&self.magic);
@@ -288,7 +297,9 @@ impl BinaryHeader {
         b[UUID].copy_from_slice(&self.uuid);
         b[SUBSYSTEM].copy_from_slice(&self.subsystem);
         b[HDR_OFFSET].copy_from_slice(&self.hdr_offset.to_be_bytes());
+        b[PADDING].copy_from_slice(&self.padding);
         b[CSUM].copy_from_slice(&self.csum);
+        b[PADDING4096].copy_from_slice(&self.padding4096);
         b
     }
 
@@ -313,7 +324,9 @@ impl BinaryHeader {
                 HeaderCopy::Primary => 0,
                 HeaderCopy::Secondary => hdr_size,
             },
+            padding: [0; 184],
             csum: [0; 64],
+            padding4096: [0; 3584],
         }
     }
 
@@ -474,6 +487,10 @@ mod tests {
         assert_eq!(&b[448..480], &[0xaa; 32]);
         assert!(b[264..448].iter().chain(&b[512..]).all(|&x| x == 0));
         assert_eq!(BinaryHeader::parse(&b), h);
+        // Every byte round-trips, padding included (the checksum covers it).
+        let mut raw = [0u8; BIN_LEN];
+        openssl::rand::rand_bytes(&mut raw).unwrap();
+        assert_eq!(BinaryHeader::parse(&raw).encode(), raw);
         assert_eq!(h.check(HeaderCopy::Secondary, 0x8000), Ok(Hash::Sha256));
         assert_eq!(h.uuid(), Some("12345678-1234-4234-8234-123456789abc"));
         assert_eq!(h.label(), Some("data"));
