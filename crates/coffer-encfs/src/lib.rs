@@ -647,3 +647,38 @@ pub fn create<R: Read, W: Write>(
     out.flush()?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn xts_keys_are_32_or_64_bytes_with_unequal_halves() {
+        for n in [32usize, 64] {
+            let mut k = vec![0x33u8; n];
+            assert!(matches!(XtsKey::new(&k), Err(LuksError::WeakKey(_))));
+            k[n - 1] ^= 1;
+            assert_eq!(XtsKey::new(&k).unwrap().as_bytes(), &k[..]);
+            k[0] ^= 1;
+            k[n / 2] ^= 1;
+            k[n - 1] ^= 1;
+            assert!(matches!(XtsKey::new(&k), Err(LuksError::WeakKey(_))));
+        }
+        for n in [0usize, 16, 31, 48, 65, 128] {
+            let k: Vec<u8> = (0..n as u8).collect();
+            assert!(matches!(XtsKey::new(&k), Err(LuksError::Unsupported(_))));
+        }
+    }
+
+    #[test]
+    fn af_merge_refuses_what_it_cannot_merge() {
+        let h = MessageDigest::sha256();
+        assert!(af_merge(&[], 64, 0, h).is_err());
+        assert!(af_merge(&[0; 100], 64, 2, h).is_err());
+        assert!(af_merge(&[0; 64], usize::MAX, 2, h).is_err());
+        let key: Vec<u8> = (0..64).collect();
+        let split = af_split(&key, 4000, h).unwrap();
+        assert_eq!(af_merge(&split, 64, 4000, h).unwrap(), key);
+    }
+}

@@ -460,3 +460,35 @@ fn header_and_json_area_sizes_are_bounded() {
     img[4000] ^= 1;
     assert!(unlock(&img, PASS).unwrap_err().contains("checksum"));
 }
+
+#[test]
+fn the_plaintext_verity_root_pins_what_a_volume_holds() {
+    let plain: Vec<u8> = (0..64u32 << 10).map(|i| (i * 7 + i / 4096) as u8).collect();
+    let make = |plain: &[u8]| {
+        let mut out = Vec::new();
+        coffer_encfs::create(
+            &mut Cursor::new(plain.to_vec()),
+            plain.len() as u64,
+            PASS,
+            &mut out,
+            &Default::default(),
+        )
+        .unwrap();
+        coffer_encfs::block::Volume::open_source(Box::new(Mem(Arc::new(out))), PASS, false).unwrap()
+    };
+    let vol = make(&plain);
+    let want = coffer_verity::root_hash(&plain[..]).unwrap();
+    assert_eq!(vol.plaintext_verity_root(64 << 10).unwrap(), want);
+    assert_eq!(
+        vol.plaintext_verity_root(8192).unwrap(),
+        coffer_verity::root_hash(&plain[..8192]).unwrap()
+    );
+    // Another volume opening with the same key but holding other bytes: another root.
+    let mut other = plain.clone();
+    other[40000] ^= 1;
+    assert_ne!(make(&other).plaintext_verity_root(64 << 10).unwrap(), want);
+    for len in [0u64, 4095, 4097, (64 << 10) + 4096, u64::MAX] {
+        let err = vol.plaintext_verity_root(len).unwrap_err().to_string();
+        assert!(err.contains("dm-verity"), "{len}: {err}");
+    }
+}
