@@ -14,12 +14,12 @@ use fuser::{
 };
 
 use crate::source::Source;
-use crate::{num, xts, Luks2, LuksError};
+use crate::{xts, Luks2, LuksError, XtsKey};
 
 /// The data segment of an unlocked volume.
 pub struct Volume {
     image: Mutex<Box<dyn Source>>,
-    key: Vec<u8>,
+    key: XtsKey,
     offset: u64,
     size: u64,
     sector: u64,
@@ -49,40 +49,53 @@ impl Volume {
             let key = luks.unlock(&mut cur, passphrase)?;
             (luks, key)
         };
-        let seg = &luks.metadata["segments"]["0"];
-        if seg["type"] != "crypt" || seg["encryption"] != "aes-xts-plain64" {
-            return Err(LuksError::Unsupported(format!(
-                "segment {} {}",
-                seg["type"], seg["encryption"]
-            )));
-        }
-        let offset = num(&seg["offset"], "segment offset")?;
-        let sector = seg["sector_size"].as_u64().unwrap_or(512);
-        let tweak = seg
-            .get("iv_tweak")
-            .map(|t| num(t, "iv_tweak"))
-            .transpose()?
-            .unwrap_or(0);
-        let end = src.len();
-        let size = match &seg["size"] {
-            serde_json::Value::String(s) if s == "dynamic" => end.saturating_sub(offset),
-            other => num(other, "segment size")?,
-        };
-        if size == 0 || offset + size > end || size % sector != 0 {
-            return Err(LuksError::Truncated(format!(
-                "segment needs {} bytes, image has {end}",
-                offset + size
-            )));
-        }
+        let (offset, size) = luks.data_extent(src.len())?;
+        let seg = &luks.metadata.segment;
         Ok(Volume {
             image: Mutex::new(src),
             key,
             offset,
             size,
-            sector,
-            tweak,
+            sector: u64::from(seg.sector_size),
+            tweak: seg.iv_tweak,
             writable,
         })
+    }
+
+    /// The dm-verity root hash (format 1, SHA-256, 4096-byte blocks, no superblock, salt of 32
+    /// zero bytes: coffer-verity's parameters) of the first `len` bytes of the plaintext, so a
+    /// policy can pin what a read-only volume holds and a substituted volume is refused even
+    /// when it opens with the right key. `len` must be a non-zero multiple of 4096 within the
+    /// volume (e.g. the size its ext4 file system says it has).
+    pub fn plaintext_verity_root(&self, len: u64) -> Result<[u8; 32], LuksError> {
+        self.plaintext_verity_root_salted(len, [0; 32])
+    }
+
+    /// [`Volume::plaintext_verity_root`] with another salt (`veritysetup --salt`).
+    pub fn plaintext_verity_root_salted(
+        &self,
+        len: u64,
+        salt: [u8; 32],
+    ) -> Result<[u8; 32], LuksError> {
+        let block = coffer_verity::BLOCK as u64;
+        if len == 0 || !len.is_multiple_of(block) || len > self.size {
+            return Err(LuksError::Verity(format!(
+                "{len} bytes: must be a non-zero multiple of {block} within the volume's {} bytes",
+                self.size
+            )));
+        }
+        let mut h = coffer_verity::VerityHasher::with_salt(salt);
+        let mut off = 0u64;
+        while off < len {
+            let n = (len - off).min(1 << 20) as usize;
+            let chunk = self.read_at(off, n)?;
+            if chunk.len() != n {
+                return Err(LuksError::Truncated(format!("plaintext at {off}")));
+            }
+            h.update(&chunk);
+            off += n as u64;
+        }
+        h.finish().map_err(|e| LuksError::Verity(e.to_string()))
     }
 
     /// Plaintext size.
@@ -90,6 +103,7 @@ impl Volume {
         self.size
     }
 
+    /// Sector range covering `[off, off + len)`; callers keep it within the volume.
     fn sectors(&self, off: u64, len: u64) -> (u64, u64) {
         let first = off / self.sector;
         let last = (off + len).div_ceil(self.sector);
@@ -127,7 +141,10 @@ impl Volume {
                 "the volume is open read-only".into(),
             ));
         }
-        if off + data.len() as u64 > self.size {
+        if (off)
+            .checked_add(data.len() as u64)
+            .is_none_or(|e| e > self.size)
+        {
             return Err(LuksError::Truncated(
                 "write past the end of the volume".into(),
             ));

@@ -9,6 +9,8 @@
 #![warn(missing_docs)]
 
 pub mod block;
+pub mod header;
+pub mod metadata;
 pub mod source;
 
 use std::io::{Read, Seek, SeekFrom, Write};
@@ -16,7 +18,11 @@ use std::io::{Read, Seek, SeekFrom, Write};
 use base64::Engine as _;
 use openssl::hash::MessageDigest;
 use openssl::symm::{Cipher, Crypter, Mode};
-use serde_json::Value;
+
+use header::{BinaryHeader, HeaderCopy, HeaderError, BIN_LEN, HDR_SIZES};
+use metadata::{
+    Argon2Variant, Digest, Kdf, Keyslot, Metadata, MetadataError, SegmentSize, STRIPES,
+};
 
 /// Errors opening a LUKS2 volume. None of them changes the image.
 #[derive(Debug, thiserror::Error)]
@@ -25,138 +31,170 @@ pub enum LuksError {
     /// Reading the image failed.
     #[error("reading the image: {0}")]
     Io(#[from] std::io::Error),
-    /// Not LUKS2, or a damaged header.
+    /// Not LUKS2, or a damaged binary header or JSON area.
     #[error("not a valid LUKS2 image: {0}")]
-    Header(String),
+    Header(#[from] HeaderError),
+    /// The JSON metadata is invalid or out of bounds.
+    #[error("invalid LUKS2 metadata: {0}")]
+    Metadata(#[from] MetadataError),
     /// The metadata uses something not supported here.
     #[error("unsupported LUKS2 feature: {0}")]
     Unsupported(String),
     /// No keyslot opens with this key.
     #[error("wrong key: no keyslot accepts it")]
     WrongKey,
+    /// An aes-xts key whose two halves are equal (refused by cryptsetup and by the kernel in
+    /// FIPS mode: XTS is then no longer a tweakable cipher).
+    #[error("weak key: {0}")]
+    WeakKey(String),
     /// The image is shorter than its metadata says.
     #[error("the image is truncated: {0}")]
     Truncated(String),
+    /// The plaintext is not ext4 where ext4 was asked for.
+    #[error("the volume does not hold an ext4 file system")]
+    NoExt4,
+    /// `create` was given something it cannot write.
+    #[error("cannot create the image: {0}")]
+    Create(String),
+    /// A plaintext range that cannot be measured.
+    #[error("dm-verity measurement: {0}")]
+    Verity(String),
     /// Crypto backend failure.
     #[error("crypto: {0}")]
     Crypto(#[from] openssl::error::ErrorStack),
 }
 
-const MAGIC1: &[u8; 6] = b"LUKS\xba\xbe";
-const MAGIC2: &[u8; 6] = b"SKUL\xba\xbe";
+/// An aes-xts-plain64 key: 32 or 64 bytes (two AES-128 or AES-256 keys) whose two halves
+/// differ. Volume and keyslot keys exist only as this type.
+#[derive(Clone)]
+pub struct XtsKey(Vec<u8>);
 
-/// The parsed, checksum-verified metadata of a LUKS2 image.
+impl XtsKey {
+    /// Refuses sizes other than 32 and 64 bytes, and equal halves.
+    pub fn new(bytes: &[u8]) -> Result<Self, LuksError> {
+        if bytes.len() != 32 && bytes.len() != 64 {
+            return Err(LuksError::Unsupported(format!(
+                "aes-xts key of {} bytes (32 or 64)",
+                bytes.len()
+            )));
+        }
+        let (a, b) = bytes.split_at(bytes.len() / 2);
+        if openssl::memcmp::eq(a, b) {
+            return Err(LuksError::WeakKey(
+                "the two halves of the aes-xts key are equal".into(),
+            ));
+        }
+        Ok(XtsKey(bytes.to_vec()))
+    }
+
+    /// The key bytes.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.0
+    }
+
+    fn cipher(&self) -> Cipher {
+        if self.0.len() == 64 {
+            Cipher::aes_256_xts()
+        } else {
+            Cipher::aes_128_xts()
+        }
+    }
+}
+
+impl std::fmt::Debug for XtsKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "XtsKey({} bytes)", self.0.len())
+    }
+}
+
+impl Drop for XtsKey {
+    fn drop(&mut self) {
+        self.0.fill(0);
+    }
+}
+
+/// The parsed, checksum-verified, validated metadata of a LUKS2 image.
 #[derive(Clone, Debug)]
 pub struct Luks2 {
-    /// The JSON metadata.
-    pub metadata: Value,
+    /// The binary header of the copy in use.
+    pub header: BinaryHeader,
+    /// The JSON metadata, validated.
+    pub metadata: Metadata,
     /// Header area size (binary header + JSON).
     pub hdr_size: u64,
 }
 
-pub(crate) fn num(v: &Value, what: &str) -> Result<u64, LuksError> {
-    match v {
-        Value::String(s) => s
-            .parse()
-            .map_err(|_| LuksError::Header(format!("{what} is not a number"))),
-        Value::Number(n) => n
-            .as_u64()
-            .ok_or_else(|| LuksError::Header(format!("{what} is not a number"))),
-        _ => Err(LuksError::Header(format!("{what} is missing"))),
-    }
+fn read_at<R: Read + Seek>(
+    r: &mut R,
+    off: u64,
+    buf: &mut [u8],
+    what: &str,
+) -> Result<(), LuksError> {
+    r.seek(SeekFrom::Start(off))?;
+    r.read_exact(buf).map_err(|e| match e.kind() {
+        std::io::ErrorKind::UnexpectedEof => {
+            LuksError::Truncated(format!("{what} at offset {off}"))
+        }
+        _ => LuksError::Io(e),
+    })
 }
 
-fn read_header<R: Read + Seek>(
+/// One header copy whose binary header and checksum are good; its metadata may still be invalid.
+struct CopyRead {
+    header: BinaryHeader,
+    metadata: Result<Metadata, MetadataError>,
+}
+
+/// Read the copy at `offset`: binary header checks, then the JSON area (at most 4 MiB, as the
+/// checked `hdr_size` says), its checksum, its framing, then the metadata.
+fn read_copy<R: Read + Seek>(
     r: &mut R,
+    copy: HeaderCopy,
     offset: u64,
-    magic: &[u8; 6],
-) -> Result<(u64, u64, Value), LuksError> {
-    let mut bin = [0u8; 4096];
-    r.seek(SeekFrom::Start(offset))?;
-    r.read_exact(&mut bin)
-        .map_err(|_| LuksError::Truncated("binary header".into()))?;
-    if &bin[..6] != magic {
-        return Err(LuksError::Header(format!("bad magic at offset {offset}")));
+) -> Result<CopyRead, LuksError> {
+    let mut bin = [0u8; BIN_LEN];
+    read_at(r, offset, &mut bin, &format!("{copy} binary header"))?;
+    let header = BinaryHeader::parse(&bin);
+    let hash = header.check(copy, offset)?;
+    // hdr_size is one of HDR_SIZES (<= 4 MiB).
+    let mut area = vec![0u8; header.hdr_size as usize - BIN_LEN];
+    read_at(
+        r,
+        offset + BIN_LEN as u64,
+        &mut area,
+        &format!("{copy} JSON area"),
+    )?;
+    if !header.csum_matches(hash, &area)? {
+        return Err(HeaderError::Checksum { copy, offset }.into());
     }
-    let version = u16::from_be_bytes([bin[6], bin[7]]);
-    if version != 2 {
-        return Err(LuksError::Unsupported(format!("LUKS version {version}")));
-    }
-    let hdr_size = u64::from_be_bytes(
-        bin[8..16]
-            .try_into()
-            .map_err(|_| LuksError::Header("size".into()))?,
-    );
-    let seqid = u64::from_be_bytes(
-        bin[16..24]
-            .try_into()
-            .map_err(|_| LuksError::Header("seqid".into()))?,
-    );
-    let csum_alg = String::from_utf8_lossy(&bin[72..104])
-        .trim_end_matches('\0')
-        .to_string();
-    if csum_alg != "sha256" {
-        return Err(LuksError::Unsupported(format!(
-            "header checksum {csum_alg}"
-        )));
-    }
-    let hdr_offset = u64::from_be_bytes(
-        bin[256..264]
-            .try_into()
-            .map_err(|_| LuksError::Header("offset".into()))?,
-    );
-    if hdr_offset != offset || !(16384..=4 << 20).contains(&hdr_size) {
-        return Err(LuksError::Header(format!(
-            "header at {offset} claims offset {hdr_offset}, size {hdr_size}"
-        )));
-    }
-    let mut area = vec![0u8; hdr_size as usize];
-    r.seek(SeekFrom::Start(offset))?;
-    r.read_exact(&mut area)
-        .map_err(|_| LuksError::Truncated("header area".into()))?;
-    let stored: [u8; 32] = area[448..480]
-        .try_into()
-        .map_err(|_| LuksError::Header("csum".into()))?;
-    area[448..512].fill(0);
-    if openssl::sha::sha256(&area) != stored {
-        return Err(LuksError::Header(format!(
-            "checksum mismatch in the header at offset {offset}"
-        )));
-    }
-    let json_end = area[4096..]
-        .iter()
-        .position(|&b| b == 0)
-        .map(|p| 4096 + p)
-        .unwrap_or(area.len());
-    let metadata: Value = serde_json::from_slice(&area[4096..json_end])
-        .map_err(|e| LuksError::Header(format!("JSON metadata: {e}")))?;
-    Ok((seqid, hdr_size, metadata))
+    let json = header::json_text(&area, copy, offset)?;
+    let metadata = Metadata::from_json(json, header.hdr_size);
+    Ok(CopyRead { header, metadata })
 }
 
 fn xts(
-    key: &[u8],
+    key: &XtsKey,
     data: &mut [u8],
     sector_size: usize,
     first_iv_sector: u64,
     iv_step: u64,
     decrypt: bool,
 ) -> Result<(), LuksError> {
-    let cipher = match key.len() {
-        64 => Cipher::aes_256_xts(),
-        32 => Cipher::aes_128_xts(),
-        n => return Err(LuksError::Unsupported(format!("aes-xts key of {n} bytes"))),
-    };
     for (i, sector) in data.chunks_mut(sector_size).enumerate() {
         let mut iv = [0u8; 16];
-        iv[..8].copy_from_slice(&(first_iv_sector + i as u64 * iv_step).to_le_bytes());
+        let n = (i as u64)
+            .checked_mul(iv_step)
+            .and_then(|n| n.checked_add(first_iv_sector))
+            .ok_or_else(|| LuksError::Unsupported("IV sector number overflows".into()))?;
+        iv[..8].copy_from_slice(&n.to_le_bytes());
         let mut c = Crypter::new(
-            cipher,
+            key.cipher(),
             if decrypt {
                 Mode::Decrypt
             } else {
                 Mode::Encrypt
             },
-            key,
+            key.as_bytes(),
             Some(&iv),
         )?;
         c.pad(false);
@@ -166,15 +204,6 @@ fn xts(
         sector.copy_from_slice(&out[..n]);
     }
     Ok(())
-}
-
-fn digest_of(name: &str) -> Result<MessageDigest, LuksError> {
-    match name {
-        "sha256" => Ok(MessageDigest::sha256()),
-        "sha512" => Ok(MessageDigest::sha512()),
-        "sha1" => Ok(MessageDigest::sha1()),
-        other => Err(LuksError::Unsupported(format!("hash {other}"))),
-    }
 }
 
 /// LUKS AF diffusion: hash the buffer in digest-sized chunks, each prefixed by its index.
@@ -189,16 +218,21 @@ fn diffuse(d: &[u8], hash: MessageDigest) -> Result<Vec<u8>, LuksError> {
     Ok(out)
 }
 
-/// LUKS anti-forensic merge.
+/// LUKS anti-forensic merge of `material` (`stripes` blocks of `key_size`, stripes >= 1).
 fn af_merge(
     material: &[u8],
     key_size: usize,
     stripes: usize,
     hash: MessageDigest,
 ) -> Result<Vec<u8>, LuksError> {
+    let len = key_size.checked_mul(stripes);
+    if stripes == 0 || len.is_none_or(|n| n > material.len()) {
+        return Err(LuksError::Unsupported(format!(
+            "anti-forensic merge of {stripes} stripes of {key_size} bytes"
+        )));
+    }
     let mut d = vec![0u8; key_size];
-    for i in 0..stripes {
-        let block = &material[i * key_size..(i + 1) * key_size];
+    for (i, block) in material.chunks_exact(key_size).take(stripes).enumerate() {
         for (x, y) in d.iter_mut().zip(block) {
             *x ^= y;
         }
@@ -209,186 +243,201 @@ fn af_merge(
     Ok(d)
 }
 
-fn b64(v: &Value, what: &str) -> Result<Vec<u8>, LuksError> {
-    v.as_str()
-        .and_then(|s| base64::engine::general_purpose::STANDARD.decode(s).ok())
-        .ok_or_else(|| LuksError::Header(format!("{what} is not base64")))
+/// The keyslot key (the key of its area) derived from `passphrase`.
+fn derive_area_key(slot: &Keyslot, passphrase: &[u8]) -> Result<XtsKey, LuksError> {
+    let mut kek = vec![0u8; slot.area.key_size.bytes()];
+    match &slot.kdf {
+        Kdf::Pbkdf2 {
+            hash,
+            iterations,
+            salt,
+        } => openssl::pkcs5::pbkdf2_hmac(
+            passphrase,
+            salt,
+            *iterations as usize,
+            hash.md(),
+            &mut kek,
+        )?,
+        Kdf::Argon2 {
+            variant,
+            time,
+            memory_kib,
+            cpus,
+            salt,
+        } => {
+            // Argon2 is not in OpenSSL 3.0 (Debian 12): the RustCrypto implementation.
+            let algorithm = match variant {
+                Argon2Variant::Id => argon2::Algorithm::Argon2id,
+                Argon2Variant::I => argon2::Algorithm::Argon2i,
+            };
+            let params =
+                argon2::Params::new(*memory_kib, *time, *cpus, Some(kek.len())).map_err(|e| {
+                    LuksError::Unsupported(format!("keyslot {}: argon2 parameters: {e}", slot.id))
+                })?;
+            argon2::Argon2::new(algorithm, argon2::Version::V0x13, params)
+                .hash_password_into(passphrase, salt, &mut kek)
+                .map_err(|e| LuksError::Unsupported(format!("keyslot {}: argon2: {e}", slot.id)))?;
+        }
+    }
+    let key = XtsKey::new(&kek).map_err(|e| match e {
+        LuksError::WeakKey(_) => LuksError::WeakKey(format!(
+            "keyslot {}: the passphrase derives an area key whose two halves are equal",
+            slot.id
+        )),
+        e => e,
+    });
+    kek.fill(0);
+    key
+}
+
+impl Digest {
+    /// Whether `key` is the key this digest was made of (PBKDF2, constant-time compare over the
+    /// stored digest, whose length is the hash's output size).
+    pub fn matches(&self, key: &[u8]) -> Result<bool, LuksError> {
+        let mut got = vec![0u8; self.digest.len()];
+        openssl::pkcs5::pbkdf2_hmac(
+            key,
+            &self.salt,
+            self.iterations as usize,
+            self.hash.md(),
+            &mut got,
+        )?;
+        Ok(!self.digest.is_empty() && openssl::memcmp::eq(&got, &self.digest))
+    }
 }
 
 impl Luks2 {
-    /// Read both headers, check their checksums, and keep the newer valid one.
+    /// Read both header copies as cryptsetup does (binary header checks, checksum, JSON framing,
+    /// metadata validation) and keep the valid one with the higher seqid (the primary on a tie).
     pub fn open<R: Read + Seek>(r: &mut R) -> Result<Self, LuksError> {
-        let primary = read_header(r, 0, MAGIC1);
+        let primary = read_copy(r, HeaderCopy::Primary, 0);
         let secondary = match &primary {
-            Ok((_, size, _)) => read_header(r, *size, MAGIC2),
+            Ok(p) => read_copy(r, HeaderCopy::Secondary, p.header.hdr_size),
             Err(_) => {
-                // The primary is damaged: look for the secondary at the usual offsets.
-                let mut found = Err(LuksError::Header("no valid header copy".into()));
-                for off in [
-                    16384u64,
-                    32768,
-                    65536,
-                    131072,
-                    262144,
-                    524288,
-                    1 << 20,
-                    2 << 20,
-                    4 << 20,
-                ] {
-                    if let Ok(h) = read_header(r, off, MAGIC2) {
-                        found = Ok(h);
+                // The primary is damaged: look for the secondary at the offsets LUKS2 allows.
+                let mut found = Err(LuksError::Unsupported("no secondary header".into()));
+                for off in HDR_SIZES {
+                    found = read_copy(r, HeaderCopy::Secondary, off);
+                    if found.is_ok() {
                         break;
                     }
                 }
                 found
             }
         };
-        let (seq, hdr_size, metadata) = match (primary, secondary) {
-            (Ok(a), Ok(b)) => {
-                if b.0 > a.0 {
-                    b
+        let valid = |c: &Result<CopyRead, LuksError>| {
+            matches!(
+                c,
+                Ok(CopyRead {
+                    metadata: Ok(_),
+                    ..
+                })
+            )
+        };
+        let chosen = match (valid(&primary), valid(&secondary)) {
+            (true, true) => {
+                let seq = |c: &Result<CopyRead, LuksError>| {
+                    c.as_ref().map(|c| c.header.seqid).unwrap_or(0)
+                };
+                if seq(&secondary) > seq(&primary) {
+                    secondary
                 } else {
-                    a
+                    primary
                 }
             }
-            (Ok(a), Err(_)) => a,
-            (Err(_), Ok(b)) => b,
-            (Err(e), Err(_)) => return Err(e),
+            (true, false) => primary,
+            (false, true) => secondary,
+            // Report the primary's problem, unless only the secondary got as far as its metadata.
+            (false, false) => match (primary, secondary) {
+                (Ok(p), _) => Ok(p),
+                (Err(_), Ok(s)) => Ok(s),
+                (Err(e), Err(_)) => Err(e),
+            },
         };
-        let _ = seq;
-        Ok(Luks2 { metadata, hdr_size })
+        let CopyRead { header, metadata } = chosen?;
+        let metadata = metadata?;
+        let len = r.seek(SeekFrom::End(0))?;
+        if len < metadata.areas_end() {
+            return Err(LuksError::Truncated(format!(
+                "the metadata and keyslots areas end at {}, the image has {len} bytes",
+                metadata.areas_end()
+            )));
+        }
+        Ok(Luks2 {
+            hdr_size: header.hdr_size,
+            header,
+            metadata,
+        })
     }
 
-    /// Unlock with `passphrase` (key file bytes): the volume key.
+    /// Unlock with `passphrase` (key file bytes): the volume key, checked against the digest
+    /// that binds the keyslot to the data segment.
     pub fn unlock<R: Read + Seek>(
         &self,
         r: &mut R,
         passphrase: &[u8],
-    ) -> Result<Vec<u8>, LuksError> {
-        let slots = self.metadata["keyslots"]
-            .as_object()
-            .ok_or_else(|| LuksError::Header("no keyslots".into()))?;
-        let digests = self.metadata["digests"]
-            .as_object()
-            .ok_or_else(|| LuksError::Header("no digests".into()))?;
-        for (id, slot) in slots {
-            let kdf = &slot["kdf"];
-            let area = &slot["area"];
-            let af = &slot["af"];
-            let kdf_type = kdf["type"].as_str().unwrap_or_default();
-            if !matches!(kdf_type, "pbkdf2" | "argon2id" | "argon2i") {
-                return Err(LuksError::Unsupported(format!(
-                    "keyslot {id} uses kdf {kdf_type}"
-                )));
-            }
-            if area["encryption"] != "aes-xts-plain64" || af["type"] != "luks1" {
-                return Err(LuksError::Unsupported(format!(
-                    "keyslot {id}: {} / {}",
-                    area["encryption"], af["type"]
-                )));
-            }
-            let key_size = num(&slot["key_size"], "key_size")? as usize;
-            let stripes = num(&af["stripes"], "stripes")? as usize;
-            let area_key_size = num(&area["key_size"], "area key_size")? as usize;
-            let mut kek = vec![0u8; area_key_size];
-            let salt = b64(&kdf["salt"], "kdf salt")?;
-            if kdf_type == "pbkdf2" {
-                openssl::pkcs5::pbkdf2_hmac(
-                    passphrase,
-                    &salt,
-                    num(&kdf["iterations"], "iterations")? as usize,
-                    digest_of(kdf["hash"].as_str().unwrap_or(""))?,
-                    &mut kek,
-                )?;
-            } else {
-                // Argon2 is not in OpenSSL 3.0 (Debian 12): the RustCrypto implementation.
-                let algorithm = if kdf_type == "argon2id" {
-                    argon2::Algorithm::Argon2id
-                } else {
-                    argon2::Algorithm::Argon2i
-                };
-                let small = |v: u64, what: &str| {
-                    u32::try_from(v).map_err(|_| LuksError::Header(format!("{what} out of range")))
-                };
-                let params = argon2::Params::new(
-                    small(num(&kdf["memory"], "argon2 memory")?, "memory")?,
-                    small(num(&kdf["time"], "argon2 time")?, "time")?,
-                    small(num(&kdf["cpus"], "argon2 cpus")?, "cpus")?,
-                    Some(area_key_size),
-                )
-                .map_err(|e| LuksError::Header(format!("argon2 parameters: {e}")))?;
-                argon2::Argon2::new(algorithm, argon2::Version::V0x13, params)
-                    .hash_password_into(passphrase, &salt, &mut kek)
-                    .map_err(|e| LuksError::Header(format!("argon2: {e}")))?;
-            }
-            let len = key_size * stripes;
-            let mut material = vec![0u8; len.div_ceil(512) * 512];
-            r.seek(SeekFrom::Start(num(&area["offset"], "area offset")?))?;
-            r.read_exact(&mut material)
-                .map_err(|_| LuksError::Truncated(format!("keyslot {id} area")))?;
-            xts(&kek, &mut material, 512, 0, 1, true)?;
-            let key = af_merge(
-                &material[..len],
-                key_size,
-                stripes,
-                digest_of(af["hash"].as_str().unwrap_or(""))?,
+    ) -> Result<XtsKey, LuksError> {
+        for slot in self.metadata.keyslots_to_try() {
+            let Some(digest) = self.metadata.digest_for(slot.id) else {
+                continue;
+            };
+            let kek = derive_area_key(slot, passphrase)?;
+            let mut material = vec![0u8; slot.split_key_len()];
+            read_at(
+                r,
+                slot.area.offset,
+                &mut material,
+                &format!("keyslot {} area", slot.id),
             )?;
-            for d in digests.values() {
-                let covers = d["keyslots"]
-                    .as_array()
-                    .is_some_and(|k| k.iter().any(|x| x == id.as_str()));
-                if !covers || d["type"] != "pbkdf2" {
-                    continue;
-                }
-                let want = b64(&d["digest"], "digest")?;
-                let mut got = vec![0u8; want.len()];
-                openssl::pkcs5::pbkdf2_hmac(
-                    &key,
-                    &b64(&d["salt"], "digest salt")?,
-                    num(&d["iterations"], "digest iterations")? as usize,
-                    digest_of(d["hash"].as_str().unwrap_or(""))?,
-                    &mut got,
-                )?;
-                if openssl::memcmp::eq(&got, &want) {
-                    return Ok(key);
-                }
+            xts(&kek, &mut material, 512, 0, 1, true)?;
+            let key_size = slot.key_size.bytes();
+            let mut key = af_merge(&material, key_size, STRIPES as usize, slot.af_hash.md())?;
+            material.fill(0);
+            let matches = digest.matches(&key)?;
+            let checked = XtsKey::new(&key);
+            key.fill(0);
+            if matches {
+                return checked.map_err(|e| match e {
+                    LuksError::WeakKey(_) => LuksError::WeakKey(format!(
+                        "keyslot {} holds a volume key whose two aes-xts halves are equal",
+                        slot.id
+                    )),
+                    e => e,
+                });
             }
         }
         Err(LuksError::WrongKey)
+    }
+
+    /// The data segment's extent `(offset, size)` in an image of `image_len` bytes.
+    pub fn data_extent(&self, image_len: u64) -> Result<(u64, u64), LuksError> {
+        let seg = &self.metadata.segment;
+        let sector = u64::from(seg.sector_size);
+        let size = match seg.size {
+            SegmentSize::Dynamic => image_len.saturating_sub(seg.offset),
+            SegmentSize::Fixed(n) => n,
+        };
+        let end = seg.offset.checked_add(size);
+        if size == 0 || end.is_none_or(|e| e > image_len) || !size.is_multiple_of(sector) {
+            return Err(LuksError::Truncated(format!(
+                "the data segment needs {size} bytes at offset {} in whole {sector}-byte sectors, the image has {image_len}",
+                seg.offset
+            )));
+        }
+        Ok((seg.offset, size))
     }
 
     /// Decrypt the data segment into `out` (e.g. a file then loop-mounted read-only).
     pub fn decrypt_to<R: Read + Seek, W: Write>(
         &self,
         r: &mut R,
-        key: &[u8],
+        key: &XtsKey,
         out: &mut W,
     ) -> Result<u64, LuksError> {
-        let seg = self.metadata["segments"]["0"].clone();
-        if seg["type"] != "crypt" || seg["encryption"] != "aes-xts-plain64" {
-            return Err(LuksError::Unsupported(format!(
-                "segment {} {}",
-                seg["type"], seg["encryption"]
-            )));
-        }
-        let offset = num(&seg["offset"], "segment offset")?;
-        let sector = seg["sector_size"].as_u64().unwrap_or(512) as usize;
-        let tweak = seg
-            .get("iv_tweak")
-            .map(|t| num(t, "iv_tweak"))
-            .transpose()?
-            .unwrap_or(0);
-        let end = r.seek(SeekFrom::End(0))?;
-        let size = match &seg["size"] {
-            Value::String(s) if s == "dynamic" => end.saturating_sub(offset),
-            other => num(other, "segment size")?,
-        };
-        if offset + size > end || size % sector as u64 != 0 {
-            return Err(LuksError::Truncated(format!(
-                "segment needs {} bytes, image has {end}",
-                offset + size
-            )));
-        }
+        let image_len = r.seek(SeekFrom::End(0))?;
+        let (offset, size) = self.data_extent(image_len)?;
+        let seg = &self.metadata.segment;
+        let sector = seg.sector_size as usize;
         r.seek(SeekFrom::Start(offset))?;
         let step = (sector / 512) as u64;
         let mut buf = vec![0u8; sector * 256];
@@ -396,7 +445,14 @@ impl Luks2 {
         while done < size {
             let n = ((size - done) as usize).min(buf.len());
             r.read_exact(&mut buf[..n])?;
-            xts(key, &mut buf[..n], sector, tweak + (done / 512), step, true)?;
+            xts(
+                key,
+                &mut buf[..n],
+                sector,
+                seg.iv_tweak + (done / 512),
+                step,
+                true,
+            )?;
             out.write_all(&buf[..n])?;
             done += n as u64;
         }
@@ -441,9 +497,7 @@ pub fn open_ext4<R: Read + Seek, W: Write + Read + Seek>(
             "the file system needs {fs} bytes, the volume has {n}"
         ))),
         Some(_) => Ok(n),
-        None => Err(LuksError::Header(
-            "the volume does not hold an ext4 file system (wrong key material?)".into(),
-        )),
+        None => Err(LuksError::NoExt4),
     }
 }
 
@@ -465,10 +519,19 @@ fn af_split(key: &[u8], stripes: usize, hash: MessageDigest) -> Result<Vec<u8>, 
     Ok(out)
 }
 
+/// The encrypted keyslot area holding `volume_key` split into [`STRIPES`], `area_size` bytes.
+fn keyslot_area(volume_key: &[u8], kek: &XtsKey, area_size: usize) -> Result<Vec<u8>, LuksError> {
+    let mut material = af_split(volume_key, STRIPES as usize, MessageDigest::sha256())?;
+    material.resize(area_size, 0);
+    xts(kek, &mut material, 512, 0, 1, false)?;
+    Ok(material)
+}
+
 /// Parameters of a new image.
 #[derive(Clone, Debug)]
 pub struct CreateOptions {
-    /// PBKDF2-SHA256 iterations for the keyslot (Azure's tooling uses 1000).
+    /// PBKDF2-SHA256 iterations for the keyslot and the digest (Azure's tooling uses 1000),
+    /// clamped to what [`Luks2::open`] accepts.
     pub iterations: u32,
 }
 
@@ -492,42 +555,48 @@ pub fn create<R: Read, W: Write>(
     opts: &CreateOptions,
 ) -> Result<(), LuksError> {
     if plaintext_len == 0 || !plaintext_len.is_multiple_of(4096) {
-        return Err(LuksError::Header(format!(
+        return Err(LuksError::Create(format!(
             "the plaintext must be a whole number of 4096-byte sectors, got {plaintext_len} bytes"
         )));
     }
     let b64e = |b: &[u8]| base64::engine::general_purpose::STANDARD.encode(b);
-    let mut volume_key = [0u8; 64];
-    openssl::rand::rand_bytes(&mut volume_key)?;
+    let mut raw_key = [0u8; 64];
+    openssl::rand::rand_bytes(&mut raw_key)?;
+    let volume_key = XtsKey::new(&raw_key)?;
+    raw_key.fill(0);
     let (mut ks_salt, mut dg_salt) = ([0u8; 32], [0u8; 32]);
     openssl::rand::rand_bytes(&mut ks_salt)?;
     openssl::rand::rand_bytes(&mut dg_salt)?;
-    let iterations = opts.iterations.max(1000) as usize;
+    let iterations = opts.iterations.clamp(
+        metadata::PBKDF2_MIN_ITERATIONS,
+        metadata::PBKDF2_MAX_ITERATIONS,
+    ) as usize;
     let mut digest = [0u8; 32];
     openssl::pkcs5::pbkdf2_hmac(
-        &volume_key,
+        volume_key.as_bytes(),
         &dg_salt,
         iterations,
         MessageDigest::sha256(),
         &mut digest,
     )?;
-    let stripes = 4000usize;
-    let area_size = ((64 * stripes) as u64).div_ceil(4096) * 4096;
+    let area_size = (64 * u64::from(STRIPES)).div_ceil(4096) * 4096;
     let keyslots_size = DATA_OFFSET - 2 * HDR_SIZE;
     let metadata = serde_json::json!({
         "keyslots": {"0": {"type": "luks2", "key_size": 64,
-            "af": {"type": "luks1", "stripes": stripes, "hash": "sha256"},
+            "af": {"type": "luks1", "stripes": STRIPES, "hash": "sha256"},
             "area": {"type": "raw", "offset": (2 * HDR_SIZE).to_string(), "size": area_size.to_string(), "encryption": "aes-xts-plain64", "key_size": 64},
             "kdf": {"type": "pbkdf2", "hash": "sha256", "iterations": iterations, "salt": b64e(&ks_salt)}}},
         "tokens": {},
         "segments": {"0": {"type": "crypt", "offset": DATA_OFFSET.to_string(), "size": "dynamic", "iv_tweak": "0", "encryption": "aes-xts-plain64", "sector_size": 4096}},
         "digests": {"0": {"type": "pbkdf2", "keyslots": ["0"], "segments": ["0"], "hash": "sha256", "iterations": iterations, "salt": b64e(&dg_salt), "digest": b64e(&digest)}},
-        "config": {"json_size": (HDR_SIZE - 4096).to_string(), "keyslots_size": keyslots_size.to_string()},
+        "config": {"json_size": (HDR_SIZE - BIN_LEN as u64).to_string(), "keyslots_size": keyslots_size.to_string()},
     });
-    let json = serde_json::to_vec(&metadata).map_err(|e| LuksError::Header(e.to_string()))?;
-    if json.len() >= (HDR_SIZE - 4096) as usize {
-        return Err(LuksError::Header("metadata too large".into()));
+    let json = serde_json::to_vec(&metadata).map_err(|e| LuksError::Create(e.to_string()))?;
+    let mut json_area = vec![0u8; HDR_SIZE as usize - BIN_LEN];
+    if json.len() >= json_area.len() {
+        return Err(LuksError::Create("metadata too large".into()));
     }
+    json_area[..json.len()].copy_from_slice(&json);
     let mut salt = [0u8; 64];
     openssl::rand::rand_bytes(&mut salt)?;
     let mut u = [0u8; 16];
@@ -543,23 +612,12 @@ pub fn create<R: Read, W: Write>(
         &h[16..20],
         &h[20..]
     );
-    let header = |offset: u64, magic: &[u8; 6]| -> Vec<u8> {
-        let mut a = vec![0u8; HDR_SIZE as usize];
-        a[..6].copy_from_slice(magic);
-        a[6..8].copy_from_slice(&2u16.to_be_bytes());
-        a[8..16].copy_from_slice(&HDR_SIZE.to_be_bytes());
-        a[16..24].copy_from_slice(&1u64.to_be_bytes());
-        a[72..78].copy_from_slice(b"sha256");
-        a[104..168].copy_from_slice(&salt);
-        a[168..168 + uuid.len()].copy_from_slice(uuid.as_bytes());
-        a[256..264].copy_from_slice(&offset.to_be_bytes());
-        a[4096..4096 + json.len()].copy_from_slice(&json);
-        let csum = openssl::sha::sha256(&a);
-        a[448..480].copy_from_slice(&csum);
-        a
-    };
-    out.write_all(&header(0, MAGIC1))?;
-    out.write_all(&header(HDR_SIZE, MAGIC2))?;
+    for copy in [HeaderCopy::Primary, HeaderCopy::Secondary] {
+        let mut bin = BinaryHeader::new(copy, HDR_SIZE, 1, &uuid, salt);
+        bin.seal(&json_area)?;
+        out.write_all(&bin.encode())?;
+        out.write_all(&json_area)?;
+    }
     let mut kek = [0u8; 64];
     openssl::pkcs5::pbkdf2_hmac(
         passphrase,
@@ -568,10 +626,13 @@ pub fn create<R: Read, W: Write>(
         MessageDigest::sha256(),
         &mut kek,
     )?;
-    let mut material = af_split(&volume_key, stripes, MessageDigest::sha256())?;
-    material.resize(area_size as usize, 0);
-    xts(&kek, &mut material, 512, 0, 1, false)?;
-    out.write_all(&material)?;
+    let kek_key = XtsKey::new(&kek)?;
+    kek.fill(0);
+    out.write_all(&keyslot_area(
+        volume_key.as_bytes(),
+        &kek_key,
+        area_size as usize,
+    )?)?;
     let pad = DATA_OFFSET - 2 * HDR_SIZE - area_size;
     out.write_all(&vec![0u8; pad as usize])?;
     let mut buf = vec![0u8; 4096 * 256];
@@ -585,4 +646,39 @@ pub fn create<R: Read, W: Write>(
     }
     out.flush()?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn xts_keys_are_32_or_64_bytes_with_unequal_halves() {
+        for n in [32usize, 64] {
+            let mut k = vec![0x33u8; n];
+            assert!(matches!(XtsKey::new(&k), Err(LuksError::WeakKey(_))));
+            k[n - 1] ^= 1;
+            assert_eq!(XtsKey::new(&k).unwrap().as_bytes(), &k[..]);
+            k[0] ^= 1;
+            k[n / 2] ^= 1;
+            k[n - 1] ^= 1;
+            assert!(matches!(XtsKey::new(&k), Err(LuksError::WeakKey(_))));
+        }
+        for n in [0usize, 16, 31, 48, 65, 128] {
+            let k: Vec<u8> = (0..n as u8).collect();
+            assert!(matches!(XtsKey::new(&k), Err(LuksError::Unsupported(_))));
+        }
+    }
+
+    #[test]
+    fn af_merge_refuses_what_it_cannot_merge() {
+        let h = MessageDigest::sha256();
+        assert!(af_merge(&[], 64, 0, h).is_err());
+        assert!(af_merge(&[0; 100], 64, 2, h).is_err());
+        assert!(af_merge(&[0; 64], usize::MAX, 2, h).is_err());
+        let key: Vec<u8> = (0..64).collect();
+        let split = af_split(&key, 4000, h).unwrap();
+        assert_eq!(af_merge(&split, 64, 4000, h).unwrap(), key);
+    }
 }
