@@ -37,19 +37,7 @@ fn setup(t: &str) -> Option<(tempfile::TempDir, String)> {
         return None;
     }
     let tmp = tempfile::tempdir().unwrap();
-    let oci = tmp.path().join("hello");
-    assert!(coffer_testkit::build_example_image(&oci, t));
-    let out = coffer(
-        tmp.path(),
-        &[
-            "image",
-            "import",
-            &format!("oci:{}:latest", oci.display()),
-            "--name",
-            "hello:latest",
-        ],
-    );
-    assert!(out.status.success());
+    common::import_example(tmp.path(), t);
     let policy = tmp.path().join("p.rego");
     let out = coffer(
         tmp.path(),

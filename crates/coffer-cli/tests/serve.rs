@@ -10,38 +10,8 @@ use std::process::{Child, Command, Stdio};
 use base64::Engine as _;
 use serde_json::{json, Value};
 
-pub struct Server {
-    child: Child,
-    pub url: String,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-pub fn serve(home: &Path, args: &[&str]) -> Server {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_coffer"))
-        .args(["serve", "--listen", "127.0.0.1:0"])
-        .args(args)
-        .env("COFFER_HOME", home)
-        .stderr(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let mut lines = BufReader::new(stderr).lines();
-    let url = loop {
-        let line = lines.next().expect("serve exited").unwrap();
-        if let Some(rest) = line.split("listening on ").nth(1) {
-            break rest.split_whitespace().next().unwrap().to_string();
-        }
-    };
-    std::thread::spawn(move || for _ in lines {});
-    Server { child, url }
-}
+mod common;
+use common::{admin, http, serve, Server};
 
 fn b64u(b: &[u8]) -> String {
     base64::engine::general_purpose::URL_SAFE.encode(b)
@@ -55,17 +25,6 @@ fn claims(token: &str) -> Value {
             .unwrap(),
     )
     .unwrap()
-}
-
-fn admin(home: &Path) -> String {
-    std::fs::read_to_string(home.join("serve/admin-token"))
-        .unwrap()
-        .trim()
-        .to_string()
-}
-
-fn http() -> reqwest::blocking::Client {
-    reqwest::blocking::Client::new()
 }
 
 fn attest_body(report: &[u8], chain: &[u8], runtime: &[u8]) -> Value {

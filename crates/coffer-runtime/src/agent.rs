@@ -426,7 +426,13 @@ impl Agent {
             if let Err(e) = std::fs::create_dir_all(&src) {
                 return failed(format!("volume {}: {e}", v.name));
             }
-            vols.push((src, v.destination.clone(), v.read_only));
+            vols.push(oci::VolumeBind {
+                source: src,
+                destination: v.destination.clone(),
+                read_only: v.read_only,
+                // An encrypted volume's file system was made outside the TEE.
+                from_outside: self.encrypted.iter().any(|e| e.name == v.name),
+            });
         }
         let cgroup = format!("/coffer/{}-{id}", self.cgroup_prefix);
         let spec = match crate::agent::oci::spec(&rootfs, p, &env, &caps, &vols, &cgroup) {
@@ -548,6 +554,22 @@ impl Agent {
             }
             None => return Err("the volume does not hold an ext4 file system".into()),
         }
+        if !policy.verity_root.is_empty() {
+            // Pinned content: the whole plaintext file system is read and hashed once, here.
+            let fs = coffer_encfs::ext4_size(&start).unwrap_or(0).div_ceil(4096) * 4096;
+            let root = vol
+                .plaintext_verity_root(fs)
+                .map_err(|e| format!("hashing the volume's plaintext: {e}"))?;
+            let pinned = hex::decode(&policy.verity_root)
+                .map_err(|_| "the policy's verity_root is not hex".to_string())?;
+            if pinned.len() != 32 || !openssl::memcmp::eq(&root, &pinned[..]) {
+                return Err(format!(
+                    "the volume's plaintext (dm-verity root {}) is not the one the policy pins ({})",
+                    hex::encode(root),
+                    policy.verity_root
+                ));
+            }
+        }
         let block_dir = self.work.join("volumes").join(format!(".{name}.block"));
         let dir = self.work.join("volumes").join(name);
         for d in [&block_dir, &dir] {
@@ -559,7 +581,12 @@ impl Agent {
                 "-t",
                 "ext4",
                 "-o",
-                if *read_only { "loop,ro,noload" } else { "loop" },
+                // The file system comes from outside the TEE: no setuid binaries, no devices.
+                if *read_only {
+                    "loop,ro,noload,nosuid,nodev"
+                } else {
+                    "loop,nosuid,nodev"
+                },
             ])
             .arg(&block.disk)
             .arg(&dir)
@@ -972,13 +999,22 @@ pub(crate) mod oci {
             .map_err(|e| e.to_string())
     }
 
+    /// A volume bound into a container.
+    pub(crate) struct VolumeBind {
+        pub(crate) source: PathBuf,
+        pub(crate) destination: String,
+        pub(crate) read_only: bool,
+        /// Content made outside the TEE: mounted nosuid, nodev.
+        pub(crate) from_outside: bool,
+    }
+
     /// The spec: own mount and PID namespaces, the sandbox's network, UTS and IPC.
     pub(crate) fn spec(
         rootfs: &Path,
         p: &ProcessSpec,
         env: &[String],
         caps: &[String],
-        volumes: &[(PathBuf, String, bool)],
+        volumes: &[VolumeBind],
         cgroup: &str,
     ) -> Result<Spec, String> {
         let caps: std::collections::HashSet<Capability> =
@@ -1046,12 +1082,16 @@ pub(crate) mod oci {
                 &["nosuid", "noexec", "nodev", "ro"],
             )?,
         ];
-        for (src, dest, ro) in volumes {
+        for v in volumes {
+            let mut opts = vec!["rbind", "rprivate", if v.read_only { "ro" } else { "rw" }];
+            if v.from_outside {
+                opts.extend(["nosuid", "nodev"]);
+            }
             mounts.push(mnt(
-                dest,
+                &v.destination,
                 "bind",
-                &src.display().to_string(),
-                &["rbind", "rprivate", if *ro { "ro" } else { "rw" }],
+                &v.source.display().to_string(),
+                &opts,
             )?);
         }
         let namespaces = [LinuxNamespaceType::Pid, LinuxNamespaceType::Mount]

@@ -82,7 +82,7 @@ pub(crate) fn create_volume(
     key: &[u8],
     output: &std::path::Path,
     size_mib: Option<u64>,
-) -> Result<u64> {
+) -> Result<Created> {
     if !from.is_dir() {
         bail!("--from {} is not a directory", from.display());
     }
@@ -99,6 +99,7 @@ pub(crate) fn create_volume(
         bail!("mkfs.ext4: {}", String::from_utf8_lossy(&out.stderr).trim());
     }
     let len = std::fs::metadata(tmp.path())?.len();
+    let plaintext_root = coffer_verity::root_hash(std::fs::File::open(tmp.path())?)?;
     let part = output.with_extension("partial");
     let mut w = std::io::BufWriter::new(std::fs::File::create(&part)?);
     let r = coffer_encfs::create(
@@ -117,7 +118,18 @@ pub(crate) fn create_volume(
         return Err(e);
     }
     std::fs::rename(&part, output)?;
-    Ok(mib)
+    Ok(Created {
+        mib,
+        plaintext_root,
+    })
+}
+
+/// What [`create_volume`] made.
+pub(crate) struct Created {
+    /// Size of the file system.
+    pub(crate) mib: u64,
+    /// dm-verity root of the plaintext file system: what `verityRootHash` pins.
+    pub(crate) plaintext_root: [u8; 32],
 }
 
 pub(crate) fn run(cmd: EncfsCommand) -> Result<ExitCode> {
@@ -125,11 +137,16 @@ pub(crate) fn run(cmd: EncfsCommand) -> Result<ExitCode> {
         EncfsCommand::Create(a) => {
             let key = std::fs::read(&a.key_file)
                 .with_context(|| format!("cannot read {}", a.key_file.display()))?;
-            let mib = create_volume(&a.from, &key, &a.output, a.size_mib)?;
+            let c = create_volume(&a.from, &key, &a.output, a.size_mib)?;
             println!(
                 "created {} ({} MiB file system, LUKS2 aes-xts-plain64)",
                 a.output.display(),
-                mib
+                c.mib
+            );
+            println!(
+                "plaintext dm-verity root: {} (pin a read-only volume to it with the CSI \
+                 attribute verityRootHash)",
+                hex::encode(c.plaintext_root)
             );
         }
         EncfsCommand::Open(a) => {

@@ -1,7 +1,10 @@
 //! Shared by the CLI integration tests: run the real `coffer` binary in a given $COFFER_HOME.
 
+#![allow(dead_code)] // each test binary uses part of it
+
+use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::{Child, Command, Output, Stdio};
 
 /// Run `coffer ARGS` with `COFFER_HOME=home`.
 pub(crate) fn coffer(home: &Path, args: &[&str]) -> Output {
@@ -10,4 +13,72 @@ pub(crate) fn coffer(home: &Path, args: &[&str]) -> Output {
         .env("COFFER_HOME", home)
         .output()
         .expect("run coffer")
+}
+
+/// A `coffer serve` process on a free loopback port, killed when dropped.
+pub(crate) struct Server {
+    child: Child,
+    pub url: String,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub(crate) fn serve(home: &Path, args: &[&str]) -> Server {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_coffer"))
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .args(args)
+        .env("COFFER_HOME", home)
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let mut lines = BufReader::new(stderr).lines();
+    let url = loop {
+        let line = lines.next().expect("serve exited").unwrap();
+        if let Some(rest) = line.split("listening on ").nth(1) {
+            break rest.split_whitespace().next().unwrap().to_string();
+        }
+    };
+    std::thread::spawn(move || for _ in lines {});
+    Server { child, url }
+}
+
+/// The admin token of the server whose state is under `home`.
+pub(crate) fn admin(home: &Path) -> String {
+    std::fs::read_to_string(home.join("serve/admin-token"))
+        .unwrap()
+        .trim()
+        .to_string()
+}
+
+/// An HTTP client.
+pub(crate) fn http() -> reqwest::blocking::Client {
+    reqwest::blocking::Client::new()
+}
+
+/// Build the example image and import it into `home` as hello:latest.
+pub(crate) fn import_example(home: &Path, test: &str) {
+    let oci = home.join("hello");
+    assert!(coffer_testkit::build_example_image(&oci, test));
+    let out = coffer(
+        home,
+        &[
+            "image",
+            "import",
+            &format!("oci:{}:latest", oci.display()),
+            "--name",
+            "hello:latest",
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
