@@ -3,9 +3,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 
 use base64::Engine as _;
 use serde_json::{json, Value};
@@ -335,7 +334,7 @@ pub fn ephemeral() -> (josekit::jwk::Jwk, Vec<u8>) {
     (pair.to_jwk_private_key(), runtime)
 }
 
-pub fn emulated_token(s: &Server, home: &Path, host_data: &str, runtime: &[u8]) -> (u16, Value) {
+fn emulated_token(s: &Server, home: &Path, host_data: &str, runtime: &[u8]) -> (u16, Value) {
     let rd = hex::encode(openssl::sha::sha256(runtime));
     let (r, c) = (home.join("r.bin"), home.join("c.pem"));
     let out = Command::new(env!("CARGO_BIN_EXE_coffer"))

@@ -17,8 +17,8 @@ pub(crate) fn coffer(home: &Path, args: &[&str]) -> Output {
 
 /// A `coffer serve` process on a free loopback port, killed when dropped.
 pub(crate) struct Server {
-    child: Child,
-    pub url: String,
+    pub(crate) child: Child,
+    pub(crate) url: String,
 }
 
 impl Drop for Server {
