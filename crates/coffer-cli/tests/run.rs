@@ -567,3 +567,38 @@ fn a_layer_that_does_not_unpack_is_not_counted_as_mounted() {
     c.call(&overlay()).unwrap();
     group.shutdown().unwrap();
 }
+
+#[test]
+fn ids_that_look_like_runc_flags_are_refused() {
+    let _serial = one_at_a_time();
+    let Some((tmp, policy)) = setup("ids_that_look_like_runc_flags_are_refused") else {
+        return;
+    };
+    let group = launch(tmp.path(), "g6", &policy).unwrap();
+    let mut c = group.client().unwrap();
+    // `runc exec --process=FILE` would run a process spec the host wrote.
+    let flag = "--process=/run/coffer/io/p.json".to_string();
+    for req in [
+        Request::Exec {
+            container_id: flag.clone(),
+            process: ProcessSpec {
+                args: vec!["/bin/true".into()],
+                cwd: "/".into(),
+                ..Default::default()
+            },
+        },
+        Request::Signal {
+            container_id: flag.clone(),
+            signal: 9,
+        },
+        Request::CreateContainer {
+            container_id: flag.clone(),
+            process: hello_process(),
+            volumes: vec![],
+        },
+    ] {
+        let err = c.call(&req).unwrap_err().to_string();
+        assert!(err.contains("invalid container id"), "{err}");
+    }
+    group.shutdown().unwrap();
+}

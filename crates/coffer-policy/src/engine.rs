@@ -10,37 +10,63 @@ pub const FRAMEWORK_REGO: &str = include_str!("../rego/framework.rego");
 
 /// The enforcement points, and the result used when a policy does not define one (as hcsshim's
 /// `api.rego` default results for policies older than the point).
-const POINTS: [(&str, &str); 17] = [
-    ("mount_device", r#"{"allowed": false}"#),
-    ("unmount_device", r#"{"allowed": true}"#),
-    ("mount_overlay", r#"{"allowed": false}"#),
-    ("unmount_overlay", r#"{"allowed": true}"#),
+/// The enforcement points: name, the API version that introduced it, and the result used when a
+/// policy older than that version does not define it (Azure's `api.rego` table).
+const POINTS: [(&str, Version, &str); 17] = [
+    ("mount_device", Version(0, 1, 0), r#"{"allowed": false}"#),
+    ("unmount_device", Version(0, 2, 0), r#"{"allowed": true}"#),
+    ("mount_overlay", Version(0, 1, 0), r#"{"allowed": false}"#),
+    ("unmount_overlay", Version(0, 6, 0), r#"{"allowed": true}"#),
     (
         "create_container",
+        Version(0, 1, 0),
         r#"{"allowed": false, "env_list": null, "allow_stdio_access": false}"#,
     ),
     (
         "exec_in_container",
+        Version(0, 2, 0),
         r#"{"allowed": true, "env_list": null}"#,
     ),
     (
         "exec_external",
+        Version(0, 3, 0),
         r#"{"allowed": true, "env_list": null, "allow_stdio_access": false}"#,
     ),
-    ("shutdown_container", r#"{"allowed": true}"#),
-    ("signal_container_process", r#"{"allowed": true}"#),
-    ("get_properties", r#"{"allowed": true}"#),
-    ("dump_stacks", r#"{"allowed": true}"#),
-    ("runtime_logging", r#"{"allowed": true}"#),
-    ("scratch_mount", r#"{"allowed": true}"#),
-    ("scratch_unmount", r#"{"allowed": true}"#),
+    (
+        "shutdown_container",
+        Version(0, 4, 0),
+        r#"{"allowed": true}"#,
+    ),
+    (
+        "signal_container_process",
+        Version(0, 5, 0),
+        r#"{"allowed": true}"#,
+    ),
+    ("get_properties", Version(0, 7, 0), r#"{"allowed": true}"#),
+    ("dump_stacks", Version(0, 7, 0), r#"{"allowed": true}"#),
+    ("runtime_logging", Version(0, 8, 0), r#"{"allowed": true}"#),
+    ("scratch_mount", Version(0, 10, 0), r#"{"allowed": true}"#),
+    ("scratch_unmount", Version(0, 10, 0), r#"{"allowed": true}"#),
     (
         "load_fragment",
+        Version(0, 9, 0),
         r#"{"allowed": false, "add_module": false}"#,
     ),
-    ("plan9_mount", r#"{"allowed": true}"#),
-    ("plan9_unmount", r#"{"allowed": true}"#),
+    ("plan9_mount", Version(0, 6, 0), r#"{"allowed": true}"#),
+    ("plan9_unmount", Version(0, 6, 0), r#"{"allowed": true}"#),
 ];
+
+/// A policy API version (`api_version := "0.10.0"`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+struct Version(u32, u32, u32);
+
+impl Version {
+    fn parse(s: &str) -> Option<Self> {
+        let mut it = s.split('.').map(|p| p.parse::<u32>().ok());
+        let v = Version(it.next()??, it.next()??, it.next()??);
+        it.next().is_none().then_some(v)
+    }
+}
 
 /// Names of the enforcement points.
 pub const ENFORCEMENT_POINTS: [&str; 17] = {
@@ -69,6 +95,10 @@ pub struct Decision {
 pub struct Enforcer {
     engine: Engine,
     state: Map<String, Value>,
+    /// The enforcement points the policy itself defines.
+    declared: Vec<&'static str>,
+    /// The policy's `api_version` (`api_svn` in older policies).
+    api_version: Version,
 }
 
 fn to_regorus(v: &Value) -> Result<regorus::Value, PolicyError> {
@@ -117,9 +147,31 @@ impl Enforcer {
                 package.trim_start_matches("data.")
             )));
         }
+        let mut declared = Vec::new();
+        for (name, ..) in POINTS {
+            if engine
+                .has_declared_rule_rooted_at("policy.rego", name)
+                .map_err(|e| PolicyError::Load(e.to_string()))?
+            {
+                declared.push(name);
+            }
+        }
         let mut enforcer = Enforcer {
             engine,
             state: Map::new(),
+            declared,
+            api_version: Version(0, 0, 0),
+        };
+        let version = match enforcer.policy_value("api_version")? {
+            Some(v) => Some(v),
+            None => enforcer.policy_value("api_svn")?,
+        };
+        // Without a version the policy is read as current: every point it lacks is denied.
+        enforcer.api_version = match version {
+            None => Version(u32::MAX, 0, 0),
+            Some(v) => v.as_str().and_then(Version::parse).ok_or_else(|| {
+                PolicyError::Load(format!("api_version {v} is not a version like \"0.10.0\""))
+            })?,
         };
         // Prepare the evaluator now (analysis of policy and framework), not on the first request.
         enforcer.decide("get_properties", &json!({}))?;
@@ -179,11 +231,22 @@ impl Enforcer {
 
     /// Decide `rule` for `input`; apply the result's metadata updates only when allowed.
     pub fn decide(&mut self, rule: &str, input: &Value) -> Result<Decision, PolicyError> {
-        let default = POINTS
+        let (_, introduced, default) = POINTS
             .iter()
-            .find(|(name, _)| *name == rule)
-            .map(|(_, d)| *d)
+            .find(|(name, ..)| *name == rule)
+            .copied()
             .ok_or_else(|| PolicyError::UnknownRule(rule.into()))?;
+        if !self.declared.contains(&rule) && self.api_version >= introduced {
+            // A policy written for an API that has this point but does not define it: deny, as
+            // Azure's framework does (its defaults are only for policies older than the point).
+            return Ok(Decision {
+                allowed: false,
+                reason: Some(
+                    json!({ "errors": [format!("rule for {rule} is missing from policy")] }),
+                ),
+                result: json!({ "allowed": false }),
+            });
+        }
         let mut input = match input {
             Value::Object(m) => m.clone(),
             Value::Null => Map::new(),
@@ -215,8 +278,25 @@ impl Enforcer {
             }
             from_regorus(&v, rule)
         };
-        let mut result = eval(&mut self.engine, format!("data.policy.{rule}"))?;
-        if result.is_null() {
+        let mut result = if self.declared.contains(&rule) {
+            match eval(&mut self.engine, format!("data.policy.{rule}")) {
+                Ok(v) => v,
+                // regorus reports a declared rule with no value for this input as an error.
+                Err(e) => {
+                    return Ok(Decision {
+                        allowed: false,
+                        reason: Some(json!({ "errors": [format!("{rule} gave no result: {e}")] })),
+                        result: json!({ "allowed": false }),
+                    })
+                }
+            }
+        } else {
+            Value::Null
+        };
+        if result.is_null() && self.declared.contains(&rule) {
+            // Declared but without a result for this input: nothing allowed it.
+            result = json!({ "allowed": false });
+        } else if result.is_null() {
             result = serde_json::from_str(default).map_err(|e| PolicyError::Eval {
                 rule: rule.into(),
                 reason: e.to_string(),
@@ -242,7 +322,8 @@ impl Enforcer {
                 result,
             });
         }
-        let mut reason = eval(&mut self.engine, "data.policy.reason".into())?;
+        // A policy need not define `reason` (regorus reports an undefined rule as an error).
+        let mut reason = eval(&mut self.engine, "data.policy.reason".into()).unwrap_or(Value::Null);
         let empty = reason
             .get("errors")
             .and_then(Value::as_array)

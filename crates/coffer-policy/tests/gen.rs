@@ -164,3 +164,93 @@ fn unsupported_fields_are_named() {
         Err(PolicyError::MissingImage(_))
     ));
 }
+
+#[test]
+fn pod_names_must_be_rfc1123_labels() {
+    let pod = |name: &str| {
+        format!("apiVersion: v1\nkind: Pod\nmetadata: {{name: {name:?}}}\nspec:\n  containers: [{{name: a, image: i}}]\n")
+    };
+    assert!(parse_pod(&pod("web-1")).is_ok());
+    for bad in [
+        "../../../../tmp/x",
+        "a\nb := 1",
+        "UPPER",
+        "-x",
+        "x-",
+        "",
+        &"a".repeat(64),
+    ] {
+        let err = parse_pod(&pod(bad)).unwrap_err().to_string();
+        assert!(err.contains("metadata.name"), "{bad:?}: {err}");
+    }
+}
+
+#[test]
+fn an_encrypted_volume_needs_a_well_formed_broker_key_and_endpoints() {
+    let pod = |endpoint: &str, key: &str| {
+        format!(
+            "apiVersion: v1\nkind: Pod\nmetadata: {{name: x}}\nspec:\n  containers: [{{name: a, image: app:1}}]\n  volumes:\n  - name: v\n    csi:\n      driver: encfs.coffer.dev\n      volumeAttributes: {{source: /x.img, keyName: k, attestationEndpoint: {endpoint:?}, keyBrokerEndpoint: {endpoint:?}, keyBrokerKey: {key:?}}}\n"
+        )
+    };
+    let key = "NzbLsXh8uDCcd-6MNwXF4W_7noWXFZAfHkxZsRGC9Xs";
+    let gen = |y: &str| generate(&parse_pod(y)?, &facts(), &GenOptions::default());
+    let ok = gen(&pod("http://127.0.0.1:7070", key)).unwrap();
+    assert!(ok.contains(&format!("\"broker_key\":\"{key}\"")), "{ok}");
+    let err = gen(&pod("http://127.0.0.1:7070\r\nX: y", key))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("endpoint"), "{err}");
+    let err = gen(&pod("http://127.0.0.1:7070", "not-a-key"))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("thumbprint"), "{err}");
+}
+
+mod missing_rules {
+    use coffer_policy::Enforcer;
+    use serde_json::json;
+
+    fn decide(policy: &str) -> coffer_policy::Decision {
+        let mut e = Enforcer::new(policy).unwrap();
+        e.decide(
+            "exec_in_container",
+            &json!({"containerID": "c", "argList": ["/bin/sh"]}),
+        )
+        .unwrap()
+    }
+
+    const BASE: &str = "package policy\n\nmount_device := {\"allowed\": false}\n";
+
+    #[test]
+    fn a_point_missing_from_a_current_policy_is_denied_with_the_reason() {
+        let d = decide(&format!("{BASE}api_version := \"0.10.0\"\n"));
+        assert!(!d.allowed);
+        assert!(d
+            .reason
+            .unwrap()
+            .to_string()
+            .contains("rule for exec_in_container is missing from policy"));
+    }
+
+    #[test]
+    fn a_point_missing_from_a_policy_older_than_it_gets_azures_default() {
+        // exec_in_container came with API 0.2.0; a 0.1.0 policy could not name it.
+        assert!(decide(&format!("{BASE}api_version := \"0.1.0\"\n")).allowed);
+    }
+
+    #[test]
+    fn a_policy_without_a_version_is_read_as_current() {
+        assert!(!decide(BASE).allowed);
+    }
+
+    #[test]
+    fn a_declared_point_without_a_result_is_denied() {
+        let p = format!("{BASE}api_version := \"0.10.0\"\nexec_in_container := {{\"allowed\": true}} if {{ false }}\n");
+        assert!(!decide(&p).allowed);
+    }
+
+    #[test]
+    fn a_malformed_api_version_does_not_load() {
+        assert!(Enforcer::new(&format!("{BASE}api_version := \"ten\"\n")).is_err());
+    }
+}

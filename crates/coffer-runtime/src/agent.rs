@@ -71,8 +71,10 @@ fn failed(e: impl std::fmt::Display) -> Value {
     json!({"ok": false, "error": e.to_string()})
 }
 
+/// A container or layer id: a short name that is neither a path nor a flag.
 fn safe_id(id: &str) -> bool {
     !id.is_empty()
+        && !id.starts_with('-')
         && id.len() <= 64
         && id
             .bytes()
@@ -381,6 +383,12 @@ impl Agent {
     }
 
     fn create(&self, id: &str, p: &ProcessSpec, volumes: &[VolumeSpec]) -> Value {
+        if !safe_id(id) {
+            return failed("invalid container id");
+        }
+        if let Some(v) = volumes.iter().find(|v| !safe_id(&v.name)) {
+            return failed(format!("invalid volume name '{}'", v.name.escape_debug()));
+        }
         let Some(rootfs) = lock(&self.state).overlays.get(id).cloned() else {
             // Still ask the policy, so the denial carries its reason.
             return match self.decide("create_container", json!({"containerID": id})) {
@@ -450,6 +458,7 @@ impl Agent {
                 "--bundle",
             ])
             .arg(&bundle)
+            .arg("--")
             .arg(id)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -661,6 +670,9 @@ impl Agent {
     }
 
     fn exec(&self, id: &str, p: &ProcessSpec) -> Value {
+        if !safe_id(id) {
+            return failed("invalid container id");
+        }
         let d = match self.decide(
             "exec_in_container",
             json!({"containerID": id, "argList": p.args, "envList": p.env, "workingDir": p.cwd}),
@@ -684,7 +696,8 @@ impl Agent {
         for e in &env {
             cmd.args(["--env", e]);
         }
-        cmd.arg(id).args(&p.args);
+        // `--`: neither the id nor the arguments can be read as runc's own flags.
+        cmd.arg("--").arg(id).args(&p.args);
         match cmd.stdin(Stdio::null()).output() {
             Ok(out) => {
                 let stdio = d.result["allow_stdio_access"].as_bool().unwrap_or(false);
@@ -697,6 +710,9 @@ impl Agent {
     }
 
     fn signal(&self, id: &str, signal: i32) -> Value {
+        if !safe_id(id) {
+            return failed("invalid container id");
+        }
         let d = match self.decide(
             "signal_container_process",
             json!({"containerID": id, "signal": signal, "isInitProcess": true, "argList": []}),
@@ -707,7 +723,7 @@ impl Agent {
         if !d.allowed {
             return denied("signal_container_process", d.reason);
         }
-        self.runc(&["kill", id, &signal.to_string()])
+        self.runc(&["kill", "--", id, &signal.to_string()])
     }
 
     fn runc(&self, args: &[&str]) -> Value {
@@ -755,7 +771,7 @@ impl Agent {
                 Ok(d) => problems.push(format!("{id}: shutdown denied: {:?}", d.reason)),
                 Err(e) => problems.push(format!("{id}: {e}")),
             }
-            let _ = self.runc(&["kill", id, "KILL"]);
+            let _ = self.runc(&["kill", "--", id, "KILL"]);
             let child = lock(&self.state)
                 .containers
                 .get_mut(id)
@@ -763,7 +779,7 @@ impl Agent {
             if let Some(mut c) = child {
                 let _ = c.wait();
             }
-            let r = self.runc(&["delete", "--force", id]);
+            let r = self.runc(&["delete", "--force", "--", id]);
             if r["ok"] != true && !r["error"].as_str().unwrap_or("").contains("does not exist") {
                 problems.push(format!("{id}: {}", r["error"]));
             }
