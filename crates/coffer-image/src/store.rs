@@ -321,6 +321,61 @@ impl Store {
     }
 }
 
+/// Largest file [`StoredImage::read_file`] returns (account databases are small).
+const MAX_IMAGE_FILE: u64 = 1 << 20;
+
+impl StoredImage {
+    /// The content of a regular file of the image's root file system (layers applied in order,
+    /// whiteouts honoured), e.g. `etc/passwd`; `None` when the image does not have it. For the
+    /// policy generator: what it reads is part of the measured layers.
+    pub fn read_file(&self, path: &str) -> Result<Option<Vec<u8>>, ImageError> {
+        let want = Path::new(path.trim_start_matches('/'));
+        let (dir, name) = (want.parent().unwrap_or(Path::new("")), want.file_name());
+        let whiteout = name.map(|n| format!(".wh.{}", n.to_string_lossy()));
+        for layer in self.image.layers.iter().rev() {
+            let bad = |e: std::io::Error| ImageError::Layout {
+                path: self.layout.blob_path(&layer.digest),
+                reason: format!("layer tar: {e}"),
+            };
+            let mut archive = tar::Archive::new(self.layout.open_layer(layer)?);
+            let mut found = None;
+            let mut hidden = false;
+            for entry in archive.entries().map_err(bad)? {
+                let mut entry = entry.map_err(bad)?;
+                let p = entry.path().map_err(bad)?;
+                let p: PathBuf = p.components().filter(|c| c.as_os_str() != ".").collect();
+                if p == want {
+                    if entry.header().entry_type().is_file() {
+                        if entry.size() > MAX_IMAGE_FILE {
+                            return Err(bad(std::io::Error::other(format!(
+                                "{path} is larger than {MAX_IMAGE_FILE} bytes"
+                            ))));
+                        }
+                        let mut buf = Vec::new();
+                        std::io::Read::read_to_end(&mut entry, &mut buf).map_err(bad)?;
+                        found = Some(buf);
+                    } else {
+                        found = None;
+                        hidden = true;
+                    }
+                } else if p.parent() == Some(dir) {
+                    let n = p.file_name().map(|n| n.to_string_lossy().into_owned());
+                    if n == whiteout || n.as_deref() == Some(".wh..wh..opq") {
+                        hidden = true;
+                    }
+                }
+            }
+            if found.is_some() {
+                return Ok(found);
+            }
+            if hidden {
+                return Ok(None);
+            }
+        }
+        Ok(None)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

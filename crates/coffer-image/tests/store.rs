@@ -211,3 +211,20 @@ fn corrupted_blobs_are_refused_and_the_store_is_unchanged() {
         .unwrap_err();
     assert!(err.to_string().contains("not an OCI image layout"), "{err}");
 }
+
+#[test]
+fn files_are_read_from_the_images_root_file_system() {
+    let tmp = tempfile::tempdir().unwrap();
+    hand_layout(tmp.path(), false);
+    let store = Store::open(&tmp.path().join("home")).unwrap();
+    let img = store
+        .resolve(&ImageRef::parse(&format!("oci:{}:v1", tmp.path().join("oci").display())).unwrap())
+        .unwrap();
+    assert_eq!(img.read_file("/etc/motd").unwrap().unwrap(), b"hello\n");
+    assert_eq!(img.read_file("etc/motd").unwrap().unwrap(), b"hello\n");
+    assert!(img.read_file("/etc/passwd").unwrap().is_none());
+    assert!(
+        img.read_file("/etc").unwrap().is_none(),
+        "a directory is not a file"
+    );
+}

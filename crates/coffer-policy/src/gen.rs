@@ -24,6 +24,10 @@ pub struct ImageFacts {
     pub stop_signal: Option<String>,
     /// dm-verity root hashes (hex), base layer first.
     pub layers: Vec<String>,
+    /// The image's `/etc/passwd` (empty when it has none): user names and primary groups.
+    pub passwd: String,
+    /// The image's `/etc/group` (empty when it has none): group names.
+    pub group: String,
 }
 
 /// Generation switches.
@@ -156,6 +160,73 @@ fn cap_name(field: &str, raw: &str) -> Result<String, PolicyError> {
             "{field}: unknown capability '{raw}'"
         )))
     }
+}
+
+/// One line of `/etc/passwd` or `/etc/group`: name and the two numeric fields that follow the
+/// password field (uid and gid, or gid alone).
+fn account_entries(db: &str) -> impl Iterator<Item = (&str, Option<u32>, Option<u32>)> {
+    db.lines().filter_map(|l| {
+        let f: Vec<&str> = l.split(':').collect();
+        (f.len() >= 3 && !f[0].is_empty() && !l.starts_with('#')).then(|| {
+            (
+                f[0],
+                f[2].parse().ok(),
+                f.get(3).and_then(|g| g.parse().ok()),
+            )
+        })
+    })
+}
+
+/// The numeric uid and gid a container runs as, resolved as container runtimes do: the image's
+/// `USER` (`user[:group]`, names from the image's own `/etc/passwd` and `/etc/group`), overridden
+/// by `runAsUser`/`runAsGroup`; without a group, the user's primary group from `/etc/passwd`,
+/// else 0. The result is pinned in the policy, so the host cannot choose another.
+fn resolve_user(
+    image_user: &str,
+    run_as_user: Option<u32>,
+    run_as_group: Option<u32>,
+    img: &ImageFacts,
+    what: &str,
+) -> Result<(String, String), PolicyError> {
+    let (u, g) = match image_user.split_once(':') {
+        Some((u, g)) => (u, Some(g)),
+        None => (image_user, None),
+    };
+    let passwd = || account_entries(&img.passwd);
+    let uid = match run_as_user {
+        Some(uid) => uid,
+        None if u.is_empty() => 0,
+        None => match u.parse::<u32>() {
+            Ok(uid) => uid,
+            Err(_) => passwd()
+                .find(|(name, ..)| *name == u)
+                .and_then(|(_, uid, _)| uid)
+                .ok_or_else(|| {
+                    PolicyError::Pod(format!(
+                        "{what}: user '{u}' is not in the image's /etc/passwd"
+                    ))
+                })?,
+        },
+    };
+    let gid = match (run_as_group, g.filter(|g| !g.is_empty())) {
+        (Some(gid), _) => gid,
+        (None, Some(g)) => match g.parse::<u32>() {
+            Ok(gid) => gid,
+            Err(_) => account_entries(&img.group)
+                .find(|(name, ..)| *name == g)
+                .and_then(|(_, gid, _)| gid)
+                .ok_or_else(|| {
+                    PolicyError::Pod(format!(
+                        "{what}: group '{g}' is not in the image's /etc/group"
+                    ))
+                })?,
+        },
+        (None, None) => passwd()
+            .find(|(_, id, _)| *id == Some(uid))
+            .and_then(|(.., gid)| gid)
+            .unwrap_or(0),
+    };
+    Ok((uid.to_string(), gid.to_string()))
 }
 
 fn idname(v: &str) -> Value {
@@ -311,26 +382,13 @@ pub fn resolve_container(
             }
         }
     }
-    let (img_user, img_group) = match img.user.split_once(':') {
-        Some((u, g)) => (u.to_string(), g.to_string()),
-        None => (img.user.clone(), String::new()),
-    };
-    let user = sc.run_as_user.map(|u| u.to_string()).unwrap_or_else(|| {
-        if img_user.is_empty() {
-            "0".to_string()
-        } else {
-            img_user.clone()
-        }
-    });
-    let group = sc.run_as_group.map(|g| g.to_string()).unwrap_or_else(|| {
-        if !img_group.is_empty() {
-            img_group.clone()
-        } else if user == "0" || user == "root" {
-            "0".to_string()
-        } else {
-            String::new()
-        }
-    });
+    let (user, group) = resolve_user(
+        &img.user,
+        sc.run_as_user,
+        sc.run_as_group,
+        img,
+        &format!("container '{}'", c.name),
+    )?;
     let mut exec: Vec<Vec<String>> = Vec::new();
     for p in [&c.liveness_probe, &c.readiness_probe, &c.startup_probe]
         .into_iter()

@@ -19,6 +19,8 @@ fn facts() -> BTreeMap<String, ImageFacts> {
             user: "1000:1000".into(),
             stop_signal: Some("SIGINT".into()),
             layers: vec!["aa".repeat(32), "bb".repeat(32)],
+            passwd: "root:x:0:0::/root:/bin/sh\nwww-data:x:33:33::/var/www:/bin/false\napp:x:1000:1001::/srv:/bin/sh\n".into(),
+            group: "root:x:0:\nwww-data:x:33:\nstaff:x:50:app\n".into(),
         },
     );
     m
@@ -252,5 +254,64 @@ mod missing_rules {
     #[test]
     fn a_malformed_api_version_does_not_load() {
         assert!(Enforcer::new(&format!("{BASE}api_version := \"ten\"\n")).is_err());
+    }
+}
+
+mod users {
+    use super::*;
+
+    fn ids(image_user: &str, sc: &str) -> Result<(String, String), PolicyError> {
+        let mut f = facts();
+        f.get_mut("app:1").unwrap().user = image_user.into();
+        let pod = format!("apiVersion: v1\nkind: Pod\nmetadata: {{name: x}}\nspec:\n  containers:\n  - name: a\n    image: app:1\n    securityContext: {{{sc}}}\n");
+        let pod = parse_pod(&pod).unwrap();
+        let r = coffer_policy::resolve_container(0, &pod.spec.containers[0], &f["app:1"])?;
+        Ok((r.user, r.group))
+    }
+
+    #[test]
+    fn names_resolve_through_the_images_own_account_files() {
+        assert_eq!(ids("www-data", "").unwrap(), ("33".into(), "33".into()));
+        assert_eq!(ids("app:staff", "").unwrap(), ("1000".into(), "50".into()));
+    }
+
+    #[test]
+    fn a_numeric_user_without_a_group_gets_its_primary_group_from_the_image() {
+        assert_eq!(ids("1000", "").unwrap(), ("1000".into(), "1001".into()));
+        // Not in /etc/passwd: group 0, as container runtimes do.
+        assert_eq!(ids("4242", "").unwrap(), ("4242".into(), "0".into()));
+        assert_eq!(ids("", "").unwrap(), ("0".into(), "0".into()));
+    }
+
+    #[test]
+    fn run_as_user_and_group_override_the_image() {
+        assert_eq!(
+            ids("www-data", "runAsUser: 1000").unwrap(),
+            ("1000".into(), "1001".into())
+        );
+        assert_eq!(
+            ids("www-data", "runAsUser: 7, runAsGroup: 8").unwrap(),
+            ("7".into(), "8".into())
+        );
+    }
+
+    #[test]
+    fn a_user_or_group_the_image_lacks_is_an_error() {
+        let e = ids("nobody", "").unwrap_err().to_string();
+        assert!(
+            e.contains("user 'nobody' is not in the image's /etc/passwd"),
+            "{e}"
+        );
+        let e = ids("app:wheel", "").unwrap_err().to_string();
+        assert!(e.contains("group 'wheel'"), "{e}");
+    }
+
+    #[test]
+    fn the_policy_pins_numeric_ids() {
+        let pod = parse_pod(POD).unwrap();
+        let p = generate(&pod, &facts(), &GenOptions::default()).unwrap();
+        let c = &containers(&p)[0];
+        assert_eq!(c["user"]["user_idname"]["strategy"], "id");
+        assert_eq!(c["user"]["group_idnames"][0]["strategy"], "id");
     }
 }
