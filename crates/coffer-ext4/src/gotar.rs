@@ -1,9 +1,10 @@
-//! Reading tar headers with the semantics of Go's `archive/tar` (what tar2ext4 sees), on top of
-//! the `tar` crate's framing (headers, GNU long names, PAX records, data).
+//! Reading tar streams with the semantics of Go's `archive/tar`, which is what tar2ext4 sees.
 //!
-//! The `tar` crate and Go disagree on details (numeric fields in base-256, which PAX `path`
-//! wins, atime/ctime of GNU and star headers, legacy directories), so the fields that end up in
-//! the image are decoded here from the raw header the way Go decodes them.
+//! Not the `tar` crate: it splits PAX records at newlines (binary xattr values such as
+//! `security.capability` may contain them; Go reads records by length), takes the first PAX
+//! `path` where Go takes the last non-empty one, frames header-only entries (links, dirs,
+//! devices) by their size field where Go gives them no data, and decodes atime/ctime and
+//! base-256 fields differently. Each difference changes the image, so the reader is Go's.
 
 use std::io::Read;
 
@@ -55,7 +56,7 @@ pub(crate) struct GoHeader {
     pub(crate) mode: i64,
     pub(crate) uid: i64,
     pub(crate) gid: i64,
-    pub(crate) size: u64,
+    pub(crate) size: i64,
     pub(crate) mtime: GoTime,
     pub(crate) atime: GoTime,
     pub(crate) ctime: GoTime,
@@ -63,17 +64,6 @@ pub(crate) struct GoHeader {
     pub(crate) devminor: i64,
     /// PAX records in archive order (a later record of the same key wins).
     pub(crate) pax: Vec<(Vec<u8>, Vec<u8>)>,
-}
-
-impl GoHeader {
-    /// The value of the last record `key`.
-    fn pax_value(&self, key: &[u8]) -> Option<&[u8]> {
-        self.pax
-            .iter()
-            .rev()
-            .find(|(k, _)| k == key)
-            .map(|(_, v)| v.as_slice())
-    }
 }
 
 /// Bytes up to the first NUL (Go's `parseString`).
@@ -159,49 +149,340 @@ fn parse_int(v: &[u8]) -> Option<i64> {
     std::str::from_utf8(v).ok()?.parse().ok()
 }
 
-/// Decode `entry`'s header the way Go's tar reader does.
-pub(crate) fn read_header<R: Read>(entry: &mut tar::Entry<'_, R>) -> Result<GoHeader, Ext4Error> {
-    let raw: [u8; 512] = *entry.header().as_bytes();
+const BLOCK: usize = 512;
+/// Go's limit on PAX and GNU long-name payloads.
+const MAX_SPECIAL_FILE_SIZE: u64 = 1 << 20;
+
+/// Go's tar header formats, as far as they change decoding.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Format {
+    V7,
+    Ustar,
+    Star,
+    Gnu,
+}
+
+/// Go's `getFormat`: the checksum (unsigned or signed sum) must match, then the magic decides.
+fn format_of(b: &[u8; BLOCK]) -> Option<Format> {
+    let want = parse_numeric_octal(&b[148..156])?;
+    let (mut unsigned, mut signed) = (0i64, 0i64);
+    for (i, &c) in b.iter().enumerate() {
+        let c = if (148..156).contains(&i) { b' ' } else { c };
+        unsigned += i64::from(c);
+        signed += i64::from(c as i8);
+    }
+    if want != unsigned && want != signed {
+        return None;
+    }
+    let (magic, version, trailer) = (&b[257..263], &b[263..265], &b[508..512]);
+    Some(if magic == b"ustar\0" && trailer == b"tar\0" {
+        Format::Star
+    } else if magic == b"ustar\0" {
+        Format::Ustar
+    } else if magic == b"ustar " && version == b" \0" {
+        Format::Gnu
+    } else {
+        Format::V7
+    })
+}
+
+/// Octal only (the checksum field has no base-256 form).
+fn parse_numeric_octal(b: &[u8]) -> Option<i64> {
+    if b.first().is_some_and(|&c| c & 0x80 != 0) {
+        return None;
+    }
+    parse_numeric(b)
+}
+
+/// Go's `validPAXRecord`.
+fn valid_pax_record(k: &[u8], v: &[u8]) -> bool {
+    if k.is_empty() || k.contains(&b'=') {
+        return false;
+    }
+    match k {
+        b"path" | b"linkpath" | b"uname" | b"gname" => !v.contains(&0),
+        _ => !k.contains(&0),
+    }
+}
+
+/// Go's `parsePAX`: length-prefixed "LEN KEY=VALUE\n" records (values may hold newlines).
+fn parse_pax(mut s: &[u8]) -> Option<Vec<(Vec<u8>, Vec<u8>)>> {
+    let mut out = Vec::new();
+    while !s.is_empty() {
+        let sp = s.iter().position(|&c| c == b' ')?;
+        let n: i64 = std::str::from_utf8(&s[..sp]).ok()?.parse().ok()?;
+        if n < 5 || n > s.len() as i64 {
+            return None;
+        }
+        let n = n as usize;
+        if n <= sp + 1 {
+            return None;
+        }
+        let rec = &s[sp + 1..n - 1];
+        if s[n - 1] != b'\n' {
+            return None;
+        }
+        let eq = rec.iter().position(|&c| c == b'=')?;
+        let (k, v) = (&rec[..eq], &rec[eq + 1..]);
+        if !valid_pax_record(k, v) {
+            return None;
+        }
+        out.push((k.to_vec(), v.to_vec()));
+        s = &s[n..];
+    }
+    Some(out)
+}
+
+/// A tar stream read the way Go's `archive/tar` reads it: same framing (two zero blocks or
+/// end of input end it, header-only types have no data whatever their size field), same
+/// header decoding, same PAX and GNU long-name handling.
+pub(crate) struct TarReader<R: Read> {
+    r: R,
+    /// Data bytes of the current entry not yet read.
+    remaining: u64,
+    /// Padding after the current entry's data.
+    pad: u64,
+}
+
+fn bad_tar(e: std::io::Error) -> Ext4Error {
+    Ext4Error::Tar(e)
+}
+
+fn is_header_only(typeflag: u8) -> bool {
+    matches!(
+        typeflag,
+        TYPE_LINK | TYPE_SYMLINK | TYPE_CHAR | TYPE_BLOCK | TYPE_DIR | TYPE_FIFO
+    )
+}
+
+impl<R: Read> TarReader<R> {
+    pub(crate) fn new(r: R) -> Self {
+        TarReader {
+            r,
+            remaining: 0,
+            pad: 0,
+        }
+    }
+
+    /// Read up to `buf.len()` bytes of the current entry's data; 0 at its end. A stream that
+    /// ends inside the data is an error.
+    pub(crate) fn read(&mut self, buf: &mut [u8]) -> Result<usize, Ext4Error> {
+        if self.remaining == 0 || buf.is_empty() {
+            return Ok(0);
+        }
+        let want = buf
+            .len()
+            .min(self.remaining.min(usize::MAX as u64) as usize);
+        loop {
+            match self.r.read(&mut buf[..want]) {
+                Ok(0) => {
+                    return Err(bad_tar(std::io::Error::new(
+                        std::io::ErrorKind::UnexpectedEof,
+                        "tar ends inside an entry's data",
+                    )))
+                }
+                Ok(n) => {
+                    self.remaining -= n as u64;
+                    return Ok(n);
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(bad_tar(e)),
+            }
+        }
+    }
+
+    fn read_all_data(&mut self) -> Result<Vec<u8>, Ext4Error> {
+        if self.remaining > MAX_SPECIAL_FILE_SIZE {
+            return Err(Ext4Error::TarHeader {
+                path: String::new(),
+                reason: "PAX or long-name record over 1 MiB".into(),
+            });
+        }
+        let mut v = vec![0u8; self.remaining as usize];
+        let mut at = 0;
+        while at < v.len() {
+            at += self.read(&mut v[at..])?;
+        }
+        Ok(v)
+    }
+
+    /// Fill `buf` completely; `Ok(false)` if the stream ended before its first byte.
+    fn read_full(&mut self, buf: &mut [u8]) -> Result<bool, Ext4Error> {
+        let mut at = 0;
+        while at < buf.len() {
+            match self.r.read(&mut buf[at..]) {
+                Ok(0) if at == 0 => return Ok(false),
+                Ok(0) => {
+                    return Err(bad_tar(std::io::Error::new(
+                        std::io::ErrorKind::UnexpectedEof,
+                        "tar ends inside a header",
+                    )))
+                }
+                Ok(n) => at += n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(bad_tar(e)),
+            }
+        }
+        Ok(true)
+    }
+
+    /// Skip `n` bytes; `Ok(false)` if the stream ended first.
+    fn skip(&mut self, mut n: u64) -> Result<bool, Ext4Error> {
+        let mut buf = [0u8; 8192];
+        while n > 0 {
+            let k = n.min(buf.len() as u64) as usize;
+            match self.r.read(&mut buf[..k]) {
+                Ok(0) => return Ok(false),
+                Ok(m) => n -= m as u64,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(bad_tar(e)),
+            }
+        }
+        Ok(true)
+    }
+
+    /// Go's `Reader.Next`: the next entry's header, `None` at the end of the archive.
+    pub(crate) fn next(&mut self) -> Result<Option<GoHeader>, Ext4Error> {
+        let mut pax: Option<Vec<(Vec<u8>, Vec<u8>)>> = None;
+        let mut long_name: Option<Vec<u8>> = None;
+        let mut long_link: Option<Vec<u8>> = None;
+        loop {
+            let rest = self.remaining;
+            self.remaining = 0;
+            if !self.skip(rest)? {
+                return Err(bad_tar(std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    "tar ends inside an entry's data",
+                )));
+            }
+            let pad = std::mem::take(&mut self.pad);
+            // Go reads the padding with tryReadFull: a stream ending there ends the archive.
+            if !self.skip(pad)? {
+                return Ok(None);
+            }
+            let mut block = [0u8; BLOCK];
+            if !self.read_full(&mut block)? {
+                return Ok(None);
+            }
+            if block.iter().all(|&c| c == 0) {
+                if !self.read_full(&mut block)? || block.iter().all(|&c| c == 0) {
+                    return Ok(None);
+                }
+                return Err(Ext4Error::TarHeader {
+                    path: String::new(),
+                    reason: "a zero block followed by a header".into(),
+                });
+            }
+            let mut h = decode_header(&block)?;
+            self.set_data(&h)?;
+            match h.typeflag {
+                b'x' | TYPE_GLOBAL => {
+                    let data = self.read_all_data()?;
+                    let records =
+                        parse_pax(&data).ok_or_else(|| bad(&h.name, "bad PAX records"))?;
+                    if h.typeflag == TYPE_GLOBAL {
+                        h.pax = records;
+                        merge_pax(&mut h)?;
+                        // Go returns it as an entry of its own, only name and records set.
+                        return Ok(Some(GoHeader {
+                            name: h.name,
+                            typeflag: TYPE_GLOBAL,
+                            pax: h.pax,
+                            ..GoHeader::default()
+                        }));
+                    }
+                    pax = Some(records);
+                }
+                b'L' => long_name = Some(cstr(&self.read_all_data()?).to_vec()),
+                b'K' => long_link = Some(cstr(&self.read_all_data()?).to_vec()),
+                _ => {
+                    h.pax = pax.take().unwrap_or_default();
+                    merge_pax(&mut h)?;
+                    if let Some(n) = long_name.take().filter(|n| !n.is_empty()) {
+                        h.name = n;
+                    }
+                    if let Some(l) = long_link.take().filter(|l| !l.is_empty()) {
+                        h.linkname = l;
+                    }
+                    if h.typeflag == TYPE_REG_A {
+                        h.typeflag = if h.name.ends_with(b"/") {
+                            TYPE_DIR
+                        } else {
+                            TYPE_REG
+                        };
+                    }
+                    if h.typeflag == TYPE_GNU_SPARSE
+                        || h.pax.iter().any(|(k, _)| k.starts_with(b"GNU.sparse."))
+                    {
+                        return Err(Ext4Error::Unsupported {
+                            path: String::from_utf8_lossy(&h.name).into_owned(),
+                            what: "sparse file".into(),
+                        });
+                    }
+                    self.set_data(&h)?;
+                    return Ok(Some(h));
+                }
+            }
+        }
+    }
+
+    /// Go's `handleRegularFile`: how much data follows this header.
+    fn set_data(&mut self, h: &GoHeader) -> Result<(), Ext4Error> {
+        let nb = if is_header_only(h.typeflag) {
+            0
+        } else {
+            h.size
+        };
+        if nb < 0 {
+            return Err(bad(&h.name, "negative size"));
+        }
+        self.remaining = nb as u64;
+        self.pad = (BLOCK as u64 - self.remaining % BLOCK as u64) % BLOCK as u64;
+        Ok(())
+    }
+}
+
+/// Go's `readHeader` after the format check: the fields of one header block.
+fn decode_header(raw: &[u8; BLOCK]) -> Result<GoHeader, Ext4Error> {
+    let format = format_of(raw).ok_or_else(|| Ext4Error::TarHeader {
+        path: String::from_utf8_lossy(cstr(&raw[0..100])).into_owned(),
+        reason: "not a tar header (bad checksum)".into(),
+    })?;
     let mut h = GoHeader {
         name: cstr(&raw[0..100]).to_vec(),
         linkname: cstr(&raw[157..257]).to_vec(),
         typeflag: raw[156],
-        size: entry.size(),
         ..GoHeader::default()
     };
     let num = |range: std::ops::Range<usize>, what: &str, name: &[u8]| {
         parse_numeric(&raw[range]).ok_or_else(|| bad(name, what))
     };
+    h.size = num(124..136, "bad size field", &h.name)?;
     h.mode = num(100..108, "bad mode field", &h.name)?;
     h.uid = num(108..116, "bad uid field", &h.name)?;
     h.gid = num(116..124, "bad gid field", &h.name)?;
     h.mtime = go_unix(num(136..148, "bad mtime field", &h.name)?, 0);
-
-    let magic = &raw[257..263];
-    let version = &raw[263..265];
-    let trailer = &raw[508..512];
-    let ustar = magic == b"ustar\0";
-    let gnu = magic == b"ustar " && version == b" \0";
-    if ustar || gnu {
+    if format != Format::V7 {
         h.devmajor = num(329..337, "bad devmajor field", &h.name)?;
         h.devminor = num(337..345, "bad devminor field", &h.name)?;
-        let mut prefix: &[u8] = &[];
-        if ustar && trailer == b"tar\0" {
-            // star: a shorter prefix, then atime and ctime.
-            prefix = cstr(&raw[345..476]);
-            h.atime = go_unix(num(476..488, "bad atime field", &h.name)?, 0);
-            h.ctime = go_unix(num(488..500, "bad ctime field", &h.name)?, 0);
-        } else if ustar {
-            prefix = cstr(&raw[345..500]);
-        } else {
-            // GNU: atime and ctime when present; a bad value is read as 0.
-            if raw[345] != 0 {
-                h.atime = go_unix(parse_numeric(&raw[345..357]).unwrap_or(0), 0);
+        let prefix: &[u8] = match format {
+            Format::Ustar => cstr(&raw[345..500]),
+            Format::Star => {
+                h.atime = go_unix(num(476..488, "bad atime field", &h.name)?, 0);
+                h.ctime = go_unix(num(488..500, "bad ctime field", &h.name)?, 0);
+                cstr(&raw[345..476])
             }
-            if raw[357] != 0 {
-                h.ctime = go_unix(parse_numeric(&raw[357..369]).unwrap_or(0), 0);
+            _ => {
+                // GNU: atime and ctime when present; a bad value reads as 0.
+                if raw[345] != 0 {
+                    h.atime = go_unix(parse_numeric(&raw[345..357]).unwrap_or(0), 0);
+                }
+                if raw[357] != 0 {
+                    h.ctime = go_unix(parse_numeric(&raw[357..369]).unwrap_or(0), 0);
+                }
+                &[]
             }
-        }
+        };
         if !prefix.is_empty() {
             let mut n = prefix.to_vec();
             n.push(b'/');
@@ -209,51 +490,16 @@ pub(crate) fn read_header<R: Read>(entry: &mut tar::Entry<'_, R>) -> Result<GoHe
             h.name = n;
         }
     }
+    Ok(h)
+}
 
-    // What the tar crate resolved, to spot GNU long names (which win over PAX in Go).
-    let crate_header_path = entry.header().path_bytes().into_owned();
-    let crate_header_link = entry.header().link_name_bytes().map(|l| l.into_owned());
-    let crate_path = entry.path_bytes().into_owned();
-    let crate_link = entry.link_name_bytes().map(|l| l.into_owned());
-
-    if let Some(exts) = entry
-        .pax_extensions()
-        .map_err(|e| bad(&h.name, &format!("PAX records: {e}")))?
-    {
-        for ext in exts {
-            let ext = ext.map_err(|e| bad(&h.name, &format!("PAX records: {e}")))?;
-            h.pax
-                .push((ext.key_bytes().to_vec(), ext.value_bytes().to_vec()));
-        }
-    }
-    if h.pax.iter().any(|(k, _)| k.starts_with(b"GNU.sparse.")) {
-        return Err(Ext4Error::Unsupported {
-            path: String::from_utf8_lossy(&h.name).into_owned(),
-            what: "sparse file (PAX GNU.sparse)".into(),
-        });
-    }
-    let first_pax = |key: &[u8]| h.pax.iter().find(|(k, _)| k == key).map(|(_, v)| v.clone());
-    let gnu_long_name = (crate_path != crate_header_path
-        && Some(&crate_path) != first_pax(b"path").as_ref())
-    .then(|| cstr(&crate_path).to_vec());
-    let gnu_long_link = match (&crate_link, &crate_header_link) {
-        (Some(l), hl) if Some(l) != hl.as_ref() && Some(l) != first_pax(b"linkpath").as_ref() => {
-            Some(cstr(l).to_vec())
-        }
-        _ => None,
-    };
-
-    // Go's mergePAX: an empty value keeps the header's.
-    let mut seen: Vec<&[u8]> = Vec::new();
-    for (k, _) in h.pax.iter().rev() {
-        if !seen.contains(&k.as_slice()) {
-            seen.push(k);
-        }
-    }
-    let mut merged = h.clone();
-    for key in seen {
-        let v = h.pax_value(key).unwrap_or_default();
-        if v.is_empty() {
+/// Go's `mergePAX`: records override header fields; an empty value keeps the header's.
+fn merge_pax(h: &mut GoHeader) -> Result<(), Ext4Error> {
+    let records = std::mem::take(&mut h.pax);
+    let mut r = Ok(());
+    for (i, (key, v)) in records.iter().enumerate() {
+        // Go keeps records in a map: only the last of a key counts, even when empty.
+        if v.is_empty() || records[i + 1..].iter().any(|(k, _)| k == key) {
             continue;
         }
         let invalid = || {
@@ -262,48 +508,29 @@ pub(crate) fn read_header<R: Read>(entry: &mut tar::Entry<'_, R>) -> Result<GoHe
                 &format!("bad PAX {}", String::from_utf8_lossy(key)),
             )
         };
-        match key {
-            b"path" => merged.name = v.to_vec(),
-            b"linkpath" => merged.linkname = v.to_vec(),
-            b"uid" => merged.uid = parse_int(v).ok_or_else(invalid)?,
-            b"gid" => merged.gid = parse_int(v).ok_or_else(invalid)?,
-            b"mtime" => merged.mtime = parse_pax_time(v).ok_or_else(invalid)?,
-            b"atime" => merged.atime = parse_pax_time(v).ok_or_else(invalid)?,
-            b"ctime" => merged.ctime = parse_pax_time(v).ok_or_else(invalid)?,
-            _ => {}
+        let res = match key.as_slice() {
+            b"path" => {
+                h.name = v.clone();
+                Ok(())
+            }
+            b"linkpath" => {
+                h.linkname = v.clone();
+                Ok(())
+            }
+            b"uid" => parse_int(v).map(|x| h.uid = x).ok_or_else(invalid),
+            b"gid" => parse_int(v).map(|x| h.gid = x).ok_or_else(invalid),
+            b"mtime" => parse_pax_time(v).map(|t| h.mtime = t).ok_or_else(invalid),
+            b"atime" => parse_pax_time(v).map(|t| h.atime = t).ok_or_else(invalid),
+            b"ctime" => parse_pax_time(v).map(|t| h.ctime = t).ok_or_else(invalid),
+            b"size" => parse_int(v).map(|x| h.size = x).ok_or_else(invalid),
+            _ => Ok(()),
+        };
+        if res.is_err() {
+            r = res;
         }
     }
-    let mut h = merged;
-
-    if h.typeflag == TYPE_GLOBAL {
-        // Go returns a global header as an entry of its own with only name and records set.
-        return Ok(GoHeader {
-            name: h.name,
-            typeflag: TYPE_GLOBAL,
-            pax: h.pax,
-            ..GoHeader::default()
-        });
-    }
-    if let Some(n) = gnu_long_name {
-        h.name = n;
-    }
-    if let Some(l) = gnu_long_link {
-        h.linkname = l;
-    }
-    if h.typeflag == TYPE_GNU_SPARSE {
-        return Err(Ext4Error::Unsupported {
-            path: String::from_utf8_lossy(&h.name).into_owned(),
-            what: "sparse file (GNU)".into(),
-        });
-    }
-    if h.typeflag == TYPE_REG_A {
-        h.typeflag = if h.name.ends_with(b"/") {
-            TYPE_DIR
-        } else {
-            TYPE_REG
-        };
-    }
-    Ok(h)
+    h.pax = records;
+    r
 }
 
 #[cfg(test)]

@@ -199,10 +199,6 @@ pub fn root_digest_with<R: Read>(
     Ok((verity::root_from_level0(&sink.hashes)?, info))
 }
 
-fn tar_err(e: std::io::Error) -> Ext4Error {
-    Ext4Error::Tar(e)
-}
-
 const WHITEOUT_PREFIX: &[u8] = b".wh.";
 const OPAQUE_WHITEOUT: &[u8] = b".wh..wh..opq";
 const XATTR_PAX_PREFIX: &[u8] = b"SCHILY.xattr.";
@@ -218,11 +214,9 @@ fn split_last(name: &[u8]) -> (&[u8], &[u8]) {
 /// tar2ext4's `ConvertTarToExt4`, entry by entry.
 fn run<R: Read, S: Sink>(tar: R, sink: S, opts: &Options) -> Result<(S, ImageInfo), Ext4Error> {
     let mut w = Writer::new(sink, opts.effective_max_disk_size())?;
-    let mut archive = tar::Archive::new(tar);
+    let mut tar = TarReader::new(tar);
     let mut buf = vec![0u8; 1 << 20];
-    for entry in archive.entries().map_err(tar_err)? {
-        let mut entry = entry.map_err(tar_err)?;
-        let h = read_header(&mut entry)?;
+    while let Some(h) = tar.next()? {
         let comps = components(&h.name);
         w.make_parents(&comps)?;
 
@@ -275,7 +269,7 @@ fn run<R: Read, S: Sink>(tar: R, sink: S, opts: &Options) -> Result<(S, ImageInf
             mtime: h.mtime,
             ctime: h.ctime,
             crtime: h.mtime,
-            size: h.size,
+            size: h.size.max(0) as u64,
             uid: h.uid as u32,
             gid: h.gid as u32,
             linkname: h.linkname,
@@ -286,12 +280,10 @@ fn run<R: Read, S: Sink>(tar: R, sink: S, opts: &Options) -> Result<(S, ImageInf
         w.create(&comps, f)?;
         if typ == format::S_IFREG || typ == 0 {
             loop {
-                let n = match entry.read(&mut buf) {
-                    Ok(0) => break,
-                    Ok(n) => n,
-                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                    Err(e) => return Err(tar_err(e)),
-                };
+                let n = tar.read(&mut buf)?;
+                if n == 0 {
+                    break;
+                }
                 w.write_data(&buf[..n])?;
             }
         }
