@@ -20,7 +20,12 @@ fn random_layers_match_hcsshim() {
         .unwrap_or(30);
     let mut accepted = 0;
     for seed in 0..seeds {
-        let tar = common::write_tar(&common::random_layer(seed));
+        let layer = common::random_layer(seed);
+        let tar = if seed % 4 == 3 {
+            common::write_gnu_tar(&layer)
+        } else {
+            common::write_tar(&layer)
+        };
         let path = dir.path().join(format!("{seed}.tar"));
         std::fs::write(&path, &tar).unwrap();
         let out = Command::new(&tool).arg(&path).output().unwrap();

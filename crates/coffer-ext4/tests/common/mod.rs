@@ -100,20 +100,45 @@ fn pax_record(key: &str, value: &[u8]) -> Vec<u8> {
     r
 }
 
+/// Numeric field: octal when it fits, else base-256 (GNU).
+fn number(field: &mut [u8], v: u64, gnu: bool) {
+    if fits_octal(field.len(), v) || !gnu {
+        octal(field, v & ((1u64 << (3 * (field.len() - 1))) - 1));
+    } else {
+        field.fill(0);
+        field[0] = 0x80;
+        let n = field.len();
+        for (i, b) in v.to_be_bytes().iter().rev().enumerate() {
+            if i < n - 1 {
+                field[n - 1 - i] = *b;
+            }
+        }
+    }
+}
+
 fn header(name: &[u8], typeflag: u8, e: &Entry, size: u64) -> [u8; 512] {
+    header_fmt(name, typeflag, e, size, false)
+}
+
+fn header_fmt(name: &[u8], typeflag: u8, e: &Entry, size: u64, gnu: bool) -> [u8; 512] {
     let mut h = [0u8; 512];
     let n = name.len().min(100);
     h[..n].copy_from_slice(&name[..n]);
     octal(&mut h[100..108], u64::from(e.mode) & 0o7777777);
-    octal(&mut h[108..116], e.uid & 0o7777777);
-    octal(&mut h[116..124], e.gid & 0o7777777);
+    number(&mut h[108..116], e.uid, gnu);
+    number(&mut h[116..124], e.gid, gnu);
     octal(&mut h[124..136], size);
-    octal(&mut h[136..148], e.mtime & 0o77777777777);
+    number(&mut h[136..148], e.mtime, gnu);
     h[156] = typeflag;
     let l = e.link.len().min(100);
     h[157..157 + l].copy_from_slice(&e.link.as_bytes()[..l]);
-    h[257..263].copy_from_slice(b"ustar\0");
-    h[263..265].copy_from_slice(b"00");
+    if gnu {
+        h[257..263].copy_from_slice(b"ustar ");
+        h[263..265].copy_from_slice(b" \0");
+    } else {
+        h[257..263].copy_from_slice(b"ustar\0");
+        h[263..265].copy_from_slice(b"00");
+    }
     octal(&mut h[329..337], u64::from(e.dev.0) & 0o7777777);
     octal(&mut h[337..345], u64::from(e.dev.1) & 0o7777777);
     h[148..156].fill(b' ');
@@ -128,6 +153,51 @@ fn pad(out: &mut Vec<u8>) {
     if rem != 0 {
         out.resize(out.len() + 512 - rem, 0);
     }
+}
+
+/// A GNU tar of `entries`: 'L'/'K' long names, base-256 numbers, PAX records only for the
+/// entry's own records (xattrs).
+pub(crate) fn write_gnu_tar(entries: &[Entry]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for e in entries {
+        for (kind, long) in [(b'L', &e.name), (b'K', &e.link)] {
+            if long.len() > 100 {
+                let mut data = long.as_bytes().to_vec();
+                data.push(0);
+                let le = Entry::new("././@LongLink", kind);
+                out.extend_from_slice(&header_fmt(
+                    b"././@LongLink",
+                    kind,
+                    &le,
+                    data.len() as u64,
+                    true,
+                ));
+                out.extend_from_slice(&data);
+                pad(&mut out);
+            }
+        }
+        let mut pax: Vec<u8> = Vec::new();
+        for (k, v) in &e.pax {
+            pax.extend(pax_record(k, v));
+        }
+        if !pax.is_empty() {
+            let pe = Entry::new("PaxHeader", b'x');
+            out.extend_from_slice(&header(b"PaxHeader", b'x', &pe, pax.len() as u64));
+            out.extend_from_slice(&pax);
+            pad(&mut out);
+        }
+        out.extend_from_slice(&header_fmt(
+            e.name.as_bytes(),
+            e.typeflag,
+            e,
+            e.data.len() as u64,
+            true,
+        ));
+        out.extend_from_slice(&e.data);
+        pad(&mut out);
+    }
+    out.resize(out.len() + 1024, 0);
+    out
 }
 
 /// A PAX tar of `entries` (PAX records for long names, big ids and the entry's own records).
@@ -201,6 +271,8 @@ pub(crate) fn random_layer(seed: u64) -> Vec<Entry> {
     let mut rng = Rng::new(seed);
     let mut dirs: Vec<String> = vec![String::new()];
     let mut files: Vec<String> = Vec::new();
+    // Entries without data blocks: tar2ext4 lets a later entry replace them in place.
+    let mut relistable: Vec<String> = Vec::new();
     let mut taken: std::collections::HashSet<String> = Default::default();
     let mut entries = Vec::new();
     if rng.chance(50) {
@@ -247,7 +319,10 @@ pub(crate) fn random_layer(seed: u64) -> Vec<Entry> {
         if rng.chance(25) {
             e.pax.extend(xattrs(&mut rng));
         }
-        match rng.below(20) {
+        if rng.chance(8) {
+            e.pax.push(("SCHILY.xattr.user.empty".into(), Vec::new()));
+        }
+        match rng.below(24) {
             0..=3 => {
                 e.typeflag = b'5';
                 e.mode |= 0o700;
@@ -285,8 +360,76 @@ pub(crate) fn random_layer(seed: u64) -> Vec<Entry> {
             14 => {
                 e.typeflag = if rng.chance(50) { b'3' } else { b'4' };
                 e.dev = (rng.below(300) as u32, rng.below(70000) as u32);
+                relistable.push(path.clone());
             }
-            15 => e.typeflag = b'6',
+            15 => {
+                e.typeflag = b'6';
+                relistable.push(path.clone());
+            }
+            20 if !relistable.is_empty() => {
+                // An entry listed again (no data written yet): replaced in place.
+                let old = relistable[rng.below(relistable.len() as u64) as usize].clone();
+                e.name = old;
+                match rng.below(4) {
+                    0 => e.typeflag = b'6',
+                    1 => {
+                        e.typeflag = b'2';
+                        e.link = "target".into();
+                    }
+                    2 => {
+                        let n = rng.below(9000) as usize;
+                        e.data = rng.bytes(n);
+                    }
+                    _ => {
+                        e.typeflag = b'3';
+                        e.dev = (1, 2);
+                    }
+                }
+            }
+            21 if !relistable.is_empty() => {
+                // A whiteout of an entry of this layer that has no data.
+                let old = relistable[rng.below(relistable.len() as u64) as usize].clone();
+                let (dir, base) = old.rsplit_once('/').unwrap_or(("", &old));
+                e = Entry::new(
+                    &if dir.is_empty() {
+                        format!(".wh.{base}")
+                    } else {
+                        format!("{dir}/.wh.{base}")
+                    },
+                    b'0',
+                );
+            }
+            22 => {
+                // Odd spellings and types Go normalises: ./ prefixes, doubled slashes, a
+                // trailing slash on a legacy directory, contiguous and unknown typeflags.
+                match rng.below(4) {
+                    0 => e.name = format!("./{path}"),
+                    1 => e.name = path.replacen('/', "//", 1),
+                    2 => {
+                        e.typeflag = 0;
+                        e.name = format!("{path}/");
+                        dirs.push(path.clone());
+                    }
+                    _ => {
+                        e.typeflag = if rng.chance(50) { b'7' } else { b'Z' };
+                        let n = rng.below(5000) as usize;
+                        e.data = rng.bytes(n);
+                    }
+                }
+            }
+            23 if !files.is_empty() => {
+                // Two more names for one file, then one of them listed as a new file.
+                let target = files[rng.below(files.len() as u64) as usize].clone();
+                e.typeflag = b'1';
+                e.link = target.clone();
+                let mut again = e.clone();
+                entries.push(e.clone());
+                again.typeflag = b'0';
+                again.link.clear();
+                let n = rng.below(100) as usize;
+                again.data = rng.bytes(n);
+                e = again;
+            }
             16 => {
                 // A whiteout for a lower-layer file (a name not in this layer).
                 let (dir, _) = path.rsplit_once('/').unwrap_or(("", &path));
