@@ -132,7 +132,7 @@ impl Sink for HashSink {
         }
         let full = n / BLOCK;
         self.hashes
-            .extend(std::iter::repeat(self.zero_hash).take(full as usize));
+            .extend(std::iter::repeat_n(self.zero_hash, full as usize));
         self.pending
             .extend_from_slice(&ZEROS[..(n % BLOCK) as usize]);
         Ok(())

@@ -771,7 +771,7 @@ impl<S: Sink> Writer<S> {
     /// else one level of leaf blocks written right after the data.
     fn write_extents(&mut self, ino: u32, written: u64) -> Result<(), Ext4Error> {
         let start = self.pos - written;
-        if self.pos % BLOCK != 0 {
+        if !self.pos.is_multiple_of(BLOCK) {
             self.zero(BLOCK - self.pos % BLOCK)?;
         }
         let start_block = (start / BLOCK) as u32;
