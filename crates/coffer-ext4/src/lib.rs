@@ -22,6 +22,7 @@
 use std::io::{Read, Seek, Write};
 
 pub mod format;
+mod gosort;
 mod gotar;
 mod sink;
 mod verity;

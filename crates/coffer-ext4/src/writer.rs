@@ -266,18 +266,13 @@ fn get_xattrs(
     Ok(())
 }
 
-/// Go's insertion sort (sort.Slice on fewer than 13 elements) with tar2ext4's comparator, which
-/// is not a strict order: the result depends on the algorithm, so the algorithm is reproduced.
+/// tar2ext4's order for block attributes: Go's `sort.Slice` with a comparator that is not a
+/// strict order (any smaller index, or shorter name, or smaller name), so Go's algorithm
+/// itself is reproduced.
 fn sort_block_xattrs(v: &mut [Xattr]) {
-    let less =
-        |a: &Xattr, b: &Xattr| a.index < b.index || a.name.len() < b.name.len() || a.name < b.name;
-    for i in 1..v.len() {
-        let mut j = i;
-        while j > 0 && less(&v[j], &v[j - 1]) {
-            v.swap(j, j - 1);
-            j -= 1;
-        }
-    }
+    crate::gosort::slice(v, |a, b| {
+        a.index < b.index || a.name.len() < b.name.len() || a.name < b.name
+    });
 }
 
 /// The regular file (or directory, or long symlink) whose data is being written.

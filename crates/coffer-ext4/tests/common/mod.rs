@@ -244,6 +244,16 @@ pub(crate) fn write_tar(entries: &[Entry]) -> Vec<u8> {
 
 fn xattrs(rng: &mut Rng) -> Vec<(String, Vec<u8>)> {
     let mut v = Vec::new();
+    if rng.chance(15) {
+        // Many: a full xattr block, sorted by tar2ext4's (Go's) sort of more than 12 entries.
+        for _ in 0..13 + rng.below(70) {
+            let prefix = ["user.", "trusted.", "security.", "system.", ""][rng.below(5) as usize];
+            let name = format!("{prefix}{}", rng.name(8));
+            let len = rng.below(40) as usize;
+            v.push((format!("SCHILY.xattr.{name}"), rng.bytes(len)));
+        }
+        return v;
+    }
     for _ in 0..rng.below(4) {
         let name = match rng.below(6) {
             0 => "security.capability".to_string(),
