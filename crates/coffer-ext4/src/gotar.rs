@@ -382,7 +382,8 @@ impl<R: Read> TarReader<R> {
                         parse_pax(&data).ok_or_else(|| bad(&h.name, "bad PAX records"))?;
                     if h.typeflag == TYPE_GLOBAL {
                         h.pax = records;
-                        merge_pax(&mut h)?;
+                        // Go ignores merge errors here (only the name is kept anyway).
+                        let _ = merge_pax(&mut h);
                         // Go returns it as an entry of its own, only name and records set.
                         return Ok(Some(GoHeader {
                             name: h.name,
@@ -548,6 +549,61 @@ mod tests {
             Some(1 << 32)
         );
         assert_eq!(parse_numeric(&[0xff; 8]), Some(-1));
+    }
+
+    #[test]
+    fn pax_records_are_read_by_length_not_by_line() {
+        let recs = parse_pax(b"29 SCHILY.xattr.user.v=a\nb\x00c\n11 path=p/\n").unwrap();
+        assert_eq!(
+            recs[0],
+            (b"SCHILY.xattr.user.v".to_vec(), b"a\nb\x00c".to_vec())
+        );
+        assert_eq!(recs[1], (b"path".to_vec(), b"p/".to_vec()));
+        assert!(parse_pax(b"11 path=a\x00\n").is_none(), "NUL in a path");
+        assert!(parse_pax(b"12 path=a\n").is_none(), "length past the end");
+    }
+
+    fn block(name: &str, typeflag: u8, size: u64) -> Vec<u8> {
+        let mut h = vec![0u8; 512];
+        h[..name.len()].copy_from_slice(name.as_bytes());
+        h[100..107].copy_from_slice(b"0000644");
+        h[124..135].copy_from_slice(format!("{size:011o}").as_bytes());
+        h[136..147].copy_from_slice(b"00000000000");
+        h[156] = typeflag;
+        h[257..263].copy_from_slice(b"ustar\0");
+        h[148..156].fill(b' ');
+        let sum: u32 = h.iter().map(|&c| u32::from(c)).sum();
+        h[148..156].copy_from_slice(format!("{sum:06o}\0 ").as_bytes());
+        h
+    }
+
+    #[test]
+    fn header_only_entries_have_no_data_whatever_their_size_field() {
+        // A symlink header claiming 600 bytes, directly followed by the next header.
+        let mut tar = block("l", TYPE_SYMLINK, 600);
+        tar.extend(block("f", TYPE_REG, 3));
+        tar.extend_from_slice(b"abc");
+        tar.resize(tar.len() + 509 + 1024, 0);
+        let mut r = TarReader::new(&tar[..]);
+        assert_eq!(r.next().unwrap().unwrap().name, b"l");
+        let f = r.next().unwrap().unwrap();
+        assert_eq!((f.name.as_slice(), f.size), (&b"f"[..], 3));
+        let mut buf = [0u8; 8];
+        assert_eq!(r.read(&mut buf).unwrap(), 3);
+        assert!(r.next().unwrap().is_none());
+    }
+
+    #[test]
+    fn legacy_regular_entries_ending_in_slash_are_directories() {
+        let mut tar = block("d/", TYPE_REG_A, 0);
+        tar.extend(block("f", TYPE_REG_A, 0));
+        let mut r = TarReader::new(&tar[..]);
+        assert_eq!(r.next().unwrap().unwrap().typeflag, TYPE_DIR);
+        assert_eq!(r.next().unwrap().unwrap().typeflag, TYPE_REG);
+        assert!(
+            r.next().unwrap().is_none(),
+            "input ending without zero blocks ends the archive"
+        );
     }
 
     #[test]
