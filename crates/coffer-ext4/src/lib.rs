@@ -185,6 +185,23 @@ pub fn convert<R: Read, W: Write + Seek>(
     Ok(info)
 }
 
+/// [`convert`], then the dm-verity superblock and hash tree appended after the image, as
+/// `tar2ext4 --append-dm-verity` writes them (the image is hashed while it is written, not
+/// read back). `uuid` goes into the verity superblock (hcsshim uses a random one:
+/// [`random_uuid`]). The returned root is the layer hash.
+pub fn convert_with_verity<R: Read, W: Write + Seek>(
+    tar: R,
+    out: W,
+    opts: &Options,
+    uuid: [u8; 16],
+) -> Result<(ImageInfo, VerityInfo), Ext4Error> {
+    let tee = sink::TeeSink(sink::FileSink::new(out), sink::HashSink::new());
+    let (sink::TeeSink(file, hashes), info) = run(tar, tee, opts)?;
+    let mut out = file.into_inner()?;
+    let v = verity::write_tree(&mut out, hashes.hashes, uuid)?;
+    Ok((info, v))
+}
+
 /// The layer hash: dm-verity root of the image `convert` would write with default options
 /// (`tar2ext4.ConvertAndComputeRootDigest`). No image is stored.
 pub fn root_digest<R: Read>(tar: R) -> Result<[u8; 32], Ext4Error> {

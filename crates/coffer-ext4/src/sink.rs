@@ -158,3 +158,30 @@ impl Sink for HashSink {
         Ok(())
     }
 }
+
+/// Both: the image to a writer and its block hashes kept, so the hash tree can be appended
+/// without reading the image back.
+pub(crate) struct TeeSink<A: Sink, B: Sink>(pub(crate) A, pub(crate) B);
+
+impl<A: Sink, B: Sink> Sink for TeeSink<A, B> {
+    fn start(&mut self, block: u64) -> io::Result<()> {
+        self.0.start(block)?;
+        self.1.start(block)
+    }
+    fn append(&mut self, data: &[u8]) -> io::Result<()> {
+        self.0.append(data)?;
+        self.1.append(data)
+    }
+    fn zeros(&mut self, n: u64) -> io::Result<()> {
+        self.0.zeros(n)?;
+        self.1.zeros(n)
+    }
+    fn rewrite(&mut self, block: u64, data: &[u8]) -> io::Result<()> {
+        self.0.rewrite(block, data)?;
+        self.1.rewrite(block, data)
+    }
+    fn finish(&mut self, end: u64) -> io::Result<()> {
+        self.0.finish(end)?;
+        self.1.finish(end)
+    }
+}

@@ -82,8 +82,7 @@ pub fn append_dm_verity<F: Read + Write + Seek>(
         return Err(Ext4Error::NotBlockAligned(size));
     }
     image.seek(SeekFrom::Start(0))?;
-    let blocks = size / BLOCK_SIZE as u64;
-    let mut level0 = Vec::with_capacity(blocks as usize);
+    let mut level0 = Vec::with_capacity((size / BLOCK_SIZE as u64) as usize);
     let mut buf = vec![0u8; 1 << 20];
     let mut left = size;
     while left > 0 {
@@ -92,6 +91,20 @@ pub fn append_dm_verity<F: Read + Write + Seek>(
         level0.extend(buf[..n].chunks_exact(BLOCK_SIZE).map(hash_block));
         left -= n as u64;
     }
+    image.seek(SeekFrom::Start(size))?;
+    write_tree(image, level0, uuid)
+}
+
+/// Write the verity superblock and the tree over data blocks with hashes `level0` to `out`.
+pub(crate) fn write_tree<W: Write>(
+    out: &mut W,
+    level0: Vec<[u8; 32]>,
+    uuid: [u8; 16],
+) -> Result<VerityInfo, Ext4Error> {
+    let blocks = level0.len() as u64;
+    if blocks == 0 {
+        return Err(Ext4Error::NotBlockAligned(0));
+    }
     // Levels bottom-up until one fits a single block.
     let mut levels = vec![level_bytes(level0.into_iter())];
     while let Some(last) = levels.last().filter(|l| l.len() > BLOCK_SIZE) {
@@ -99,21 +112,19 @@ pub fn append_dm_verity<F: Read + Write + Seek>(
         levels.push(next);
     }
     let root = hash_block(levels.last().map_or(&[][..], |l| &l[..]));
-
-    image.seek(SeekFrom::Start(size))?;
     let mut sb = vec![0u8; BLOCK_SIZE];
     sb[..512].copy_from_slice(&superblock(uuid, blocks));
-    image.write_all(&sb)?;
+    out.write_all(&sb)?;
     let mut appended = BLOCK_SIZE as u64;
     for level in levels.iter().rev() {
-        image.write_all(level)?;
+        out.write_all(level)?;
         appended += level.len() as u64;
     }
-    image.flush()?;
+    out.flush()?;
     Ok(VerityInfo {
         root,
         data_blocks: blocks,
-        superblock_offset: size,
+        superblock_offset: blocks * BLOCK_SIZE as u64,
         appended,
     })
 }

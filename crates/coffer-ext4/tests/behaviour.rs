@@ -166,6 +166,27 @@ fn appended_hash_tree_verifies_with_veritysetup() {
 }
 
 #[test]
+fn converting_with_verity_writes_what_append_writes() {
+    let tar = write_tar(&common::random_layer(21));
+    let uuid = [9u8; 16];
+    let (mut img, _) = image_of(&tar);
+    let appended = coffer_ext4::append_dm_verity(img.as_file_mut(), uuid).unwrap();
+    let mut one_pass = tempfile::NamedTempFile::new().unwrap();
+    let (_, v) = coffer_ext4::convert_with_verity(
+        &tar[..],
+        one_pass.as_file_mut(),
+        &Options::default(),
+        uuid,
+    )
+    .unwrap();
+    assert_eq!(v, appended);
+    assert_eq!(
+        std::fs::read(one_pass.path()).unwrap(),
+        std::fs::read(img.path()).unwrap()
+    );
+}
+
+#[test]
 fn empty_input_is_an_empty_layer() {
     assert_eq!(
         coffer_ext4::root_digest(&[][..]).unwrap(),
