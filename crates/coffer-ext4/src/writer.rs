@@ -450,6 +450,9 @@ impl<S: Sink> Writer<S> {
             cur = match next {
                 Some(n) => n,
                 None => {
+                    if !node.is_dir() || node.children.is_none() {
+                        return Err(Ext4Error::PathNotFound(show(&comps[..=i])));
+                    }
                     let f = FileSpec {
                         mode: node.mode,
                         atime: fs_to_time(node.atime),
@@ -462,10 +465,11 @@ impl<S: Sink> Writer<S> {
                         devminor: node.devminor,
                         ..FileSpec::default()
                     };
-                    self.create(&comps[..=i], f)?;
-                    self.lookup(&comps[..=i], true)?
-                        .1
-                        .ok_or(Ext4Error::Internal("parent vanished"))?
+                    // The parent is known: no lookup from the root (deep paths stay linear).
+                    if comps[i].len() > 255 {
+                        return Err(Ext4Error::InvalidName(show(&comps[..=i])));
+                    }
+                    self.create_at(cur, None, comps[i], &comps[..=i], f)?
                 }
             };
         }
@@ -476,6 +480,19 @@ impl<S: Sink> Writer<S> {
     pub(crate) fn create(&mut self, comps: &[&[u8]], f: FileSpec) -> Result<(), Ext4Error> {
         self.finish_inode()?;
         let (dir, existing, child_name) = self.lookup(comps, false)?;
+        self.create_at(dir, existing, child_name, comps, f)?;
+        Ok(())
+    }
+
+    /// `create` with the path resolved: `child_name` in `dir`, currently `existing`.
+    fn create_at(
+        &mut self,
+        dir: u32,
+        existing: Option<u32>,
+        child_name: &[u8],
+        comps: &[&[u8]],
+        f: FileSpec,
+    ) -> Result<u32, Ext4Error> {
         let want_dir = f.mode & TYPE_MASK == S_IFDIR;
         let mut reuse = None;
         if let Some(e) = existing {
@@ -513,7 +530,7 @@ impl<S: Sink> Writer<S> {
         if self.node(child)?.mode & TYPE_MASK == S_IFREG {
             self.start_inode(child, size);
         }
-        Ok(())
+        Ok(child)
     }
 
     /// A hard link `new` to the existing non-directory `old`.
