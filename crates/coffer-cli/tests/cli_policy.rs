@@ -115,7 +115,8 @@ fn generated_policy_round_trip_on_the_example_image() {
         json!({"containerID": "hello", "argList": argv, "envList": env, "workingDir": "/app",
         "mounts": [{"destination": "/scratch", "options": ["rbind", "rshared", "rw"], "source": "sandbox:///volumes/scratch", "type": "bind"}],
         "privileged": false, "noNewPrivileges": false, "user": {"id": "0", "name": "root"}, "groups": [{"id": "0", "name": "root"}],
-        "umask": "0022", "capabilities": c["capabilities"].clone()})
+        "umask": "0022", "capabilities": c["capabilities"].clone(),
+        "resources": {"memory_limit": null, "cpu_millis": null}})
     };
     let d = e
         .clone()

@@ -339,6 +339,10 @@ fn exec_in_a_running_group_follows_exec_processes() {
         r#""command":["/bin/sh","/app/hello.sh"]"#,
         &format!(r#""command":{}"#, serde_json::json!(main)),
     );
+    // The memory limit is the policy's (the host cannot choose another).
+    let policy = with_container(&policy, |c| {
+        c["resources"]["memory_limit"] = serde_json::json!(64u64 << 20)
+    });
     let group = launch(home, "hello", &policy).unwrap();
     let mut c = prepare(&group, home);
     let mut p = hello_process();
@@ -601,4 +605,122 @@ fn ids_that_look_like_runc_flags_are_refused() {
         assert!(err.contains("invalid container id"), "{err}");
     }
     group.shutdown().unwrap();
+}
+
+/// The policy with its (one) container changed by `f`.
+fn with_container(policy: &str, f: impl FnOnce(&mut serde_json::Value)) -> String {
+    let line = policy
+        .lines()
+        .find(|l| l.starts_with("containers := "))
+        .unwrap();
+    let mut containers: serde_json::Value =
+        serde_json::from_str(line.trim_start_matches("containers := ")).unwrap();
+    f(&mut containers[0]);
+    policy.replace(line, &format!("containers := {containers}"))
+}
+
+/// Run `script` as the container's process under `policy`; its output lines.
+fn run_script(home: &Path, name: &str, policy: &str, script: &str) -> Vec<String> {
+    let group = launch(home, name, policy).unwrap();
+    let c = prepare(&group, home);
+    let mut c = c;
+    let mut p = hello_process();
+    p.args = vec!["/bin/sh".into(), "-c".into(), script.into()];
+    c.call(&Request::CreateContainer {
+        container_id: "hello".into(),
+        process: p,
+        volumes: volumes(),
+    })
+    .unwrap();
+    let mut lines = Vec::new();
+    group
+        .client()
+        .unwrap()
+        .attach("hello", |_, l| lines.push(l.to_string()))
+        .unwrap();
+    group.shutdown().unwrap();
+    lines
+}
+
+fn cap_mask(lines: &[String], field: &str) -> u64 {
+    let l = lines
+        .iter()
+        .find(|l| l.starts_with(field))
+        .unwrap_or_else(|| panic!("no {field} in {lines:?}"));
+    u64::from_str_radix(l.split_whitespace().nth(1).unwrap(), 16).unwrap()
+}
+
+#[test]
+fn each_capability_set_is_applied_as_the_policy_decided() {
+    let _serial = one_at_a_time();
+    let Some((tmp, policy)) = setup("each_capability_set_is_applied") else {
+        return;
+    };
+    let script =
+        "grep ^Cap /proc/self/status; touch /scratch/f && chown 1234 /scratch/f && echo chowned";
+    // The policy narrows every set; the host asks for the default set and gets the part the
+    // policy allows (capability dropping is on). For a root process Linux recomputes effective
+    // and permitted from the bounding set at execve, so the bounding set is what binds it.
+    let policy = with_container(&policy, |c| {
+        c["command"] = serde_json::json!(["/bin/sh", "-c", script]);
+        for kind in ["bounding", "effective", "permitted"] {
+            c["capabilities"][kind] = serde_json::json!(["CAP_CHOWN", "CAP_KILL"]);
+        }
+    });
+    let lines = run_script(tmp.path(), "g7", &policy, script);
+    const CHOWN_KILL: u64 = (1 << 0) | (1 << 5);
+    for field in ["CapBnd:", "CapEff:", "CapPrm:"] {
+        assert_eq!(cap_mask(&lines, field), CHOWN_KILL, "{field} {lines:?}");
+    }
+    assert_eq!(cap_mask(&lines, "CapAmb:"), 0, "{lines:?}");
+    assert!(lines.iter().any(|l| l == "chowned"), "{lines:?}");
+}
+
+#[test]
+fn the_default_capabilities_reach_the_container() {
+    let _serial = one_at_a_time();
+    let Some((tmp, policy)) = setup("the_default_capabilities_reach_the_container") else {
+        return;
+    };
+    let script = "grep ^Cap /proc/self/status";
+    let policy = with_container(&policy, |c| {
+        c["command"] = serde_json::json!(["/bin/sh", "-c", script]);
+    });
+    let lines = run_script(tmp.path(), "g9", &policy, script);
+    // Before: every name failed to parse and was dropped, so containers had none at all.
+    assert_eq!(
+        cap_mask(&lines, "CapEff:").count_ones() as usize,
+        coffer_policy::DEFAULT_CAPS.len(),
+        "{lines:?}"
+    );
+}
+
+#[test]
+fn a_container_the_policy_keeps_running_is_not_stopped_by_the_agent() {
+    let _serial = one_at_a_time();
+    let Some((tmp, policy)) = setup("a_container_the_policy_keeps_running") else {
+        return;
+    };
+    let home = tmp.path();
+    let before = mountinfo();
+    let policy = policy.replace(
+        "shutdown_container := data.framework.shutdown_container",
+        "shutdown_container := {\"allowed\": false}",
+    );
+    let group = launch(home, "g8", &policy).unwrap();
+    let mut c = prepare(&group, home);
+    c.call(&Request::CreateContainer {
+        container_id: "hello".into(),
+        process: hello_process(),
+        volumes: volumes(),
+    })
+    .unwrap();
+    denied(c.call(&Request::Shutdown), "shutdown_container", "");
+    // The agent still serves: it did not exit.
+    c.call(&Request::GetProperties).unwrap();
+    drop(c);
+    // The host ends the group itself; nothing is left behind.
+    let dir = group.dir.clone();
+    assert!(group.shutdown().is_err());
+    assert_clean(&before, &dir);
 }

@@ -186,6 +186,11 @@ mounts_ok(c) if {
 	}
 }
 
+# Coffer's policies pin the limits a container runs with; policies without `resources` do not.
+resources_ok(c) if not c.resources
+
+resources_ok(c) if object.get(input, "resources", null) == c.resources
+
 cap_kinds := ["ambient", "bounding", "effective", "inheritable", "permitted"]
 
 input_caps(kind) := {x | some x in object.get(object.get(input, "capabilities", {}), kind, [])}
@@ -279,6 +284,7 @@ create_matches := [{"container": c, "env": env} |
 	no_new_privileges_ok(c)
 	user_ok(c)
 	mounts_ok(c)
+	resources_ok(c)
 	caps_ok(c)
 	env := env_result(c)
 ]
@@ -313,11 +319,18 @@ exec_process_ok(c) if {
 	p.command == input.argList
 }
 
+# An exec'd process runs with the container's environment plus its own: the container already
+# has the required variables, so an exec need not repeat them.
+exec_env_result(c) := list if {
+	list := allowed_env(c)
+	env_count_ok(list)
+}
+
 exec_matches := [{"container": c, "env": env} |
 	some c in container_candidates
 	exec_process_ok(c)
 	working_dir_ok(c)
-	env := env_result(c)
+	env := exec_env_result(c)
 ]
 
 default exec_in_container := {"allowed": false}
@@ -480,6 +493,14 @@ errors contains "no_new_privileges is required" if {
 	count(container_candidates) > 0
 	every c in container_candidates {
 		not no_new_privileges_ok(c)
+	}
+}
+
+errors contains "invalid resources (memory and CPU limits differ from the policy's)" if {
+	rule_is({"create_container"})
+	count(container_candidates) > 0
+	every c in container_candidates {
+		not resources_ok(c)
 	}
 }
 

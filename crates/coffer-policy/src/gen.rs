@@ -462,10 +462,21 @@ fn container_json(
     opts: &GenOptions,
 ) -> Result<Value, PolicyError> {
     let r = resolve_container(pod_index, c, img)?;
+    // The Pod's own literal variables are required: a host that strips e.g. AUTH_ENABLED=true
+    // must not get the container started without it.
+    let pod_literals: BTreeSet<&str> = c
+        .env
+        .iter()
+        .filter(|e| e.value.is_some())
+        .map(|e| e.name.as_str())
+        .collect();
     let mut env_rules: Vec<Value> = r
         .env
         .iter()
-        .map(|e| json!({"pattern": e, "required": false, "strategy": "string"}))
+        .map(|e| {
+            let name = e.split_once('=').map_or(e.as_str(), |(n, _)| n);
+            json!({"pattern": e, "required": pod_literals.contains(name), "strategy": "string"})
+        })
         .collect();
     env_rules.extend(
         r.env_from
@@ -508,6 +519,7 @@ fn container_json(
         "mounts": mounts,
         "name": r.name,
         "no_new_privileges": r.no_new_privileges,
+        "resources": {"cpu_millis": r.cpu_millis, "memory_limit": r.memory_limit},
         "seccomp_profile_sha256": "",
         "signals": [r.stop_signal],
         "user": {

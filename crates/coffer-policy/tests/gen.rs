@@ -315,3 +315,70 @@ mod users {
         assert_eq!(c["user"]["group_idnames"][0]["strategy"], "id");
     }
 }
+
+mod pinned_by_the_policy {
+    use super::*;
+    use coffer_policy::{Decision, Enforcer};
+    use serde_json::json;
+
+    const POD: &str = "apiVersion: v1\nkind: Pod\nmetadata: {name: x}\nspec:\n  containers:\n  - name: a\n    image: app:1\n    env: [{name: AUTH_ENABLED, value: \"true\"}]\n    resources: {limits: {memory: 64Mi, cpu: 500m}}\n";
+
+    fn create(change: impl FnOnce(&mut Value)) -> Decision {
+        let pod = parse_pod(POD).unwrap();
+        let policy = generate(&pod, &facts(), &GenOptions::default()).unwrap();
+        let c = containers(&policy)[0].clone();
+        let r = coffer_policy::resolve_container(0, &pod.spec.containers[0], &facts()["app:1"])
+            .unwrap();
+        let mut input = json!({
+            "containerID": "c", "argList": r.args, "envList": r.env, "workingDir": r.working_dir,
+            "mounts": [], "privileged": false, "noNewPrivileges": false,
+            "user": {"id": r.user, "name": ""}, "groups": [{"id": r.group, "name": ""}], "umask": "0022",
+            "capabilities": {"bounding": r.capabilities, "effective": r.capabilities, "permitted": r.capabilities, "inheritable": [], "ambient": []},
+            "resources": {"memory_limit": r.memory_limit, "cpu_millis": r.cpu_millis},
+        });
+        change(&mut input);
+        let mut e = Enforcer::new(&policy).unwrap();
+        e.set_state(json!({"matches": {"c": [c]}})).unwrap();
+        e.decide("create_container", &input).unwrap()
+    }
+
+    #[test]
+    fn the_pods_own_request_is_allowed() {
+        let d = create(|_| {});
+        assert!(d.allowed, "{:?}", d.reason);
+    }
+
+    #[test]
+    fn other_limits_than_the_pods_are_denied() {
+        assert!(!create(|i| i["resources"]["memory_limit"] = json!(1u64 << 40)).allowed);
+        assert!(!create(|i| i["resources"]["cpu_millis"] = json!(null)).allowed);
+    }
+
+    #[test]
+    fn a_literal_variable_of_the_pod_cannot_be_dropped() {
+        // Dropping is allowed in generated policies, but not of what the Pod itself sets.
+        let d = create(|i| {
+            let env: Vec<Value> = i["envList"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|e| !e.as_str().unwrap().starts_with("AUTH_ENABLED="))
+                .cloned()
+                .collect();
+            i["envList"] = json!(env);
+        });
+        assert!(!d.allowed);
+        // The image's own variables may still be dropped.
+        let d = create(|i| {
+            let env: Vec<Value> = i["envList"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|e| !e.as_str().unwrap().starts_with("MODE="))
+                .cloned()
+                .collect();
+            i["envList"] = json!(env);
+        });
+        assert!(d.allowed, "{:?}", d.reason);
+    }
+}

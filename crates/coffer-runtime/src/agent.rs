@@ -230,7 +230,7 @@ impl Agent {
                     signal,
                 } => (self.signal(&container_id, signal), false),
                 Request::GetProperties => (self.properties(), false),
-                Request::Shutdown => (self.shutdown(), true),
+                Request::Shutdown => self.shutdown(),
             };
             let _ = write_frame(&mut conn, &answer);
             if shutdown {
@@ -406,6 +406,7 @@ impl Agent {
             "privileged": false, "noNewPrivileges": p.no_new_privileges,
             "user": {"id": p.uid.to_string(), "name": ""}, "groups": [{"id": p.gid.to_string(), "name": ""}], "umask": "0022",
             "capabilities": {"bounding": p.capabilities, "effective": p.capabilities, "permitted": p.capabilities, "inheritable": [], "ambient": []},
+            "resources": {"memory_limit": p.memory_limit, "cpu_millis": p.cpu_millis},
         });
         let d = match self.decide("create_container", input) {
             Ok(d) => d,
@@ -415,10 +416,14 @@ impl Agent {
             return denied("create_container", d.reason);
         }
         // Run what the policy returned: its env_list and caps_list, not the request's.
-        let env: Vec<String> =
-            serde_json::from_value(d.result["env_list"].clone()).unwrap_or_default();
-        let caps: Vec<String> =
-            serde_json::from_value(d.result["caps_list"]["bounding"].clone()).unwrap_or_default();
+        let env = match decided_env(&d.result, &p.env) {
+            Ok(e) => e,
+            Err(e) => return failed(e),
+        };
+        let caps = match decided_caps(&d.result, &p.capabilities) {
+            Ok(c) => c,
+            Err(e) => return failed(e),
+        };
         let allow_stdio = d.result["allow_stdio_access"].as_bool().unwrap_or(false);
         let bundle = self.work.join("containers").join(id);
         // Encrypted volumes open only with a key released to this TEE; otherwise they stay closed
@@ -683,8 +688,10 @@ impl Agent {
         if !d.allowed {
             return denied("exec_in_container", d.reason);
         }
-        let env: Vec<String> =
-            serde_json::from_value(d.result["env_list"].clone()).unwrap_or_default();
+        let env = match decided_env(&d.result, &p.env) {
+            Ok(e) => e,
+            Err(e) => return failed(e),
+        };
         let mut cmd = Command::new(&self.runc);
         cmd.args([
             "--root",
@@ -761,16 +768,21 @@ impl Agent {
         json!({"ok": true, "containers": containers, "report": self.report_summary})
     }
 
-    /// Stop every container (through the policy), then unmount everything.
-    fn shutdown(&self) -> Value {
+    /// Stop every container, then unmount everything; true when the group is to end. Only when
+    /// the policy allows stopping each container: otherwise nothing is stopped (the host can still
+    /// end the whole group, which it always could; it cannot make the agent stop what the policy
+    /// keeps running).
+    fn shutdown(&self) -> (Value, bool) {
         let ids: Vec<String> = lock(&self.state).containers.keys().cloned().collect();
-        let mut problems = Vec::new();
         for id in &ids {
             match self.decide("shutdown_container", json!({"containerID": id})) {
                 Ok(d) if d.allowed => {}
-                Ok(d) => problems.push(format!("{id}: shutdown denied: {:?}", d.reason)),
-                Err(e) => problems.push(format!("{id}: {e}")),
+                Ok(d) => return (denied("shutdown_container", d.reason), false),
+                Err(e) => return (e, false),
             }
+        }
+        let mut problems = Vec::new();
+        for id in &ids {
             let _ = self.runc(&["kill", "--", id, "KILL"]);
             let child = lock(&self.state)
                 .containers
@@ -808,7 +820,35 @@ impl Agent {
                 let _ = std::fs::remove_dir(c.path().join("coffer"));
             }
         }
-        json!({"ok": problems.is_empty(), "problems": problems})
+        (
+            json!({"ok": problems.is_empty(), "problems": problems}),
+            true,
+        )
+    }
+}
+
+/// The environment a decision grants: its `env_list`, or the request's when the rule returns none
+/// (a rule that allows everything). A malformed list is an error, never an empty environment.
+fn decided_env(result: &Value, requested: &[String]) -> Result<Vec<String>, String> {
+    match result.get("env_list") {
+        None | Some(Value::Null) => Ok(requested.to_vec()),
+        Some(v) => serde_json::from_value(v.clone())
+            .map_err(|e| format!("the policy's env_list is not a list of strings: {e}")),
+    }
+}
+
+/// The capability sets a decision grants: its `caps_list` (each of the five as decided; a kind
+/// it leaves out is empty), or the request's when the rule returns none.
+fn decided_caps(result: &Value, requested: &[String]) -> Result<oci::CapsList, String> {
+    match result.get("caps_list") {
+        None | Some(Value::Null) => Ok(oci::CapsList {
+            bounding: requested.to_vec(),
+            effective: requested.to_vec(),
+            permitted: requested.to_vec(),
+            ..Default::default()
+        }),
+        Some(v) => serde_json::from_value(v.clone())
+            .map_err(|e| format!("the policy's caps_list is malformed: {e}")),
     }
 }
 
@@ -1015,6 +1055,46 @@ pub(crate) mod oci {
             .map_err(|e| e.to_string())
     }
 
+    /// The five capability sets, as a policy decision returns them.
+    #[derive(Clone, Debug, Default, PartialEq, Eq, serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub(crate) struct CapsList {
+        #[serde(default)]
+        pub(crate) ambient: Vec<String>,
+        #[serde(default)]
+        pub(crate) bounding: Vec<String>,
+        #[serde(default)]
+        pub(crate) effective: Vec<String>,
+        #[serde(default)]
+        pub(crate) inheritable: Vec<String>,
+        #[serde(default)]
+        pub(crate) permitted: Vec<String>,
+    }
+
+    /// `CAP_CHOWN` -> the capability; an unknown name is an error, never dropped in silence.
+    pub(crate) fn cap_set(
+        names: &[String],
+    ) -> Result<std::collections::HashSet<Capability>, String> {
+        names
+            .iter()
+            .map(|n| {
+                // One `CAP_` prefix, upper case: oci-spec itself would also take `chown` or
+                // `CAP_CAP_CHOWN`, names no policy writes.
+                let known = n.starts_with("CAP_")
+                    && !n[4..].starts_with("CAP_")
+                    && n.bytes()
+                        .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_');
+                known
+                    .then(|| {
+                        serde_json::from_value::<Capability>(serde_json::Value::from(n.as_str()))
+                            .ok()
+                    })
+                    .flatten()
+                    .ok_or_else(|| format!("unknown capability '{}'", n.escape_debug()))
+            })
+            .collect()
+    }
+
     /// A volume bound into a container.
     pub(crate) struct VolumeBind {
         pub(crate) source: PathBuf,
@@ -1029,18 +1109,16 @@ pub(crate) mod oci {
         rootfs: &Path,
         p: &ProcessSpec,
         env: &[String],
-        caps: &[String],
+        caps: &CapsList,
         volumes: &[VolumeBind],
         cgroup: &str,
     ) -> Result<Spec, String> {
-        let caps: std::collections::HashSet<Capability> =
-            caps.iter().filter_map(|c| c.parse().ok()).collect();
         let capabilities = LinuxCapabilitiesBuilder::default()
-            .bounding(caps.clone())
-            .effective(caps.clone())
-            .permitted(caps)
-            .inheritable(std::collections::HashSet::new())
-            .ambient(std::collections::HashSet::new())
+            .bounding(cap_set(&caps.bounding)?)
+            .effective(cap_set(&caps.effective)?)
+            .permitted(cap_set(&caps.permitted)?)
+            .inheritable(cap_set(&caps.inheritable)?)
+            .ambient(cap_set(&caps.ambient)?)
             .build()
             .map_err(|e| e.to_string())?;
         let process = ProcessBuilder::default()
@@ -1130,7 +1208,10 @@ pub(crate) mod oci {
             );
         }
         if let Some(c) = p.cpu_millis {
-            let quota = i64::try_from(c * 100).map_err(|_| "cpu limit too large".to_string())?;
+            let quota = c
+                .checked_mul(100)
+                .and_then(|q| i64::try_from(q).ok())
+                .ok_or_else(|| "cpu limit too large".to_string())?;
             resources = resources.cpu(
                 oci_spec::runtime::LinuxCpuBuilder::default()
                     .quota(quota)
@@ -1399,6 +1480,39 @@ mod tests {
             unpack(&top).1.is_err(),
             "the layer check refuses the hash block"
         );
+    }
+
+    #[test]
+    fn capability_names_parse_and_unknown_ones_fail() {
+        let set = oci::cap_set(&["CAP_CHOWN".into(), "CAP_NET_BIND_SERVICE".into()]).unwrap();
+        assert_eq!(set.len(), 2);
+        for bad in ["CAP_FOO", "CHOWN", "cap_chown", "CAP_CAP_CHOWN", ""] {
+            let e = oci::cap_set(&[bad.into()]).unwrap_err();
+            assert!(e.contains("unknown capability"), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn a_malformed_decision_never_becomes_an_empty_environment() {
+        let req = vec!["A=1".to_string()];
+        assert_eq!(
+            decided_env(&json!({"env_list": ["B=2"]}), &req).unwrap(),
+            ["B=2"]
+        );
+        assert_eq!(decided_env(&json!({"allowed": true}), &req).unwrap(), req);
+        assert!(decided_env(&json!({"env_list": "A=1"}), &req).is_err());
+        assert!(decided_env(&json!({"env_list": [1]}), &req).is_err());
+    }
+
+    #[test]
+    fn each_decided_capability_set_is_kept_apart() {
+        let d = json!({"caps_list": {"bounding": ["CAP_KILL", "CAP_CHOWN"], "effective": ["CAP_CHOWN"]}});
+        let c = decided_caps(&d, &[]).unwrap();
+        assert_eq!(c.bounding, ["CAP_KILL", "CAP_CHOWN"]);
+        assert_eq!(c.effective, ["CAP_CHOWN"]);
+        assert!(c.permitted.is_empty() && c.ambient.is_empty() && c.inheritable.is_empty());
+        assert!(decided_caps(&json!({"caps_list": {"bounding": "x"}}), &[]).is_err());
+        assert!(decided_caps(&json!({"caps_list": {"other": []}}), &[]).is_err());
     }
 
     #[test]

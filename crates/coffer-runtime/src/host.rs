@@ -358,7 +358,14 @@ impl Group {
     /// Ask the agent to shut down and wait for the sandbox to exit.
     pub fn shutdown(mut self) -> Result<Value, RuntimeError> {
         let answer = self.client().and_then(|mut c| c.call(&Request::Shutdown));
-        let deadline = Instant::now() + Duration::from_secs(10);
+        // An agent that refused (its policy keeps a container running) does not exit: the host
+        // ends the group itself, as it always can.
+        let deadline = Instant::now()
+            + if answer.is_ok() {
+                Duration::from_secs(10)
+            } else {
+                Duration::ZERO
+            };
         while Instant::now() < deadline {
             if let Ok(Some(_)) = self.sandbox.try_wait() {
                 break;
@@ -367,8 +374,31 @@ impl Group {
         }
         let _ = self.sandbox.kill();
         let _ = self.sandbox.wait();
+        if answer.is_err() {
+            sweep_cgroups();
+        }
         let _ = std::fs::remove_dir_all(&self.dir);
         answer
+    }
+}
+
+/// Remove the container cgroups (`/coffer/...` under every controller) that no process uses any
+/// more: what an agent that did not stop its containers itself leaves behind. Cgroups still in
+/// use (other groups') cannot be removed and are not.
+pub fn sweep_cgroups() {
+    // A killed container's processes take a moment to leave their cgroup.
+    std::thread::sleep(Duration::from_millis(100));
+    let Ok(controllers) = std::fs::read_dir("/sys/fs/cgroup") else {
+        return;
+    };
+    for c in controllers.flatten() {
+        let parent = c.path().join("coffer");
+        if let Ok(groups) = std::fs::read_dir(&parent) {
+            for g in groups.flatten().filter(|g| g.path().is_dir()) {
+                let _ = std::fs::remove_dir(g.path());
+            }
+        }
+        let _ = std::fs::remove_dir(&parent);
     }
 }
 
