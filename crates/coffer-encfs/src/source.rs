@@ -158,43 +158,25 @@ impl HttpSource {
             "GET {} HTTP/1.1\r\nHost: {}\r\nRange: bytes={a}-{b}\r\nConnection: close\r\n\r\n",
             self.path, self.host
         )?;
-        let mut r = BufReader::new(c);
-        let mut line = String::new();
-        r.read_line(&mut line)?;
-        let status: u16 = line
-            .split_whitespace()
-            .nth(1)
-            .and_then(|s| s.parse().ok())
-            .ok_or_else(|| bad("not an HTTP response"))?;
-        if status != 206 {
+        // A Range answer holds at most the bytes asked for.
+        let want = usize::try_from(b.saturating_sub(a).saturating_add(1)).unwrap_or(usize::MAX);
+        let resp = read_response(BufReader::new(c), want)
+            .map_err(|e| bad(format!("{}{}: {e}", self.host, self.path)))?;
+        if resp.status != 206 {
             return Err(bad(format!(
-                "{}{}: HTTP {status} (the server must answer Range requests with 206)",
-                self.host, self.path
+                "{}{}: HTTP {} (the server must answer Range requests with 206)",
+                self.host, self.path, resp.status
             )));
         }
-        let (mut length, mut total) = (None, None);
-        loop {
-            let mut h = String::new();
-            r.read_line(&mut h)?;
-            let h = h.trim_end().to_ascii_lowercase();
-            if h.is_empty() {
-                break;
-            }
-            if let Some(v) = h.strip_prefix("content-length:") {
-                length = v.trim().parse::<usize>().ok();
-            }
-            if let Some(v) = h.strip_prefix("content-range:") {
-                total = v
-                    .rsplit('/')
-                    .next()
-                    .and_then(|t| t.trim().parse::<u64>().ok());
-            }
+        let total = resp
+            .header("content-range")
+            .and_then(|v| v.rsplit('/').next())
+            .and_then(|t| t.trim().parse::<u64>().ok())
+            .ok_or_else(|| bad("no Content-Range total"))?;
+        if resp.header("content-length").is_none() {
+            return Err(bad("no Content-Length"));
         }
-        let length = length.ok_or_else(|| bad("no Content-Length"))?;
-        let total = total.ok_or_else(|| bad("no Content-Range total"))?;
-        let mut body = vec![0u8; length];
-        r.read_exact(&mut body)?;
-        Ok((body, total))
+        Ok((resp.body, total))
     }
 
     fn block(&self, index: u64) -> io::Result<Vec<u8>> {
@@ -281,5 +263,163 @@ impl Seek for Cursor<'_> {
         }
         self.pos = new as u64;
         Ok(self.pos)
+    }
+}
+
+/// Longest status or header line, and most header lines, accepted in a response.
+const MAX_LINE: u64 = 8192;
+const MAX_HEADERS: usize = 100;
+
+fn read_line_bounded(r: &mut impl BufRead) -> Result<String, String> {
+    let mut line = String::new();
+    let n = r
+        .take(MAX_LINE)
+        .read_line(&mut line)
+        .map_err(|e| format!("reading the response: {e}"))?;
+    if n == 0 {
+        return Err("the connection closed before the response ended".into());
+    }
+    if !line.ends_with('\n') {
+        return Err(format!("a response line is longer than {MAX_LINE} bytes"));
+    }
+    Ok(line.trim_end().to_string())
+}
+
+/// An HTTP/1.1 response.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Response {
+    /// Status code.
+    pub status: u16,
+    /// Header lines as (lower-case name, value).
+    pub headers: Vec<(String, String)>,
+    /// The body.
+    pub body: Vec<u8>,
+}
+
+impl Response {
+    /// The first header named `name` (lower case).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// Read an HTTP/1.1 response, the body at most `limit` bytes. Everything read is bounded (line
+/// lengths, header count, body): whoever relays the answer may send anything.
+pub fn read_response(mut r: impl BufRead, limit: usize) -> Result<Response, String> {
+    let status_line = read_line_bounded(&mut r)?;
+    let status: u16 = status_line
+        .strip_prefix("HTTP/1.")
+        .and_then(|s| s.split_whitespace().nth(1))
+        .and_then(|s| s.parse().ok())
+        .ok_or("not an HTTP response")?;
+    let (mut chunked, mut length) = (false, None::<usize>);
+    let mut headers = Vec::new();
+    loop {
+        let h = read_line_bounded(&mut r)?;
+        if h.is_empty() {
+            break;
+        }
+        if headers.len() == MAX_HEADERS {
+            return Err(format!("more than {MAX_HEADERS} header lines"));
+        }
+        let (name, value) = h.split_once(':').ok_or("a header line without ':'")?;
+        headers.push((name.trim().to_ascii_lowercase(), value.trim().to_string()));
+        let lower = h.to_ascii_lowercase();
+        if lower.starts_with("transfer-encoding:") && lower.contains("chunked") {
+            chunked = true;
+        }
+        if let Some(v) = lower.strip_prefix("content-length:") {
+            let n: usize = v.trim().parse().map_err(|_| "a bad Content-Length")?;
+            if n > limit {
+                return Err(format!("the body ({n} bytes) exceeds {limit} bytes"));
+            }
+            length = Some(n);
+        }
+    }
+    let too_long = || format!("the body exceeds {limit} bytes");
+    let mut body = Vec::new();
+    if chunked {
+        loop {
+            let size = read_line_bounded(&mut r)?;
+            let size = size.split(';').next().unwrap_or_default().trim();
+            let n = usize::from_str_radix(size, 16).map_err(|_| "a bad chunk size")?;
+            if n == 0 {
+                break;
+            }
+            if n > limit.saturating_sub(body.len()) {
+                return Err(too_long());
+            }
+            let start = body.len();
+            body.resize(start + n, 0);
+            r.read_exact(&mut body[start..])
+                .map_err(|e| format!("reading a chunk: {e}"))?;
+            read_line_bounded(&mut r)?;
+        }
+    } else if let Some(n) = length {
+        body.resize(n, 0);
+        r.read_exact(&mut body)
+            .map_err(|e| format!("reading the body: {e}"))?;
+    } else {
+        r.take(limit as u64 + 1)
+            .read_to_end(&mut body)
+            .map_err(|e| format!("reading the body: {e}"))?;
+        if body.len() > limit {
+            return Err(too_long());
+        }
+    }
+    Ok(Response {
+        status,
+        headers,
+        body,
+    })
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod http_tests {
+    use super::*;
+
+    fn parse(raw: &[u8], limit: usize) -> Result<(u16, Vec<u8>), String> {
+        read_response(std::io::Cursor::new(raw.to_vec()), limit).map(|r| (r.status, r.body))
+    }
+
+    #[test]
+    fn responses_parse_with_length_chunks_or_close() {
+        let r = parse(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nhi", 10).unwrap();
+        assert_eq!(r, (200, b"hi".to_vec()));
+        let r = parse(
+            b"HTTP/1.1 403 No\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nab\r\n1\r\nc\r\n0\r\n\r\n",
+            10,
+        )
+        .unwrap();
+        assert_eq!(r, (403, b"abc".to_vec()));
+        let r = parse(b"HTTP/1.0 200 OK\r\n\r\nxyz", 10).unwrap();
+        assert_eq!(r.1, b"xyz");
+    }
+
+    #[test]
+    fn hostile_lengths_are_refused_before_allocating() {
+        for raw in [
+            &b"HTTP/1.1 200 OK\r\nContent-Length: 18446744073709551615\r\n\r\n"[..],
+            b"HTTP/1.1 200 OK\r\nContent-Length: 11\r\n\r\nhello world",
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nffffffffffffffff\r\n",
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n6\r\nabcdef\r\n6\r\nabcdef\r\n0\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\n\r\n0123456789abc",
+        ] {
+            assert!(parse(raw, 10).is_err(), "{}", String::from_utf8_lossy(raw));
+        }
+        let long = format!("HTTP/1.1 200 OK\r\nX: {}\r\n\r\n", "a".repeat(10_000));
+        assert!(parse(long.as_bytes(), 10)
+            .unwrap_err()
+            .contains("longer than"));
+        let many = format!("HTTP/1.1 200 OK\r\n{}\r\n", "X: y\r\n".repeat(200));
+        assert!(parse(many.as_bytes(), 10)
+            .unwrap_err()
+            .contains("header lines"));
+        assert!(parse(b"SSH-2.0-x\r\n", 10).is_err());
+        assert!(parse(b"", 10).is_err());
     }
 }

@@ -16,11 +16,67 @@ use crate::sandbox::WORK_DIR;
 use crate::sp::SecureProcessor;
 use crate::RuntimeError;
 
-/// Output of a container, kept for attach, and its exit status.
+/// Output of a container, kept for attach, and its exit status. Bounded: the oldest lines go
+/// first when a container writes more than the agent keeps.
 #[derive(Default)]
 struct Output {
-    lines: Vec<(String, String)>,
+    lines: std::collections::VecDeque<(String, String)>,
+    /// Number of lines dropped from the front so far (the index of `lines[0]`).
+    first: usize,
+    bytes: usize,
     exit: Option<i32>,
+}
+
+/// Most output kept per container, and the longest line (longer ones are split).
+const MAX_OUTPUT_BYTES: usize = 4 << 20;
+const MAX_OUTPUT_LINES: usize = 65_536;
+const MAX_LINE: u64 = 64 << 10;
+
+impl Output {
+    fn end(&self) -> usize {
+        self.first + self.lines.len()
+    }
+
+    fn push(&mut self, stream: &str, line: String) {
+        self.bytes += line.len();
+        self.lines.push_back((stream.to_string(), line));
+        while self.bytes > MAX_OUTPUT_BYTES || self.lines.len() > MAX_OUTPUT_LINES {
+            let Some((_, old)) = self.lines.pop_front() else {
+                break;
+            };
+            self.bytes -= old.len();
+            self.first += 1;
+        }
+    }
+
+    /// Lines from absolute index `from` on, and how many of those were already dropped.
+    fn since(&self, from: usize) -> (Vec<(String, String)>, usize) {
+        let start = from.max(self.first);
+        let new = self.lines.range(start - self.first..).cloned().collect();
+        (new, start - from)
+    }
+}
+
+/// Read `s` line by line (lines longer than [`MAX_LINE`] split) into `out`.
+fn collect_output(s: impl Read, name: &str, out: &(Mutex<Output>, Condvar)) {
+    let mut r = BufReader::new(s);
+    let mut buf = Vec::new();
+    loop {
+        buf.clear();
+        match r.by_ref().take(MAX_LINE).read_until(b'\n', &mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(_) => {
+                if buf.last() == Some(&b'\n') {
+                    buf.pop();
+                }
+                let (m, cv) = out;
+                m.lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .push(name, String::from_utf8_lossy(&buf).into_owned());
+                cv.notify_all();
+            }
+        }
+    }
 }
 
 struct ContainerState {
@@ -492,17 +548,7 @@ impl Agent {
         ] {
             if let Some(s) = stream {
                 let out = output.clone();
-                std::thread::spawn(move || {
-                    for line in BufReader::new(s).lines() {
-                        let Ok(line) = line else { break };
-                        let (m, cv) = &*out;
-                        m.lock()
-                            .unwrap_or_else(|p| p.into_inner())
-                            .lines
-                            .push((name.to_string(), line));
-                        cv.notify_all();
-                    }
-                });
+                std::thread::spawn(move || collect_output(s, name, &out));
             }
         }
         lock(&self.state).containers.insert(
@@ -649,18 +695,20 @@ impl Agent {
         let mut sent = 0;
         loop {
             let mut g = m.lock().unwrap_or_else(|p| p.into_inner());
-            while g.lines.len() == sent && g.exit.is_none() {
+            while g.end() == sent && g.exit.is_none() {
                 g = cv.wait(g).unwrap_or_else(|p| p.into_inner());
             }
-            let new: Vec<(String, String)> = g.lines[sent..].to_vec();
-            let exit = if g.lines.len() == sent + new.len() {
-                g.exit
-            } else {
-                None
-            };
+            let (new, dropped) = g.since(sent);
+            let exit = g.exit;
+            sent = g.end();
             drop(g);
-            sent += new.len();
             if allow {
+                if dropped > 0 {
+                    let note = format!("[coffer: {dropped} earlier lines of output were dropped]");
+                    if write_frame(conn, &json!({"stream": "stderr", "data": note})).is_err() {
+                        return;
+                    }
+                }
                 for (stream, data) in new {
                     if write_frame(conn, &json!({"stream": stream, "data": data})).is_err() {
                         return;
@@ -1480,6 +1528,35 @@ mod tests {
             unpack(&top).1.is_err(),
             "the layer check refuses the hash block"
         );
+    }
+
+    #[test]
+    fn container_output_is_bounded_and_readers_learn_what_was_dropped() {
+        let mut o = Output::default();
+        let line = "x".repeat(1000);
+        for _ in 0..(MAX_OUTPUT_BYTES / 1000 + 10) {
+            o.push("stdout", line.clone());
+        }
+        let pushed = MAX_OUTPUT_BYTES / 1000 + 10;
+        assert!(o.bytes <= MAX_OUTPUT_BYTES);
+        assert_eq!(o.end(), pushed);
+        assert_eq!(o.first, pushed - o.lines.len());
+        assert!(o.first > 0);
+        let (new, dropped) = o.since(0);
+        assert_eq!(dropped, o.first);
+        assert_eq!(new.len(), o.lines.len());
+        let (new, dropped) = o.since(o.end());
+        assert!(new.is_empty() && dropped == 0);
+    }
+
+    #[test]
+    fn a_line_without_end_is_split_not_kept_whole() {
+        let out = (Mutex::new(Output::default()), Condvar::new());
+        let big = vec![b'a'; 3 * MAX_LINE as usize + 5];
+        collect_output(&big[..], "stdout", &out);
+        let o = out.0.lock().unwrap();
+        assert_eq!(o.lines.len(), 4);
+        assert!(o.lines.iter().all(|(_, l)| l.len() <= MAX_LINE as usize));
     }
 
     #[test]
