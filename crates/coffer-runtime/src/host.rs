@@ -217,6 +217,17 @@ pub fn launch_measurement(
     Ok(h.finish())
 }
 
+/// The MEASUREMENT every group launched with `agent_exe` gets: what a release policy pins
+/// (`x-ms-sevsnpvm-launchmeasurement`) so that only this agent, not merely the right HOST_DATA,
+/// obtains a key.
+pub fn expected_measurement(home: &Path, agent_exe: &Path) -> Result<[u8; 48], RuntimeError> {
+    let launch_config = serde_json::to_vec(
+        &json!({"version": VERSION, "io": crate::sandbox::IO_DIR, "agent": "coffer agent"}),
+    )
+    .map_err(|e| RuntimeError::Protocol(e.to_string()))?;
+    launch_measurement_cached(&home.join("run/.cache"), agent_exe, &launch_config)
+}
+
 /// The run directory of a group.
 pub fn group_dir(home: &Path, name: &str) -> PathBuf {
     home.join("run").join(name)
@@ -259,15 +270,7 @@ pub fn launch(spec: LaunchSpec) -> Result<Group, RuntimeError> {
             }
         }
     }
-    let launch_config = serde_json::to_vec(
-        &json!({"version": VERSION, "io": crate::sandbox::IO_DIR, "agent": "coffer agent"}),
-    )
-    .map_err(|e| RuntimeError::Protocol(e.to_string()))?;
-    let measurement = launch_measurement_cached(
-        &spec.home.join("run/.cache"),
-        &spec.agent_exe,
-        &launch_config,
-    )?;
+    let measurement = expected_measurement(&spec.home, &spec.agent_exe)?;
     let emu = coffer_snp_emu::EmulatedSp::open_or_create(&spec.home)
         .map_err(|e| RuntimeError::SecureProcessor(e.to_string()))?;
     let sp = EmulatedService::start(&io_dir.join("sp.sock"), emu, spec.host_data, measurement)?;

@@ -207,8 +207,15 @@ pub(crate) fn run(a: DemoArgs) -> Result<ExitCode> {
     let host_data = hex::encode(coffer_policy::digest(policy.as_bytes()));
     eprintln!("      policy HOST_DATA {host_data}");
     let admin = std::fs::read_to_string(coffer_server::admin_token_path(&home.join("serve")))?;
+    // HOST_DATA says which policy governs the group; the launch measurement says which agent
+    // enforces it. A host that boots a guest of its own with the right HOST_DATA gets nothing.
+    let measurement = hex::encode(coffer_runtime::host::expected_measurement(
+        &home,
+        &std::env::current_exe()?,
+    )?);
     let release_policy = json!({"version": "1.0.0", "anyOf": [{"authority": running.issuer, "allOf": [
         {"claim": "x-ms-sevsnpvm-hostdata", "equals": host_data},
+        {"claim": "x-ms-sevsnpvm-launchmeasurement", "equals": measurement},
         {"claim": "x-ms-sevsnpvm-is-debuggable", "equals": "false"}]}]});
     let client = reqwest::blocking::Client::new();
     let resp = client
@@ -223,7 +230,10 @@ pub(crate) fn run(a: DemoArgs) -> Result<ExitCode> {
             resp.text().unwrap_or_default()
         );
     }
-    eprintln!("      key demo-key released only to HOST_DATA {host_data}");
+    eprintln!(
+        "      key demo-key released only to HOST_DATA {host_data} and launch measurement {}",
+        &measurement[..16]
+    );
 
     steps.begin(
         4,
