@@ -20,7 +20,7 @@ mod store;
 
 pub use digest::Digest;
 pub use layout::{Image, Layer, Layout, REF_NAME};
-pub use measure::{measure_layers, LayerMeasurement, Progress};
+pub use measure::{layer_root, measure_layers, LayerMeasurement, Progress};
 pub use store::{ImageRef, Store, StoredImage};
 
 use std::path::PathBuf;
@@ -87,13 +87,13 @@ pub enum ImageError {
         /// Decoder message.
         reason: String,
     },
-    /// Measuring failed.
+    /// A layer tar that does not convert to an ext4 image (tar2ext4's rules).
     #[error("layer {digest}: {source}")]
-    Verity {
+    Layer {
         /// Layer digest.
         digest: Digest,
         /// The error.
-        source: coffer_verity::VerityError,
+        source: coffer_ext4::Ext4Error,
     },
 }
 

@@ -1,11 +1,14 @@
-//! One streaming pass per layer: blob digest, diff_id and dm-verity root, layers in parallel.
+//! One streaming pass per layer: blob digest, diff_id and the layer hash, layers in parallel.
+//!
+//! The layer hash is Azure's: the dm-verity root of the ext4 image that hcsshim's tar2ext4 makes
+//! of the uncompressed tar (`coffer-ext4`), so Azure's policies and Coffer's name layers alike.
+//! The same pass can write that image with its hash tree appended, which is what groups mount.
 
 use std::fs::File;
 use std::io::{self, Read};
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
-use coffer_verity::VerityHasher;
 use flate2::read::GzDecoder;
 use openssl::sha::Sha256;
 
@@ -18,7 +21,7 @@ pub struct LayerMeasurement {
     /// Digest of the uncompressed tar.
     #[serde(with = "digest_str")]
     pub diff_id: Digest,
-    /// dm-verity root hash of the tar, zero-padded to 4096-byte blocks.
+    /// The layer hash: dm-verity root of the tar's ext4 image (tar2ext4, whiteouts converted).
     #[serde(with = "hex::serde")]
     pub root_hash: [u8; 32],
 }
@@ -45,42 +48,64 @@ pub struct Progress {
     pub total: AtomicU64,
 }
 
-/// Measure one layer blob at `path`, checking its digest and diff_id.
+/// The layer hash of an uncompressed layer tar (`coffer image measure --tar`).
+pub fn layer_root<R: Read>(tar: R) -> Result<[u8; 32], coffer_ext4::Ext4Error> {
+    coffer_ext4::root_digest(tar)
+}
+
+/// Measure one layer blob at `path`, checking its digest and diff_id. With `image`, the layer's
+/// ext4 image with its dm-verity tree appended is written there too (the caller keeps it only
+/// when the blob checks out).
 pub(crate) fn measure_blob(
     path: &Path,
     layer: &Layer,
     progress: Option<&Progress>,
-    verity_threads: usize,
+    image: Option<&Path>,
 ) -> Result<LayerMeasurement, ImageError> {
     let compression = layer.compression()?;
     let file = File::open(path).map_err(io_err(path))?;
     let mut src = CountingHash::new(file, progress.map(|p| &p.bytes));
-    let mut verity = VerityHasher::new().threads(verity_threads);
-    let mut diff = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
     let decompress_err = |e: io::Error| ImageError::Decompress {
         digest: layer.digest,
         reason: e.to_string(),
     };
-    {
-        let mut reader: Box<dyn Read + '_> = match compression {
+    let layer_err = |e: coffer_ext4::Ext4Error| ImageError::Layer {
+        digest: layer.digest,
+        source: e,
+    };
+    let root_hash = {
+        let reader: Box<dyn Read + '_> = match compression {
             Compression::None => Box::new(&mut src),
             Compression::Gzip => Box::new(GzDecoder::new(&mut src)),
         };
-        loop {
-            let n = match reader.read(&mut buf) {
-                Ok(0) => break,
-                Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(decompress_err(e)),
-            };
-            // Uncompressed: the diff_id is the blob digest, already being computed.
-            if compression == Compression::Gzip {
-                diff.update(&buf[..n]);
+        // The diff_id covers every uncompressed byte, also those after the archive's end.
+        let mut tar = DiffHash {
+            inner: reader,
+            sha: (compression == Compression::Gzip).then(Sha256::new),
+        };
+        let root = match image {
+            Some(out) => {
+                let f = File::create(out).map_err(io_err(out))?;
+                let w = io::BufWriter::with_capacity(1 << 20, f);
+                // A fixed UUID (from the layer digest) keeps the file the same on every build.
+                let mut uuid = [0u8; 16];
+                uuid.copy_from_slice(&layer.digest.bytes()[..16]);
+                coffer_ext4::convert_with_verity(
+                    &mut tar,
+                    w,
+                    &coffer_ext4::Options::default(),
+                    uuid,
+                )
+                .map(|(_, v)| v.root)
             }
-            verity.update(&buf[..n]);
-        }
-    }
+            None => coffer_ext4::root_digest(&mut tar),
+        };
+        // Read to the end whatever happened: a corrupted blob is reported as such, not as
+        // the bad tar it decompresses to.
+        let drained = io::copy(&mut tar, &mut io::sink());
+        (root, drained, tar.sha)
+    };
+    let (root, drained, diff) = root_hash;
     // Bytes after the gzip stream still belong to the blob digest.
     io::copy(&mut src, &mut io::sink()).map_err(io_err(path))?;
     let actual = Digest::from_bytes(src.finish());
@@ -90,10 +115,11 @@ pub(crate) fn measure_blob(
             actual,
         });
     }
-    let diff_id = match compression {
-        Compression::Gzip => Digest::from_bytes(diff.finish()),
-        Compression::None => actual,
+    let diff_id = match diff {
+        Some(sha) => Digest::from_bytes(sha.finish()),
+        None => actual,
     };
+    drained.map_err(decompress_err)?;
     if diff_id != layer.diff_id {
         return Err(ImageError::DiffIdMismatch {
             digest: layer.digest,
@@ -101,11 +127,24 @@ pub(crate) fn measure_blob(
             actual: diff_id,
         });
     }
-    let root_hash = verity.finish().map_err(|source| ImageError::Verity {
-        digest: layer.digest,
-        source,
-    })?;
+    let root_hash = root.map_err(layer_err)?;
     Ok(LayerMeasurement { diff_id, root_hash })
+}
+
+/// Reader that hashes what passes (when it has a hasher).
+struct DiffHash<R> {
+    inner: R,
+    sha: Option<Sha256>,
+}
+
+impl<R: Read> Read for DiffHash<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        if let Some(sha) = &mut self.sha {
+            sha.update(&buf[..n]);
+        }
+        Ok(n)
+    }
 }
 
 /// File reader that hashes and counts.
@@ -139,11 +178,13 @@ impl Read for CountingHash<'_> {
     }
 }
 
-/// Measure layers of `layout` in parallel (one thread per core), results in layer order.
+/// Measure layers of `layout` in parallel (one thread per core), results in layer order. With
+/// `images`, each layer's ext4 image (hash tree appended) is left there as `<digest hex>.img`.
 pub fn measure_layers(
     layout: &Layout,
     layers: &[Layer],
     progress: Option<&Progress>,
+    images: Option<&Path>,
 ) -> Result<Vec<LayerMeasurement>, ImageError> {
     if let Some(p) = progress {
         p.total
@@ -153,7 +194,6 @@ pub fn measure_layers(
         .map(|n| n.get())
         .unwrap_or(1);
     let workers = cores.min(layers.len()).max(1);
-    let verity_threads = (cores / workers).max(1);
     let next = AtomicUsize::new(0);
     let mut results: Vec<Option<Result<LayerMeasurement, ImageError>>> =
         (0..layers.len()).map(|_| None).collect();
@@ -165,12 +205,25 @@ pub fn measure_layers(
                     loop {
                         let i = next.fetch_add(1, Ordering::Relaxed);
                         let Some(layer) = layers.get(i) else { break };
+                        let out = images.map(|d| d.join(format!("{}.partial", layer.digest.hex())));
                         let r = measure_blob(
                             &layout.blob_path(&layer.digest),
                             layer,
                             progress,
-                            verity_threads,
-                        );
+                            out.as_deref(),
+                        )
+                        .and_then(|m| {
+                            if let Some(out) = &out {
+                                let done = out.with_extension("img");
+                                std::fs::rename(out, &done).map_err(io_err(&done))?;
+                            }
+                            Ok(m)
+                        });
+                        if r.is_err() {
+                            if let Some(out) = &out {
+                                let _ = std::fs::remove_file(out);
+                            }
+                        }
                         mine.push((i, r));
                     }
                     mine

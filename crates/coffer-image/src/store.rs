@@ -154,9 +154,41 @@ impl Store {
     }
 
     fn cache_path(&self, layer: &Digest) -> PathBuf {
+        // `measurements-ext4`: the layer hash changed from the tar's root to the ext4 image's;
+        // roots cached under the old name are not reused.
         self.root
-            .join("measurements")
+            .join("measurements-ext4")
             .join(format!("{}.json", layer.hex()))
+    }
+
+    /// Where layer images (ext4 + dm-verity tree, as Azure's layer VHDs) are kept.
+    fn layer_images(&self) -> PathBuf {
+        self.root.join("layer-images")
+    }
+
+    /// The ext4 image of an image's layer `index` with its dm-verity tree appended: built once
+    /// (and measured while built), kept by layer digest, rebuilt if missing. Whoever mounts it
+    /// checks its root against the policy; the file itself is not trusted.
+    pub fn layer_image(&self, img: &StoredImage, index: usize) -> Result<PathBuf, ImageError> {
+        let layer =
+            img.image.layers.get(index).ok_or_else(|| {
+                ImageError::NotFound(format!("{} has no layer {index}", img.name))
+            })?;
+        let path = self
+            .layer_images()
+            .join(format!("{}.img", layer.digest.hex()));
+        if path.exists() {
+            return Ok(path);
+        }
+        let dir = self.layer_images();
+        fs::create_dir_all(&dir).map_err(io_err(&dir))?;
+        let m = measure_layers(&img.layout, std::slice::from_ref(layer), None, Some(&dir))?;
+        if let Some(m) = m.first() {
+            if let Ok(json) = serde_json::to_vec(m) {
+                let _ = write_atomic(&self.cache_path(&layer.digest), &json);
+            }
+        }
+        Ok(path)
     }
 
     /// Measure an image's layers (base first), using and filling the cache.
@@ -179,7 +211,10 @@ impl Store {
         }
         if !todo.is_empty() {
             let layers: Vec<_> = todo.iter().map(|&i| img.image.layers[i].clone()).collect();
-            let measured = measure_layers(&img.layout, &layers, progress)?;
+            // Measuring builds each layer's image anyway: keep it for the groups that mount it.
+            let dir = self.layer_images();
+            fs::create_dir_all(&dir).map_err(io_err(&dir))?;
+            let measured = measure_layers(&img.layout, &layers, progress, Some(&dir))?;
             for (&i, m) in todo.iter().zip(measured) {
                 if let Ok(json) = serde_json::to_vec(&m) {
                     // The cache is an optimisation: failing to write it is not an error.
@@ -266,7 +301,7 @@ impl Store {
         let measured: Vec<(Digest, LayerMeasurement)> = new_layers
             .iter()
             .map(|l| l.digest)
-            .zip(measure_layers(&staged, &new_layers, progress)?)
+            .zip(measure_layers(&staged, &new_layers, progress, None)?)
             .collect();
         // Commit: blobs first (content-addressed, harmless if we stop here), then the name.
         for entry in fs::read_dir(&blobs).map_err(io_err(&blobs))? {

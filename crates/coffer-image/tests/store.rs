@@ -100,7 +100,7 @@ fn hand_layout(dir: &Path, tamper_diff_id: bool) -> Vec<u8> {
 }
 
 #[test]
-fn umoci_image_imports_and_measures_like_veritysetup() {
+fn umoci_image_imports_and_measures_as_azure_does() {
     let tmp = tempfile::tempdir().unwrap();
     let oci = tmp.path().join("hello");
     if !coffer_testkit::build_example_image(
@@ -124,16 +124,24 @@ fn umoci_image_imports_and_measures_like_veritysetup() {
         .all(|l| l.media_type.ends_with("+gzip")));
     let m = store.measure(&img, None).unwrap();
     assert_eq!(m, direct);
-    if coffer_testkit::tool("veritysetup", "umoci measure") {
-        for (layer, meas) in img.image.layers.iter().zip(&m) {
-            assert_eq!(meas.diff_id, layer.diff_id);
-            let gz = std::fs::read(store.layout().blob_path(&layer.digest)).unwrap();
-            let mut tar = Vec::new();
-            std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(&gz[..]), &mut tar)
-                .unwrap();
-            assert_eq!(Digest::of(&tar), layer.diff_id);
-            tar.resize(tar.len().div_ceil(4096) * 4096, 0);
-            assert_eq!(hex::encode(meas.root_hash), veritysetup_root(&tar));
+    for (i, (layer, meas)) in img.image.layers.iter().zip(&m).enumerate() {
+        assert_eq!(meas.diff_id, layer.diff_id);
+        let gz = std::fs::read(store.layout().blob_path(&layer.digest)).unwrap();
+        let mut tar = Vec::new();
+        std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(&gz[..]), &mut tar).unwrap();
+        assert_eq!(Digest::of(&tar), layer.diff_id);
+        // Azure's layer hash: the dm-verity root of the tar's ext4 image.
+        assert_eq!(meas.root_hash, coffer_ext4::root_digest(&tar[..]).unwrap());
+        // The kept layer image: that ext4 image, its root as veritysetup computes it, then the tree.
+        let image = std::fs::read(store.layer_image(&img, i).unwrap()).unwrap();
+        let f = tempfile::tempfile().unwrap();
+        coffer_ext4::convert(&tar[..], &f, &Default::default()).unwrap();
+        let mut fs = Vec::new();
+        std::io::Seek::rewind(&mut &f).unwrap();
+        std::io::Read::read_to_end(&mut &f, &mut fs).unwrap();
+        assert_eq!(&image[..fs.len()], &fs[..]);
+        if coffer_testkit::tool("veritysetup", "umoci measure") {
+            assert_eq!(hex::encode(meas.root_hash), veritysetup_root(&fs));
         }
     }
     // Importing the same image again under another name reuses blobs.
@@ -145,7 +153,7 @@ fn umoci_image_imports_and_measures_like_veritysetup() {
 #[test]
 fn uncompressed_layers_import_and_measure() {
     let tmp = tempfile::tempdir().unwrap();
-    let mut layer = hand_layout(tmp.path(), false);
+    let layer = hand_layout(tmp.path(), false);
     let store = Store::open(&tmp.path().join("home")).unwrap();
     let img = store
         .import(
@@ -155,10 +163,9 @@ fn uncompressed_layers_import_and_measure() {
         )
         .unwrap();
     let m = store.measure(&img, None).unwrap();
-    layer.resize(layer.len().div_ceil(4096) * 4096, 0);
     assert_eq!(
         m[0].root_hash,
-        coffer_verity::root_hash(&layer[..]).unwrap()
+        coffer_ext4::root_digest(&layer[..]).unwrap()
     );
     assert!(matches!(
         store.resolve(&ImageRef::parse("nope:1").unwrap()),

@@ -129,9 +129,14 @@ fn failed(e: impl std::fmt::Display) -> Value {
 
 /// A container or layer id: a short name that is neither a path nor a flag.
 fn safe_id(id: &str) -> bool {
+    id.len() <= 64 && safe_name(id)
+}
+
+/// A file name (at most 255 bytes) that is neither a path nor a flag.
+fn safe_name(id: &str) -> bool {
     !id.is_empty()
         && !id.starts_with('-')
-        && id.len() <= 64
+        && id.len() <= 255
         && id
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
@@ -263,7 +268,7 @@ impl Agent {
                     )),
                     false,
                 ),
-                Request::MountLayer { target } => (self.mount_layer(&target, &mut conn), false),
+                Request::MountLayer { target, image } => (self.mount_layer(&target, &image), false),
                 Request::MountOverlay {
                     container_id,
                     layer_paths,
@@ -302,29 +307,24 @@ impl Agent {
             .map_err(failed)
     }
 
-    fn mount_layer(&self, target: &str, conn: &mut UnixStream) -> Value {
-        // Read the chunks first, whatever happens: the stream must stay in sync.
-        let tmp = self.work.join(format!("incoming-{:016x}.tar", rand_u64()));
-        let received = receive_layer(conn, &tmp);
-        let result = match received {
-            Ok(root) => self.place_layer(target, &tmp, root),
-            Err(e) => failed(e),
-        };
-        let _ = std::fs::remove_file(&tmp);
-        result
-    }
-
-    /// Decide, unpack into a staging directory, move into place. On any failure the policy
-    /// state forgets the device again, so no overlay can count a layer that is not there.
-    fn place_layer(&self, target: &str, tar: &Path, root: [u8; 32]) -> Value {
+    /// Measure the layer image the host placed, ask the policy, mount it read-only. On any
+    /// failure the policy state forgets the device again, so no overlay counts a layer that is
+    /// not there.
+    fn mount_layer(&self, target: &str, image: &str) -> Value {
         let layers_root = self.work.join("layers");
         let name = target
             .strip_prefix(&format!("{}/", layers_root.display()))
             .unwrap_or("");
-        if !safe_id(name) || name.starts_with('.') {
+        if !safe_id(name) {
             return failed(format!(
                 "layer target must be {}/<name>",
                 layers_root.display()
+            ));
+        }
+        if !safe_name(image) {
+            return failed(format!(
+                "invalid layer image name '{}'",
+                image.escape_debug()
             ));
         }
         {
@@ -336,20 +336,20 @@ impl Agent {
                 ));
             }
         }
-        let result = self.place_pending_layer(target, &layers_root, name, tar, root);
+        let path = PathBuf::from(crate::sandbox::IO_DIR)
+            .join("layers")
+            .join(image);
+        let result = self.place_layer(target, &layers_root, &path);
         lock(&self.state).pending.remove(target);
         result
     }
 
-    fn place_pending_layer(
-        &self,
-        target: &str,
-        layers_root: &Path,
-        name: &str,
-        tar: &Path,
-        root: [u8; 32],
-    ) -> Value {
-        let device_hash = hex::encode(root);
+    fn place_layer(&self, target: &str, layers_root: &Path, image: &Path) -> Value {
+        let measured = match layer_image::measure(image) {
+            Ok(m) => m,
+            Err(e) => return failed(format!("layer {target}: {e}")),
+        };
+        let device_hash = hex::encode(measured.root);
         let decision = match self.decide(
             "mount_device",
             json!({"target": target, "deviceHash": device_hash}),
@@ -360,20 +360,16 @@ impl Agent {
         if !decision.allowed {
             return denied("mount_device", decision.reason);
         }
-        let staging = layers_root.join(format!(".{name}-{:016x}", rand_u64()));
-        let placed = std::fs::create_dir_all(layers_root)
+        let mounted = std::fs::create_dir_all(target)
             .map_err(|e| format!("{}: {e}", layers_root.display()))
-            .and_then(|()| unpack_layer(tar, &staging))
-            .and_then(|()| {
-                std::fs::rename(&staging, target).map_err(|e| format!("placing the layer: {e}"))
-            });
-        match placed {
+            .and_then(|()| layer_image::mount(image, measured.size, Path::new(target)));
+        match mounted {
             Ok(()) => {
                 lock(&self.state).layers.push(PathBuf::from(target));
                 json!({"ok": true, "deviceHash": device_hash})
             }
             Err(e) => {
-                let _ = std::fs::remove_dir_all(&staging);
+                let _ = std::fs::remove_dir(target);
                 lock(&self.state).enforcer.forget("devices", target);
                 failed(format!("layer {target} not mounted: {e}"))
             }
@@ -859,6 +855,10 @@ impl Agent {
         for (_, rootfs) in st.overlays.iter() {
             let _ = nix::mount::umount2(rootfs, nix::mount::MntFlags::MNT_DETACH);
         }
+        // Layer images: their loop devices go with the last unmount (autoclear).
+        for layer in &st.layers {
+            let _ = nix::mount::umount2(layer, nix::mount::MntFlags::MNT_DETACH);
+        }
         for c in st.containers.values() {
             let _ = std::fs::remove_dir_all(&c.bundle);
         }
@@ -906,172 +906,100 @@ fn rand_u64() -> u64 {
     u64::from_le_bytes(b)
 }
 
-/// Read the chunked layer into `path`, measuring it on the way: returns the dm-verity root.
-fn receive_layer(conn: &mut UnixStream, path: &Path) -> Result<[u8; 32], String> {
-    let mut file = std::io::BufWriter::new(
-        std::fs::File::create(path).map_err(|e| format!("{}: {e}", path.display()))?,
-    );
-    let mut verity = coffer_verity::VerityHasher::new();
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let mut len = [0u8; 4];
-        conn.read_exact(&mut len)
-            .map_err(|e| format!("reading layer: {e}"))?;
-        let mut left = u32::from_be_bytes(len) as usize;
-        if left == 0 {
-            break;
-        }
-        while left > 0 {
-            let n = left.min(buf.len());
-            conn.read_exact(&mut buf[..n])
-                .map_err(|e| format!("reading layer: {e}"))?;
-            verity.update(&buf[..n]);
-            file.write_all(&buf[..n])
-                .map_err(|e| format!("writing layer: {e}"))?;
-            left -= n;
-        }
-    }
-    file.flush().map_err(|e| format!("writing layer: {e}"))?;
-    verity.finish().map_err(|e| e.to_string())
-}
+/// Layer images: an ext4 file system as hcsshim's tar2ext4 writes it, possibly followed by its
+/// dm-verity tree. Its measurement is the dm-verity root of the file system's own bytes, whose
+/// length the superblock states: a stream with the same root but another length (e.g. a block of
+/// the hash tree, whose root is the same) is not an ext4 image of that length and is refused.
+///
+/// In the namespace backend the image is a file the host placed and the agent loop-mounts after
+/// hashing it: the host, which shares the kernel, could still change the file afterwards. This
+/// backend does not claim otherwise; a VM reads layers through dm-verity, which checks every
+/// block as it is read.
+mod layer_image {
+    use std::io::{Read, Seek, SeekFrom};
+    use std::os::unix::fs::OpenOptionsExt as _;
+    use std::path::Path;
 
-/// Unpack a layer tar into `target` (created; must not exist). OCI whiteouts become overlayfs
-/// whiteouts. The tar must end properly: after its end-of-archive, only zero padding.
-fn unpack_layer(tar_path: &Path, target: &Path) -> Result<(), String> {
-    std::fs::create_dir(target).map_err(|e| format!("{}: {e}", target.display()))?;
-    let root = std::fs::File::open(target).map_err(|e| format!("{}: {e}", target.display()))?;
-    let f = std::fs::File::open(tar_path).map_err(|e| e.to_string())?;
-    let mut archive = tar::Archive::new(std::io::BufReader::new(f));
-    archive.set_preserve_permissions(true);
-    archive.set_preserve_ownerships(true);
-    let mut entries = 0u64;
-    for entry in archive.entries().map_err(|e| format!("layer tar: {e}"))? {
-        let mut entry = entry.map_err(|e| format!("layer tar: {e}"))?;
-        entries += 1;
-        let path = entry
-            .path()
-            .map_err(|e| format!("layer tar: {e}"))?
-            .into_owned();
-        match whiteout::classify(&path) {
-            Some(w) => whiteout::apply(&root, &w)
-                .map_err(|e| format!("layer tar {}: {e}", path.display()))?,
-            // unpack_in refuses paths that would escape the target.
-            None => {
-                if !entry
-                    .unpack_in(target)
-                    .map_err(|e| format!("layer tar {}: {e}", path.display()))?
-                {
-                    return Err(format!(
-                        "layer tar {}: a path outside the layer",
-                        path.display()
-                    ));
-                }
-            }
-        }
-    }
-    if entries == 0 {
-        return Err("layer tar: no entries".into());
-    }
-    // The rest of the stream (end-of-archive blocks, padding) must be zeros: a stream with the
-    // same dm-verity root but other content after the archive is not the measured layer.
-    let mut rest = archive.into_inner();
-    let mut buf = [0u8; 8192];
-    loop {
-        let n = rest.read(&mut buf).map_err(|e| format!("layer tar: {e}"))?;
-        if n == 0 {
-            return Ok(());
-        }
-        if buf[..n].iter().any(|b| *b != 0) {
-            return Err("layer tar: data after the end of the archive".into());
-        }
-    }
-}
+    /// Largest layer image (tar2ext4's default maximum disk size for layers).
+    const MAX_SIZE: u64 = 128 << 30;
 
-/// OCI whiteouts, applied beneath the layer root only.
-mod whiteout {
-    use std::os::fd::AsFd;
-    use std::path::{Component, Path};
-
-    use nix::fcntl::{OFlag, OpenHow, ResolveFlag};
-    use nix::sys::stat::{Mode, SFlag};
-
-    /// A whiteout entry: the directory it is in (relative to the layer root) and what it does.
-    #[derive(Debug, PartialEq, Eq)]
-    pub(super) struct Whiteout {
-        pub(super) dir: Vec<String>,
-        /// `None`: the directory is opaque; `Some(name)`: `name` is deleted.
-        pub(super) hidden: Option<String>,
+    /// What was measured.
+    pub(super) struct Measured {
+        pub(super) root: [u8; 32],
+        /// Bytes of the file system.
+        pub(super) size: u64,
     }
 
-    /// Is this tar path a whiteout? (By its file name, as the OCI image spec defines them.)
-    pub(super) fn classify(path: &Path) -> Option<Whiteout> {
-        let name = path.file_name()?.to_str()?;
-        let hidden = if name == ".wh..wh..opq" {
-            None
+    /// The file system size an ext4 superblock (the 1024 bytes at offset 1024) states.
+    pub(super) fn ext4_size(sb: &[u8; 1024]) -> Result<u64, String> {
+        let le32 = |o: usize| u32::from_le_bytes([sb[o], sb[o + 1], sb[o + 2], sb[o + 3]]);
+        if u16::from_le_bytes([sb[0x38], sb[0x39]]) != 0xEF53 {
+            return Err("not an ext4 image (no superblock magic)".into());
+        }
+        let log = le32(0x18);
+        if log > 6 {
+            return Err(format!("ext4 block size 1024 << {log} is not supported"));
+        }
+        let incompat_64bit = le32(0x60) & 0x80 != 0;
+        let blocks = u64::from(le32(0x04))
+            | if incompat_64bit {
+                u64::from(le32(0x150)) << 32
+            } else {
+                0
+            };
+        let size = blocks
+            .checked_mul(1024u64 << log)
+            .filter(|s| *s > 0 && *s <= MAX_SIZE && s % 4096 == 0)
+            .ok_or_else(|| {
+                format!(
+                    "ext4 image of {blocks} blocks of {} bytes: not a layer size",
+                    1024u64 << log
+                )
+            })?;
+        Ok(size)
+    }
+
+    /// Hash the image's file system bytes (length from its superblock).
+    pub(super) fn measure(path: &Path) -> Result<Measured, String> {
+        let mut f = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(nix::fcntl::OFlag::O_NOFOLLOW.bits())
+            .open(path)
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+        let len = f.metadata().map_err(|e| e.to_string())?.len();
+        let mut sb = [0u8; 1024];
+        f.seek(SeekFrom::Start(1024))
+            .and_then(|_| f.read_exact(&mut sb))
+            .map_err(|_| "not an ext4 image (shorter than its superblock)".to_string())?;
+        let size = ext4_size(&sb)?;
+        if size > len {
+            return Err(format!(
+                "the image is truncated: its file system needs {size} bytes, the file has {len}"
+            ));
+        }
+        f.seek(SeekFrom::Start(0)).map_err(|e| e.to_string())?;
+        let root =
+            coffer_verity::root_hash(std::io::BufReader::with_capacity(1 << 20, f.take(size)))
+                .map_err(|e| format!("hashing the layer: {e}"))?;
+        Ok(Measured { root, size })
+    }
+
+    /// Loop-mount the first `size` bytes read-only (`noload`: no journal replay, nothing written).
+    pub(super) fn mount(image: &Path, size: u64, target: &Path) -> Result<(), String> {
+        let out = std::process::Command::new("mount")
+            .args(["-t", "ext4", "-o"])
+            .arg(format!("ro,loop,noload,sizelimit={size}"))
+            .arg(image)
+            .arg(target)
+            .output()
+            .map_err(|e| format!("mount: {e}"))?;
+        if out.status.success() {
+            Ok(())
         } else {
-            Some(name.strip_prefix(".wh.")?.to_string())
-        };
-        let dir = path
-            .parent()
-            .map(|p| {
-                p.components()
-                    .map(|c| match c {
-                        Component::Normal(s) => s.to_string_lossy().into_owned(),
-                        Component::CurDir => ".".into(),
-                        _ => "..".into(),
-                    })
-                    .filter(|c| c != ".")
-                    .collect()
-            })
-            .unwrap_or_default();
-        Some(Whiteout { dir, hidden })
-    }
-
-    fn beneath() -> OpenHow {
-        OpenHow::new()
-            .flags(OFlag::O_DIRECTORY | OFlag::O_RDONLY | OFlag::O_CLOEXEC)
-            .resolve(
-                ResolveFlag::RESOLVE_BENEATH
-                    | ResolveFlag::RESOLVE_NO_SYMLINKS
-                    | ResolveFlag::RESOLVE_NO_MAGICLINKS
-                    | ResolveFlag::RESOLVE_NO_XDEV,
-            )
-    }
-
-    /// Create the directories of `w.dir` as needed (never through a symlink, never above the
-    /// root), then the whiteout device or the opaque mark. Any failure fails the layer.
-    pub(super) fn apply(root: &std::fs::File, w: &Whiteout) -> Result<(), String> {
-        if let Some(bad) = w.dir.iter().find(|c| c.as_str() == ".." || c.contains('/')) {
-            return Err(format!("whiteout path component '{bad}' leaves the layer"));
-        }
-        if let Some(h) = &w.hidden {
-            if h.is_empty() || h == "." || h == ".." || h.contains('/') {
-                return Err(format!("whiteout of '{h}'"));
-            }
-        }
-        let mut dir: std::os::fd::OwnedFd = root
-            .as_fd()
-            .try_clone_to_owned()
-            .map_err(|e| e.to_string())?;
-        for c in &w.dir {
-            match nix::sys::stat::mkdirat(dir.as_fd(), c.as_str(), Mode::from_bits_truncate(0o755))
-            {
-                Ok(()) | Err(nix::errno::Errno::EEXIST) => {}
-                Err(e) => return Err(format!("mkdir {c}: {e}")),
-            }
-            dir = nix::fcntl::openat2(dir.as_fd(), c.as_str(), beneath())
-                .map_err(|e| format!("opening {c} beneath the layer: {e}"))?;
-        }
-        match &w.hidden {
-            Some(h) => {
-                nix::sys::stat::mknodat(dir.as_fd(), h.as_str(), SFlag::S_IFCHR, Mode::empty(), 0)
-                    .map_err(|e| format!("whiteout {h}: {e}"))
-            }
-            None => {
-                let f = std::fs::File::from(dir);
-                xattr::FileExt::set_xattr(&f, "trusted.overlay.opaque", b"y")
-                    .map_err(|e| format!("marking the directory opaque: {e}"))
-            }
+            Err(format!(
+                "mount: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            ))
         }
     }
 }
@@ -1361,173 +1289,108 @@ fn hkdf_sha256(
 mod tests {
     use super::*;
 
-    /// A tar with raw entry names (the tar crate's builder refuses `..`, which is the point).
-    fn raw_tar(entries: &[(&str, tar::EntryType, &str)]) -> Vec<u8> {
-        let mut out = Vec::new();
-        for (name, kind, link) in entries {
-            let mut h = tar::Header::new_old();
-            h.as_old_mut().name[..name.len()].copy_from_slice(name.as_bytes());
-            h.as_old_mut().linkname[..link.len()].copy_from_slice(link.as_bytes());
-            h.set_entry_type(*kind);
-            h.set_mode(0o755);
-            h.set_size(0);
+    /// A layer image as the store keeps it: tar2ext4's ext4, then its dm-verity tree.
+    fn layer_image(files: &[(&str, usize)]) -> (tempfile::TempDir, PathBuf, [u8; 32]) {
+        let mut b = tar::Builder::new(Vec::new());
+        for (name, len) in files {
+            let mut h = tar::Header::new_gnu();
+            h.set_size(*len as u64);
+            h.set_mode(0o644);
             h.set_uid(0);
             h.set_gid(0);
             h.set_mtime(0);
             h.set_cksum();
-            out.extend_from_slice(h.as_bytes());
+            b.append_data(&mut h, name, &vec![7u8; *len][..]).unwrap();
         }
-        out.extend_from_slice(&[0u8; 1024]);
-        out
-    }
-
-    fn unpack(tar: &[u8]) -> (tempfile::TempDir, Result<(), String>) {
+        let tar = b.into_inner().unwrap();
         let dir = tempfile::tempdir().unwrap();
-        std::fs::create_dir_all(dir.path().join("layers/l9/etc")).unwrap();
-        std::fs::create_dir_all(dir.path().join("io")).unwrap();
-        let t = dir.path().join("layer.tar");
-        std::fs::write(&t, tar).unwrap();
-        let r = unpack_layer(&t, &dir.path().join("layers/l0"));
-        (dir, r)
+        let path = dir.path().join("layer.img");
+        let f = std::fs::File::create(&path).unwrap();
+        let (_, v) =
+            coffer_ext4::convert_with_verity(&tar[..], f, &Default::default(), [1; 16]).unwrap();
+        assert_eq!(v.root, coffer_ext4::root_digest(&tar[..]).unwrap());
+        (dir, path, v.root)
     }
 
-    fn tree(dir: &Path) -> Vec<String> {
-        let mut out = Vec::new();
-        let mut stack = vec![dir.to_path_buf()];
-        while let Some(d) = stack.pop() {
-            for e in std::fs::read_dir(&d).unwrap().flatten() {
-                let p = e.path();
-                out.push(p.strip_prefix(dir).unwrap().display().to_string());
-                if e.file_type().unwrap().is_dir() {
-                    stack.push(p);
-                }
+    #[test]
+    fn a_layer_image_measures_to_its_layer_hash() {
+        let (_d, path, root) = layer_image(&[("a", 10), ("b", 3 * 4096)]);
+        let m = layer_image::measure(&path).unwrap();
+        assert_eq!(m.root, root);
+        assert!(
+            m.size < std::fs::metadata(&path).unwrap().len(),
+            "the tree is not hashed"
+        );
+    }
+
+    #[test]
+    fn any_changed_byte_changes_the_measurement() {
+        let (_d, path, root) = layer_image(&[("a", 10)]);
+        let m = layer_image::measure(&path).unwrap();
+        let bytes = std::fs::read(&path).unwrap();
+        for pos in [0usize, 2048, 4096, m.size as usize - 1] {
+            let mut b = bytes.clone();
+            b[pos] ^= 1;
+            std::fs::write(&path, &b).unwrap();
+            // An error is fine too (e.g. the superblock no longer parses).
+            if let Ok(m2) = layer_image::measure(&path) {
+                assert_ne!(m2.root, root, "byte {pos}");
             }
         }
-        out.sort();
-        out
     }
 
     #[test]
-    fn whiteouts_with_dotdot_cannot_leave_the_layer() {
-        for name in [
-            "../l9/etc/.wh..wh..opq",
-            "../../io/.wh.x",
-            "a/../../io/.wh.y",
-        ] {
-            let (dir, r) = unpack(&raw_tar(&[(name, tar::EntryType::Regular, "")]));
-            assert!(r.is_err(), "{name} was accepted");
-            let left: Vec<String> = tree(dir.path())
-                .into_iter()
-                .filter(|p| !p.starts_with("layers/l0") && p != "layer.tar")
+    fn a_hash_block_with_the_layers_root_is_refused() {
+        let (d, path, root) = layer_image(&[("big", 600 * 4096)]);
+        let m = layer_image::measure(&path).unwrap();
+        let bytes = std::fs::read(&path).unwrap();
+        // The top block of the file system's tree: the same root over 4096 bytes.
+        let mut level: Vec<u8> = bytes[..m.size as usize].to_vec();
+        let top = loop {
+            let mut next: Vec<u8> = level
+                .chunks(4096)
+                .flat_map(|b| {
+                    let mut s = openssl::sha::Sha256::new();
+                    s.update(&[0u8; 32]);
+                    s.update(b);
+                    s.finish()
+                })
                 .collect();
-            assert_eq!(
-                left,
-                ["io", "layers", "layers/l9", "layers/l9/etc"],
-                "{name}"
-            );
-            assert!(
-                xattr::get(dir.path().join("layers/l9/etc"), "trusted.overlay.opaque")
-                    .unwrap()
-                    .is_none()
-            );
-        }
-    }
-
-    #[test]
-    fn whiteouts_cannot_follow_a_symlink_out_of_the_layer() {
-        let (dir, r) = unpack(&raw_tar(&[
-            ("esc", tar::EntryType::Symlink, "../../io"),
-            ("esc/.wh.x", tar::EntryType::Regular, ""),
-        ]));
-        assert!(r.unwrap_err().contains("beneath the layer"));
-        assert_eq!(tree(&dir.path().join("io")), Vec::<String>::new());
-        let (dir, r) = unpack(&raw_tar(&[
-            ("esc", tar::EntryType::Symlink, "/"),
-            ("esc/tmp/.wh..wh..opq", tar::EntryType::Regular, ""),
-        ]));
-        assert!(r.is_err());
-        assert!(xattr::get("/tmp", "trusted.overlay.opaque")
-            .unwrap()
-            .is_none());
-        drop(dir);
-    }
-
-    #[test]
-    fn whiteouts_and_opaque_directories_are_made_without_setfattr() {
-        let (dir, r) = unpack(&raw_tar(&[
-            ("d/", tar::EntryType::Directory, ""),
-            ("d/.wh..wh..opq", tar::EntryType::Regular, ""),
-            ("e/f/.wh.gone", tar::EntryType::Regular, ""),
-        ]));
-        r.unwrap();
-        let l0 = dir.path().join("layers/l0");
+            next.resize(next.len().div_ceil(4096) * 4096, 0);
+            if next.len() == 4096 {
+                break next;
+            }
+            level = next;
+        };
         assert_eq!(
-            xattr::get(l0.join("d"), "trusted.overlay.opaque").unwrap(),
-            Some(b"y".to_vec())
-        );
-        use std::os::unix::fs::{FileTypeExt, MetadataExt};
-        let m = std::fs::symlink_metadata(l0.join("e/f/gone")).unwrap();
-        assert!(m.file_type().is_char_device());
-        assert_eq!(m.rdev(), 0);
-    }
-
-    #[test]
-    fn a_whiteout_over_an_existing_entry_fails_the_layer() {
-        let (_dir, r) = unpack(&raw_tar(&[
-            ("x", tar::EntryType::Regular, ""),
-            (".wh.x", tar::EntryType::Regular, ""),
-        ]));
-        assert!(r.unwrap_err().contains("whiteout x"));
-    }
-
-    #[test]
-    fn data_after_the_end_of_the_archive_is_refused() {
-        let mut t = raw_tar(&[("a", tar::EntryType::Regular, "")]);
-        t.extend_from_slice(&[0u8; 4096]);
-        unpack(&t).1.unwrap();
-        t.push(1);
-        assert!(unpack(&t).1.unwrap_err().contains("after the end"));
-    }
-
-    #[test]
-    fn the_top_hash_block_of_a_layer_has_its_root_and_is_refused() {
-        // A real tar of several blocks, padded as layers are measured.
-        let mut b = tar::Builder::new(Vec::new());
-        let data = vec![7u8; 3 * 4096];
-        let mut h = tar::Header::new_gnu();
-        h.set_size(data.len() as u64);
-        h.set_mode(0o644);
-        h.set_uid(0);
-        h.set_gid(0);
-        h.set_mtime(0);
-        h.set_cksum();
-        b.append_data(&mut h, "file", &data[..]).unwrap();
-        let mut layer = b.into_inner().unwrap();
-        layer.resize(layer.len().div_ceil(4096) * 4096, 0);
-        let mut v = coffer_verity::VerityHasher::new();
-        v.update(&layer);
-        let root = v.finish().unwrap();
-        // Its tree has one hash block: the hashes of its data blocks, zero-padded.
-        let mut top = Vec::new();
-        for block in layer.chunks(4096) {
-            let mut s = openssl::sha::Sha256::new();
-            s.update(&[0u8; 32]);
-            s.update(block);
-            top.extend_from_slice(&s.finish());
-        }
-        top.resize(4096, 0);
-        let mut v = coffer_verity::VerityHasher::new();
-        v.update(&top);
-        assert_eq!(
-            v.finish().unwrap(),
+            coffer_verity::root_hash(&top[..]).unwrap(),
             root,
-            "the collision exists at the root level"
+            "the collision exists"
         );
-        unpack(&layer).1.unwrap();
-        assert!(
-            unpack(&top).1.is_err(),
-            "the layer check refuses the hash block"
-        );
+        let forged = d.path().join("forged.img");
+        std::fs::write(&forged, &top).unwrap();
+        let e = layer_image::measure(&forged).err().unwrap();
+        assert!(e.contains("not an ext4 image"), "{e}");
+    }
+
+    #[test]
+    fn superblock_sizes_are_bounded() {
+        let mut sb = [0u8; 1024];
+        sb[0x38..0x3a].copy_from_slice(&0xEF53u16.to_le_bytes());
+        sb[0x04..0x08].copy_from_slice(&8u32.to_le_bytes());
+        sb[0x18..0x1c].copy_from_slice(&2u32.to_le_bytes());
+        assert_eq!(layer_image::ext4_size(&sb).unwrap(), 8 * 4096);
+        sb[0x18..0x1c].copy_from_slice(&40u32.to_le_bytes());
+        assert!(layer_image::ext4_size(&sb).is_err(), "absurd block size");
+        sb[0x18..0x1c].copy_from_slice(&2u32.to_le_bytes());
+        sb[0x60..0x64].copy_from_slice(&0x80u32.to_le_bytes());
+        sb[0x150..0x154].copy_from_slice(&u32::MAX.to_le_bytes());
+        assert!(layer_image::ext4_size(&sb).is_err(), "more than 128 GiB");
+        sb[0x04..0x08].copy_from_slice(&0u32.to_le_bytes());
+        sb[0x150..0x154].copy_from_slice(&0u32.to_le_bytes());
+        assert!(layer_image::ext4_size(&sb).is_err(), "empty");
+        sb[0x38] = 0;
+        assert!(layer_image::ext4_size(&sb).unwrap_err().contains("magic"));
     }
 
     #[test]

@@ -71,30 +71,12 @@ impl AgentClient {
         check(v)
     }
 
-    /// Stream a layer's uncompressed tar to `target`.
-    pub fn mount_layer(&mut self, target: &str, mut tar: impl Read) -> Result<Value, RuntimeError> {
-        write_frame(
-            &mut self.stream,
-            &Request::MountLayer {
-                target: target.into(),
-            },
-        )?;
-        let mut buf = vec![0u8; 1 << 20];
-        loop {
-            let n = tar.read(&mut buf).map_err(crate::io("reading the layer"))?;
-            self.stream
-                .write_all(&(n as u32).to_be_bytes())
-                .map_err(crate::io("sending the layer"))?;
-            if n == 0 {
-                break;
-            }
-            self.stream
-                .write_all(&buf[..n])
-                .map_err(crate::io("sending the layer"))?;
-        }
-        let v = read_frame(&mut self.stream)?
-            .ok_or_else(|| RuntimeError::Protocol("the agent closed the connection".into()))?;
-        check(v)
+    /// Mount the layer image `image` (a name from [`Group::stage_layer`]) at `target`.
+    pub fn mount_layer(&mut self, target: &str, image: &str) -> Result<Value, RuntimeError> {
+        self.call(&Request::MountLayer {
+            target: target.into(),
+            image: image.into(),
+        })
     }
 
     /// Follow a container's output until it exits; returns the exit status.
@@ -348,6 +330,24 @@ pub fn launch(spec: LaunchSpec) -> Result<Group, RuntimeError> {
 }
 
 impl Group {
+    /// Put a layer image where the agent reads it (`io/layers/`: a hard link, or a copy across
+    /// file systems); returns its name there, for [`AgentClient::mount_layer`].
+    pub fn stage_layer(&self, image: &Path) -> Result<String, RuntimeError> {
+        let name = image
+            .file_name()
+            .and_then(|n| n.to_str())
+            .ok_or_else(|| RuntimeError::Agent(format!("{}: no file name", image.display())))?
+            .to_string();
+        let dir = self.dir.join("io/layers");
+        std::fs::create_dir_all(&dir).map_err(crate::io(format!("mkdir {}", dir.display())))?;
+        let dst = dir.join(&name);
+        if !dst.exists() && std::fs::hard_link(image, &dst).is_err() {
+            std::fs::copy(image, &dst)
+                .map_err(crate::io(format!("copying {}", image.display())))?;
+        }
+        Ok(name)
+    }
+
     /// The agent's socket.
     pub fn socket(&self) -> PathBuf {
         self.dir.join("io/agent.sock")

@@ -59,10 +59,14 @@ pub enum Request {
         /// Client's protocol version.
         version: u32,
     },
-    /// Mount a layer at `target`; the tar follows as chunks.
+    /// Mount a layer image at `target`: the ext4 image (tar2ext4, optionally with its dm-verity
+    /// tree appended) that the host placed in the I/O directory's `layers/` as `image`. The agent
+    /// measures it itself; its root must be a layer of the policy.
     MountLayer {
         /// Where the layer is mounted in the sandbox.
         target: String,
+        /// File name under `<io>/layers/`.
+        image: String,
     },
     /// Overlay layers (top first) as a container's root.
     MountOverlay {

@@ -1,11 +1,12 @@
 //! `coffer image import|ls|measure`.
 
 use std::io::IsTerminal as _;
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use anyhow::Result;
+use anyhow::{Context as _, Result};
 use clap::{Args, Subcommand};
 use coffer_image::{ImageRef, Progress, Store};
 
@@ -23,7 +24,11 @@ pub(crate) enum ImageCommand {
     Pull(PullArgs),
     /// List the images in the store.
     Ls,
-    /// Print each layer's diff_id and dm-verity root hash, base layer first.
+    /// Print each layer's diff_id and layer hash, base layer first.
+    ///
+    /// The layer hash is Azure's: the dm-verity root (SHA-256, 4 KiB blocks, zero salt) of the
+    /// ext4 image hcsshim's tar2ext4 makes of the uncompressed layer tar, as `az confcom
+    /// acipolicygen` writes into policies. With --tar, the hash of one uncompressed layer tar.
     Measure(MeasureArgs),
 }
 
@@ -48,7 +53,11 @@ pub(crate) struct PullArgs {
 #[derive(Args, Debug)]
 pub(crate) struct MeasureArgs {
     /// A stored image name, or oci:DIR[:TAG].
-    image: String,
+    #[arg(required_unless_present = "tar", conflicts_with = "tar")]
+    image: Option<String>,
+    /// Instead: one uncompressed layer tar ("-" = standard input); prints its layer hash.
+    #[arg(long, value_name = "FILE")]
+    tar: Option<PathBuf>,
 }
 
 pub(crate) fn run(cmd: ImageCommand) -> Result<ExitCode> {
@@ -94,13 +103,29 @@ pub(crate) fn run(cmd: ImageCommand) -> Result<ExitCode> {
                 );
             }
         }
-        ImageCommand::Measure(a) => {
-            let img = store.resolve(&ImageRef::parse(&a.image)?)?;
+        ImageCommand::Measure(MeasureArgs {
+            tar: Some(path), ..
+        }) => {
+            let root = if path.as_os_str() == "-" {
+                coffer_image::layer_root(std::io::stdin().lock())
+            } else {
+                let f = std::fs::File::open(&path)
+                    .with_context(|| format!("cannot read {}", path.display()))?;
+                coffer_image::layer_root(std::io::BufReader::with_capacity(1 << 20, f))
+            }
+            .with_context(|| format!("{}: not a layer tar tar2ext4 converts", path.display()))?;
+            println!("{}", hex::encode(root));
+        }
+        ImageCommand::Measure(MeasureArgs {
+            image: Some(image), ..
+        }) => {
+            let img = store.resolve(&ImageRef::parse(&image)?)?;
             let m = with_progress("measuring", |p| store.measure(&img, Some(p)))?;
             for l in m {
                 println!("{} {}", l.diff_id, hex::encode(l.root_hash));
             }
         }
+        ImageCommand::Measure(_) => anyhow::bail!("give an image, or --tar FILE"),
     }
     Ok(ExitCode::SUCCESS)
 }

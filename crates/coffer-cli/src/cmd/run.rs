@@ -138,19 +138,20 @@ fn drive(
     for (i, c) in pod.spec.containers.iter().enumerate() {
         let img = store.resolve(&ImageRef::parse(&c.image)?)?;
         let mut paths = Vec::new();
-        for layer in &img.image.layers {
+        for (li, layer) in img.image.layers.iter().enumerate() {
             let key = layer.digest.to_string();
             if !mounted.contains_key(&key) {
                 let target = format!("/run/coffer/layers/l{}", mounted.len());
-                client
-                    .mount_layer(&target, img.layout.open_layer(layer)?)
-                    .with_context(|| format!("container '{}': layer {}", c.name, layer.digest))?;
+                let what = || format!("container '{}': layer {}", c.name, layer.digest);
+                let image = store.layer_image(&img, li).with_context(what)?;
+                let name = group.stage_layer(&image).with_context(what)?;
+                client.mount_layer(&target, &name).with_context(what)?;
                 mounted.insert(key.clone(), target);
             }
             paths.push(mounted[&key].clone());
         }
         timing.mark(&format!(
-            "{}: layers streamed, measured by the agent, unpacked",
+            "{}: layer images measured by the agent and mounted",
             c.name
         ));
         paths.reverse();
