@@ -24,7 +24,7 @@ enum Command {
     /// AMD SEV-SNP evidence: show, verify and emulate attestation reports.
     #[command(subcommand)]
     Snp(cmd::snp::SnpCommand),
-    /// OCI images: import into the local store, list, measure layers (dm-verity).
+    /// OCI images: import into the local store, list, measure layers (Azure's layer hash).
     #[command(subcommand)]
     Image(cmd::image::ImageCommand),
     /// Security policies: generate from a Pod manifest, digest, evaluate.
@@ -53,12 +53,16 @@ enum Command {
     Encfs(cmd::encfs::EncfsCommand),
     /// Run the end-to-end demonstration on embedded defaults (no setup, no outside files).
     Demo(cmd::demo::DemoArgs),
+    /// The utility VM of a group: its SEV-SNP launch measurement.
+    #[command(subcommand)]
+    Uvm(cmd::uvm::UvmCommand),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Snp(c) => cmd::snp::run(c),
+        Command::Uvm(c) => cmd::uvm::run(c),
         Command::Image(c) => cmd::image::run(c),
         Command::Policy(c) => cmd::policy::run(c),
         Command::Run(a) => cmd::run::run(a),

@@ -291,3 +291,52 @@ fn demo_runs_to_the_end() {
         "{stdout}"
     );
 }
+
+#[test]
+fn uvm_measure_prints_every_vectors_launch_digest() {
+    let Some(dir) = coffer_testkit::vectors("uvm_measure_prints_every_vectors_launch_digest")
+    else {
+        return;
+    };
+    let v: serde_json::Value =
+        serde_json::from_slice(&coffer_testkit::read(&dir, "snp-measure/expected.json")).unwrap();
+    let home = tempfile::tempdir().unwrap();
+    for case in v["cases"].as_array().unwrap() {
+        let ovmf = dir.join("snp-measure").join(case["ovmf"].as_str().unwrap());
+        let mut args: Vec<String> = vec![
+            "uvm".into(),
+            "measure".into(),
+            "--ovmf".into(),
+            ovmf.display().to_string(),
+            "--vcpus".into(),
+            case["vcpus"].to_string(),
+            "--guest-features".into(),
+            case["guest_features"].as_str().unwrap_or("0x1").into(),
+        ];
+        for (flag, key) in [("--kernel", "kernel"), ("--initrd", "initrd")] {
+            if case[key].as_str() == Some("empty") {
+                args.extend([flag.to_string(), "/dev/null".into()]);
+            }
+        }
+        if let Some(a) = case["append"].as_str() {
+            args.extend(["--append".to_string(), a.into()]);
+        }
+        if let Some(t) = case["vcpu_type"].as_str() {
+            args.extend(["--vcpu-type".to_string(), t.into()]);
+        }
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let out = coffer(home.path(), &args);
+        let name = case["name"].as_str().unwrap();
+        match case["expected"].as_str() {
+            Some(d) => {
+                assert!(
+                    out.status.success(),
+                    "{name}: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+                assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), d, "{name}");
+            }
+            None => assert!(!out.status.success(), "{name} must fail"),
+        }
+    }
+}

@@ -5,3 +5,4 @@ pub(crate) mod policy;
 pub(crate) mod run;
 pub(crate) mod serve;
 pub(crate) mod snp;
+pub(crate) mod uvm;
