@@ -10,7 +10,7 @@ use std::process::Command;
 #[test]
 fn random_layers_match_hcsshim() {
     let test = "random_layers_match_hcsshim";
-    let Some(tool) = common::hcsshim_roothash(test) else {
+    let Some(tool) = coffer_testkit::tar2ext4_reference(test) else {
         return;
     };
     let dir = tempfile::tempdir().unwrap();

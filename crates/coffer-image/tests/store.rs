@@ -143,6 +143,17 @@ fn umoci_image_imports_and_measures_as_azure_does() {
         if coffer_testkit::tool("veritysetup", "umoci measure") {
             assert_eq!(hex::encode(meas.root_hash), veritysetup_root(&fs));
         }
+        // And what hcsshim's own code (Azure's policy tooling) computes for this layer.
+        if let Some(reference) = coffer_testkit::tar2ext4_reference("umoci measure") {
+            let t = tmp.path().join("layer.tar");
+            std::fs::write(&t, &tar).unwrap();
+            let out = Command::new(reference).arg(&t).output().unwrap();
+            assert!(out.status.success());
+            assert_eq!(
+                String::from_utf8_lossy(&out.stdout).trim(),
+                hex::encode(meas.root_hash)
+            );
+        }
     }
     // Importing the same image again under another name reuses blobs.
     let again = store.import(&src, Some("hello:v2"), None).unwrap();

@@ -489,30 +489,3 @@ pub(crate) fn random_layer(seed: u64) -> Vec<Entry> {
     }
     entries
 }
-
-/// hcsshim's reference command (built by the reference's build.sh), or `None` after a skip
-/// notice when Go is not installed (a failure under `COFFER_REQUIRE_VECTORS=1`).
-pub(crate) fn hcsshim_roothash(test: &str) -> Option<PathBuf> {
-    if let Some(p) = std::env::var_os("COFFER_TAR2EXT4") {
-        return Some(PathBuf::from(p));
-    }
-    let vectors = coffer_testkit::vectors(test)?;
-    let script = vectors.join("../reference/tar2ext4-go/build.sh");
-    let prebuilt = std::env::temp_dir().join("tar2ext4-roothash");
-    if !prebuilt.is_file() && !coffer_testkit::tool("go", test) {
-        return None;
-    }
-    let out = std::process::Command::new("bash")
-        .arg(&script)
-        .output()
-        .unwrap_or_else(|e| panic!("{test}: cannot run {}: {e}", script.display()));
-    assert!(
-        out.status.success(),
-        "{test}: {} failed: {}",
-        script.display(),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Some(PathBuf::from(
-        String::from_utf8(out.stdout).unwrap().trim().to_string(),
-    ))
-}
