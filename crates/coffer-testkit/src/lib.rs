@@ -103,6 +103,6 @@ pub fn tar2ext4_reference(test: &str) -> Option<PathBuf> {
         String::from_utf8_lossy(&out.stderr)
     );
     Some(PathBuf::from(
-        String::from_utf8(out.stdout).unwrap().trim().to_string(),
+        String::from_utf8_lossy(&out.stdout).trim().to_string(),
     ))
 }
