@@ -226,3 +226,35 @@ fn generated_policy_round_trip_on_the_example_image() {
     );
     assert!(String::from_utf8_lossy(&out.stderr).contains("allows EVERYTHING"));
 }
+
+#[test]
+fn arm_format_is_the_base64_of_the_policy_host_data_binds() {
+    let home = tempfile::tempdir().unwrap();
+    let pod = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/hello/pod.yaml");
+    let rego = coffer(
+        home.path(),
+        &["policy", "gen", "--allow-all", pod.to_str().unwrap()],
+    );
+    let arm = coffer(
+        home.path(),
+        &[
+            "policy",
+            "gen",
+            "--allow-all",
+            "--format",
+            "arm",
+            pod.to_str().unwrap(),
+        ],
+    );
+    assert!(rego.status.success() && arm.status.success());
+    use base64::Engine as _;
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(String::from_utf8_lossy(&arm.stdout).trim())
+        .unwrap();
+    assert_eq!(decoded, rego.stdout);
+    let host_data = String::from_utf8_lossy(&arm.stderr).to_string();
+    assert!(
+        host_data.contains(&hex::encode(coffer_policy::digest(&decoded))),
+        "{host_data}"
+    );
+}

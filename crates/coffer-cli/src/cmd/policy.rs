@@ -39,6 +39,20 @@ pub(crate) struct GenArgs {
     /// Do not let the host read the containers' stdout/stderr.
     #[arg(long)]
     disable_stdio: bool,
+    /// `rego`: the policy text; `arm`: its base64, the value of an ARM template's
+    /// `confidentialComputeProperties.ccePolicy` (as `az confcom acipolicygen` prints it).
+    /// HOST_DATA is the SHA-256 of the Rego text either way.
+    #[arg(long, value_enum, default_value_t = Format::Rego)]
+    format: Format,
+}
+
+/// How `policy gen` writes the policy.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Format {
+    /// Rego text.
+    Rego,
+    /// Base64 of the Rego text (ARM `ccePolicy`).
+    Arm,
 }
 
 #[derive(Args, Debug)]
@@ -145,6 +159,13 @@ fn gen(a: GenArgs) -> Result<ExitCode> {
         generate_for(&a.pod, &coffer_home()?, &opts)?.1
     };
     let host_data = hex::encode(coffer_policy::digest(text.as_bytes()));
+    let text = match a.format {
+        Format::Rego => text,
+        Format::Arm => {
+            use base64::Engine as _;
+            base64::engine::general_purpose::STANDARD.encode(text.as_bytes()) + "\n"
+        }
+    };
     match &a.output {
         Some(path) => {
             std::fs::write(path, &text)

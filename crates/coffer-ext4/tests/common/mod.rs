@@ -3,7 +3,6 @@
 
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
-
 /// xorshift64*: deterministic, no dependency.
 pub(crate) struct Rng(u64);
 
