@@ -38,8 +38,14 @@ enum Command {
     Run(cmd::run::RunArgs),
     /// Run a process in a running group's container, if the policy's exec_processes allow it.
     Exec(cmd::run::ExecArgs),
-    /// List running groups.
+    /// List groups: name, state, uptime, exit status, containers.
     Ps,
+    /// Print a group's container output (kept when the policy lets the host read it).
+    Logs(cmd::lifecycle::LogsArgs),
+    /// Stop a group: SIGTERM through the policy, SIGKILL after the grace period.
+    Stop(cmd::lifecycle::StopArgs),
+    /// Remove a stopped group's state and logs.
+    Rm(cmd::lifecycle::RmArgs),
     /// The in-TEE agent (started by coffer run inside the sandbox).
     #[command(hide = true)]
     Agent(cmd::run::AgentArgs),
@@ -67,7 +73,10 @@ fn main() -> ExitCode {
         Command::Policy(c) => cmd::policy::run(c),
         Command::Run(a) => cmd::run::run(a),
         Command::Exec(a) => cmd::run::exec(a),
-        Command::Ps => cmd::run::ps(),
+        Command::Ps => cmd::lifecycle::ps(),
+        Command::Logs(a) => cmd::lifecycle::logs(a),
+        Command::Stop(a) => cmd::lifecycle::stop(a),
+        Command::Rm(a) => cmd::lifecycle::rm(a),
         Command::Agent(a) => cmd::run::agent(a),
         Command::Serve(a) => cmd::serve::serve(a),
         Command::Key(c) => cmd::serve::key(c),

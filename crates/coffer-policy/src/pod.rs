@@ -52,6 +52,9 @@ pub struct PodSpec {
     /// `Never` (default), `OnFailure` or `Always` are accepted; Coffer runs a group once.
     #[serde(default)]
     pub restart_policy: Option<String>,
+    /// Seconds between SIGTERM and SIGKILL when the group is stopped (Kubernetes' default 30).
+    #[serde(default)]
+    pub termination_grace_period_seconds: Option<u64>,
 }
 
 /// A container.

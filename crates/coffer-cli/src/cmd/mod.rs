@@ -1,6 +1,7 @@
 pub(crate) mod demo;
 pub(crate) mod encfs;
 pub(crate) mod image;
+pub(crate) mod lifecycle;
 pub(crate) mod policy;
 pub(crate) mod run;
 pub(crate) mod serve;

@@ -1,4 +1,4 @@
-//! `coffer run`, `coffer exec`, `coffer ps`, and the hidden `coffer agent` (the in-TEE side).
+//! `coffer run`, `coffer exec`, and the hidden `coffer agent` (the in-TEE side).
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -13,6 +13,7 @@ use coffer_policy::GenOptions;
 use coffer_runtime::host::{self, AgentClient, LaunchSpec};
 use coffer_runtime::protocol::{ProcessSpec, Request};
 
+use crate::cmd::lifecycle::{self, Logs, State, Status};
 use crate::cmd::policy::image_facts;
 use crate::home::coffer_home;
 
@@ -23,6 +24,13 @@ pub(crate) struct RunArgs {
     /// Use this policy instead of generating one (its SHA-256 becomes HOST_DATA).
     #[arg(long)]
     policy: Option<PathBuf>,
+    /// Start the group in the background: returns once every container started and prints the
+    /// group's name (then: coffer ps, logs, stop, rm).
+    #[arg(short, long)]
+    detach: bool,
+    /// The detached group's owner (started by --detach).
+    #[arg(long, hide = true)]
+    monitor: bool,
 }
 
 #[derive(Args, Debug)]
@@ -75,16 +83,108 @@ impl Timing {
 }
 
 pub(crate) fn run(a: RunArgs) -> Result<ExitCode> {
-    let timing = Timing::new();
     let home = coffer_home()?;
     let yaml = std::fs::read_to_string(&a.pod)
         .with_context(|| format!("cannot read {}", a.pod.display()))?;
     let pod = coffer_policy::parse_pod(&yaml).with_context(|| a.pod.display().to_string())?;
+    if let Ok(st) = Status::read(&home, &pod.metadata.name) {
+        if st.alive() && st.pid != std::process::id() {
+            bail!(
+                "a group named '{}' is running (coffer stop {0})",
+                pod.metadata.name
+            );
+        }
+    }
+    if a.detach {
+        return detach(&a, &home, &pod);
+    }
+    let mut status = Status::new(&pod);
+    status.write(&home)?;
+    let result = run_group(&a, &home, &pod, &mut status);
+    match &result {
+        Ok(code) => {
+            status.state = State::Exited;
+            status.exit = Some(*code);
+        }
+        Err(e) => {
+            status.state = State::Failed;
+            status.error = Some(format!("{e:#}"));
+        }
+    }
+    status.write(&home)?;
+    let code = result?;
+    Ok(ExitCode::from(
+        u8::try_from(code.clamp(0, 255)).unwrap_or(1),
+    ))
+}
+
+/// Start `coffer run --monitor` in its own session and wait until the group runs (or failed).
+fn detach(a: &RunArgs, home: &std::path::Path, pod: &coffer_policy::Pod) -> Result<ExitCode> {
+    use std::os::unix::process::CommandExt as _;
+    let dir = lifecycle::group_dir(home, &pod.metadata.name);
+    std::fs::create_dir_all(&dir)?;
+    let _ = std::fs::remove_file(dir.join("status.json"));
+    let log = dir.join("coffer-run.log");
+    let mut cmd = std::process::Command::new(std::env::current_exe()?);
+    cmd.arg("run")
+        .arg(std::fs::canonicalize(&a.pod)?)
+        .arg("--monitor");
+    if let Some(p) = &a.policy {
+        cmd.arg("--policy").arg(std::fs::canonicalize(p)?);
+    }
+    let mut child = cmd
+        .env("COFFER_HOME", home)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::fs::File::create(&log)?)
+        .stderr(std::fs::File::create(&log)?)
+        // Its own process group: the caller's Ctrl-C or exit does not reach it.
+        .process_group(0)
+        .spawn()
+        .context("starting the group's coffer run")?;
+    loop {
+        if let Ok(st) = Status::read(home, &pod.metadata.name) {
+            match st.state {
+                State::Running => {
+                    println!("{}", pod.metadata.name);
+                    return Ok(ExitCode::SUCCESS);
+                }
+                State::Exited if st.exit == Some(0) => {
+                    println!("{}", pod.metadata.name);
+                    return Ok(ExitCode::SUCCESS);
+                }
+                State::Exited | State::Failed => {
+                    let why = st
+                        .error
+                        .unwrap_or_else(|| format!("exited with {:?}", st.exit));
+                    bail!("group '{}' did not start: {why}", pod.metadata.name)
+                }
+                State::Starting => {}
+            }
+        }
+        if let Ok(Some(s)) = child.try_wait() {
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            bail!(
+                "coffer run exited ({s}) before the group ran: {}",
+                text.trim()
+            );
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+fn run_group(
+    a: &RunArgs,
+    home: &std::path::Path,
+    pod: &coffer_policy::Pod,
+    status: &mut Status,
+) -> Result<i32> {
+    let timing = Timing::new();
+    let home = home.to_path_buf();
     let store = Store::open(&home)?;
-    let facts = image_facts(&store, &pod)?;
+    let facts = image_facts(&store, pod)?;
     let policy = match &a.policy {
         Some(p) => std::fs::read(p).with_context(|| format!("cannot read {}", p.display()))?,
-        None => coffer_policy::generate(&pod, &facts, &GenOptions::default())?.into_bytes(),
+        None => coffer_policy::generate(pod, &facts, &GenOptions::default())?.into_bytes(),
     };
     let host_data = coffer_policy::digest(&policy);
     timing.mark("policy generated (images resolved, layers measured or cached)");
@@ -112,26 +212,45 @@ pub(crate) fn run(a: RunArgs) -> Result<ExitCode> {
             .collect(),
     })?;
     timing.mark("sandbox up, agent verified HOST_DATA and serves");
-    match drive(&group, &pod, &store, &facts, &timing) {
-        Ok(code) => {
-            let _ = group.shutdown();
-            Ok(ExitCode::from(
-                u8::try_from(code.clamp(0, 255)).unwrap_or(1),
-            ))
-        }
-        Err(e) => {
-            let _ = group.shutdown();
-            Err(e)
+    let out = Output {
+        logs: Logs::new(&home, &pod.metadata.name),
+        print: !a.monitor,
+    };
+    let result = drive(&group, pod, &store, &facts, &timing, &out, &home, status);
+    let _ = group.shutdown();
+    result
+}
+
+/// Ask the agent to signal every container (each through the policy).
+fn signal_all(socket: &std::path::Path, names: &[String], signal: i32) {
+    if let Ok(mut c) = AgentClient::connect(socket) {
+        for n in names {
+            if let Err(e) = c.call(&Request::Signal {
+                container_id: n.clone(),
+                signal,
+            }) {
+                eprintln!("coffer: signalling {n}: {e}");
+            }
         }
     }
 }
 
+/// Where container output goes: the group's log files, and stdout in the foreground.
+struct Output {
+    logs: Logs,
+    print: bool,
+}
+
+#[allow(clippy::too_many_arguments)]
 fn drive(
     group: &host::Group,
     pod: &coffer_policy::Pod,
     store: &Store,
     facts: &BTreeMap<String, coffer_policy::ImageFacts>,
     timing: &Timing,
+    out: &Output,
+    home: &std::path::Path,
+    status: &mut Status,
 ) -> Result<i32> {
     let mut client = group.client()?;
     let mut mounted: BTreeMap<String, String> = BTreeMap::new();
@@ -176,43 +295,73 @@ fn drive(
             c.name
         ));
     }
-    // Ctrl-C: ask for SIGTERM through the policy; the group is torn down when the main exits.
+    status.state = State::Running;
+    status.write(home)?;
+    // Ctrl-C or `coffer stop` (SIGTERM): SIGTERM through the policy, SIGKILL after the grace
+    // period; the group is torn down when the main container exits.
     let interrupted = Arc::new(AtomicBool::new(false));
     {
         let socket = group.socket();
         let names: Vec<String> = pod.spec.containers.iter().map(|c| c.name.clone()).collect();
         let flag = interrupted.clone();
+        let grace_file = lifecycle::group_dir(home, &pod.metadata.name).join("grace");
+        let default_grace = status.grace_seconds;
         let _ = ctrlc::set_handler(move || {
-            flag.store(true, Ordering::Relaxed);
-            if let Ok(mut c) = AgentClient::connect(&socket) {
-                for n in &names {
-                    if let Err(e) = c.call(&Request::Signal {
-                        container_id: n.clone(),
-                        signal: 15,
-                    }) {
-                        eprintln!("coffer: stopping {n}: {e}");
+            if flag.swap(true, Ordering::Relaxed) {
+                return;
+            }
+            signal_all(&socket, &names, 15);
+            let grace = std::fs::read_to_string(&grace_file)
+                .ok()
+                .and_then(|g| g.trim().parse().ok())
+                .unwrap_or(default_grace);
+            let socket = socket.clone();
+            std::thread::spawn(move || {
+                std::thread::sleep(std::time::Duration::from_secs(grace));
+                // Policies allow a container its stop signal, not SIGKILL: the hard stop is
+                // shutdown_container, which ends every container and the agent.
+                if let Ok(mut c) = AgentClient::connect(&socket) {
+                    if let Err(e) = c.call(&Request::Shutdown) {
+                        eprintln!("coffer: shutting the group down: {e}");
                     }
                 }
-            }
+            });
         });
     }
     let mut followers = Vec::new();
     for c in pod.spec.containers.iter().skip(1) {
         let client = group.client()?;
         let name = c.name.clone();
+        let mut log = out.logs.open(&name)?;
+        let print = out.print;
         followers.push(std::thread::spawn(move || {
-            let _ = client.attach(&name.clone(), |_, line| println!("[{name}] {line}"));
+            let _ = client.attach(&name.clone(), |_, line| {
+                lifecycle::append_line(&mut log, line);
+                if print {
+                    println!("[{name}] {line}");
+                }
+            });
         }));
     }
     let main = &pod.spec.containers[0].name;
     let mut first = true;
-    let code = group.client()?.attach(main, |_, line| {
+    let mut log = out.logs.open(main)?;
+    let attached = group.client()?.attach(main, |_, line| {
         if first {
             timing.mark("first output line");
             first = false;
         }
-        println!("[{main}] {line}")
-    })?;
+        lifecycle::append_line(&mut log, line);
+        if out.print {
+            println!("[{main}] {line}");
+        }
+    });
+    let code = match attached {
+        Ok(code) => code,
+        // Ended by the hard stop: the agent is gone with its containers, as after SIGKILL.
+        Err(_) if interrupted.load(Ordering::Relaxed) => 137,
+        Err(e) => return Err(e.into()),
+    };
     if interrupted.load(Ordering::Relaxed) {
         eprintln!("coffer: interrupted; group stopped");
     }
@@ -240,44 +389,4 @@ pub(crate) fn exec(a: ExecArgs) -> Result<ExitCode> {
     Ok(ExitCode::from(
         u8::try_from(v["exit"].as_i64().unwrap_or(1).clamp(0, 255)).unwrap_or(1),
     ))
-}
-
-pub(crate) fn ps() -> Result<ExitCode> {
-    let home = coffer_home()?;
-    let run = home.join("run");
-    let mut any = false;
-    if let Ok(entries) = std::fs::read_dir(&run) {
-        for e in entries.flatten() {
-            let pid = std::fs::read_to_string(e.path().join("pid")).unwrap_or_default();
-            let alive = !pid.trim().is_empty()
-                && std::path::Path::new(&format!("/proc/{}", pid.trim())).exists();
-            if !alive {
-                continue;
-            }
-            let props = AgentClient::connect(&e.path().join("io/agent.sock"))
-                .and_then(|mut c| c.call(&Request::GetProperties));
-            let containers = props
-                .as_ref()
-                .ok()
-                .and_then(|v| v["containers"].as_array().cloned())
-                .map(|cs| {
-                    cs.iter()
-                        .filter_map(|c| c["id"].as_str().map(str::to_string))
-                        .collect::<Vec<_>>()
-                        .join(",")
-                })
-                .unwrap_or_else(|| "?".into());
-            println!(
-                "{}\tpid {}\tcontainers {}",
-                e.file_name().to_string_lossy(),
-                pid.trim(),
-                containers
-            );
-            any = true;
-        }
-    }
-    if !any {
-        eprintln!("no running groups");
-    }
-    Ok(ExitCode::SUCCESS)
 }
