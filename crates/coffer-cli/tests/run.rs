@@ -736,3 +736,138 @@ fn a_container_the_policy_keeps_running_is_not_stopped_by_the_agent() {
     assert!(group.shutdown().is_err());
     assert_clean(&before, &dir);
 }
+
+/// A tar with raw entry names (`..` included, which the tar crate's builder refuses).
+fn raw_tar(entries: &[(&str, u8, &[u8])]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for (name, kind, data) in entries {
+        let mut h = [0u8; 512];
+        h[..name.len()].copy_from_slice(name.as_bytes());
+        let mode = if *kind == b'5' { "0000755" } else { "0000644" };
+        h[100..107].copy_from_slice(mode.as_bytes());
+        h[108..115].copy_from_slice(b"0000000");
+        h[116..123].copy_from_slice(b"0000000");
+        h[124..135].copy_from_slice(format!("{:011o}", data.len()).as_bytes());
+        h[136..147].copy_from_slice(b"00000000000");
+        h[156] = *kind;
+        h[257..263].copy_from_slice(b"ustar\0");
+        h[263..265].copy_from_slice(b"00");
+        h[148..156].copy_from_slice(b"        ");
+        let sum: u32 = h.iter().map(|b| u32::from(*b)).sum();
+        h[148..155].copy_from_slice(format!("{sum:06o}\0").as_bytes());
+        out.extend_from_slice(&h);
+        out.extend_from_slice(data);
+        out.resize(out.len().div_ceil(512) * 512, 0);
+    }
+    out.extend_from_slice(&[0u8; 1024]);
+    out
+}
+
+/// The example image with two more layers appended (uncompressed), as a new `latest`.
+fn append_layers(oci: &Path, layers: &[Vec<u8>]) {
+    use serde_json::{json, Value};
+    let blob = |d: &str| {
+        oci.join("blobs/sha256")
+            .join(d.trim_start_matches("sha256:"))
+    };
+    let put = |bytes: &[u8]| -> String {
+        let d = hex::encode(openssl::sha::sha256(bytes));
+        std::fs::write(oci.join("blobs/sha256").join(&d), bytes).unwrap();
+        format!("sha256:{d}")
+    };
+    let mut index: Value =
+        serde_json::from_slice(&std::fs::read(oci.join("index.json")).unwrap()).unwrap();
+    let md = index["manifests"][0]["digest"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let mut manifest: Value = serde_json::from_slice(&std::fs::read(blob(&md)).unwrap()).unwrap();
+    let cd = manifest["config"]["digest"].as_str().unwrap().to_string();
+    let mut config: Value = serde_json::from_slice(&std::fs::read(blob(&cd)).unwrap()).unwrap();
+    for l in layers {
+        let d = put(l);
+        config["rootfs"]["diff_ids"]
+            .as_array_mut()
+            .unwrap()
+            .push(json!(d));
+        manifest["layers"].as_array_mut().unwrap().push(json!({
+            "mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": d, "size": l.len()}));
+    }
+    let config = serde_json::to_vec(&config).unwrap();
+    manifest["config"]["digest"] = json!(put(&config));
+    manifest["config"]["size"] = json!(config.len());
+    let manifest = serde_json::to_vec(&manifest).unwrap();
+    index["manifests"][0]["digest"] = json!(put(&manifest));
+    index["manifests"][0]["size"] = json!(manifest.len());
+    std::fs::write(oci.join("index.json"), serde_json::to_vec(&index).unwrap()).unwrap();
+}
+
+#[test]
+fn whiteouts_and_opaque_directories_work_and_stay_inside_their_layer() {
+    let _serial = one_at_a_time();
+    let t = "whiteouts_and_opaque_directories_work";
+    if !tools(t) {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let home = tmp.path();
+    let oci = home.join("wh");
+    assert!(coffer_testkit::build_example_image(&oci, t));
+    let lower = raw_tar(&[
+        ("d/", b'5', b""),
+        ("d/a", b'0', b"a"),
+        ("x", b'0', b"x"),
+        ("l9/etc/", b'5', b""),
+        ("l9/etc/keep", b'0', b"k"),
+    ]);
+    // Opaque d/, x deleted; and two whiteouts that try to climb out of the layer.
+    let upper = raw_tar(&[
+        ("d/.wh..wh..opq", b'0', b""),
+        ("d/b", b'0', b"b"),
+        (".wh.x", b'0', b""),
+        ("../l9/etc/.wh..wh..opq", b'0', b""),
+        ("../../io/.wh.y", b'0', b""),
+    ]);
+    append_layers(&oci, &[lower, upper]);
+    let out = coffer(
+        home,
+        &[
+            "image",
+            "import",
+            &format!("oci:{}:latest", oci.display()),
+            "--name",
+            "wh:latest",
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let pod = home.join("pod.yaml");
+    std::fs::write(
+        &pod,
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: wh}\nspec:\n  containers:\n  - name: c\n    image: wh:latest\n    command: [\"/bin/sh\", \"-c\", \"echo d: $(ls /d); ls /x 2>/dev/null || echo no x; echo etc: $(ls /l9/etc); echo io: $(ls /y /io/y 2>&1 | grep -c 'No such')\"]\n",
+    )
+    .unwrap();
+    let before = mountinfo();
+    let out = coffer(home, &["run", pod.to_str().unwrap()]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("[c] d: b\n"),
+        "opaque d/ hides the lower a: {stdout}"
+    );
+    assert!(stdout.contains("[c] no x"), "x is whited out: {stdout}");
+    // `../l9/etc` resolves inside the layer (to /l9/etc), as tar2ext4 cleans paths.
+    assert!(
+        stdout.contains("[c] etc: \n") || stdout.contains("[c] etc:\n"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("[c] io: 2"), "{stdout}");
+    assert_clean(&before, &host::group_dir(home, "wh"));
+}
