@@ -20,12 +20,38 @@ struct Fixture {
     router: Router,
 }
 
+/// One emulated secure processor for all tests (its RSA-4096 root takes seconds to make), copied
+/// into each test's home.
+fn emulator_into(home: &std::path::Path) {
+    fn copy(from: &std::path::Path, to: &std::path::Path) {
+        std::fs::create_dir_all(to).unwrap();
+        for e in std::fs::read_dir(from).unwrap() {
+            let e = e.unwrap();
+            if e.file_type().unwrap().is_dir() {
+                copy(&e.path(), &to.join(e.file_name()));
+            } else {
+                std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
+            }
+        }
+    }
+    static SHARED: std::sync::OnceLock<tempfile::TempDir> = std::sync::OnceLock::new();
+    let shared = SHARED.get_or_init(|| {
+        let d = tempfile::tempdir().unwrap();
+        EmulatedSp::open_or_create(d.path()).unwrap();
+        d
+    });
+    copy(
+        &EmulatedSp::state_dir(shared.path()),
+        &EmulatedSp::state_dir(home),
+    );
+}
+
 fn config(
     dir: &std::path::Path,
     limits: Limits,
     reference: Option<ReferenceValues>,
 ) -> ServerConfig {
-    EmulatedSp::open_or_create(dir).unwrap();
+    emulator_into(dir);
     let (ark, ask, asvk) = EmulatedSp::existing_root(dir).unwrap().unwrap();
     let roots = coffer_snp::Roots::amd()
         .unwrap()
