@@ -39,6 +39,17 @@ pub enum AttestError {
     /// The evidence verifies but does not meet the reference values.
     #[error("appraisal failed: {0}")]
     Appraisal(String),
+    /// The guest is debuggable (POLICY.DEBUG): the host can read its memory.
+    #[error("the guest is debuggable (POLICY.DEBUG): its memory is readable by the host; refused unless debug guests are allowed")]
+    DebugGuest,
+    /// The report was requested from a VMPL above the highest accepted one.
+    #[error("the report was requested at VMPL {vmpl}; the highest VMPL accepted is {max}")]
+    Vmpl {
+        /// The report's VMPL.
+        vmpl: u32,
+        /// The highest accepted.
+        max: u32,
+    },
     /// Token signing failed.
     #[error("token signing: {0}")]
     Signing(String),
@@ -52,12 +63,15 @@ impl AttestError {
             AttestError::Evidence(e) => e.check(),
             AttestError::Binding(_) => "runtime-data-binding",
             AttestError::Appraisal(_) => "appraisal",
+            AttestError::DebugGuest => "debug-guest",
+            AttestError::Vmpl { .. } => "vmpl",
             AttestError::Signing(_) => "internal",
         }
     }
 }
 
-/// Reference values a report must meet (`--reference-values FILE`).
+/// Reference values a report must meet (`--reference-values FILE`). The default (no file) still
+/// refuses debuggable guests and reports from a VMPL other than 0.
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ReferenceValues {
@@ -70,6 +84,11 @@ pub struct ReferenceValues {
     /// Whether a debuggable guest (POLICY.DEBUG) is acceptable. Default false.
     #[serde(default)]
     pub allow_debug: bool,
+    /// Highest VMPL a report may be requested from (0 = most privileged only). Default 0: code at
+    /// a less privileged VMPL (e.g. a guest under a paravisor) could ask for a report the
+    /// VMPL-0 code never vouched for.
+    #[serde(default)]
+    pub max_vmpl: u32,
 }
 
 impl ReferenceValues {
@@ -84,6 +103,12 @@ impl ReferenceValues {
                 ));
             }
         }
+        if rv.max_vmpl > 3 {
+            return Err(format!(
+                "reference values: max_vmpl {} is not a VMPL (0-3)",
+                rv.max_vmpl
+            ));
+        }
         for k in rv.min_tcb.keys() {
             if component(k).is_none() {
                 return Err(format!("reference values: unknown TCB component '{k}' (bootloader, tee, snp, microcode, fmc)"));
@@ -94,6 +119,15 @@ impl ReferenceValues {
 
     fn appraise(&self, v: &coffer_snp::Verified) -> Result<(), AttestError> {
         let r = &v.report;
+        if r.policy.debug() && !self.allow_debug {
+            return Err(AttestError::DebugGuest);
+        }
+        if r.vmpl > self.max_vmpl {
+            return Err(AttestError::Vmpl {
+                vmpl: r.vmpl,
+                max: self.max_vmpl,
+            });
+        }
         if !self.measurements.is_empty()
             && !self
                 .measurements
@@ -115,11 +149,6 @@ impl ReferenceValues {
                 }
             }
         }
-        if r.policy.debug() && !self.allow_debug {
-            return Err(AttestError::Appraisal(
-                "the guest is debuggable (POLICY.DEBUG) and debug is not allowed".into(),
-            ));
-        }
         Ok(())
     }
 }
@@ -138,7 +167,7 @@ fn component(name: &str) -> Option<TcbComponent> {
 /// Verifies evidence and issues tokens.
 pub struct AttestationService {
     verifier: Verifier,
-    reference: Option<ReferenceValues>,
+    reference: ReferenceValues,
     signer: TokenSigner,
     chains: ChainCache,
 }
@@ -170,6 +199,8 @@ impl ChainCache {
 
 impl AttestationService {
     /// A service over a verifier (its roots decide real vs emulated), reference values and a signer.
+    /// `None` appraises with [`ReferenceValues::default`]: any measurement and TCB, but no debug
+    /// guest and VMPL 0 only.
     pub fn new(
         verifier: Verifier,
         reference: Option<ReferenceValues>,
@@ -177,7 +208,7 @@ impl AttestationService {
     ) -> Self {
         AttestationService {
             verifier,
-            reference,
+            reference: reference.unwrap_or_default(),
             signer,
             chains: ChainCache::default(),
         }
@@ -222,9 +253,7 @@ impl AttestationService {
                 claims.insert("x-ms-runtime".into(), v);
             }
         }
-        if let Some(rv) = &self.reference {
-            rv.appraise(&verified)?;
-        }
+        self.reference.appraise(&verified)?;
         if let Some(n) = &req.nonce {
             claims.insert(
                 "nonce".into(),

@@ -583,3 +583,159 @@ fn python_pyjwt_and_jwcrypto_interoperate() {
     assert_eq!(py["key"]["k"], ours["k"]);
     assert_eq!(py["key"]["kty"], "oct");
 }
+
+/// An emulated report with these extra `coffer snp emulate` arguments, attested by `s`.
+fn emulated_attest(s: &Server, home: &Path, extra: &[&str]) -> (u16, Value) {
+    let (r, c) = (home.join("r.bin"), home.join("c.pem"));
+    let out = Command::new(env!("CARGO_BIN_EXE_coffer"))
+        .args(["snp", "emulate", "--out", r.to_str().unwrap()])
+        .args([
+            "--report-data",
+            &"00".repeat(64),
+            "--host-data",
+            &"00".repeat(32),
+        ])
+        .args(["--certs-out", c.to_str().unwrap()])
+        .args(extra)
+        .env("COFFER_HOME", home)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let evidence = json!({"SnpReport": b64u(&std::fs::read(&r).unwrap()), "VcekCertChain": b64u(&std::fs::read(&c).unwrap())});
+    let resp = http()
+        .post(format!("{}/attest/SevSnpVM", s.url))
+        .json(&json!({"report": b64u(evidence.to_string().as_bytes())}))
+        .send()
+        .unwrap();
+    (resp.status().as_u16(), resp.json().unwrap())
+}
+
+#[test]
+fn debug_guest_is_refused_unless_allowed() {
+    let home = tempfile::tempdir().unwrap();
+    let h = home.path();
+    // POLICY.DEBUG is bit 19.
+    let debug = ["--policy", "0xb0000"];
+    let s = serve(h, &["--allow-emulated"]);
+    let (st, v) = emulated_attest(&s, h, &debug);
+    assert_eq!(
+        (st, v["error"]["code"].as_str()),
+        (400, Some("debug-guest")),
+        "{v}"
+    );
+    drop(s);
+    let s = serve(h, &["--allow-emulated", "--allow-debug"]);
+    let (st, v) = emulated_attest(&s, h, &debug);
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(
+        claims(v["token"].as_str().unwrap())["x-ms-sevsnpvm-is-debuggable"],
+        true
+    );
+}
+
+#[test]
+fn vmpl_above_0_is_refused_unless_allowed() {
+    let home = tempfile::tempdir().unwrap();
+    let h = home.path();
+    let s = serve(h, &["--allow-emulated"]);
+    let (st, v) = emulated_attest(&s, h, &["--vmpl", "1"]);
+    assert_eq!(
+        (st, v["error"]["code"].as_str()),
+        (400, Some("vmpl")),
+        "{v}"
+    );
+    drop(s);
+    let s = serve(h, &["--allow-emulated", "--allow-vmpl", "1"]);
+    let (st, v) = emulated_attest(&s, h, &["--vmpl", "1"]);
+    assert_eq!(st, 200, "{v}");
+    let (st, v) = emulated_attest(&s, h, &["--vmpl", "2"]);
+    assert_eq!(
+        (st, v["error"]["code"].as_str()),
+        (400, Some("vmpl")),
+        "{v}"
+    );
+}
+
+/// `coffer serve` with `args` until it exits (at most 30 s): (success, stderr).
+fn serve_until_exit(home: &Path, args: &[&str]) -> (bool, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_coffer"))
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .args(args)
+        .env("COFFER_HOME", home)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while child.try_wait().unwrap().is_none() {
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let out = child.wait_with_output().unwrap();
+            panic!(
+                "coffer serve did not exit: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn empty_admin_token_file_is_refused_at_start() {
+    let home = tempfile::tempdir().unwrap();
+    let token = home.path().join("serve/admin-token");
+    std::fs::create_dir_all(token.parent().unwrap()).unwrap();
+    std::fs::write(&token, "\n").unwrap();
+    let (ok, stderr) = serve_until_exit(home.path(), &[]);
+    assert!(!ok);
+    assert!(
+        stderr.contains(&token.display().to_string()) && stderr.contains("empty"),
+        "{stderr}"
+    );
+}
+
+/// Without reference measurements the operator is told, at start, that any launch measurement
+/// is accepted.
+#[test]
+fn start_without_reference_measurements_warns() {
+    use std::io::{BufRead, BufReader};
+    let home = tempfile::tempdir().unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_coffer"))
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .env("COFFER_HOME", home.path())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let mut seen = Vec::new();
+    let warned = loop {
+        match rx.recv_timeout(std::time::Duration::from_secs(30)) {
+            Ok(line) if line.contains("WARNING") && line.contains("any launch measurement") => {
+                break true
+            }
+            Ok(line) => seen.push(line),
+            Err(_) => break false,
+        }
+    };
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(warned, "no warning in: {seen:#?}");
+}

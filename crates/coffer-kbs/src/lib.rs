@@ -13,7 +13,10 @@ mod wrap;
 
 pub use authority::{Authority, TokenError, Trust};
 pub use policy::{PolicyError, ReleasePolicy};
-pub use store::{AuditEntry, KeyInfo, KeyKind, Store, StoreError};
+pub use store::{
+    audit_text, AuditEntry, KeyInfo, KeyKind, Store, StoreError, AUDIT_MAX_ISSUER, AUDIT_MAX_KEY,
+    AUDIT_MAX_REASON,
+};
 pub use wrap::{key_jwk, wrap_for_token, WrapError, Wrapped};
 
 /// base64url as JOSE writes it (no padding; a stray `=` tolerated).

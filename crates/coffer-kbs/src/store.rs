@@ -1,6 +1,8 @@
 //! Keys and the audit log in SQLite (WAL). Key material is encrypted at rest with AES-256-GCM under
 //! a master key kept in a separate file (mode 0600), bound to the key's name as associated data.
 
+use std::borrow::Cow;
+use std::fmt::Write as _;
 use std::io::Write as _;
 use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::Path;
@@ -113,6 +115,49 @@ pub struct AuditEntry {
     pub issuer: Option<String>,
     /// Why (denials) or what.
     pub reason: String,
+}
+
+/// Most bytes of a key name an audit row keeps (valid names are shorter).
+pub const AUDIT_MAX_KEY: usize = 128;
+/// Most bytes of an issuer an audit row keeps.
+pub const AUDIT_MAX_ISSUER: usize = 256;
+/// Most bytes of a reason an audit row keeps.
+pub const AUDIT_MAX_REASON: usize = 1024;
+
+/// Characters an audit row never holds raw: they could forge lines or reorder text in a viewer.
+fn needs_escape(c: char) -> bool {
+    c.is_control() || c == '\\' || matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+}
+
+/// `s` as an audit row keeps it: control and bidi characters escaped (`\u{1b}`, backslash as `\\`),
+/// cut at a character boundary to at most `max` bytes and then marked `…[+N bytes]` (N: bytes of
+/// `s` left out). Release requests are unauthenticated: what they carry is bounded and made
+/// inert before it becomes durable. Borrowed when nothing changes (the usual case).
+pub fn audit_text(s: &str, max: usize) -> Cow<'_, str> {
+    if s.len() <= max && !s.chars().any(needs_escape) {
+        return Cow::Borrowed(s);
+    }
+    let mut out = String::with_capacity(max.min(s.len()) + 16);
+    let mut kept = 0;
+    for c in s.chars() {
+        let before = out.len();
+        if c == '\\' {
+            out.push_str("\\\\");
+        } else if needs_escape(c) {
+            let _ = write!(out, "\\u{{{:x}}}", u32::from(c));
+        } else {
+            out.push(c);
+        }
+        if out.len() > max {
+            out.truncate(before);
+            break;
+        }
+        kept += c.len_utf8();
+    }
+    if kept < s.len() {
+        let _ = write!(out, "…[+{} bytes]", s.len() - kept);
+    }
+    Cow::Owned(out)
 }
 
 /// kty, nonce, ciphertext, release policy.
@@ -399,7 +444,8 @@ impl Store {
     }
 
     /// Append to the audit log; returns once the row is on disk. Concurrent callers' rows share
-    /// a transaction ([`GroupCommit`]).
+    /// a transaction ([`GroupCommit`]). Key, issuer and reason are stored through [`audit_text`]
+    /// (bounded by [`AUDIT_MAX_KEY`], [`AUDIT_MAX_ISSUER`], [`AUDIT_MAX_REASON`]).
     pub fn audit(
         &self,
         now: u64,
@@ -411,11 +457,11 @@ impl Store {
     ) -> Result<(), StoreError> {
         let row = AuditRow {
             time: now,
-            key: key.into(),
+            key: audit_text(key, AUDIT_MAX_KEY).into_owned(),
             action: action.into(),
             allowed,
-            issuer: issuer.map(str::to_string),
-            reason: reason.into(),
+            issuer: issuer.map(|i| audit_text(i, AUDIT_MAX_ISSUER).into_owned()),
+            reason: audit_text(reason, AUDIT_MAX_REASON).into_owned(),
         };
         self.audit_queue
             .submit(row, |rows| {
@@ -504,5 +550,44 @@ mod tests {
         assert_eq!(log.len(), 320);
         assert_eq!(reasons.len(), 320);
         assert_eq!(log.iter().filter(|e| e.allowed).count(), 160);
+    }
+
+    fn one_row(key: &str, issuer: &str, reason: &str) -> AuditEntry {
+        let dir = tempfile::tempdir().unwrap();
+        let (db, master) = (dir.path().join("kbs.sqlite"), dir.path().join("master.key"));
+        let store = Store::open(&db, &master).unwrap();
+        store
+            .audit(1, key, "release", false, Some(issuer), reason)
+            .unwrap();
+        store.audit_log(10).unwrap().remove(0)
+    }
+
+    /// Megabytes of unauthenticated input become a bounded row that says how much was left out.
+    #[test]
+    fn oversized_audit_fields_are_cut_and_marked() {
+        let big = "x".repeat(2 << 20);
+        let e = one_row(&big, &big, &big);
+        let marker = format!("…[+{} bytes]", (2 << 20) - AUDIT_MAX_KEY);
+        assert_eq!(e.key, format!("{}{marker}", &big[..AUDIT_MAX_KEY]));
+        let issuer = e.issuer.unwrap();
+        assert!(issuer.len() <= AUDIT_MAX_ISSUER + 20, "{}", issuer.len());
+        assert!(issuer.ends_with(&format!("…[+{} bytes]", (2 << 20) - AUDIT_MAX_ISSUER)));
+        assert!(
+            e.reason.len() <= AUDIT_MAX_REASON + 20,
+            "{}",
+            e.reason.len()
+        );
+        assert!(e.reason.starts_with("xxxx") && e.reason.ends_with(" bytes]"));
+    }
+
+    /// Control and bidi characters are stored escaped, never raw; a multi-byte character is never
+    /// split by the cut.
+    #[test]
+    fn audit_fields_escape_control_characters() {
+        let e = one_row("k\n2024 forged", "iss\u{1b}[2J\\u{7}", "why\r\u{202e}evil");
+        assert_eq!(e.key, "k\\u{a}2024 forged");
+        assert_eq!(e.issuer.as_deref(), Some("iss\\u{1b}[2J\\\\u{7}"));
+        assert_eq!(e.reason, "why\\u{d}\\u{202e}evil");
+        assert_eq!(audit_text(&"é".repeat(100), 5), "éé…[+196 bytes]");
     }
 }

@@ -3,18 +3,25 @@
 //!
 //! Authorisation is a property of the route: every admin route sits behind one bearer-token layer.
 //! Errors become `{"error":{"code","message"}}` in one place ([`ApiError`]).
+//!
+//! The network is hostile: bodies are bounded per route, every request has a deadline, open
+//! connections are capped and must send their headers in time ([`Limits`]), and the CPU queue
+//! refuses work it cannot start soon (503 with `Retry-After`).
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
 mod cpu;
+#[cfg(test)]
+mod tests;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
-use axum::extract::{Path, Query, Request, State};
-use axum::http::{header, StatusCode};
+use axum::extract::{DefaultBodyLimit, FromRequest, Path, Query, Request, State};
+use axum::http::{header, HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
@@ -44,7 +51,41 @@ pub struct ServerConfig {
     pub token_lifetime: u64,
     /// Fixed clock (tests only): Unix seconds.
     pub now: Option<u64>,
+    /// Limits on connections, requests and queued work.
+    pub limits: Limits,
 }
+
+/// Limits on what clients can hold or queue. [`Limits::default`] is what `coffer serve` uses.
+#[derive(Clone, Debug)]
+pub struct Limits {
+    /// Open connections at most; further clients wait in the listen backlog.
+    pub max_connections: u32,
+    /// Deadline of a request from its headers to its response (body read and work included).
+    pub request_timeout: Duration,
+    /// Time a connection has to send a request's headers, also the keep-alive idle time (slowloris).
+    pub header_read_timeout: Duration,
+    /// Threads for CPU work; 0: one per core.
+    pub cpu_threads: usize,
+    /// CPU jobs waiting for a thread at most; 0: 256 per thread. Beyond, 503 at once.
+    pub cpu_queue: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_connections: 1024,
+            request_timeout: Duration::from_secs(30),
+            header_read_timeout: Duration::from_secs(10),
+            cpu_threads: 0,
+            cpu_queue: 0,
+        }
+    }
+}
+
+/// Largest `attest` body: a report and its certificate chain, base64 twice, are ~15 KiB.
+pub const ATTEST_BODY_LIMIT: usize = 1 << 20;
+/// Largest body of a release or an admin request (a token, a policy, an imported RSA JWK).
+pub const SMALL_BODY_LIMIT: usize = 64 << 10;
 
 /// Shared state of the handlers.
 pub struct AppState {
@@ -88,6 +129,8 @@ pub struct ApiError {
     status: StatusCode,
     code: &'static str,
     message: String,
+    /// Seconds, for `Retry-After` (503s a client should retry).
+    retry_after: Option<u32>,
 }
 
 impl ApiError {
@@ -96,6 +139,15 @@ impl ApiError {
             status,
             code,
             message: message.into(),
+            retry_after: None,
+        }
+    }
+
+    /// 503 with `Retry-After: 1`.
+    fn unavailable(code: &'static str, message: impl Into<String>) -> Self {
+        ApiError {
+            retry_after: Some(1),
+            ..ApiError::new(StatusCode::SERVICE_UNAVAILABLE, code, message)
         }
     }
 }
@@ -103,7 +155,46 @@ impl ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let body = json!({"error": {"code": self.code, "message": self.message}});
-        (self.status, Json(body)).into_response()
+        let mut resp = (self.status, Json(body)).into_response();
+        if let Some(s) = self.retry_after {
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(s));
+        }
+        resp
+    }
+}
+
+impl From<cpu::CpuError> for ApiError {
+    fn from(e: cpu::CpuError) -> Self {
+        match e {
+            cpu::CpuError::Busy => ApiError::unavailable(
+                "busy",
+                "the server is at capacity; retry after the delay in Retry-After",
+            ),
+            cpu::CpuError::Failed => internal("task failed"),
+        }
+    }
+}
+
+/// A request body, read within the route's [`DefaultBodyLimit`]; too large is 413 in the JSON
+/// error shape.
+struct Body(axum::body::Bytes);
+
+impl<S: Send + Sync> FromRequest<S> for Body {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        axum::body::Bytes::from_request(req, state)
+            .await
+            .map(Body)
+            .map_err(|e| {
+                let code = if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                    "too-large"
+                } else {
+                    "bad-request"
+                };
+                ApiError::new(e.status(), code, e.body_text())
+            })
     }
 }
 
@@ -177,7 +268,16 @@ pub fn build_state(cfg: &ServerConfig, issuer: &str) -> Result<Arc<AppState>, St
         openssl::rand::rand_bytes(&mut b).map_err(|e| e.to_string())?;
         Ok(hex::encode(b).into_bytes())
     })?;
-    let admin = String::from_utf8(admin).map_err(|_| "admin token file is not text".to_string())?;
+    let admin_path = admin_token_path(&cfg.dir);
+    let admin = String::from_utf8(admin)
+        .map_err(|_| format!("{}: the admin token is not text", admin_path.display()))?;
+    // An empty token would let an empty (or absent) bearer token in.
+    if admin.trim().is_empty() {
+        return Err(format!(
+            "{}: the admin token is empty; write a token into it, or delete it to have one generated",
+            admin_path.display()
+        ));
+    }
     let signing = read_or_create(
         &cfg.dir.join("token-signing-key.pem"),
         TokenSigner::generate_pem,
@@ -206,28 +306,59 @@ pub fn build_state(cfg: &ServerConfig, issuer: &str) -> Result<Arc<AppState>, St
         admin_token_hash: openssl::sha::sha256(admin.trim().as_bytes()),
         allow_emulated: cfg.allow_emulated,
         now: cfg.now,
-        cpu: cpu::CpuPool::new(std::thread::available_parallelism().map_or(2, |n| n.get()))
-            .map_err(|e| format!("cannot start worker threads: {e}"))?,
+        cpu: cpu_pool(&cfg.limits)?,
     }))
 }
 
-/// The router, for tests and embedding.
-pub fn app(state: Arc<AppState>) -> Router {
+fn cpu_pool(limits: &Limits) -> Result<cpu::CpuPool, String> {
+    let threads = match limits.cpu_threads {
+        0 => std::thread::available_parallelism().map_or(2, |n| n.get()),
+        n => n,
+    };
+    let pending = match limits.cpu_queue {
+        0 => threads.saturating_mul(256),
+        n => n,
+    };
+    cpu::CpuPool::new(threads, pending).map_err(|e| format!("cannot start worker threads: {e}"))
+}
+
+/// The router, for tests and embedding. Every request has `request_timeout` to be answered.
+pub fn app(state: Arc<AppState>, request_timeout: Duration) -> Router {
     let admin = Router::new()
         .route("/keys", post(create_key).get(list_keys))
         .route("/keys/{name}", get(show_key).delete(delete_key))
         .route("/keys/{name}/policy", put(set_policy))
         .route("/audit", get(audit))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_admin));
-    Router::new()
+    let attest_routes = Router::new()
         .route("/attest/SevSnpVM", post(attest))
         .route("/attest/SevSnpVm", post(attest))
+        .layer(DefaultBodyLimit::max(ATTEST_BODY_LIMIT));
+    let small = Router::new()
         .route("/.well-known/openid-configuration", get(openid))
         .route("/certs", get(certs))
         .route("/broker-key", get(broker_key))
         .route("/keys/{name}/release", post(release))
         .merge(admin)
+        .layer(DefaultBodyLimit::max(SMALL_BODY_LIMIT));
+    Router::new()
+        .merge(attest_routes)
+        .merge(small)
         .with_state(state)
+        .layer(middleware::from_fn_with_state(request_timeout, deadline))
+}
+
+/// Answer 503 when the request is not done by its deadline. Dropping the handler cancels it at
+/// its next await; CPU work not yet started is skipped (see [`cpu`]).
+async fn deadline(State(limit): State<Duration>, req: Request, next: Next) -> Response {
+    match tokio::time::timeout(limit, next.run(req)).await {
+        Ok(resp) => resp,
+        Err(_) => ApiError::unavailable(
+            "timeout",
+            format!("the request was not done within {} s", limit.as_secs()),
+        )
+        .into_response(),
+    }
 }
 
 /// A running server.
@@ -257,14 +388,8 @@ pub async fn start(cfg: ServerConfig) -> Result<Running, String> {
     let state = build_state(&cfg, &issuer)?;
     let broker_key = state.broker_thumbprint().to_string();
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    let router = app(state);
-    let task = tokio::spawn(async move {
-        axum::serve(listener, router)
-            .with_graceful_shutdown(async move {
-                let _ = rx.await;
-            })
-            .await
-    });
+    let router = app(state, cfg.limits.request_timeout);
+    let task = tokio::spawn(serve_connections(listener, router, cfg.limits.clone(), rx));
     Ok(Running {
         addr,
         issuer,
@@ -272,6 +397,70 @@ pub async fn start(cfg: ServerConfig) -> Result<Running, String> {
         shutdown: tx,
         task,
     })
+}
+
+/// Accept connections (at most `max_connections` open) and serve HTTP/1 on each until `stop` fires
+/// or its sender is dropped; then stop accepting, let open connections finish their request, and
+/// return once all are closed.
+async fn serve_connections(
+    listener: tokio::net::TcpListener,
+    router: Router,
+    limits: Limits,
+    mut stop: tokio::sync::oneshot::Receiver<()>,
+) -> Result<(), std::io::Error> {
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    let max = limits.max_connections.max(1);
+    let open = Arc::new(tokio::sync::Semaphore::new(max as usize));
+    let (closing_tx, closing_rx) = tokio::sync::watch::channel(());
+    let service = hyper_util::service::TowerToHyperService::new(router);
+    loop {
+        // A permit per open connection: at the limit, new clients wait in the kernel's backlog.
+        let permit = tokio::select! {
+            p = open.clone().acquire_owned() => p.map_err(std::io::Error::other)?,
+            _ = &mut stop => break,
+        };
+        let stream = tokio::select! {
+            r = listener.accept() => match r {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    // Out of file descriptors and the like: pause instead of spinning.
+                    if !matches!(
+                        e.kind(),
+                        std::io::ErrorKind::ConnectionAborted
+                            | std::io::ErrorKind::ConnectionReset
+                            | std::io::ErrorKind::ConnectionRefused
+                    ) {
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                    continue;
+                }
+            },
+            _ = &mut stop => break,
+        };
+        let service = service.clone();
+        let mut closing = closing_rx.clone();
+        let header_timeout = limits.header_read_timeout;
+        tokio::spawn(async move {
+            let _permit = permit;
+            let mut builder = hyper::server::conn::http1::Builder::new();
+            builder
+                .timer(TokioTimer::new())
+                .header_read_timeout(header_timeout);
+            let conn = builder.serve_connection(TokioIo::new(stream), service);
+            let mut conn = std::pin::pin!(conn);
+            tokio::select! {
+                _ = conn.as_mut() => return,
+                _ = closing.changed() => {}
+            }
+            conn.as_mut().graceful_shutdown();
+            let _ = conn.await;
+        });
+    }
+    drop(listener);
+    let _ = closing_tx.send(());
+    // Each connection holds a permit until it closes.
+    let _ = open.acquire_many(max).await;
+    Ok(())
 }
 
 async fn require_admin(
@@ -284,12 +473,12 @@ async fn require_admin(
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
-        .unwrap_or("");
-    // Compare digests in constant time: the token never meets a short-circuiting comparison.
-    let ok = openssl::memcmp::eq(
-        &openssl::sha::sha256(given.trim().as_bytes()),
-        &s.admin_token_hash,
-    );
+        .unwrap_or("")
+        .trim();
+    // Compare digests in constant time: the token never meets a short-circuiting comparison. An
+    // empty token is never one (whatever the state holds).
+    let ok = !given.is_empty()
+        && openssl::memcmp::eq(&openssl::sha::sha256(given.as_bytes()), &s.admin_token_hash);
     if !ok {
         return Err(ApiError::new(
             StatusCode::UNAUTHORIZED,
@@ -310,17 +499,13 @@ fn json_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError>
     })
 }
 
-async fn attest(
-    State(s): State<Arc<AppState>>,
-    body: axum::body::Bytes,
-) -> Result<Json<Value>, ApiError> {
+async fn attest(State(s): State<Arc<AppState>>, Body(body): Body) -> Result<Json<Value>, ApiError> {
     let req: AttestRequest = json_body(&body)?;
     let st = s.clone();
     let result = s
         .cpu
         .run(move || st.attest.attest_snp(&req, st.now()))
-        .await
-        .ok_or_else(|| internal("attestation task failed"))?;
+        .await?;
     match result {
         Ok(token) => Ok(Json(json!({ "token": token }))),
         Err(AttestError::Signing(_)) => Err(ApiError::new(
@@ -388,7 +573,7 @@ fn parse_policy(v: &Value) -> Result<ReleasePolicy, ApiError> {
 
 async fn create_key(
     State(s): State<Arc<AppState>>,
-    body: axum::body::Bytes,
+    Body(body): Body,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let req: CreateKey = json_body(&body)?;
     let kind = KeyKind::parse(&req.kty)?;
@@ -471,7 +656,7 @@ async fn delete_key(
 async fn set_policy(
     State(s): State<Arc<AppState>>,
     Path(name): Path<String>,
-    body: axum::body::Bytes,
+    Body(body): Body,
 ) -> Result<Json<Value>, ApiError> {
     let v: Value = json_body(&body)?;
     let policy = parse_policy(&v)?;
@@ -514,7 +699,7 @@ const MAX_NONCE: usize = 256;
 async fn release(
     State(s): State<Arc<AppState>>,
     Path(name): Path<String>,
-    body: axum::body::Bytes,
+    Body(body): Body,
 ) -> Result<Json<Value>, ApiError> {
     let req: ReleaseRequest = json_body(&body)?;
     if req.nonce.len() > MAX_NONCE {
@@ -528,19 +713,26 @@ async fn release(
     let decision = s
         .cpu
         .run(move || decide_release(&st, &n, &req.target, &req.nonce))
-        .await
-        .ok_or_else(|| internal("release task failed"))??;
+        .await??;
     // The audit row is durable before the answer leaves.
-    let (granted, issuer, detail) = match &decision {
-        Release::Granted { issuer, .. } => (true, Some(issuer.clone()), "released".to_string()),
-        Release::Denied { issuer, why, .. } => (false, issuer.clone(), why.clone()),
+    let audit = match &decision {
+        Release::Granted { issuer, .. } => Some((true, Some(issuer.clone()), "released".into())),
+        Release::Denied {
+            issuer,
+            why,
+            audited: true,
+            ..
+        } => Some((false, issuer.clone(), why.clone())),
+        Release::Denied { audited: false, .. } => None,
     };
-    let now = s.now();
-    blocking(&s, "audit task failed", move |st| {
-        st.store
-            .audit(now, &name, "release", granted, issuer.as_deref(), &detail)
-    })
-    .await??;
+    if let Some((granted, issuer, detail)) = audit {
+        let now = s.now();
+        blocking(&s, "audit task failed", move |st| {
+            st.store
+                .audit(now, &name, "release", granted, issuer.as_deref(), &detail)
+        })
+        .await??;
+    }
     match decision {
         Release::Granted { jws, .. } => Ok(Json(json!({ "value": jws }))),
         Release::Denied { code, why, .. } => Err(ApiError::new(StatusCode::FORBIDDEN, code, why)),
@@ -558,32 +750,44 @@ enum Release {
         issuer: Option<String>,
         code: &'static str,
         why: String,
+        /// False for a bad token naming a key that does not exist: who sends it chooses the name.
+        audited: bool,
     },
 }
 
-/// Decide a release (CPU work only). `Err` is for requests that decide nothing (unknown key, store
-/// failure); those are not audited.
+/// Decide a release (CPU work only). `Err` is for requests that decide nothing (unknown key with a
+/// valid token, store failure); those are not audited.
 fn decide_release(s: &AppState, name: &str, token: &str, nonce: &str) -> Result<Release, ApiError> {
     let now = s.now();
     let deny = |issuer: Option<&str>, code: &'static str, why: String| Release::Denied {
         issuer: issuer.map(str::to_string),
         code,
         why,
+        audited: true,
+    };
+    let key = match s.store.material(name) {
+        Ok(m) => Some(m),
+        Err(StoreError::NotFound(_)) => None,
+        Err(e) => return Err(e.into()),
     };
     let (issuer, claims) = match s.trust.verify(token, now) {
         Ok(v) => v,
-        Err(e) => return Ok(deny(None, "token", e.to_string())),
-    };
-    let (kind, material, policy) = match s.store.material(name) {
-        Ok(m) => m,
-        Err(StoreError::NotFound(n)) => {
-            return Err(ApiError::new(
-                StatusCode::NOT_FOUND,
-                "not-found",
-                format!("no key named '{n}'"),
-            ))
+        // Known key or not, the same answer: no oracle of key names without a valid token.
+        Err(e) => {
+            return Ok(Release::Denied {
+                issuer: None,
+                code: "token",
+                why: e.to_string(),
+                audited: key.is_some(),
+            })
         }
-        Err(e) => return Err(e.into()),
+    };
+    let Some((kind, material, policy)) = key else {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not-found",
+            format!("no key named '{name}'"),
+        ));
     };
     if claims.get("x-coffer-tee").and_then(Value::as_str) == Some("emulated-snp")
         && !s.allow_emulated

@@ -26,9 +26,15 @@ pub(crate) struct ServeArgs {
     /// Accept evidence from coffer's emulated secure processor (and tokens that attest it).
     #[arg(long)]
     allow_emulated: bool,
-    /// Reference values (JSON: measurements, min_tcb, allow_debug) every report must meet.
+    /// Reference values (JSON: measurements, min_tcb, allow_debug, max_vmpl) every report must meet.
     #[arg(long, value_name = "FILE")]
     reference_values: Option<PathBuf>,
+    /// Accept debuggable guests (POLICY.DEBUG: the host can read their memory). Refused by default.
+    #[arg(long)]
+    allow_debug: bool,
+    /// Accept reports requested from VMPL 0 to N (default: VMPL 0 only).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(0..=3))]
+    allow_vmpl: Option<u32>,
     /// Trust another token issuer: ISS=JWKS_FILE (repeatable).
     #[arg(long, value_name = "ISS=JWKS_FILE")]
     trust_issuer: Vec<String>,
@@ -55,6 +61,7 @@ pub(crate) fn serve_config(
         trusted_issuers: Vec::new(),
         token_lifetime: 8 * 3600,
         now: None,
+        limits: coffer_server::Limits::default(),
     })
 }
 
@@ -64,11 +71,18 @@ pub(crate) fn serve(a: ServeArgs) -> Result<ExitCode> {
     cfg.issuer = a.issuer;
     cfg.token_lifetime = a.token_lifetime;
     cfg.now = a.now;
-    if let Some(p) = &a.reference_values {
-        let bytes = std::fs::read(p).with_context(|| format!("cannot read {}", p.display()))?;
-        cfg.reference =
-            Some(coffer_attest::ReferenceValues::from_json(&bytes).map_err(anyhow::Error::msg)?);
-    }
+    let mut rv = match &a.reference_values {
+        Some(p) => {
+            let bytes = std::fs::read(p).with_context(|| format!("cannot read {}", p.display()))?;
+            coffer_attest::ReferenceValues::from_json(&bytes).map_err(anyhow::Error::msg)?
+        }
+        None => coffer_attest::ReferenceValues::default(),
+    };
+    rv.allow_debug |= a.allow_debug;
+    rv.max_vmpl = rv.max_vmpl.max(a.allow_vmpl.unwrap_or(0));
+    let (any_measurement, allow_debug, max_vmpl) =
+        (rv.measurements.is_empty(), rv.allow_debug, rv.max_vmpl);
+    cfg.reference = Some(rv);
     for t in &a.trust_issuer {
         let Some((iss, file)) = t.split_once('=') else {
             bail!("--trust-issuer '{t}': expected ISS=JWKS_FILE");
@@ -102,6 +116,21 @@ pub(crate) fn serve(a: ServeArgs) -> Result<ExitCode> {
                 ""
             }
         );
+        if any_measurement {
+            eprintln!(
+                "coffer serve: WARNING: no reference measurements (--reference-values): \
+                 any launch measurement is accepted"
+            );
+        }
+        if allow_debug {
+            eprintln!(
+                "coffer serve: WARNING: debuggable guests are ACCEPTED (their memory is \
+                 readable by the host)"
+            );
+        }
+        if max_vmpl > 0 {
+            eprintln!("coffer serve: reports from VMPL 0 to {max_vmpl} are accepted");
+        }
         if a.now.is_some() {
             eprintln!("coffer serve: WARNING: the clock is fixed by --now (testing only)");
         }
