@@ -172,6 +172,7 @@ pub fn start(policy: &[u8], sp: Arc<dyn SecureProcessor>) -> Result<Agent, Runti
     let coffer_policy::Settings {
         encrypted_volumes: encrypted,
         skr,
+        ..
     } = coffer_policy::Settings::of(&mut enforcer)?;
     Ok(Agent {
         encrypted,
