@@ -81,6 +81,7 @@ fn launch(home: &Path, name: &str, policy: &str) -> Result<host::Group, RuntimeE
         host_data: coffer_policy::digest(policy.as_bytes()),
         agent_exe: PathBuf::from(env!("CARGO_BIN_EXE_coffer")),
         volumes: vec![],
+        network: Default::default(),
     })
 }
 
@@ -314,6 +315,7 @@ fn every_forbidden_request_is_denied_with_its_reason() {
         host_data: coffer_policy::digest(b"another policy"),
         agent_exe: PathBuf::from(env!("CARGO_BIN_EXE_coffer")),
         volumes: vec![],
+        network: Default::default(),
     })
     .err()
     .expect("the agent must refuse");

@@ -23,6 +23,13 @@ pub(crate) struct RunArgs {
     /// Use this policy instead of generating one (its SHA-256 becomes HOST_DATA).
     #[arg(long)]
     policy: Option<PathBuf>,
+    /// Host address for the ports the policy publishes without a hostIP of their own.
+    #[arg(long, default_value = "127.0.0.1")]
+    publish_address: std::net::Ipv4Addr,
+    /// `bridge`: a veth to the host bridge coffer0 with outbound NAT and published ports;
+    /// `none`: loopback only.
+    #[arg(long, default_value = "bridge", value_parser = ["bridge", "none"])]
+    network: String,
 }
 
 #[derive(Args, Debug)]
@@ -110,8 +117,27 @@ pub(crate) fn run(a: RunArgs) -> Result<ExitCode> {
                     .map(|s| (v.name.clone(), PathBuf::from(s)))
             })
             .collect(),
+        network: match a.network.as_str() {
+            "none" => coffer_runtime::net::NetworkMode::None,
+            _ => coffer_runtime::net::NetworkMode::Bridge {
+                publish_address: a.publish_address,
+            },
+        },
     })?;
-    timing.mark("sandbox up, agent verified HOST_DATA and serves");
+    if let Some(net) = group.network() {
+        let published: Vec<String> = net.published().iter().map(|p| p.to_string()).collect();
+        eprintln!(
+            "coffer: group '{}' at {}{}",
+            group.name,
+            net.info().address,
+            if published.is_empty() {
+                String::new()
+            } else {
+                format!(", published {}", published.join(", "))
+            }
+        );
+    }
+    timing.mark("sandbox up, agent verified HOST_DATA and serves, network wired");
     match drive(&group, &pod, &store, &facts, &timing) {
         Ok(code) => {
             let _ = group.shutdown();
