@@ -152,6 +152,8 @@ fn assert_clean(before_mounts: &str, group_dir: &Path) {
         coffer_cgroups()
     );
     assert!(!group_dir.exists(), "group directory left behind");
+    let net = common::network_leftovers(group_dir);
+    assert!(net.is_empty(), "network left behind: {net:?}");
     let leftover = Command::new("pgrep")
         .args(["-f", &group_dir.display().to_string()])
         .output()

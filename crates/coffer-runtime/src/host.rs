@@ -294,7 +294,13 @@ pub fn launch(spec: LaunchSpec) -> Result<Group, RuntimeError> {
     }
     let egress = Egress::start(&io_dir.join("egress.sock"), allowed)?;
     // The ports the policy publishes are held before anything starts: a conflict fails here.
-    let published = crate::net::reserve(&spec.network, &settings.ports)?;
+    let published = match crate::net::reserve(&spec.network, &settings.ports) {
+        Ok(p) => p,
+        Err(e) => {
+            let _ = std::fs::remove_dir_all(&dir);
+            return Err(e);
+        }
+    };
     let sandbox = Command::new("unshare")
         .args([
             "--fork",
@@ -364,7 +370,8 @@ impl Group {
         let wired = match mode {
             crate::net::NetworkMode::None => Ok(None),
             crate::net::NetworkMode::Bridge { .. } => {
-                crate::net::Network::connect(&self.name, self.sandbox.id(), published).map(Some)
+                crate::net::Network::connect(&self.name, &self.dir, self.sandbox.id(), published)
+                    .map(Some)
             }
         };
         let told = wired.and_then(|net| {

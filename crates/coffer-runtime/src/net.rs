@@ -23,6 +23,10 @@
 //! rules, gone at reboot), not under `$COFFER_HOME`: the bridge and its subnet are host-wide, so
 //! two homes (e.g. two test runs) must not lease the same address.
 //!
+//! The group's CNI id is derived from its host directory ([`network_id`]); what `ADD` returned is
+//! kept in `STATE_DIR/groups/<id>.json` until `DEL`, so a launcher that was killed leaves nothing
+//! for long: the next launch of the same group first deletes what the old one left.
+//!
 //! The launcher keeps the group's network namespace open (an fd) from `ADD` to `DEL`, and names
 //! it to the plugins through that fd, so `DEL` removes the veth synchronously and can never act on
 //! another namespace, even after the sandbox exited and its PID was reused.
@@ -245,10 +249,24 @@ pub struct Network {
     done: bool,
 }
 
-fn random_suffix() -> String {
-    let mut b = [0u8; 4];
-    let _ = openssl::rand::rand_bytes(&mut b);
-    hex::encode(b)
+/// The CNI container id of the group whose host directory is `group_dir`: in the plugins'
+/// iptables comments and in its lease file.
+pub fn network_id(group_dir: &Path, name: &str) -> String {
+    let h = openssl::sha::sha256(group_dir.as_os_str().as_encoded_bytes());
+    format!("coffer-{name}-{}", &hex::encode(h)[..12])
+}
+
+/// What `DEL` needs, kept from `ADD` until `DEL`.
+#[derive(Serialize, Deserialize)]
+struct Saved {
+    plugins: Vec<Value>,
+    result: Value,
+}
+
+fn saved_path(id: &str) -> PathBuf {
+    Path::new(STATE_DIR)
+        .join("groups")
+        .join(format!("{id}.json"))
 }
 
 impl Network {
@@ -256,6 +274,7 @@ impl Network {
     /// and publish `published`.
     pub fn connect(
         group: &str,
+        group_dir: &Path,
         sandbox_pid: u32,
         published: Vec<Published>,
     ) -> Result<Network, RuntimeError> {
@@ -304,7 +323,7 @@ impl Network {
         }
         let mut net = Network {
             info: NetworkInfo {
-                id: format!("coffer-{group}-{}", random_suffix()),
+                id: network_id(group_dir, group),
                 address: Ipv4Addr::UNSPECIFIED,
                 host_veth: String::new(),
             },
@@ -316,6 +335,15 @@ impl Network {
             done: false,
         };
         let _lock = lock()?;
+        // What a killed launcher of this group left behind (its namespace is gone).
+        if let Ok(b) = std::fs::read(saved_path(&net.info.id)) {
+            if let Ok(old) = serde_json::from_slice::<Saved>(&b) {
+                for conf in old.plugins.iter().rev() {
+                    let _ = net.run_plugin("DEL", conf, &old.result, None);
+                }
+            }
+            let _ = std::fs::remove_file(saved_path(&net.info.id));
+        }
         let mut prev = Value::Null;
         for i in 0..net.plugins.len() {
             match net.cni("ADD", i, &prev) {
@@ -340,6 +368,13 @@ impl Network {
                 .to_string();
             Some((address, veth))
         })();
+        let saved = Saved {
+            plugins: net.plugins.clone(),
+            result: net.result.clone(),
+        };
+        let path = saved_path(&net.info.id);
+        let _ = std::fs::create_dir_all(path.parent().unwrap_or(Path::new(STATE_DIR)));
+        let _ = std::fs::write(&path, serde_json::to_vec(&saved).unwrap_or_default());
         match parsed {
             Some((address, veth)) => {
                 net.info.address = address;
@@ -357,9 +392,21 @@ impl Network {
         }
     }
 
-    /// Run plugin `i` with `command`.
+    /// Run plugin `i` with `command` in the group's namespace.
     fn cni(&self, command: &str, i: usize, prev: &Value) -> Result<Value, RuntimeError> {
-        let mut conf = self.plugins[i].clone();
+        let netns = format!("/proc/{}/fd/{}", std::process::id(), self.netns.as_raw_fd());
+        self.run_plugin(command, &self.plugins[i], prev, Some(&netns))
+    }
+
+    /// Run the plugin `conf` names with `command`; no `netns`: the namespace is gone (`DEL`).
+    fn run_plugin(
+        &self,
+        command: &str,
+        conf: &Value,
+        prev: &Value,
+        netns: Option<&str>,
+    ) -> Result<Value, RuntimeError> {
+        let mut conf = conf.clone();
         conf["cniVersion"] = json!("1.0.0");
         conf["name"] = json!(NETWORK);
         if !prev.is_null() {
@@ -374,10 +421,7 @@ impl Network {
             )
             .env("CNI_COMMAND", command)
             .env("CNI_CONTAINERID", &self.info.id)
-            .env(
-                "CNI_NETNS",
-                format!("/proc/{}/fd/{}", std::process::id(), self.netns.as_raw_fd()),
-            )
+            .env("CNI_NETNS", netns.unwrap_or_default())
             .env("CNI_IFNAME", IFNAME)
             .env("CNI_PATH", &self.cni_path)
             .stdin(Stdio::piped())
@@ -420,6 +464,9 @@ impl Network {
                 .args(["link", "del", "dev", veth])
                 .stderr(Stdio::null())
                 .status();
+        }
+        if first.is_none() {
+            let _ = std::fs::remove_file(saved_path(&self.info.id));
         }
         first.map_or(Ok(()), Err)
     }
