@@ -497,3 +497,41 @@ fn a_port_already_in_use_is_a_clear_error() {
     );
     drop(taken);
 }
+
+#[test]
+fn a_host_port_below_1024_needs_root() {
+    let _serial = one_at_a_time();
+    let t = "a_host_port_below_1024_needs_root";
+    if !coffer_testkit::tool("setpriv", t) {
+        return;
+    }
+    let unprivileged_start: u32 =
+        std::fs::read_to_string("/proc/sys/net/ipv4/ip_unprivileged_port_start")
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(1024);
+    if unprivileged_start <= 80 {
+        eprintln!("{t}: SKIPPED: net.ipv4.ip_unprivileged_port_start lets anyone bind port 80");
+        return;
+    }
+    let Some(tmp) = setup(t) else {
+        return;
+    };
+    let home = tmp.path();
+    let pod = pod(home, "low", "true", "[{containerPort: 80, hostPort: 80}]");
+    sh(&["chown", "-R", "65534:65534", home.to_str().unwrap()]);
+    let out = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+        .arg(env!("CARGO_BIN_EXE_coffer"))
+        .args(["run", pod.to_str().unwrap()])
+        .env("COFFER_HOME", home)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("publishing 127.0.0.1:80/TCP: host ports below 1024 need root"),
+        "{stderr}"
+    );
+    assert!(!host::group_dir(home, "low").exists());
+}

@@ -1435,6 +1435,59 @@ pub(crate) mod oci {
         spec.set_hostname(None);
         Ok(spec)
     }
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn containers_get_the_group_files_read_only_and_the_file_limit() {
+            let files = GroupFiles {
+                hosts: "/run/coffer/etc/hosts".into(),
+                hostname: "/run/coffer/etc/hostname".into(),
+                resolv_conf: "/run/coffer/etc/resolv.conf".into(),
+            };
+            let p = ProcessSpec {
+                args: vec!["/bin/true".into()],
+                cwd: "/".into(),
+                ..Default::default()
+            };
+            let s = spec(
+                Path::new("/r"),
+                &p,
+                &[],
+                &CapsList::default(),
+                &[],
+                "/coffer/x",
+                Some(&files),
+            )
+            .unwrap();
+            let v = serde_json::to_value(&s).unwrap();
+            for dest in ["/etc/hosts", "/etc/hostname", "/etc/resolv.conf"] {
+                let m = v["mounts"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .find(|m| m["destination"] == dest)
+                    .unwrap_or_else(|| panic!("no {dest} in {v}"));
+                assert_eq!(m["source"], format!("/run/coffer/etc/{}", &dest[5..]));
+                let opts: Vec<&str> = m["options"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|o| o.as_str().unwrap())
+                    .collect();
+                assert!(opts.contains(&"ro") && opts.contains(&"nosuid"), "{opts:?}");
+            }
+            let n = nofile_limit();
+            assert!(n > 0 && n <= 1 << 20);
+            assert_eq!(
+                v["process"]["rlimits"],
+                serde_json::json!([{"type": "RLIMIT_NOFILE", "hard": n, "soft": n}])
+            );
+            // The group shares the sandbox's UTS namespace: no host name in the spec.
+            assert!(v.get("hostname").is_none(), "{v}");
+        }
+    }
 }
 
 /// The passphrase for a volume from a released key: an `oct` key as is; an RSA key derived with
