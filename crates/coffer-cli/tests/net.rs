@@ -535,3 +535,112 @@ fn a_host_port_below_1024_needs_root() {
     );
     assert!(!host::group_dir(home, "low").exists());
 }
+
+/// The nginx example image (Debian bookworm + nginx-light, `examples/nginx/build-image.sh`),
+/// built once and kept under the target directory; `None` (after a notice) when it cannot be
+/// built here (no mmdebstrap, or no package mirror).
+fn nginx_image(t: &str) -> Option<PathBuf> {
+    let cache = Path::new(env!("CARGO_TARGET_TMPDIR")).join("../coffer-apps/nginx-bookworm");
+    if cache.join("index.json").exists() {
+        return Some(cache);
+    }
+    if !coffer_testkit::tool("mmdebstrap", t) {
+        return None;
+    }
+    std::fs::create_dir_all(cache.parent().unwrap()).unwrap();
+    let building = cache.with_extension(format!("building-{}", std::process::id()));
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/nginx/build-image.sh");
+    let out = Command::new("bash")
+        .arg(&script)
+        .arg(&building)
+        .output()
+        .unwrap();
+    if !out.status.success() {
+        let _ = std::fs::remove_dir_all(&building);
+        let why = String::from_utf8_lossy(&out.stderr);
+        if std::env::var("COFFER_REQUIRE_VECTORS").as_deref() == Ok("1") {
+            panic!("{t}: building the nginx image failed: {why}");
+        }
+        eprintln!("{t}: SKIPPED: mmdebstrap could not build the image (no package mirror?): {why}");
+        return None;
+    }
+    std::fs::rename(&building, &cache).unwrap();
+    Some(cache)
+}
+
+#[test]
+fn a_debian_nginx_serves_a_file_through_a_published_port() {
+    let _serial = one_at_a_time();
+    let t = "a_debian_nginx_serves_a_file_through_a_published_port";
+    if !tools(t) || !coffer_testkit::tool("curl", t) {
+        return;
+    }
+    let Some(image) = nginx_image(t) else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let home = tmp.path();
+    let o = coffer(
+        home,
+        &[
+            "image",
+            "import",
+            &format!("oci:{}:latest", image.display()),
+            "--name",
+            "nginx:bookworm",
+        ],
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let port = free_port();
+    let pod = home.join("nginx.yaml");
+    std::fs::write(
+        &pod,
+        format!(
+            "apiVersion: v1\nkind: Pod\nmetadata: {{name: nginx}}\nspec:\n  containers:\n    - name: nginx\n      \
+             image: nginx:bookworm\n      ports: [{{containerPort: 80, hostPort: {port}, name: http}}]\n"
+        ),
+    )
+    .unwrap();
+    let started = Instant::now();
+    let mut child = Interrupted(
+        Command::new(env!("CARGO_BIN_EXE_coffer"))
+            .args(["run", pod.to_str().unwrap()])
+            .env("COFFER_HOME", home)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let stderr = child.0.stderr.take().unwrap();
+    let log = std::thread::spawn(move || {
+        std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+            .collect::<Vec<_>>()
+    });
+    let url = format!("http://127.0.0.1:{port}/coffer.txt");
+    let body = loop {
+        let out = Command::new("curl")
+            .args(["-sS", "-f", "-m", "5", &url])
+            .output()
+            .unwrap();
+        if out.status.success() {
+            break String::from_utf8(out.stdout).unwrap();
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(120) && child.0.try_wait().unwrap().is_none(),
+            "nginx did not answer on {url}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    eprintln!("curl {url} after {:?}: {body}", started.elapsed());
+    assert_eq!(body, "hello from nginx in a confidential group\n");
+    child.interrupt();
+    let status = child.0.wait().unwrap();
+    let log = log.join().unwrap();
+    assert!(status.success(), "{log:?}");
+    let dir = host::group_dir(home, "nginx");
+    assert!(!dir.exists());
+    let left = common::network_leftovers(&dir);
+    assert!(left.is_empty(), "{left:?}");
+}
