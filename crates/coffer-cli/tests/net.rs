@@ -644,3 +644,51 @@ fn a_debian_nginx_serves_a_file_through_a_published_port() {
     let left = common::network_leftovers(&dir);
     assert!(left.is_empty(), "{left:?}");
 }
+
+#[test]
+fn network_none_leaves_a_group_loopback_only() {
+    let _serial = one_at_a_time();
+    let Some(tmp) = setup("network_none_leaves_a_group_loopback_only") else {
+        return;
+    };
+    let home = tmp.path();
+    let pod = pod(
+        home,
+        "alone",
+        "ls /sys/class/net; cat /etc/hosts; echo host=$(/bin/busybox hostname)",
+        "",
+    );
+    let out = coffer(home, &["run", pod.to_str().unwrap(), "--network", "none"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines: Vec<&str> = stdout
+        .lines()
+        .filter_map(|l| l.strip_prefix("[main] "))
+        .collect();
+    assert_eq!(lines[0], "lo", "{lines:?}");
+    assert!(lines.contains(&"127.0.1.1\talone"), "{lines:?}");
+    assert!(lines.contains(&"host=alone"), "{lines:?}");
+    assert!(!lines.iter().any(|l| l.starts_with("10.88.")), "{lines:?}");
+    // Ports need the bridge network.
+    let port = free_port();
+    let published = self::pod(
+        home,
+        "alone",
+        "true",
+        &format!("[{{containerPort: 80, hostPort: {port}}}]"),
+    );
+    let out = coffer(
+        home,
+        &["run", published.to_str().unwrap(), "--network", "none"],
+    );
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("needs the bridge network"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
