@@ -444,7 +444,19 @@ fn teardown_leaves_no_veth_rule_or_lease() {
     let live = common::network_leftovers(&dir);
     assert!(live.iter().any(|l| l.starts_with("lease:")), "{live:?}");
     assert!(live.iter().any(|l| l.contains("DNAT")), "{live:?}");
-    assert!(live.iter().any(|l| l.contains("MASQUERADE")), "{live:?}");
+    // Outbound NAT is one rule for the subnet, shared and kept.
+    let nat = String::from_utf8(
+        Command::new("iptables-save")
+            .args(["-t", "nat"])
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .unwrap();
+    assert!(
+        nat.contains("-A POSTROUTING -s 10.88.0.0/16 ! -d 10.88.0.0/16 -m comment --comment \"coffer groups outbound NAT\" -j MASQUERADE"),
+        "{nat}"
+    );
     group.shutdown().unwrap();
     assert!(
         !Path::new("/sys/class/net").join(&info.host_veth).exists(),
@@ -691,4 +703,65 @@ fn network_none_leaves_a_group_loopback_only() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+#[test]
+fn a_killed_launchers_network_is_deleted_by_the_next_launch() {
+    let _serial = one_at_a_time();
+    let Some(tmp) = setup("a_killed_launchers_network_is_deleted_by_the_next_launch") else {
+        return;
+    };
+    let home = tmp.path();
+    let port = free_port();
+    let ports = format!("[{{containerPort: 80, hostPort: {port}}}]");
+    let long = pod(home, "crash", "sleep 1000", &ports);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_coffer"))
+        .args(["run", long.to_str().unwrap()])
+        .env("COFFER_HOME", home)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = std::io::BufReader::new(child.stderr.take().unwrap()).lines();
+    loop {
+        let line = stderr.next().expect("coffer run ended").unwrap();
+        if line.contains(" published ") {
+            break;
+        }
+    }
+    let dir = host::group_dir(home, "crash");
+    let sandbox: i32 = std::fs::read_to_string(dir.join("pid"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    // The launcher dies without tearing anything down; so does its sandbox.
+    child.kill().unwrap();
+    child.wait().unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(sandbox),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    let gone = Instant::now();
+    while Path::new(&format!("/proc/{sandbox}")).exists() {
+        assert!(gone.elapsed() < Duration::from_secs(10));
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let left = common::network_leftovers(&dir);
+    assert!(left.iter().any(|l| l.starts_with("lease:")), "{left:?}");
+    assert!(left.iter().any(|l| l.contains("DNAT")), "{left:?}");
+    // The next launch of the group deletes them first, then runs and tears down as usual.
+    let again = pod(home, "crash", "echo again", &ports);
+    let out = coffer(home, &["run", again.to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("[main] again"));
+    let left = common::network_leftovers(&dir);
+    assert!(left.is_empty(), "{left:?}");
+    // The killed group's container cgroups (not the network's business).
+    host::sweep_cgroups();
 }

@@ -5,11 +5,12 @@
 //! use (Debian's `containernetworking-plugins`: `bridge` with `host-local` IPAM, `firewall`,
 //! `portmap`), chained as containerd and CRI-O chain them, rather than by our own `ip`/`iptables`
 //! calls. They are the code every Kubernetes node runs for exactly this job: an idempotent bridge
-//! and gateway address, IPv4 forwarding, a per-group MASQUERADE chain, FORWARD rules that work
-//! on hosts whose FORWARD policy is DROP, address leases under a lock, and per-group DNAT chains
+//! and gateway address, IPv4 forwarding, FORWARD rules that work on hosts whose FORWARD policy is
+//! DROP, address leases under a lock, and per-group DNAT chains
 //! for host ports, each removed by `DEL` with the group's id. Writing and tearing down the same
 //! rules ourselves would duplicate that with less testing; the plugins are small static binaries
-//! with no daemon. (`COFFER_CNI_PATH` overrides where they are looked for.)
+//! with no daemon. (`COFFER_CNI_PATH` overrides where they are looked for.) Outbound NAT is one
+//! MASQUERADE rule for the whole subnet, added once and kept.
 //!
 //! **Published ports** use `portmap`'s DNAT (nat PREROUTING for other hosts, nat OUTPUT for the
 //! host itself; for `127.0.0.1` it sets `route_localnet` on the bridge and masquerades, as
@@ -227,6 +228,45 @@ fn lock() -> Result<Lock, RuntimeError> {
         .map_err(|(_, e)| crate::sys("locking the network state")(e))
 }
 
+/// The subnet's outbound NAT: one MASQUERADE rule for all groups, added once (idempotently) and
+/// kept, like the bridge. (The bridge plugin's per-group `ipMasq` chain is not used: its `DEL`
+/// finds the group's address through the namespace, so a killed launcher's chain would stay.)
+fn ensure_masquerade() -> Result<(), RuntimeError> {
+    let rule = [
+        "POSTROUTING",
+        "-s",
+        SUBNET,
+        "!",
+        "-d",
+        SUBNET,
+        "-m",
+        "comment",
+        "--comment",
+        "coffer groups outbound NAT",
+        "-j",
+        "MASQUERADE",
+    ];
+    let iptables = |op: &str| {
+        Command::new("iptables")
+            .args(["-w", "-t", "nat", op])
+            .args(rule)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .map_err(crate::io("running iptables"))
+    };
+    if iptables("-C")?.success() {
+        return Ok(());
+    }
+    if iptables("-A")?.success() {
+        return Ok(());
+    }
+    Err(net_err(format!(
+        "iptables -t nat -A {} failed",
+        rule.join(" ")
+    )))
+}
+
 /// What a connected group's network is, for reports and tests.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct NetworkInfo {
@@ -291,7 +331,7 @@ impl Network {
         }
         let mut plugins = vec![
             json!({
-                "type": "bridge", "bridge": BRIDGE, "isGateway": true, "ipMasq": true,
+                "type": "bridge", "bridge": BRIDGE, "isGateway": true, "ipMasq": false,
                 "hairpinMode": true,
                 "ipam": {
                     "type": "host-local",
@@ -344,6 +384,7 @@ impl Network {
             }
             let _ = std::fs::remove_file(saved_path(&net.info.id));
         }
+        ensure_masquerade()?;
         let mut prev = Value::Null;
         for i in 0..net.plugins.len() {
             match net.cni("ADD", i, &prev) {
