@@ -10,10 +10,12 @@ if [ "$(id -u)" != 0 ]; then
 fi
 
 # Demo: runc, umoci + busybox-static (the example image), e2fsprogs (encrypted volume), util-linux
-# (unshare, mount), iproute2. Tests add: cryptsetup-bin (LUKS2 interop), skopeo + docker-registry
-# (registry pull), golang-go (hcsshim's reference tar2ext4), build dependencies of the crates.
+# (unshare, mount), iproute2 + iptables + containernetworking-plugins (group networks, ports).
+# Tests add: cryptsetup-bin (LUKS2 interop), skopeo + docker-registry (registry pull), golang-go
+# (hcsshim's reference tar2ext4), mmdebstrap + curl (a real Debian nginx image), build dependencies.
 packages="pkg-config libssl-dev libsqlite3-dev runc umoci busybox-static e2fsprogs util-linux
-  iproute2 cryptsetup-bin skopeo docker-registry golang-go python3 python3-pip"
+  iproute2 iptables containernetworking-plugins cryptsetup-bin skopeo docker-registry golang-go
+  mmdebstrap curl python3 python3-pip"
 if command -v apt-get >/dev/null; then
   need=""
   for p in $packages; do

@@ -81,6 +81,7 @@ fn launch(home: &Path, name: &str, policy: &str) -> Result<host::Group, RuntimeE
         host_data: coffer_policy::digest(policy.as_bytes()),
         agent_exe: PathBuf::from(env!("CARGO_BIN_EXE_coffer")),
         volumes: vec![],
+        network: Default::default(),
     })
 }
 
@@ -174,6 +175,8 @@ fn assert_clean(before_mounts: &str, group_dir: &Path) {
         coffer_cgroups()
     );
     assert!(!group_dir.exists(), "group directory left behind");
+    let net = common::network_leftovers(group_dir);
+    assert!(net.is_empty(), "network left behind: {net:?}");
     let leftover = Command::new("pgrep")
         .args(["-f", &group_dir.display().to_string()])
         .output()
@@ -333,6 +336,7 @@ fn every_forbidden_request_is_denied_with_its_reason() {
         host_data: coffer_policy::digest(b"another policy"),
         agent_exe: PathBuf::from(env!("CARGO_BIN_EXE_coffer")),
         volumes: vec![],
+        network: Default::default(),
     })
     .err()
     .expect("the agent must refuse");

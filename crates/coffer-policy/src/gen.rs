@@ -575,6 +575,36 @@ pub fn generate(
         pod.metadata.name
     ));
     out.push_str(&format!("containers := {containers}\n\n"));
+    // The group's host name and the ports it publishes on the host: part of the measured policy,
+    // so a relying party sees what the group exposes, and the launcher publishes exactly these.
+    out.push_str(&format!(
+        "{} := {}\n\n",
+        crate::HOSTNAME,
+        Value::from(pod.metadata.name.as_str())
+    ));
+    let mut ports = Vec::new();
+    for c in &pod.spec.containers {
+        for p in &c.ports {
+            let Some(host_port) = p.host_port else {
+                continue;
+            };
+            let port = |n: u32| {
+                u16::try_from(n).map_err(|_| PolicyError::Pod(format!("port {n} out of range")))
+            };
+            ports.push(crate::PortPolicy {
+                container: c.name.clone(),
+                container_port: port(p.container_port)?,
+                host_port: port(host_port)?,
+                protocol: p.protocol(),
+                host_ip: p.host_ip.clone().unwrap_or_default(),
+                name: p.name.clone().unwrap_or_default(),
+            });
+        }
+    }
+    if !ports.is_empty() {
+        let list = serde_json::to_string(&ports).map_err(|e| PolicyError::Pod(e.to_string()))?;
+        out.push_str(&format!("{} := {list}\n\n", crate::PORTS));
+    }
     // Encrypted volumes: which key opens which volume, where it is released from and which key
     // signs the release are part of the measured policy, so the host cannot substitute any of them.
     let mut encrypted = Vec::new();

@@ -101,6 +101,39 @@ pub struct Container {
     /// Accepted for compatibility; images come from the local store.
     #[serde(default)]
     pub image_pull_policy: Option<String>,
+    /// Ports the container listens on; those with a `hostPort` are published on the host.
+    #[serde(default)]
+    pub ports: Vec<ContainerPort>,
+}
+
+/// A port of a container (`containerPort`); with `hostPort`, published on the host.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ContainerPort {
+    /// The port the container listens on in the group's network namespace.
+    pub container_port: u32,
+    /// Published on this port of the host.
+    #[serde(default)]
+    pub host_port: Option<u32>,
+    /// `TCP` (default) or `UDP`.
+    #[serde(default)]
+    pub protocol: Option<String>,
+    /// An IANA service name (informational).
+    #[serde(default)]
+    pub name: Option<String>,
+    /// The host address to publish on (IPv4); default: the launcher's publish address.
+    #[serde(default, rename = "hostIP")]
+    pub host_ip: Option<String>,
+}
+
+impl ContainerPort {
+    /// `TCP` or `UDP` (upper case; default `TCP`).
+    pub fn protocol(&self) -> String {
+        self.protocol
+            .as_deref()
+            .unwrap_or("TCP")
+            .to_ascii_uppercase()
+    }
 }
 
 /// An environment variable: a literal value, or a value supplied at run time.
@@ -293,6 +326,87 @@ pub fn parse_pod(yaml: &str) -> Result<Pod, PolicyError> {
     Ok(pod)
 }
 
+/// Ports: valid numbers and protocols, IPv4 host addresses, and no host port published twice
+/// (same protocol and overlapping host addresses).
+fn validate_ports(pod: &Pod) -> Result<(), PolicyError> {
+    let bad = |m: String| Err(PolicyError::Pod(m));
+    // Published so far: (protocol, host port, host address, where).
+    let mut published: Vec<(String, u32, Option<std::net::Ipv4Addr>, String)> = Vec::new();
+    for (i, c) in pod.spec.containers.iter().enumerate() {
+        for (j, p) in c.ports.iter().enumerate() {
+            let at = format!("spec.containers[{i}].ports[{j}]");
+            if !(1..=65535).contains(&p.container_port) {
+                return bad(format!(
+                    "{at}.containerPort {} is not a port (1-65535)",
+                    p.container_port
+                ));
+            }
+            let proto = p.protocol();
+            match proto.as_str() {
+                "TCP" | "UDP" => {}
+                "SCTP" => {
+                    return Err(PolicyError::Unsupported {
+                        field: format!("{at}.protocol"),
+                        why: "only TCP and UDP ports are supported".into(),
+                    })
+                }
+                other => return bad(format!("{at}.protocol '{other}' is not TCP or UDP")),
+            }
+            if let Some(n) = &p.name {
+                let ok = !n.is_empty()
+                    && n.len() <= 15
+                    && n.bytes()
+                        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                    && n.bytes().any(|b| b.is_ascii_lowercase());
+                if !ok {
+                    return bad(format!(
+                        "{at}.name '{}' is not a service name (1-15 characters: a-z, 0-9, '-', at least one letter)",
+                        n.escape_debug()
+                    ));
+                }
+            }
+            let ip = match p.host_ip.as_deref() {
+                None | Some("") => None,
+                Some(a) => match a.parse::<std::net::IpAddr>() {
+                    Ok(std::net::IpAddr::V4(v4)) => Some(v4),
+                    Ok(std::net::IpAddr::V6(_)) => {
+                        return Err(PolicyError::Unsupported {
+                            field: format!("{at}.hostIP"),
+                            why: "the group network is IPv4 only".into(),
+                        })
+                    }
+                    Err(_) => {
+                        return bad(format!(
+                            "{at}.hostIP '{}' is not an IPv4 address",
+                            a.escape_debug()
+                        ))
+                    }
+                },
+            };
+            let Some(host_port) = p.host_port else {
+                if ip.is_some() {
+                    return bad(format!("{at}.hostIP needs a hostPort"));
+                }
+                continue;
+            };
+            if !(1..=65535).contains(&host_port) {
+                return bad(format!("{at}.hostPort {host_port} is not a port (1-65535)"));
+            }
+            // Unspecified (the launcher's address, or 0.0.0.0) overlaps every address.
+            let any = |x: &Option<std::net::Ipv4Addr>| x.filter(|a| !a.is_unspecified()).is_none();
+            if let Some((.., first)) = published.iter().find(|(pr, hp, a, _)| {
+                *pr == proto && *hp == host_port && (any(a) || any(&ip) || *a == ip)
+            }) {
+                return bad(format!(
+                    "{at}: hostPort {host_port}/{proto} is already published by {first}"
+                ));
+            }
+            published.push((proto, host_port, ip, at));
+        }
+    }
+    Ok(())
+}
+
 /// An RFC 1123 label, as Kubernetes requires of names that become host paths and identifiers.
 pub fn is_dns_label(s: &str) -> bool {
     !s.is_empty()
@@ -429,6 +543,7 @@ fn validate(pod: &Pod) -> Result<(), PolicyError> {
             }
         }
     }
+    validate_ports(pod)?;
     if let Some(p) = &pod.spec.restart_policy {
         if !matches!(p.as_str(), "Never" | "OnFailure" | "Always") {
             return bad(format!(

@@ -1,5 +1,6 @@
 //! Settings the policy carries for the agent besides its rules: which key opens which encrypted
-//! volume and from which broker, and the in-group key release API. Written by [`crate::generate`],
+//! volume and from which broker, the in-group key release API, the group's host name and the
+//! ports it publishes. Written by [`crate::generate`],
 //! read by the agent; one type each, so both sides agree on every field.
 
 use serde::{Deserialize, Serialize};
@@ -8,6 +9,47 @@ use serde::{Deserialize, Serialize};
 pub const ENCRYPTED_VOLUMES: &str = "coffer_encrypted_volumes";
 /// Rego name of the SKR API settings.
 pub const SKR: &str = "coffer_skr";
+/// Rego name of the group's host name (the Pod's name).
+pub const HOSTNAME: &str = "coffer_hostname";
+/// Rego name of the published ports' list.
+pub const PORTS: &str = "coffer_ports";
+
+/// A port published on the host: connections to `host_ip:host_port` reach `container_port` in
+/// the group's network namespace.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PortPolicy {
+    /// The container that declares it.
+    pub container: String,
+    /// Port in the group.
+    pub container_port: u16,
+    /// Port on the host.
+    pub host_port: u16,
+    /// `TCP` or `UDP`.
+    pub protocol: String,
+    /// Host address (IPv4); empty: the launcher's publish address (`--publish-address`).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub host_ip: String,
+    /// Service name (informational).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub name: String,
+}
+
+impl PortPolicy {
+    /// Check the fields.
+    pub fn check(&self) -> Result<(), String> {
+        if self.container_port == 0 || self.host_port == 0 {
+            return Err(format!("port {self:?}: port 0"));
+        }
+        if self.protocol != "TCP" && self.protocol != "UDP" {
+            return Err(format!("port {self:?}: protocol is not TCP or UDP"));
+        }
+        if !self.host_ip.is_empty() && self.host_ip.parse::<std::net::Ipv4Addr>().is_err() {
+            return Err(format!("port {self:?}: host_ip is not an IPv4 address"));
+        }
+        Ok(())
+    }
+}
 
 /// Where keys come from: the attestation service, the key broker, and the broker's signing key.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -83,6 +125,10 @@ pub struct Settings {
     pub encrypted_volumes: Vec<EncryptedVolumePolicy>,
     /// The SKR API.
     pub skr: Option<SkrPolicy>,
+    /// The group's host name (an RFC 1123 label); `None` in policies that do not set one.
+    pub hostname: Option<String>,
+    /// Ports published on the host.
+    pub ports: Vec<PortPolicy>,
 }
 
 impl Settings {
@@ -111,9 +157,38 @@ impl Settings {
         if let Some(b) = skr.as_ref().and_then(|s| s.broker.as_ref()) {
             b.check("the SKR API").map_err(|e| bad(SKR, e))?;
         }
+        let hostname: Option<String> = enforcer
+            .policy_value(HOSTNAME)?
+            .map(serde_json::from_value)
+            .transpose()
+            .map_err(|e| bad(HOSTNAME, e.to_string()))?;
+        if let Some(h) = hostname.as_deref().filter(|h| !crate::is_dns_label(h)) {
+            return Err(bad(
+                HOSTNAME,
+                format!("'{}' is not an RFC 1123 label", h.escape_debug()),
+            ));
+        }
+        let ports: Vec<PortPolicy> = enforcer
+            .policy_value(PORTS)?
+            .map(serde_json::from_value)
+            .transpose()
+            .map_err(|e| bad(PORTS, e.to_string()))?
+            .unwrap_or_default();
+        let mut seen = std::collections::BTreeSet::new();
+        for p in &ports {
+            p.check().map_err(|e| bad(PORTS, e))?;
+            if !seen.insert((p.protocol.as_str(), p.host_port, p.host_ip.as_str())) {
+                return Err(bad(
+                    PORTS,
+                    format!("host port {}/{} is listed twice", p.host_port, p.protocol),
+                ));
+            }
+        }
         Ok(Settings {
             encrypted_volumes,
             skr,
+            hostname,
+            ports,
         })
     }
 

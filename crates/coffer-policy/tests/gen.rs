@@ -134,12 +134,12 @@ fn merges_like_kubernetes_and_is_byte_stable() {
 
 #[test]
 fn unsupported_fields_are_named() {
-    let with_ports = POD.replace(
+    let with_stdin = POD.replace(
         "      args: [\"--once\"]",
-        "      args: [\"--once\"]\n      ports: [{containerPort: 80}]",
+        "      args: [\"--once\"]\n      stdin: true",
     );
-    match parse_pod(&with_ports).unwrap_err() {
-        PolicyError::Unsupported { field, .. } => assert_eq!(field, "spec.containers[0].ports"),
+    match parse_pod(&with_stdin).unwrap_err() {
+        PolicyError::Unsupported { field, .. } => assert_eq!(field, "spec.containers[0].stdin"),
         other => panic!("{other}"),
     }
     let http_probe = POD.replace(
@@ -381,4 +381,73 @@ mod pinned_by_the_policy {
         });
         assert!(d.allowed, "{:?}", d.reason);
     }
+}
+
+fn with_ports(ports: &str) -> String {
+    POD.replace(
+        "      args: [\"--once\"]",
+        &format!("      args: [\"--once\"]\n      ports: {ports}"),
+    )
+}
+
+#[test]
+fn published_ports_and_the_host_name_are_in_the_policy() {
+    let pod = parse_pod(&with_ports(
+        "[{containerPort: 8080, hostPort: 18080, name: http}, {containerPort: 53, hostPort: 5353, protocol: UDP, hostIP: 0.0.0.0}, {containerPort: 9090}]",
+    ))
+    .unwrap();
+    let text = generate(&pod, &facts(), &GenOptions::default()).unwrap();
+    assert!(text.contains("\ncoffer_hostname := \"g\"\n"), "{text}");
+    assert!(text.contains(r#"coffer_ports := [{"container":"a","container_port":8080,"host_port":18080,"protocol":"TCP","name":"http"},{"container":"a","container_port":53,"host_port":5353,"protocol":"UDP","host_ip":"0.0.0.0"}]"#), "{text}");
+    let settings =
+        coffer_policy::Settings::of(&mut coffer_policy::Enforcer::new(&text).unwrap()).unwrap();
+    assert_eq!(settings.hostname.as_deref(), Some("g"));
+    assert_eq!(
+        settings.ports.len(),
+        2,
+        "only ports with a hostPort are published"
+    );
+    assert_eq!(settings.ports[1].protocol, "UDP");
+    // Without ports: the host name only.
+    let plain = generate(&parse_pod(POD).unwrap(), &facts(), &GenOptions::default()).unwrap();
+    assert!(!plain.contains("coffer_ports"));
+    // A policy naming a host name that is no label, or a port twice, does not load as settings.
+    for bad in [
+        text.replace("coffer_hostname := \"g\"", "coffer_hostname := \"../x\""),
+        text.replace("\"host_port\":5353", "\"host_port\":18080")
+            .replace("\"protocol\":\"UDP\"", "\"protocol\":\"TCP\"")
+            .replace(",\"host_ip\":\"0.0.0.0\"", ""),
+        text.replace("\"protocol\":\"UDP\"", "\"protocol\":\"SCTP\""),
+    ] {
+        let err = coffer_policy::Settings::of(&mut coffer_policy::Enforcer::new(&bad).unwrap())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("coffer_"), "{err}");
+    }
+}
+
+#[test]
+fn ports_are_checked() {
+    let err = |ports: &str| parse_pod(&with_ports(ports)).unwrap_err().to_string();
+    assert!(
+        err("[{containerPort: 80, hostPort: 8080}, {containerPort: 81, hostPort: 8080}]")
+            .contains("hostPort 8080/TCP is already published by spec.containers[0].ports[0]")
+    );
+    // Different protocols, or different host addresses, do not clash.
+    parse_pod(&with_ports(
+        "[{containerPort: 80, hostPort: 8080}, {containerPort: 80, hostPort: 8080, protocol: UDP}]",
+    ))
+    .unwrap();
+    parse_pod(&with_ports("[{containerPort: 80, hostPort: 8080, hostIP: 127.0.0.1}, {containerPort: 81, hostPort: 8080, hostIP: 127.0.0.2}]")).unwrap();
+    assert!(err("[{containerPort: 80, hostPort: 8080, hostIP: 127.0.0.1}, {containerPort: 81, hostPort: 8080, hostIP: 0.0.0.0}]").contains("already published"));
+    assert!(err("[{containerPort: 0}]").contains("containerPort 0"));
+    assert!(err("[{containerPort: 80, hostPort: 70000}]").contains("hostPort 70000"));
+    assert!(err("[{containerPort: 80, protocol: SCTP}]").contains("ports[0].protocol"));
+    assert!(err("[{containerPort: 80, protocol: ICMP}]").contains("not TCP or UDP"));
+    assert!(err("[{containerPort: 80, hostPort: 80, hostIP: \"::1\"}]").contains("IPv4"));
+    assert!(
+        err("[{containerPort: 80, hostPort: 80, hostIP: nowhere}]").contains("not an IPv4 address")
+    );
+    assert!(err("[{containerPort: 80, name: Not_A_Name}]").contains("service name"));
+    assert!(err("[{containerPort: 80, hostPort: 80, hostPath: x}]").contains("ports[0].hostPath"));
 }

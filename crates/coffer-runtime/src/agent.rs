@@ -107,6 +107,10 @@ pub struct Agent {
     /// The SKR API, if the policy enables it.
     skr: Option<coffer_policy::SkrPolicy>,
     cgroup_prefix: String,
+    /// The group's host name, from the policy.
+    hostname: Option<String>,
+    /// The containers' `/etc/hosts`, `/etc/hostname` and `/etc/resolv.conf`, made once.
+    group_files: std::sync::OnceLock<Result<oci::GroupFiles, String>>,
     state: Mutex<State>,
     work: PathBuf,
     runc: PathBuf,
@@ -177,12 +181,16 @@ pub fn start(policy: &[u8], sp: Arc<dyn SecureProcessor>) -> Result<Agent, Runti
     let coffer_policy::Settings {
         encrypted_volumes: encrypted,
         skr,
+        hostname,
+        ..
     } = coffer_policy::Settings::of(&mut enforcer)?;
     Ok(Agent {
         encrypted,
         sp,
         skr,
         cgroup_prefix: format!("{:016x}", rand_u64()),
+        hostname,
+        group_files: std::sync::OnceLock::new(),
         state: Mutex::new(State {
             enforcer,
             overlays: BTreeMap::new(),
@@ -209,6 +217,11 @@ impl Agent {
         let _ = Command::new("ip")
             .args(["link", "set", "lo", "up"])
             .status();
+        // The group's own UTS namespace gets the host name the policy gives (the Pod's name).
+        if let Some(h) = &self.hostname {
+            nix::unistd::sethostname(h)
+                .map_err(crate::sys(format!("setting the host name '{h}'")))?;
+        }
         if let Some(policy) = &self.skr {
             let broker = match policy.broker.as_ref().map(crate::skr::Broker::from_policy) {
                 Some(Ok(b)) => Some(b),
@@ -298,6 +311,57 @@ impl Agent {
                 return true;
             }
         }
+    }
+
+    /// The containers' `/etc/hosts`, `/etc/hostname` and `/etc/resolv.conf`, in the work
+    /// directory, from the policy's host name and what the host says of the network (`net.json`:
+    /// the group's address and the host's resolvers; none: loopback only). A policy without a
+    /// host name gets the host's name for the group.
+    fn make_group_files(&self) -> Result<oci::GroupFiles, String> {
+        let io = Path::new(crate::sandbox::IO_DIR).join(crate::net::GROUP_FILE);
+        let net: crate::net::GroupNet = match std::fs::read(&io) {
+            Ok(b) if b.len() <= 2 * crate::net::MAX_RESOLV_CONF => serde_json::from_slice(&b)
+                .map_err(|e| format!("{}: {e}", crate::net::GROUP_FILE))?,
+            Ok(_) => return Err(format!("{} is too large", crate::net::GROUP_FILE)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Default::default(),
+            Err(e) => return Err(format!("{}: {e}", crate::net::GROUP_FILE)),
+        };
+        let name = match &self.hostname {
+            Some(h) => h.clone(),
+            None if coffer_policy::is_dns_label(&net.name) => {
+                nix::unistd::sethostname(&net.name)
+                    .map_err(|e| format!("setting the host name: {e}"))?;
+                net.name.clone()
+            }
+            None => "localhost".to_string(),
+        };
+        if net.resolv_conf.len() > crate::net::MAX_RESOLV_CONF || net.resolv_conf.contains('\0') {
+            return Err("the host's resolv.conf is too large or not text".into());
+        }
+        let own = match net.address {
+            Some(a) => a.to_string(),
+            None => "127.0.1.1".to_string(),
+        };
+        let dir = self.work.join("etc");
+        std::fs::create_dir_all(&dir).map_err(|e| format!("mkdir {}: {e}", dir.display()))?;
+        let files = oci::GroupFiles {
+            hosts: dir.join("hosts"),
+            hostname: dir.join("hostname"),
+            resolv_conf: dir.join("resolv.conf"),
+        };
+        for (path, text) in [
+            (
+                &files.hosts,
+                format!(
+                    "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n{own}\t{name}\n"
+                ),
+            ),
+            (&files.hostname, format!("{name}\n")),
+            (&files.resolv_conf, net.resolv_conf.clone()),
+        ] {
+            std::fs::write(path, text).map_err(|e| format!("writing {}: {e}", path.display()))?;
+        }
+        Ok(files)
     }
 
     fn decide(&self, rule: &str, input: Value) -> Result<coffer_policy::Decision, Value> {
@@ -500,7 +564,11 @@ impl Agent {
             });
         }
         let cgroup = format!("/coffer/{}-{id}", self.cgroup_prefix);
-        let spec = match crate::agent::oci::spec(&rootfs, p, &env, &caps, &vols, &cgroup) {
+        let files = match self.group_files.get_or_init(|| self.make_group_files()) {
+            Ok(f) => f,
+            Err(e) => return failed(e),
+        };
+        let spec = match oci::spec(&rootfs, p, &env, &caps, &vols, &cgroup, Some(files)) {
             Ok(s) => s,
             Err(e) => return failed(e),
         };
@@ -1080,6 +1148,44 @@ pub(crate) mod oci {
         pub(crate) from_outside: bool,
     }
 
+    /// The group's name-service files, bound read-only into every container.
+    pub(crate) struct GroupFiles {
+        pub(crate) hosts: PathBuf,
+        pub(crate) hostname: PathBuf,
+        pub(crate) resolv_conf: PathBuf,
+    }
+
+    /// Open files per process: containerd's 1048576 (soft and hard), or less where the host
+    /// allows less: the kernel's maximum (`fs.nr_open`) and, without CAP_SYS_RESOURCE (which
+    /// raising a hard limit needs), the agent's own hard limit.
+    pub(crate) fn nofile_limit() -> u64 {
+        const CONTAINERD: u64 = 1 << 20;
+        const CAP_SYS_RESOURCE: u32 = 24;
+        let read = |p: &str| std::fs::read_to_string(p).unwrap_or_default();
+        let mut max = read("/proc/sys/fs/nr_open")
+            .trim()
+            .parse::<u64>()
+            .unwrap_or(CONTAINERD);
+        let status = read("/proc/self/status");
+        let effective = status
+            .lines()
+            .find_map(|l| l.strip_prefix("CapEff:"))
+            .and_then(|h| u64::from_str_radix(h.trim(), 16).ok())
+            .unwrap_or(0);
+        if effective & (1 << CAP_SYS_RESOURCE) == 0 {
+            // "Max open files            SOFT                 HARD                 files"
+            let hard = read("/proc/self/limits")
+                .lines()
+                .find(|l| l.starts_with("Max open files"))
+                .and_then(|l| l.split_whitespace().nth(4).map(str::to_string))
+                .and_then(|h| h.parse::<u64>().ok());
+            if let Some(h) = hard {
+                max = max.min(h);
+            }
+        }
+        max.min(CONTAINERD)
+    }
+
     /// The spec: own mount and PID namespaces, the sandbox's network, UTS and IPC.
     pub(crate) fn spec(
         rootfs: &Path,
@@ -1088,7 +1194,15 @@ pub(crate) mod oci {
         caps: &CapsList,
         volumes: &[VolumeBind],
         cgroup: &str,
+        files: Option<&GroupFiles>,
     ) -> Result<Spec, String> {
+        let nofile = nofile_limit();
+        let rlimits = vec![oci_spec::runtime::PosixRlimitBuilder::default()
+            .typ(oci_spec::runtime::PosixRlimitType::RlimitNofile)
+            .hard(nofile)
+            .soft(nofile)
+            .build()
+            .map_err(|e| e.to_string())?];
         let capabilities = LinuxCapabilitiesBuilder::default()
             .bounding(cap_set(&caps.bounding)?)
             .effective(cap_set(&caps.effective)?)
@@ -1111,6 +1225,7 @@ pub(crate) mod oci {
             )
             .capabilities(capabilities)
             .no_new_privileges(p.no_new_privileges)
+            .rlimits(rlimits)
             .build()
             .map_err(|e| e.to_string())?;
         let mut mounts = vec![
@@ -1152,6 +1267,20 @@ pub(crate) mod oci {
                 &["nosuid", "noexec", "nodev", "ro"],
             )?,
         ];
+        if let Some(f) = files {
+            for (dest, src) in [
+                ("/etc/hosts", &f.hosts),
+                ("/etc/hostname", &f.hostname),
+                ("/etc/resolv.conf", &f.resolv_conf),
+            ] {
+                mounts.push(mnt(
+                    dest,
+                    "bind",
+                    &src.display().to_string(),
+                    &["rbind", "rprivate", "ro", "nosuid", "nodev", "noexec"],
+                )?);
+            }
+        }
         for v in volumes {
             let mut opts = vec!["rbind", "rprivate", if v.read_only { "ro" } else { "rw" }];
             if v.from_outside {
@@ -1233,6 +1362,59 @@ pub(crate) mod oci {
         // group shares the sandbox's.
         spec.set_hostname(None);
         Ok(spec)
+    }
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn containers_get_the_group_files_read_only_and_the_file_limit() {
+            let files = GroupFiles {
+                hosts: "/run/coffer/etc/hosts".into(),
+                hostname: "/run/coffer/etc/hostname".into(),
+                resolv_conf: "/run/coffer/etc/resolv.conf".into(),
+            };
+            let p = ProcessSpec {
+                args: vec!["/bin/true".into()],
+                cwd: "/".into(),
+                ..Default::default()
+            };
+            let s = spec(
+                Path::new("/r"),
+                &p,
+                &[],
+                &CapsList::default(),
+                &[],
+                "/coffer/x",
+                Some(&files),
+            )
+            .unwrap();
+            let v = serde_json::to_value(&s).unwrap();
+            for dest in ["/etc/hosts", "/etc/hostname", "/etc/resolv.conf"] {
+                let m = v["mounts"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .find(|m| m["destination"] == dest)
+                    .unwrap_or_else(|| panic!("no {dest} in {v}"));
+                assert_eq!(m["source"], format!("/run/coffer/etc/{}", &dest[5..]));
+                let opts: Vec<&str> = m["options"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|o| o.as_str().unwrap())
+                    .collect();
+                assert!(opts.contains(&"ro") && opts.contains(&"nosuid"), "{opts:?}");
+            }
+            let n = nofile_limit();
+            assert!(n > 0 && n <= 1 << 20);
+            assert_eq!(
+                v["process"]["rlimits"],
+                serde_json::json!([{"type": "RLIMIT_NOFILE", "hard": n, "soft": n}])
+            );
+            // The group shares the sandbox's UTS namespace: no host name in the spec.
+            assert!(v.get("hostname").is_none(), "{v}");
+        }
     }
 }
 

@@ -126,6 +126,8 @@ pub struct LaunchSpec {
     pub agent_exe: PathBuf,
     /// Encrypted volume images to hand to the group: (volume name, LUKS2 image on the host).
     pub volumes: Vec<(String, PathBuf)>,
+    /// How the group is wired ([`crate::net`]).
+    pub network: crate::net::NetworkMode,
 }
 
 /// A running group.
@@ -140,6 +142,7 @@ pub struct Group {
     _egress: Egress,
     /// MEASUREMENT of the launch.
     pub measurement: [u8; 48],
+    net: Option<crate::net::Network>,
 }
 
 /// MEASUREMENT = SHA-384(agent binary ‖ launch configuration), cached by the binary's identity
@@ -260,8 +263,8 @@ pub fn launch(spec: LaunchSpec) -> Result<Group, RuntimeError> {
     // brokers) and to the remote volume images the host itself serves.
     let text = std::str::from_utf8(&spec.policy)
         .map_err(|_| RuntimeError::Agent("the policy is not UTF-8".into()))?;
-    let mut allowed = coffer_policy::Settings::of(&mut coffer_policy::Enforcer::new(text)?)?
-        .egress_destinations();
+    let settings = coffer_policy::Settings::of(&mut coffer_policy::Enforcer::new(text)?)?;
+    let mut allowed = settings.egress_destinations();
     for (name, src) in &spec.volumes {
         let text = src.to_string_lossy();
         if text.starts_with("http://") || text.starts_with("https://") {
@@ -272,6 +275,14 @@ pub fn launch(spec: LaunchSpec) -> Result<Group, RuntimeError> {
         }
     }
     let egress = Egress::start(&io_dir.join("egress.sock"), allowed)?;
+    // The ports the policy publishes are held before anything starts: a conflict fails here.
+    let published = match crate::net::reserve(&spec.network, &settings.ports) {
+        Ok(p) => p,
+        Err(e) => {
+            let _ = std::fs::remove_dir_all(&dir);
+            return Err(e);
+        }
+    };
     let sandbox = Command::new("unshare")
         .args([
             "--fork",
@@ -305,12 +316,13 @@ pub fn launch(spec: LaunchSpec) -> Result<Group, RuntimeError> {
         _sp: sp,
         _egress: egress,
         measurement,
+        net: None,
     };
     let socket = io_dir.join("agent.sock");
     let started = Instant::now();
     loop {
         if socket.exists() && UnixStream::connect(&socket).is_ok() {
-            return Ok(group);
+            return group.connect_network(&spec.network, published);
         }
         if let Ok(Some(status)) = group.sandbox.try_wait() {
             let log = std::fs::read_to_string(group.dir.join("agent.log")).unwrap_or_default();
@@ -348,6 +360,48 @@ impl Group {
         Ok(name)
     }
 
+    /// Wire the running sandbox ([`crate::net`]) and tell the agent its address; on failure the
+    /// group is ended and nothing stays behind.
+    fn connect_network(
+        mut self,
+        mode: &crate::net::NetworkMode,
+        published: Vec<crate::net::Published>,
+    ) -> Result<Group, RuntimeError> {
+        let wired = match mode {
+            crate::net::NetworkMode::None => Ok(None),
+            crate::net::NetworkMode::Bridge { .. } => {
+                crate::net::Network::connect(&self.name, &self.dir, self.sandbox.id(), published)
+                    .map(Some)
+            }
+        };
+        let told = wired.and_then(|net| {
+            let file = crate::net::GroupNet {
+                name: self.name.clone(),
+                address: net.as_ref().map(|n| n.info().address),
+                resolv_conf: crate::net::host_resolv_conf(),
+            };
+            self.net = net;
+            crate::net::write_group_file(&self.dir.join("io"), &file)
+        });
+        match told {
+            Ok(()) => Ok(self),
+            Err(e) => {
+                let _ = self.sandbox.kill();
+                let _ = self.sandbox.wait();
+                if let Some(n) = self.net.take() {
+                    let _ = n.teardown();
+                }
+                let _ = std::fs::remove_dir_all(&self.dir);
+                Err(e)
+            }
+        }
+    }
+
+    /// The group's network (none with [`crate::net::NetworkMode::None`]).
+    pub fn network(&self) -> Option<&crate::net::Network> {
+        self.net.as_ref()
+    }
+
     /// The agent's socket.
     pub fn socket(&self) -> PathBuf {
         self.dir.join("io/agent.sock")
@@ -379,6 +433,11 @@ impl Group {
         let _ = self.sandbox.wait();
         if answer.is_err() {
             sweep_cgroups();
+        }
+        if let Some(net) = self.net.take() {
+            if let Err(e) = net.teardown() {
+                eprintln!("coffer: {e}");
+            }
         }
         let _ = std::fs::remove_dir_all(&self.dir);
         answer

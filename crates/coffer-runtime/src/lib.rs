@@ -15,6 +15,7 @@
 
 pub mod agent;
 pub mod host;
+pub mod net;
 pub mod protocol;
 pub mod sandbox;
 pub mod sev_guest;

@@ -31,6 +31,13 @@ pub(crate) struct RunArgs {
     /// The detached group's owner (started by --detach).
     #[arg(long, hide = true)]
     monitor: bool,
+    /// Host address for the ports the policy publishes without a hostIP of their own.
+    #[arg(long, default_value = "127.0.0.1")]
+    publish_address: std::net::Ipv4Addr,
+    /// `bridge`: a veth to the host bridge coffer0 with outbound NAT and published ports;
+    /// `none`: loopback only.
+    #[arg(long, default_value = "bridge", value_parser = ["bridge", "none"])]
+    network: String,
 }
 
 #[derive(Args, Debug)]
@@ -132,6 +139,10 @@ fn detach(a: &RunArgs, home: &std::path::Path, pod: &coffer_policy::Pod) -> Resu
     if let Some(p) = &a.policy {
         cmd.arg("--policy").arg(std::fs::canonicalize(p)?);
     }
+    cmd.arg("--publish-address")
+        .arg(a.publish_address.to_string())
+        .arg("--network")
+        .arg(&a.network);
     let mut child = cmd
         .env("COFFER_HOME", home)
         .stdin(std::process::Stdio::null())
@@ -210,8 +221,27 @@ fn run_group(
                     .map(|s| (v.name.clone(), PathBuf::from(s)))
             })
             .collect(),
+        network: match a.network.as_str() {
+            "none" => coffer_runtime::net::NetworkMode::None,
+            _ => coffer_runtime::net::NetworkMode::Bridge {
+                publish_address: a.publish_address,
+            },
+        },
     })?;
-    timing.mark("sandbox up, agent verified HOST_DATA and serves");
+    if let Some(net) = group.network() {
+        let published: Vec<String> = net.published().iter().map(|p| p.to_string()).collect();
+        eprintln!(
+            "coffer: group '{}' at {}{}",
+            group.name,
+            net.info().address,
+            if published.is_empty() {
+                String::new()
+            } else {
+                format!(", published {}", published.join(", "))
+            }
+        );
+    }
+        timing.mark("sandbox up, agent verified HOST_DATA and serves, network wired");
     let out = Output {
         logs: Logs::new(&home, &pod.metadata.name),
         print: !a.monitor,

@@ -82,3 +82,41 @@ pub(crate) fn import_example(home: &Path, test: &str) {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// What the group whose host directory is `group_dir` left of its network: iptables rules
+/// naming its CNI id, its address lease, its saved CNI state.
+pub(crate) fn network_leftovers(group_dir: &Path) -> Vec<String> {
+    let name = group_dir
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let id = coffer_runtime::net::network_id(group_dir, &name);
+    let mut left: Vec<String> = Command::new("iptables-save")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.contains(&id))
+        .map(|l| format!("iptables: {l}"))
+        .collect();
+    let leases = Path::new(coffer_runtime::net::STATE_DIR)
+        .join("ipam")
+        .join(coffer_runtime::net::NETWORK);
+    if let Ok(d) = std::fs::read_dir(&leases) {
+        for e in d.flatten() {
+            if std::fs::read_to_string(e.path())
+                .unwrap_or_default()
+                .contains(&id)
+            {
+                left.push(format!("lease: {}", e.path().display()));
+            }
+        }
+    }
+    let saved = Path::new(coffer_runtime::net::STATE_DIR)
+        .join("groups")
+        .join(format!("{id}.json"));
+    if saved.exists() {
+        left.push(format!("state: {}", saved.display()));
+    }
+    left
+}

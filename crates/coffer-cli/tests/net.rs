@@ -1,0 +1,767 @@
+//! Groups on the network: outbound connections, published ports, names and limits, and teardown
+//! that leaves no veth, rule or lease. As root, with the CNI plugins; otherwise skipped.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+use common::coffer;
+
+use std::io::{BufRead as _, Read as _, Write as _};
+use std::net::{Ipv4Addr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use coffer_runtime::host::{self, LaunchSpec};
+
+fn tools(t: &str) -> bool {
+    let found = [
+        "runc",
+        "unshare",
+        "umoci",
+        "ip",
+        "iptables",
+        "iptables-save",
+    ]
+    .iter()
+    .all(|tool| coffer_testkit::tool(tool, t));
+    if found && !coffer_runtime::net::available() {
+        if std::env::var("COFFER_REQUIRE_VECTORS").as_deref() == Ok("1") {
+            panic!("{t}: the CNI plugins are required (containernetworking-plugins)");
+        }
+        eprintln!("{t}: SKIPPED: the CNI plugins (containernetworking-plugins) are not installed");
+        return false;
+    }
+    found
+}
+
+/// One group at a time (the checks for leftovers would see another test's group).
+fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    SERIAL.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// A home with the example image imported as hello:latest.
+fn setup(t: &str) -> Option<tempfile::TempDir> {
+    if !tools(t) {
+        return None;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    common::import_example(tmp.path(), t);
+    Some(tmp)
+}
+
+/// A Pod `name` with one container `main` of the example image running `sh -c script`.
+fn pod(home: &Path, name: &str, script: &str, ports: &str) -> PathBuf {
+    let path = home.join(format!("{name}.yaml"));
+    let mut yaml = format!(
+        "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}}}\nspec:\n  containers:\n    - name: main\n      \
+         image: hello:latest\n      command: [\"/bin/sh\", \"-c\", {}]\n",
+        serde_json::Value::from(script)
+    );
+    if !ports.is_empty() {
+        yaml.push_str(&format!("      ports: {ports}\n"));
+    }
+    std::fs::write(&path, yaml).unwrap();
+    path
+}
+
+fn policy_gen(home: &Path, pod: &Path) -> String {
+    let out = home.join(format!(
+        "{}.rego",
+        pod.file_stem().unwrap().to_string_lossy()
+    ));
+    let o = coffer(
+        home,
+        &[
+            "policy",
+            "gen",
+            pod.to_str().unwrap(),
+            "-o",
+            out.to_str().unwrap(),
+        ],
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    std::fs::read_to_string(out).unwrap()
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn sh(args: &[&str]) {
+    let st = Command::new(args[0]).args(&args[1..]).status().unwrap();
+    assert!(st.success(), "{args:?}");
+}
+
+/// A network namespace of the test's, with a veth to the host (10.199.77.1 host side,
+/// 10.199.77.2 inside): a server outside every group. Removed when dropped.
+struct Outside {
+    ns: String,
+    veth: String,
+}
+
+impl Outside {
+    fn new() -> Self {
+        let id = std::process::id() % 100_000;
+        let (ns, veth, peer) = (
+            format!("coffer-t{id}"),
+            format!("cft{id}a"),
+            format!("cft{id}b"),
+        );
+        let o = Outside {
+            ns: ns.clone(),
+            veth: veth.clone(),
+        };
+        sh(&["ip", "netns", "add", &ns]);
+        sh(&[
+            "ip", "link", "add", &veth, "type", "veth", "peer", "name", &peer,
+        ]);
+        sh(&["ip", "link", "set", &peer, "netns", &ns]);
+        sh(&["ip", "addr", "add", "10.199.77.1/30", "dev", &veth]);
+        sh(&["ip", "link", "set", &veth, "up"]);
+        sh(&[
+            "ip",
+            "-n",
+            &ns,
+            "addr",
+            "add",
+            "10.199.77.2/30",
+            "dev",
+            &peer,
+        ]);
+        sh(&["ip", "-n", &ns, "link", "set", &peer, "up"]);
+        sh(&["ip", "-n", &ns, "link", "set", "lo", "up"]);
+        o
+    }
+
+    /// Serve one HTTP answer with `body` on 10.199.77.2:`port` inside the namespace.
+    fn serve_once(&self, port: u16, body: &'static str) -> std::thread::JoinHandle<String> {
+        let nsfile = std::fs::File::open(format!("/run/netns/{}", self.ns)).unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let h = std::thread::spawn(move || {
+            // setns affects this thread only.
+            nix::sched::setns(&nsfile, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+            let l = TcpListener::bind(("10.199.77.2", port)).unwrap();
+            tx.send(()).unwrap();
+            let (mut c, peer) = l.accept().unwrap();
+            let mut req = Vec::new();
+            let mut buf = [0u8; 1024];
+            while !req.windows(4).any(|w| w == b"\r\n\r\n") {
+                let n = c.read(&mut buf).unwrap();
+                if n == 0 {
+                    break;
+                }
+                req.extend_from_slice(&buf[..n]);
+            }
+            write!(
+                c,
+                "HTTP/1.0 200 OK\r\nContent-Length: {}\r\n\r\n{body}",
+                body.len()
+            )
+            .unwrap();
+            peer.ip().to_string()
+        });
+        rx.recv().unwrap();
+        h
+    }
+}
+
+impl Drop for Outside {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["link", "del", &self.veth])
+            .status();
+        let _ = Command::new("ip").args(["netns", "del", &self.ns]).status();
+    }
+}
+
+fn run_lines(home: &Path, pod: &Path) -> (bool, Vec<String>, String) {
+    let out = coffer(home, &["run", pod.to_str().unwrap()]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    (
+        out.status.success(),
+        stdout
+            .lines()
+            .filter_map(|l| l.strip_prefix("[main] "))
+            .map(str::to_string)
+            .collect(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn a_group_reaches_a_server_outside_it() {
+    let _serial = one_at_a_time();
+    let Some(tmp) = setup("a_group_reaches_a_server_outside_it") else {
+        return;
+    };
+    let home = tmp.path();
+    let outside = Outside::new();
+    let server = outside.serve_once(7777, "pong from outside");
+    let pod = pod(
+        home,
+        "client",
+        "wget -q -O - http://10.199.77.2:7777/ && echo",
+        "",
+    );
+    let started = Instant::now();
+    let (ok, lines, stderr) = run_lines(home, &pod);
+    assert!(ok, "{lines:?}\n{stderr}");
+    assert!(
+        lines.iter().any(|l| l == "pong from outside"),
+        "{lines:?}\n{stderr}"
+    );
+    // The group's address was masqueraded behind the host's.
+    assert_eq!(server.join().unwrap(), "10.199.77.1");
+    eprintln!("outbound: {:?}", started.elapsed());
+    let dir = host::group_dir(home, "client");
+    assert!(common::network_leftovers(&dir).is_empty());
+}
+
+/// `coffer run`, interrupted (Ctrl-C) and waited for when dropped, so a failing test leaves no
+/// group running.
+struct Interrupted(std::process::Child);
+
+impl Interrupted {
+    fn interrupt(&self) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.0.id() as i32),
+            nix::sys::signal::Signal::SIGINT,
+        );
+    }
+}
+
+impl Drop for Interrupted {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            self.interrupt();
+            let _ = self.0.wait();
+        }
+    }
+}
+
+#[test]
+fn a_published_port_answers_on_the_host() {
+    let _serial = one_at_a_time();
+    let Some(tmp) = setup("a_published_port_answers_on_the_host") else {
+        return;
+    };
+    let home = tmp.path();
+    let port = free_port();
+    let pod = pod(
+        home,
+        "web",
+        "trap 'exit 0' TERM; /bin/busybox httpd -f -p 8080 -h /app & wait",
+        &format!("[{{containerPort: 8080, hostPort: {port}, name: http}}]"),
+    );
+    let policy = policy_gen(home, &pod);
+    assert!(
+        policy.contains(&format!(
+            r#"coffer_ports := [{{"container":"main","container_port":8080,"host_port":{port},"protocol":"TCP","name":"http"}}]"#
+        )),
+        "{policy}"
+    );
+    let mut child = Interrupted(
+        Command::new(env!("CARGO_BIN_EXE_coffer"))
+            .args(["run", pod.to_str().unwrap()])
+            .env("COFFER_HOME", home)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let mut stderr = std::io::BufReader::new(child.0.stderr.take().unwrap()).lines();
+    let wired = loop {
+        let line = stderr.next().expect("coffer run ended").unwrap();
+        if line.contains(" published ") {
+            break line;
+        }
+    };
+    assert!(
+        wired.contains(&format!("127.0.0.1:{port} -> 8080/TCP")),
+        "{wired}"
+    );
+    let started = Instant::now();
+    let body = loop {
+        let answer = (|| {
+            let mut c = TcpStream::connect((Ipv4Addr::LOCALHOST, port)).ok()?;
+            c.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+            c.write_all(b"GET /hello.sh HTTP/1.0\r\nHost: x\r\n\r\n")
+                .ok()?;
+            let mut s = String::new();
+            c.read_to_string(&mut s).ok()?;
+            s.starts_with("HTTP/1.").then_some(s)
+        })();
+        if let Some(a) = answer {
+            break a;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "no answer on 127.0.0.1:{port}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    eprintln!("first answer after {:?}", started.elapsed());
+    assert!(body.starts_with("HTTP/1.1 200 OK"), "{body}");
+    assert!(
+        body.contains("echo \"hello from a confidential container\""),
+        "{body}"
+    );
+    // While the group publishes it, nobody else can take the port.
+    assert!(TcpListener::bind((Ipv4Addr::LOCALHOST, port)).is_err());
+    child.interrupt();
+    for _ in stderr {}
+    assert!(child.0.wait().unwrap().success());
+    let dir = host::group_dir(home, "web");
+    assert!(!dir.exists());
+    let left = common::network_leftovers(&dir);
+    assert!(left.is_empty(), "{left:?}");
+    // The port is free again.
+    TcpListener::bind((Ipv4Addr::LOCALHOST, port)).unwrap();
+}
+
+/// RLIMIT_NOFILE containers get: 1048576, or the host's maximum where that is lower (the
+/// kernel's nr_open; the launcher's hard limit without CAP_SYS_RESOURCE).
+fn expected_nofile() -> u64 {
+    let nr_open: u64 = std::fs::read_to_string("/proc/sys/fs/nr_open")
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let eff = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .map(|h| u64::from_str_radix(h.trim(), 16).unwrap())
+        .unwrap();
+    let mut max = nr_open.min(1 << 20);
+    if eff & (1 << 24) == 0 {
+        let limits = std::fs::read_to_string("/proc/self/limits").unwrap();
+        let hard: u64 = limits
+            .lines()
+            .find(|l| l.starts_with("Max open files"))
+            .and_then(|l| l.split_whitespace().nth(4))
+            .unwrap()
+            .parse()
+            .unwrap();
+        max = max.min(hard);
+    }
+    max
+}
+
+#[test]
+fn a_group_has_its_name_hosts_resolver_and_file_limit() {
+    let _serial = one_at_a_time();
+    let Some(tmp) = setup("a_group_has_its_name_hosts_resolver_and_file_limit") else {
+        return;
+    };
+    let home = tmp.path();
+    let pod = pod(
+        home,
+        "names",
+        "echo host=$(/bin/busybox hostname); echo file=$(cat /etc/hostname); cat /etc/hosts; \
+         grep 'open files' /proc/self/limits; cat /etc/resolv.conf; \
+         (echo x >> /etc/hosts) 2>/dev/null || echo hosts-read-only",
+        "",
+    );
+    let (ok, lines, stderr) = run_lines(home, &pod);
+    assert!(ok, "{lines:?}\n{stderr}");
+    assert!(lines.contains(&"host=names".to_string()), "{lines:?}");
+    assert!(lines.contains(&"file=names".to_string()), "{lines:?}");
+    assert!(
+        lines.contains(&"127.0.0.1\tlocalhost".to_string()),
+        "{lines:?}"
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with("10.88.") && l.ends_with("\tnames")),
+        "{lines:?}"
+    );
+    let n = expected_nofile();
+    let limit = lines
+        .iter()
+        .find(|l| l.starts_with("Max open files"))
+        .unwrap();
+    assert_eq!(
+        limit.split_whitespace().collect::<Vec<_>>()[3..5],
+        [n.to_string(), n.to_string()],
+        "{limit}"
+    );
+    for l in coffer_runtime::net::host_resolv_conf().lines() {
+        assert!(
+            lines.iter().any(|x| x == l),
+            "resolv.conf line {l:?} in {lines:?}"
+        );
+    }
+    assert!(lines.contains(&"hosts-read-only".to_string()), "{lines:?}");
+    eprintln!("nofile {n}");
+}
+
+fn launch(
+    home: &Path,
+    name: &str,
+    policy: &str,
+) -> Result<host::Group, coffer_runtime::RuntimeError> {
+    host::launch(LaunchSpec {
+        home: home.to_path_buf(),
+        name: name.into(),
+        policy: policy.as_bytes().to_vec(),
+        host_data: coffer_policy::digest(policy.as_bytes()),
+        agent_exe: PathBuf::from(env!("CARGO_BIN_EXE_coffer")),
+        volumes: vec![],
+        network: Default::default(),
+    })
+}
+
+#[test]
+fn teardown_leaves_no_veth_rule_or_lease() {
+    let _serial = one_at_a_time();
+    let Some(tmp) = setup("teardown_leaves_no_veth_rule_or_lease") else {
+        return;
+    };
+    let home = tmp.path();
+    let port = free_port();
+    let pod = pod(
+        home,
+        "gone",
+        "true",
+        &format!("[{{containerPort: 80, hostPort: {port}}}, {{containerPort: 53, hostPort: {port}, protocol: UDP}}]"),
+    );
+    let policy = policy_gen(home, &pod);
+    let group = launch(home, "gone", &policy).unwrap();
+    let net = group.network().unwrap();
+    let info = net.info().clone();
+    assert_eq!(net.published().len(), 2);
+    assert!(info.address.octets()[..2] == [10, 88], "{info:?}");
+    assert!(Path::new("/sys/class/net").join(&info.host_veth).exists());
+    let dir = group.dir.clone();
+    let live = common::network_leftovers(&dir);
+    assert!(live.iter().any(|l| l.starts_with("lease:")), "{live:?}");
+    assert!(live.iter().any(|l| l.contains("DNAT")), "{live:?}");
+    // Outbound NAT is one rule for the subnet, shared and kept.
+    let nat = String::from_utf8(
+        Command::new("iptables-save")
+            .args(["-t", "nat"])
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .unwrap();
+    assert!(
+        nat.contains("-A POSTROUTING -s 10.88.0.0/16 ! -d 10.88.0.0/16 -m comment --comment \"coffer groups outbound NAT\" -j MASQUERADE"),
+        "{nat}"
+    );
+    group.shutdown().unwrap();
+    assert!(
+        !Path::new("/sys/class/net").join(&info.host_veth).exists(),
+        "veth {} left behind",
+        info.host_veth
+    );
+    let left = common::network_leftovers(&dir);
+    assert!(left.is_empty(), "{left:?}");
+    let save = String::from_utf8(Command::new("iptables-save").output().unwrap().stdout).unwrap();
+    let ip = format!("{}/32", info.address);
+    assert!(!save.contains(&ip), "rules for {ip} left behind:\n{save}");
+    assert!(!dir.exists());
+}
+
+#[test]
+fn a_port_already_in_use_is_a_clear_error() {
+    let _serial = one_at_a_time();
+    let Some(tmp) = setup("a_port_already_in_use_is_a_clear_error") else {
+        return;
+    };
+    let home = tmp.path();
+    let taken = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let pod = pod(
+        home,
+        "busy",
+        "true",
+        &format!("[{{containerPort: 80, hostPort: {port}}}]"),
+    );
+    let policy = policy_gen(home, &pod);
+    let err = launch(home, "busy", &policy)
+        .err()
+        .expect("the port is taken");
+    assert!(
+        err.to_string().contains(&format!(
+            "publishing 127.0.0.1:{port}/TCP: the port is already in use on the host"
+        )),
+        "{err}"
+    );
+    let dir = host::group_dir(home, "busy");
+    assert!(!dir.exists());
+    assert!(common::network_leftovers(&dir).is_empty());
+    // Through the CLI: the same message, and a failing exit.
+    let out = coffer(home, &["run", pod.to_str().unwrap()]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("already in use"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    drop(taken);
+}
+
+#[test]
+fn a_host_port_below_1024_needs_root() {
+    let _serial = one_at_a_time();
+    let t = "a_host_port_below_1024_needs_root";
+    if !coffer_testkit::tool("setpriv", t) {
+        return;
+    }
+    let unprivileged_start: u32 =
+        std::fs::read_to_string("/proc/sys/net/ipv4/ip_unprivileged_port_start")
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(1024);
+    if unprivileged_start <= 80 {
+        eprintln!("{t}: SKIPPED: net.ipv4.ip_unprivileged_port_start lets anyone bind port 80");
+        return;
+    }
+    let Some(tmp) = setup(t) else {
+        return;
+    };
+    let home = tmp.path();
+    let pod = pod(home, "low", "true", "[{containerPort: 80, hostPort: 80}]");
+    sh(&["chown", "-R", "65534:65534", home.to_str().unwrap()]);
+    let out = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+        .arg(env!("CARGO_BIN_EXE_coffer"))
+        .args(["run", pod.to_str().unwrap()])
+        .env("COFFER_HOME", home)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("publishing 127.0.0.1:80/TCP: host ports below 1024 need root"),
+        "{stderr}"
+    );
+    assert!(!host::group_dir(home, "low").exists());
+}
+
+/// The nginx example image (Debian bookworm + nginx-light, `examples/nginx/build-image.sh`),
+/// built once and kept under the target directory; `None` (after a notice) when it cannot be
+/// built here (no mmdebstrap, or no package mirror).
+fn nginx_image(t: &str) -> Option<PathBuf> {
+    let cache = Path::new(env!("CARGO_TARGET_TMPDIR")).join("../coffer-apps/nginx-bookworm");
+    if cache.join("index.json").exists() {
+        return Some(cache);
+    }
+    if !coffer_testkit::tool("mmdebstrap", t) {
+        return None;
+    }
+    std::fs::create_dir_all(cache.parent().unwrap()).unwrap();
+    let building = cache.with_extension(format!("building-{}", std::process::id()));
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/nginx/build-image.sh");
+    let out = Command::new("bash")
+        .arg(&script)
+        .arg(&building)
+        .output()
+        .unwrap();
+    if !out.status.success() {
+        let _ = std::fs::remove_dir_all(&building);
+        let why = String::from_utf8_lossy(&out.stderr);
+        if std::env::var("COFFER_REQUIRE_VECTORS").as_deref() == Ok("1") {
+            panic!("{t}: building the nginx image failed: {why}");
+        }
+        eprintln!("{t}: SKIPPED: mmdebstrap could not build the image (no package mirror?): {why}");
+        return None;
+    }
+    std::fs::rename(&building, &cache).unwrap();
+    Some(cache)
+}
+
+#[test]
+fn a_debian_nginx_serves_a_file_through_a_published_port() {
+    let _serial = one_at_a_time();
+    let t = "a_debian_nginx_serves_a_file_through_a_published_port";
+    if !tools(t) || !coffer_testkit::tool("curl", t) {
+        return;
+    }
+    let Some(image) = nginx_image(t) else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let home = tmp.path();
+    let o = coffer(
+        home,
+        &[
+            "image",
+            "import",
+            &format!("oci:{}:latest", image.display()),
+            "--name",
+            "nginx:bookworm",
+        ],
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let port = free_port();
+    let pod = home.join("nginx.yaml");
+    std::fs::write(
+        &pod,
+        format!(
+            "apiVersion: v1\nkind: Pod\nmetadata: {{name: nginx}}\nspec:\n  containers:\n    - name: nginx\n      \
+             image: nginx:bookworm\n      ports: [{{containerPort: 80, hostPort: {port}, name: http}}]\n"
+        ),
+    )
+    .unwrap();
+    let started = Instant::now();
+    let mut child = Interrupted(
+        Command::new(env!("CARGO_BIN_EXE_coffer"))
+            .args(["run", pod.to_str().unwrap()])
+            .env("COFFER_HOME", home)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let stderr = child.0.stderr.take().unwrap();
+    let log = std::thread::spawn(move || {
+        std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+            .collect::<Vec<_>>()
+    });
+    let url = format!("http://127.0.0.1:{port}/coffer.txt");
+    let body = loop {
+        let out = Command::new("curl")
+            .args(["-sS", "-f", "-m", "5", &url])
+            .output()
+            .unwrap();
+        if out.status.success() {
+            break String::from_utf8(out.stdout).unwrap();
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(120) && child.0.try_wait().unwrap().is_none(),
+            "nginx did not answer on {url}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    eprintln!("curl {url} after {:?}: {body}", started.elapsed());
+    assert_eq!(body, "hello from nginx in a confidential group\n");
+    child.interrupt();
+    let status = child.0.wait().unwrap();
+    let log = log.join().unwrap();
+    assert!(status.success(), "{log:?}");
+    let dir = host::group_dir(home, "nginx");
+    assert!(!dir.exists());
+    let left = common::network_leftovers(&dir);
+    assert!(left.is_empty(), "{left:?}");
+}
+
+#[test]
+fn network_none_leaves_a_group_loopback_only() {
+    let _serial = one_at_a_time();
+    let Some(tmp) = setup("network_none_leaves_a_group_loopback_only") else {
+        return;
+    };
+    let home = tmp.path();
+    let pod = pod(
+        home,
+        "alone",
+        "ls /sys/class/net; cat /etc/hosts; echo host=$(/bin/busybox hostname)",
+        "",
+    );
+    let out = coffer(home, &["run", pod.to_str().unwrap(), "--network", "none"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines: Vec<&str> = stdout
+        .lines()
+        .filter_map(|l| l.strip_prefix("[main] "))
+        .collect();
+    assert_eq!(lines[0], "lo", "{lines:?}");
+    assert!(lines.contains(&"127.0.1.1\talone"), "{lines:?}");
+    assert!(lines.contains(&"host=alone"), "{lines:?}");
+    assert!(!lines.iter().any(|l| l.starts_with("10.88.")), "{lines:?}");
+    // Ports need the bridge network.
+    let port = free_port();
+    let published = self::pod(
+        home,
+        "alone",
+        "true",
+        &format!("[{{containerPort: 80, hostPort: {port}}}]"),
+    );
+    let out = coffer(
+        home,
+        &["run", published.to_str().unwrap(), "--network", "none"],
+    );
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("needs the bridge network"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn a_killed_launchers_network_is_deleted_by_the_next_launch() {
+    let _serial = one_at_a_time();
+    let Some(tmp) = setup("a_killed_launchers_network_is_deleted_by_the_next_launch") else {
+        return;
+    };
+    let home = tmp.path();
+    let port = free_port();
+    let ports = format!("[{{containerPort: 80, hostPort: {port}}}]");
+    let long = pod(home, "crash", "sleep 1000", &ports);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_coffer"))
+        .args(["run", long.to_str().unwrap()])
+        .env("COFFER_HOME", home)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = std::io::BufReader::new(child.stderr.take().unwrap()).lines();
+    loop {
+        let line = stderr.next().expect("coffer run ended").unwrap();
+        if line.contains(" published ") {
+            break;
+        }
+    }
+    let dir = host::group_dir(home, "crash");
+    let sandbox: i32 = std::fs::read_to_string(dir.join("pid"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    // The launcher dies without tearing anything down; so does its sandbox.
+    child.kill().unwrap();
+    child.wait().unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(sandbox),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    let gone = Instant::now();
+    while Path::new(&format!("/proc/{sandbox}")).exists() {
+        assert!(gone.elapsed() < Duration::from_secs(10));
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let left = common::network_leftovers(&dir);
+    assert!(left.iter().any(|l| l.starts_with("lease:")), "{left:?}");
+    assert!(left.iter().any(|l| l.contains("DNAT")), "{left:?}");
+    // The next launch of the group deletes them first, then runs and tears down as usual.
+    let again = pod(home, "crash", "echo again", &ports);
+    let out = coffer(home, &["run", again.to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("[main] again"));
+    let left = common::network_leftovers(&dir);
+    assert!(left.is_empty(), "{left:?}");
+    // The killed group's container cgroups (not the network's business).
+    host::sweep_cgroups();
+}
