@@ -265,6 +265,21 @@ pub(crate) fn ps() -> Result<ExitCode> {
         }
     }
     rows.sort_by(|a, b| a.name.cmp(&b.name));
+    // Groups launched without `coffer run` (e.g. through the library) have no state file: list
+    // those whose sandbox still runs.
+    let mut unmanaged = Vec::new();
+    if let Ok(entries) = std::fs::read_dir(home.join("run")) {
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let pid = std::fs::read_to_string(e.path().join("pid")).unwrap_or_default();
+            let alive =
+                !pid.trim().is_empty() && Path::new(&format!("/proc/{}", pid.trim())).exists();
+            if alive && !rows.iter().any(|r| r.name == name) {
+                unmanaged.push(name);
+            }
+        }
+    }
+    unmanaged.sort();
     println!("NAME\tSTATE\tUPTIME\tEXIT\tCONTAINERS");
     for st in rows {
         let state = st.effective_state();
@@ -280,6 +295,9 @@ pub(crate) fn ps() -> Result<ExitCode> {
             st.exit.map_or("-".into(), |c| c.to_string()),
             st.containers.join(",")
         );
+    }
+    for name in unmanaged {
+        println!("{name}\trunning\t-\t-\t?");
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -241,7 +241,7 @@ fn run_group(
             }
         );
     }
-        timing.mark("sandbox up, agent verified HOST_DATA and serves, network wired");
+    timing.mark("sandbox up, agent verified HOST_DATA and serves, network wired");
     let out = Output {
         logs: Logs::new(&home, &pod.metadata.name),
         print: !a.monitor,
