@@ -96,7 +96,7 @@ impl Store {
     pub fn open(home: &Path) -> Result<Self, ImageError> {
         let root = home.join("images");
         fs::create_dir_all(root.join("blobs/sha256")).map_err(io_err(&root))?;
-        fs::create_dir_all(root.join("measurements")).map_err(io_err(&root))?;
+        fs::create_dir_all(root.join("measurements-ext4")).map_err(io_err(&root))?;
         let marker = root.join("oci-layout");
         if !marker.exists() {
             write_atomic(&marker, br#"{"imageLayoutVersion":"1.0.0"}"#)?;
@@ -358,6 +358,40 @@ impl Store {
 
 /// Largest file [`StoredImage::read_file`] returns (account databases are small).
 const MAX_IMAGE_FILE: u64 = 1 << 20;
+
+impl Store {
+    /// [`StoredImage::read_file`], remembered per image manifest (the scan decompresses every
+    /// layer until the file is found: seconds for a big image, on every `coffer run`).
+    pub fn read_image_file(
+        &self,
+        img: &StoredImage,
+        path: &str,
+    ) -> Result<Option<Vec<u8>>, ImageError> {
+        let key = hex::encode(openssl::sha::sha256(path.as_bytes()));
+        let cache = self
+            .root
+            .join("files")
+            .join(img.image.manifest_digest.hex())
+            .join(key);
+        if let Ok(bytes) = fs::read(&cache) {
+            // First byte: 1 = the file follows, 0 = the image has no such file.
+            return Ok(match bytes.split_first() {
+                Some((1, rest)) => Some(rest.to_vec()),
+                _ => None,
+            });
+        }
+        let found = img.read_file(path)?;
+        let mut record = vec![u8::from(found.is_some())];
+        record.extend_from_slice(found.as_deref().unwrap_or_default());
+        if let Some(dir) = cache.parent() {
+            // A cache: failing to write it is not an error.
+            if fs::create_dir_all(dir).is_ok() {
+                let _ = write_atomic(&cache, &record);
+            }
+        }
+        Ok(found)
+    }
+}
 
 impl StoredImage {
     /// The content of a regular file of the image's root file system (layers applied in order,

@@ -246,3 +246,34 @@ fn files_are_read_from_the_images_root_file_system() {
         "a directory is not a file"
     );
 }
+
+#[test]
+fn measurements_and_account_files_are_cached() {
+    let tmp = tempfile::tempdir().unwrap();
+    hand_layout(tmp.path(), false);
+    let home = tmp.path().join("home");
+    let store = Store::open(&home).unwrap();
+    let img = store
+        .resolve(&ImageRef::parse(&format!("oci:{}:v1", tmp.path().join("oci").display())).unwrap())
+        .unwrap();
+    let m = store.measure(&img, None).unwrap();
+    let cached = home
+        .join("images/measurements-ext4")
+        .join(format!("{}.json", img.image.layers[0].digest.hex()));
+    assert!(cached.is_file(), "the root is cached by layer digest");
+    // A second measure is served from the cache (a changed cache entry would show).
+    assert_eq!(store.measure(&img, None).unwrap(), m);
+    assert_eq!(
+        store.read_image_file(&img, "etc/motd").unwrap().unwrap(),
+        b"hello\n"
+    );
+    assert!(store.read_image_file(&img, "etc/passwd").unwrap().is_none());
+    let files = home
+        .join("images/files")
+        .join(img.image.manifest_digest.hex());
+    assert_eq!(
+        std::fs::read_dir(files).unwrap().count(),
+        2,
+        "both answers remembered"
+    );
+}

@@ -114,8 +114,8 @@ pub(crate) fn image_facts(store: &Store, pod: &Pod) -> Result<BTreeMap<String, I
                 user: cfg.user().clone().unwrap_or_default(),
                 stop_signal: cfg.stop_signal().clone(),
                 layers: layers.iter().map(|m| hex::encode(m.root_hash)).collect(),
-                passwd: account_db(&img, "etc/passwd")?,
-                group: account_db(&img, "etc/group")?,
+                passwd: account_db(store, &img, "etc/passwd")?,
+                group: account_db(store, &img, "etc/group")?,
             },
         );
     }
@@ -123,9 +123,9 @@ pub(crate) fn image_facts(store: &Store, pod: &Pod) -> Result<BTreeMap<String, I
 }
 
 /// An account database of the image, as text (empty when the image has none).
-fn account_db(img: &coffer_image::StoredImage, path: &str) -> Result<String> {
-    let bytes = img
-        .read_file(path)
+fn account_db(store: &Store, img: &coffer_image::StoredImage, path: &str) -> Result<String> {
+    let bytes = store
+        .read_image_file(img, path)
         .with_context(|| format!("{}: reading /{path}", img.name))?;
     Ok(String::from_utf8_lossy(&bytes.unwrap_or_default()).into_owned())
 }
