@@ -15,10 +15,10 @@
 //! version is not 0; status convergence) this crate does what Intel's QVL does.
 
 use std::collections::HashMap;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, OnceLock, RwLock};
 
-use openssl::bn::BigNum;
-use openssl::ec::{EcGroup, EcKey};
+use openssl::bn::{BigNum, BigNumContext};
+use openssl::ec::{EcGroup, EcKey, EcPoint};
 use openssl::ecdsa::EcdsaSig;
 use openssl::nid::Nid;
 use openssl::pkey::Public;
@@ -192,6 +192,37 @@ struct CheckedPck {
     ext: SgxExtension,
     /// Leaf first, root last.
     chain: Vec<Certificate>,
+    /// QE reports (report ‖ signature) this PCK key was seen to sign: a platform's QE report
+    /// is the same in every quote until its attestation key changes, so later quotes need one
+    /// ECDSA check (the quote's) instead of two.
+    qe_reports: RwLock<std::collections::HashSet<Vec<u8>>>,
+}
+
+/// QE reports remembered per PCK certificate before the set starts over.
+const QE_REPORTS_PER_PCK: usize = 16;
+
+impl CheckedPck {
+    fn qe_report_verified(&self, quote: &Quote) -> Result<bool, VerifyError> {
+        let mut signed = quote.qe_report_bytes().to_vec();
+        signed.extend_from_slice(&quote.qe_report_signature);
+        if self.qe_reports.read().is_ok_and(|s| s.contains(&signed)) {
+            return Ok(true);
+        }
+        if !verify_raw(
+            &self.leaf_key,
+            quote.qe_report_bytes(),
+            &quote.qe_report_signature,
+        )? {
+            return Ok(false);
+        }
+        if let Ok(mut s) = self.qe_reports.write() {
+            if s.len() >= QE_REPORTS_PER_PCK {
+                s.clear();
+            }
+            s.insert(signed);
+        }
+        Ok(true)
+    }
 }
 
 /// Verified collateral, kept for later quotes.
@@ -214,10 +245,11 @@ type CollateralKey = ([u8; 32], bool);
 /// Entries kept per cache before it starts over.
 const CACHE_CAPACITY: usize = 64;
 
-/// Verifies quotes; caches verified PCK chains and collateral by SHA-256.
+/// Verifies quotes; caches verified PCK chains (by their bytes) and collateral (by SHA-256).
 pub struct Verifier {
     roots: Roots,
-    pck_cache: RwLock<HashMap<[u8; 32], Arc<CheckedPck>>>,
+    /// Keyed by the PEM chain as received (hashing it is cheaper than a SHA-256 of it).
+    pck_cache: RwLock<HashMap<Vec<u8>, Arc<CheckedPck>>>,
     collateral_cache: RwLock<HashMap<CollateralKey, Arc<CheckedCollateral>>>,
 }
 
@@ -237,13 +269,20 @@ fn verify_raw(key: &EcKey<Public>, data: &[u8], sig: &[u8; 64]) -> Result<bool, 
 }
 
 /// The attestation key x‖y as a P-256 key; `None` if it is not a point of the curve.
+///
+/// Decoding the uncompressed point checks that it is on the curve (P-256 has cofactor 1, so that
+/// is the whole check); `EC_KEY_check_key`'s extra multiplication by the order would cost about
+/// half a signature verification per quote.
 fn attestation_key(xy: &[u8; 64]) -> Option<EcKey<Public>> {
-    let group = EcGroup::from_curve_name(Nid::X9_62_PRIME256V1).ok()?;
-    let x = BigNum::from_slice(&xy[..32]).ok()?;
-    let y = BigNum::from_slice(&xy[32..]).ok()?;
-    let key = EcKey::from_public_key_affine_coordinates(&group, &x, &y).ok()?;
-    key.check_key().ok()?;
-    Some(key)
+    static GROUP: OnceLock<Option<EcGroup>> = OnceLock::new();
+    let group = GROUP
+        .get_or_init(|| EcGroup::from_curve_name(Nid::X9_62_PRIME256V1).ok())
+        .as_ref()?;
+    let mut sec1 = [4u8; 65];
+    sec1[1..].copy_from_slice(xy);
+    let mut ctx = BigNumContext::new().ok()?;
+    let point = EcPoint::from_bytes(group, &sec1, &mut ctx).ok()?;
+    EcKey::from_public_key(group, &point).ok()
 }
 
 fn expired(what: impl Into<String>, at: u64, nb: u64, na: u64) -> VerifyError {
@@ -357,13 +396,7 @@ impl Verifier {
 
     fn checked_pck(&self, quote: &Quote) -> Result<Arc<CheckedPck>, VerifyError> {
         let pem = quote.pck_chain_pem();
-        let key = openssl::sha::sha256(pem);
-        if let Some(c) = self
-            .pck_cache
-            .read()
-            .ok()
-            .and_then(|c| c.get(&key).cloned())
-        {
+        if let Some(c) = self.pck_cache.read().ok().and_then(|c| c.get(pem).cloned()) {
             return Ok(c);
         }
         let certs = Certificate::pem_chain(pem, "PCK certificate chain in the quote")?;
@@ -382,8 +415,9 @@ impl Verifier {
             leaf_key,
             ext,
             chain,
+            qe_reports: RwLock::new(std::collections::HashSet::new()),
         });
-        insert(&self.pck_cache, key, checked.clone());
+        insert(&self.pck_cache, pem.to_vec(), checked.clone());
         Ok(checked)
     }
 
@@ -405,11 +439,7 @@ impl Verifier {
             return Err(quote_sig);
         }
         let pck = self.checked_pck(quote)?;
-        if !verify_raw(
-            &pck.leaf_key,
-            quote.qe_report_bytes(),
-            &quote.qe_report_signature,
-        )? {
+        if !pck.qe_report_verified(quote)? {
             return Err(VerifyError::Signature {
                 what: "QE report (PCK)",
             });
