@@ -594,8 +594,27 @@ impl Verifier {
         let col = self.checked_collateral(collateral, opts.check_crl)?;
         let mut warnings = Vec::new();
 
+        // One root for everything: the collateral's signers chain to the PCK chain's root.
+        let root = &pck.chain[pck.chain.len() - 1];
+        for chain in &col.signer_chains {
+            let theirs = chain.last().map(|c| c.fingerprint());
+            if theirs != Some(root.fingerprint()) {
+                return Err(VerifyError::Chain(format!(
+                    "'{}' of the collateral chains to another root than the PCK certificate",
+                    chain.first().map(|c| c.subject_cn()).unwrap_or_default()
+                )));
+            }
+        }
+
         // Revocation of the PCK chain.
         if let Some((root_crl, pck_crl)) = &col.crls {
+            if !root_crl.named_issuer_is(root) {
+                return Err(VerifyError::Crl(format!(
+                    "the root CA CRL is from '{}', the PCK chain ends at '{}'",
+                    root_crl.issuer_cn(),
+                    root.subject_cn()
+                )));
+            }
             let issuer = &pck.chain[1];
             if !pck_crl.named_issuer_is(issuer) {
                 return Err(VerifyError::Crl(format!(

@@ -295,6 +295,10 @@ fn a_chain_ending_at_a_root_that_is_not_pinned_is_unknown_root() {
     let dir = coffer_testkit::vectors("synthetic pki").unwrap();
     let real = coffer_testkit::read(&dir, "intel-dcap/dcap-qvl-sgx-v3/quote.bin");
     assert!(check_of(run(&intel_only, &real, &col, SGX_NOW)).starts_with("unknown-root"));
+    // Trusting both roots: an Intel PCK chain with collateral signed under the test root is not
+    // one chain of trust.
+    let got = check_of(run(&w.verifier(), &real, &col, SGX_NOW));
+    assert!(got.starts_with("chain"), "{got}");
 }
 
 #[test]
