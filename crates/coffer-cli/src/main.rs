@@ -24,6 +24,9 @@ enum Command {
     /// AMD SEV-SNP evidence: show, verify and emulate attestation reports.
     #[command(subcommand)]
     Snp(cmd::snp::SnpCommand),
+    /// Intel SGX and TDX evidence (DCAP quotes): show and verify with Intel's collateral.
+    #[command(subcommand)]
+    Dcap(cmd::dcap::DcapCommand),
     /// OCI images: import into the local store, list, measure layers (Azure's layer hash).
     #[command(subcommand)]
     Image(cmd::image::ImageCommand),
@@ -68,6 +71,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Snp(c) => cmd::snp::run(c),
+        Command::Dcap(c) => cmd::dcap::run(c),
         Command::Uvm(c) => cmd::uvm::run(c),
         Command::Image(c) => cmd::image::run(c),
         Command::Policy(c) => cmd::policy::run(c),

@@ -1,3 +1,4 @@
+pub(crate) mod dcap;
 pub(crate) mod demo;
 pub(crate) mod encfs;
 pub(crate) mod image;

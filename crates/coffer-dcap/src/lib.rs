@@ -1,0 +1,32 @@
+//! Intel DCAP evidence: SGX quotes (v3) and TDX quotes (v4, v5 with TD 1.0 and TD 1.5 bodies),
+//! Intel's collateral, and verification down to the pinned Intel SGX Root CA.
+//!
+//! Part of Coffer's trust core: no I/O, no `unsafe`. Callers read files and pass bytes; the
+//! verification time is always an argument.
+//!
+//! ```text
+//! Quote::decode(bytes) -> Quote                        (raw, hex with optional 0x, or base64)
+//! Collateral::from_qvl_json(json) | Collateral::from_pcs(&PcsFiles{..})
+//! Verifier::new(Roots::intel()?).verify(&quote, &collateral, &VerifyOptions{at, check_crl})
+//!     -> Verified { tcb_status, advisory_ids, .. } | VerifyError (check(): "signature", ...)
+//! Verifier::verify_evidence(&quote, at) -> Evidence    (signatures, QE binding, PCK chain only)
+//! ```
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod certs;
+pub mod collateral;
+pub mod error;
+pub mod quote;
+pub mod tcb;
+pub mod time;
+pub mod verify;
+
+pub use certs::{Certificate, Crl, SgxExtension};
+pub use collateral::{Collateral, PcsFiles, QeIdentity, TcbInfo};
+pub use error::{CertError, CollateralError, QuoteError, VerifyError};
+pub use quote::{Body, EnclaveReport, Header, Quote, QuoteFields, TdReport};
+pub use tcb::{Graded, TcbStatus};
+pub use verify::{
+    Evidence, PckInfo, Roots, Tee, Verified, Verifier, VerifyOptions, Window, INTEL_ROOT_SHA256,
+};
