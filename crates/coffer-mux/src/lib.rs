@@ -16,7 +16,7 @@ pub use frame::{read_frame, write_frame, Frame, Kind, MAX_PAYLOAD, MAX_SERVICE};
 
 use std::collections::{HashMap, VecDeque};
 use std::io::{Read, Write};
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
@@ -86,6 +86,9 @@ struct Accepting {
 
 struct Shared {
     out: Mutex<Option<mpsc::Sender<Frame>>>,
+    /// Frames handed to the writer thread, and frames it wrote (for [`Mux::flush`]).
+    queued: AtomicU64,
+    written: AtomicU64,
     streams: Mutex<HashMap<u32, Arc<StreamState>>>,
     accepting: Mutex<Accepting>,
     accept_cv: Condvar,
@@ -99,6 +102,7 @@ impl Shared {
         let tx = out
             .as_ref()
             .ok_or_else(|| MuxError::Closed("the channel is down".into()))?;
+        self.queued.fetch_add(1, Ordering::SeqCst);
         tx.send(f)
             .map_err(|_| MuxError::Closed("the channel writer stopped".into()))
     }
@@ -143,6 +147,8 @@ impl Mux {
         let (tx, rx) = mpsc::channel::<Frame>();
         let shared = Arc::new(Shared {
             out: Mutex::new(Some(tx)),
+            queued: AtomicU64::new(0),
+            written: AtomicU64::new(0),
             streams: Mutex::new(HashMap::new()),
             accepting: Mutex::new(Accepting {
                 queue: VecDeque::new(),
@@ -161,12 +167,13 @@ impl Mux {
         std::thread::spawn(move || {
             let mut writer = writer;
             for f in rx {
-                if let Err(e) = write_frame(&mut writer, &f) {
-                    if let Some(s) = w_shared.upgrade() {
-                        s.kill(&format!("writing: {e}"));
-                    }
+                let result = write_frame(&mut writer, &f);
+                let Some(s) = w_shared.upgrade() else { return };
+                if let Err(e) = result {
+                    s.kill(&format!("writing: {e}"));
                     return;
                 }
+                s.written.fetch_add(1, Ordering::SeqCst);
             }
         });
         let r_shared = shared.clone();
@@ -344,6 +351,20 @@ impl Mux {
     /// Stop using the pipe: every stream and accept fails from now on.
     pub fn close(&self) {
         self.shared.kill("closed by this side");
+    }
+
+    /// Wait until every frame sent so far is on the pipe (before a VM powers off), at most
+    /// `timeout`; false if it was not.
+    pub fn flush(&self, timeout: std::time::Duration) -> bool {
+        let target = self.shared.queued.load(Ordering::SeqCst);
+        let deadline = std::time::Instant::now() + timeout;
+        while self.shared.written.load(Ordering::SeqCst) < target {
+            if std::time::Instant::now() > deadline || self.closed().is_some() {
+                return false;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        true
     }
 
     /// Why the pipe is gone, if it is.

@@ -12,6 +12,7 @@ use coffer_image::{ImageRef, Store};
 use coffer_policy::GenOptions;
 use coffer_runtime::host::{self, AgentClient, LaunchSpec};
 use coffer_runtime::protocol::{ProcessSpec, Request};
+use coffer_uvm::{Backend, NamespaceBackend, QemuBackend, RunningGroup};
 
 use crate::cmd::policy::image_facts;
 use crate::home::coffer_home;
@@ -23,6 +24,16 @@ pub(crate) struct RunArgs {
     /// Use this policy instead of generating one (its SHA-256 becomes HOST_DATA).
     #[arg(long)]
     policy: Option<PathBuf>,
+    /// How the group is isolated: `namespace` (namespaces on this kernel, the default while a
+    /// VM boots in seconds under TCG) or `vm` (a QEMU VM per group; `coffer uvm build` first).
+    #[arg(long, value_enum, default_value = "namespace")]
+    isolation: IsolationArg,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+pub(crate) enum IsolationArg {
+    Namespace,
+    Vm,
 }
 
 #[derive(Args, Debug)]
@@ -42,13 +53,19 @@ pub(crate) struct ExecArgs {
 #[derive(Args, Debug)]
 pub(crate) struct AgentArgs {
     /// The host-shared I/O directory.
+    #[arg(long, required_unless_present = "vm")]
+    io: Option<PathBuf>,
+    /// Run as the init of a group's VM (the channel is the virtio-serial port).
     #[arg(long)]
-    io: PathBuf,
+    vm: bool,
 }
 
 /// Inside the sandbox: build the root, check the launch data, serve.
 pub(crate) fn agent(a: AgentArgs) -> Result<ExitCode> {
-    coffer_runtime::sandbox::enter(&a.io).context("building the sandbox")?;
+    let Some(io_host) = a.io.filter(|_| !a.vm) else {
+        coffer_guest::main()
+    };
+    coffer_runtime::sandbox::enter(&io_host).context("building the sandbox")?;
     let io = PathBuf::from(coffer_runtime::sandbox::IO_DIR);
     let policy = std::fs::read(io.join("policy.rego")).context("reading the policy")?;
     let sp = std::sync::Arc::new(coffer_runtime::sp::EmulatedClient::new(&io.join("sp.sock")));
@@ -93,7 +110,33 @@ pub(crate) fn run(a: RunArgs) -> Result<ExitCode> {
         pod.metadata.name,
         hex::encode(host_data)
     );
-    let group = host::launch(LaunchSpec {
+    let backend: Box<dyn Backend> = match a.isolation {
+        IsolationArg::Namespace => Box::new(NamespaceBackend),
+        IsolationArg::Vm => {
+            let image = coffer_uvm::image::build(&coffer_uvm::image::BuildOptions {
+                home: home.clone(),
+                agent: std::env::current_exe()?,
+                kernel_deb: None,
+            })
+            .context("the guest image (coffer uvm build)")?;
+            timing.mark("guest image built or found in the cache");
+            let (memory_mib, vcpus) = vm_size(&pod, &facts)?;
+            Box::new(QemuBackend(coffer_uvm::qemu::VmConfig {
+                image,
+                memory_mib,
+                vcpus,
+            }))
+        }
+    };
+    eprintln!(
+        "coffer: isolation {}",
+        match a.isolation {
+            IsolationArg::Namespace => "namespace (shares this host's kernel)",
+            IsolationArg::Vm if coffer_uvm::qemu::kvm_usable() => "vm (QEMU, KVM)",
+            IsolationArg::Vm => "vm (QEMU, TCG emulation: slow to boot)",
+        }
+    );
+    let group = backend.launch(LaunchSpec {
         home: home.clone(),
         name: pod.metadata.name.clone(),
         policy,
@@ -112,7 +155,7 @@ pub(crate) fn run(a: RunArgs) -> Result<ExitCode> {
             .collect(),
     })?;
     timing.mark("sandbox up, agent verified HOST_DATA and serves");
-    match drive(&group, &pod, &store, &facts, &timing) {
+    match drive(group.as_ref(), &pod, &store, &facts, &timing) {
         Ok(code) => {
             let _ = group.shutdown();
             Ok(ExitCode::from(
@@ -126,8 +169,26 @@ pub(crate) fn run(a: RunArgs) -> Result<ExitCode> {
     }
 }
 
+/// VM memory from the Pod's limits (their sum plus 256 MiB for the guest; at least 512 MiB), and
+/// vCPUs from its CPU limits (at least 1).
+fn vm_size(
+    pod: &coffer_policy::Pod,
+    facts: &BTreeMap<String, coffer_policy::ImageFacts>,
+) -> Result<(u64, u32)> {
+    let (mut mem, mut cpu) = (0u64, 0u64);
+    for (i, c) in pod.spec.containers.iter().enumerate() {
+        let f = facts.get(&c.image).context("image facts")?;
+        let r = coffer_policy::resolve_container(i, c, f)?;
+        mem += r.memory_limit.unwrap_or(0);
+        cpu += r.cpu_millis.unwrap_or(0);
+    }
+    let memory_mib = (mem.div_ceil(1 << 20) + 256).max(512);
+    let vcpus = u32::try_from(cpu.div_ceil(1000).clamp(1, 8)).unwrap_or(1);
+    Ok((memory_mib, vcpus))
+}
+
 fn drive(
-    group: &host::Group,
+    group: &dyn RunningGroup,
     pod: &coffer_policy::Pod,
     store: &Store,
     facts: &BTreeMap<String, coffer_policy::ImageFacts>,
