@@ -181,7 +181,11 @@ fn the_hello_group_runs_in_a_vm_and_a_wrong_host_data_is_refused() {
     .arg(&image.kernel)
     .arg("-initrd")
     .arg(&bare)
-    .args(["-append", "console=ttyS0 loglevel=3 panic=-1"]);
+    .arg("-append")
+    .arg(format!(
+        "console=ttyS0 loglevel=3 panic=-1{}",
+        coffer_uvm::qemu::tcg_append()
+    ));
     let floor = time_to_console_line(cmd, "coffer-bare-init", Duration::from_secs(120));
     eprintln!("bench: bare QEMU boot to a one-line init: {floor:?}");
 
