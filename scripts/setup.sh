@@ -12,10 +12,11 @@ fi
 # Demo: runc, umoci + busybox-static (the example image), e2fsprogs (encrypted volume), util-linux
 # (unshare, mount), iproute2 + iptables + containernetworking-plugins (group networks, ports).
 # Tests add: cryptsetup-bin (LUKS2 interop), skopeo + docker-registry (registry pull), golang-go
-# (hcsshim's reference tar2ext4), mmdebstrap + curl (a real Debian nginx image), build dependencies.
+# (hcsshim's reference tar2ext4), mmdebstrap + curl (a real Debian nginx image), qemu-system-x86
+# (VM-isolated groups under TCG), build dependencies.
 packages="pkg-config libssl-dev libsqlite3-dev runc umoci busybox-static e2fsprogs util-linux
   iproute2 iptables containernetworking-plugins cryptsetup-bin skopeo docker-registry golang-go
-  mmdebstrap curl python3 python3-pip"
+  mmdebstrap curl qemu-system-x86 python3 python3-pip"
 if command -v apt-get >/dev/null; then
   need=""
   for p in $packages; do

@@ -136,6 +136,11 @@ fn safe_id(id: &str) -> bool {
     id.len() <= 64 && safe_name(id)
 }
 
+/// A file name the agent accepts for a layer image (for transports that deliver the file).
+pub fn safe_file_name(name: &str) -> bool {
+    safe_name(name)
+}
+
 /// A file name (at most 255 bytes) that is neither a path nor a flag.
 fn safe_name(id: &str) -> bool {
     !id.is_empty()
@@ -213,6 +218,53 @@ pub fn start(policy: &[u8], sp: Arc<dyn SecureProcessor>) -> Result<Agent, Runti
 impl Agent {
     /// Serve on `socket` until a shutdown request.
     pub fn serve(self, socket: &Path) -> Result<(), RuntimeError> {
+        self.start_services(&socket.with_file_name("egress.sock"))?;
+        let _ = std::fs::remove_file(socket);
+        let listener = UnixListener::bind(socket)
+            .map_err(crate::io(format!("binding {}", socket.display())))?;
+        let agent = Arc::new(self);
+        for conn in listener.incoming() {
+            let Ok(conn) = conn else { continue };
+            let a = agent.clone();
+            std::thread::spawn(move || {
+                if a.handle(conn) {
+                    std::process::exit(0);
+                }
+            });
+        }
+        Ok(())
+    }
+
+    /// Serve every connection `accept` yields (any transport: the VM's multiplexed channel)
+    /// until a shutdown request, then return (the caller ends the VM); `accept` returning `None`
+    /// (the channel is gone) is an error. `egress` is the relay's socket for the SKR API.
+    pub fn serve_connections<C, F>(self, egress: &Path, mut accept: F) -> Result<(), RuntimeError>
+    where
+        C: Read + Write + Send + 'static,
+        F: FnMut() -> Option<C> + Send + 'static,
+    {
+        self.start_services(egress)?;
+        let agent = Arc::new(self);
+        let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+        std::thread::spawn(move || {
+            while let Some(conn) = accept() {
+                let a = agent.clone();
+                let done = done_tx.clone();
+                std::thread::spawn(move || {
+                    if a.handle(conn) {
+                        let _ = done.send(());
+                    }
+                });
+            }
+        });
+        // Every sender gone without a shutdown: the accept loop ended, the channel is down.
+        done_rx
+            .recv()
+            .map_err(|_| RuntimeError::Agent("the channel to the host is gone".into()))
+    }
+
+    /// The loopback interface and the SKR API, before serving.
+    fn start_services(&self, egress: &Path) -> Result<(), RuntimeError> {
         // The loopback interface of the fresh network namespace, for sidecars on localhost.
         let _ = Command::new("ip")
             .args(["link", "set", "lo", "up"])
@@ -230,7 +282,7 @@ impl Agent {
             };
             let skr = crate::skr::Skr {
                 sp: self.sp.clone(),
-                egress: socket.with_file_name("egress.sock"),
+                egress: egress.to_path_buf(),
                 broker,
             };
             let port = policy.port;
@@ -240,24 +292,12 @@ impl Agent {
                 }
             });
         }
-        let _ = std::fs::remove_file(socket);
-        let listener = UnixListener::bind(socket)
-            .map_err(crate::io(format!("binding {}", socket.display())))?;
-        let agent = Arc::new(self);
-        for conn in listener.incoming() {
-            let Ok(conn) = conn else { continue };
-            let a = agent.clone();
-            std::thread::spawn(move || {
-                if a.handle(conn) {
-                    std::process::exit(0);
-                }
-            });
-        }
         Ok(())
     }
 
-    /// Handle one connection; true when the group was shut down.
-    fn handle(&self, mut conn: UnixStream) -> bool {
+    /// Handle one connection (a Unix socket or a channel stream); true when the group was shut
+    /// down.
+    fn handle<C: Read + Write>(&self, mut conn: C) -> bool {
         loop {
             let frame = match read_frame(&mut conn) {
                 Ok(Some(f)) => f,
@@ -727,7 +767,7 @@ impl Agent {
         Ok(())
     }
 
-    fn attach(&self, id: &str, conn: &mut UnixStream) {
+    fn attach<W: Write>(&self, id: &str, conn: &mut W) {
         let found = {
             let mut st = lock(&self.state);
             st.containers

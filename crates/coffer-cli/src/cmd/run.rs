@@ -12,6 +12,7 @@ use coffer_image::{ImageRef, Store};
 use coffer_policy::GenOptions;
 use coffer_runtime::host::{self, AgentClient, LaunchSpec};
 use coffer_runtime::protocol::{ProcessSpec, Request};
+use coffer_uvm::{Backend, NamespaceBackend, QemuBackend, RunningGroup};
 
 use crate::cmd::lifecycle::{self, Logs, State, Status};
 use crate::cmd::policy::image_facts;
@@ -38,6 +39,16 @@ pub(crate) struct RunArgs {
     /// `none`: loopback only.
     #[arg(long, default_value = "bridge", value_parser = ["bridge", "none"])]
     network: String,
+    /// How the group is isolated: `namespace` (namespaces on this kernel, the default while a
+    /// VM boots in seconds under TCG) or `vm` (a QEMU VM per group; `coffer uvm build` first).
+    #[arg(long, value_enum, default_value = "namespace")]
+    isolation: IsolationArg,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum IsolationArg {
+    Namespace,
+    Vm,
 }
 
 #[derive(Args, Debug)]
@@ -57,13 +68,19 @@ pub(crate) struct ExecArgs {
 #[derive(Args, Debug)]
 pub(crate) struct AgentArgs {
     /// The host-shared I/O directory.
+    #[arg(long, required_unless_present = "vm")]
+    io: Option<PathBuf>,
+    /// Run as the init of a group's VM (the channel is the virtio-serial port).
     #[arg(long)]
-    io: PathBuf,
+    vm: bool,
 }
 
 /// Inside the sandbox: build the root, check the launch data, serve.
 pub(crate) fn agent(a: AgentArgs) -> Result<ExitCode> {
-    coffer_runtime::sandbox::enter(&a.io).context("building the sandbox")?;
+    let Some(io_host) = a.io.filter(|_| !a.vm) else {
+        coffer_guest::main()
+    };
+    coffer_runtime::sandbox::enter(&io_host).context("building the sandbox")?;
     let io = PathBuf::from(coffer_runtime::sandbox::IO_DIR);
     let policy = std::fs::read(io.join("policy.rego")).context("reading the policy")?;
     let sp = std::sync::Arc::new(coffer_runtime::sp::EmulatedClient::new(&io.join("sp.sock")));
@@ -143,6 +160,9 @@ fn detach(a: &RunArgs, home: &std::path::Path, pod: &coffer_policy::Pod) -> Resu
         .arg(a.publish_address.to_string())
         .arg("--network")
         .arg(&a.network);
+    if a.isolation == IsolationArg::Vm {
+        cmd.args(["--isolation", "vm"]);
+    }
     let mut child = cmd
         .env("COFFER_HOME", home)
         .stdin(std::process::Stdio::null())
@@ -204,7 +224,33 @@ fn run_group(
         pod.metadata.name,
         hex::encode(host_data)
     );
-    let group = host::launch(LaunchSpec {
+    let backend: Box<dyn Backend> = match a.isolation {
+        IsolationArg::Namespace => Box::new(NamespaceBackend),
+        IsolationArg::Vm => {
+            let image = coffer_uvm::image::build(&coffer_uvm::image::BuildOptions {
+                home: home.clone(),
+                agent: std::env::current_exe()?,
+                kernel_deb: None,
+            })
+            .context("the guest image (coffer uvm build)")?;
+            timing.mark("guest image built or found in the cache");
+            let (memory_mib, vcpus) = vm_size(pod, &facts)?;
+            Box::new(QemuBackend(coffer_uvm::qemu::VmConfig {
+                image,
+                memory_mib,
+                vcpus,
+            }))
+        }
+    };
+    eprintln!(
+        "coffer: isolation {}",
+        match a.isolation {
+            IsolationArg::Namespace => "namespace (shares this host's kernel)",
+            IsolationArg::Vm if coffer_uvm::qemu::kvm_usable() => "vm (QEMU, KVM)",
+            IsolationArg::Vm => "vm (QEMU, TCG emulation: slow to boot)",
+        }
+    );
+    let group = backend.launch(LaunchSpec {
         home: home.clone(),
         name: pod.metadata.name.clone(),
         policy,
@@ -228,25 +274,24 @@ fn run_group(
             },
         },
     })?;
-    if let Some(net) = group.network() {
-        let published: Vec<String> = net.published().iter().map(|p| p.to_string()).collect();
-        eprintln!(
-            "coffer: group '{}' at {}{}",
-            group.name,
-            net.info().address,
-            if published.is_empty() {
-                String::new()
-            } else {
-                format!(", published {}", published.join(", "))
-            }
-        );
+    if let Some(net) = group.network_summary() {
+        eprintln!("coffer: group '{}' at {net}", pod.metadata.name);
     }
     timing.mark("sandbox up, agent verified HOST_DATA and serves, network wired");
     let out = Output {
         logs: Logs::new(&home, &pod.metadata.name),
         print: !a.monitor,
     };
-    let result = drive(&group, pod, &store, &facts, &timing, &out, &home, status);
+    let result = drive(
+        group.as_ref(),
+        pod,
+        &store,
+        &facts,
+        &timing,
+        &out,
+        &home,
+        status,
+    );
     let _ = group.shutdown();
     result
 }
@@ -271,9 +316,27 @@ struct Output {
     print: bool,
 }
 
+/// VM memory from the Pod's limits (their sum plus 256 MiB for the guest; at least 512 MiB), and
+/// vCPUs from its CPU limits (at least 1).
+fn vm_size(
+    pod: &coffer_policy::Pod,
+    facts: &BTreeMap<String, coffer_policy::ImageFacts>,
+) -> Result<(u64, u32)> {
+    let (mut mem, mut cpu) = (0u64, 0u64);
+    for (i, c) in pod.spec.containers.iter().enumerate() {
+        let f = facts.get(&c.image).context("image facts")?;
+        let r = coffer_policy::resolve_container(i, c, f)?;
+        mem += r.memory_limit.unwrap_or(0);
+        cpu += r.cpu_millis.unwrap_or(0);
+    }
+    let memory_mib = (mem.div_ceil(1 << 20) + 256).max(512);
+    let vcpus = u32::try_from(cpu.div_ceil(1000).clamp(1, 8)).unwrap_or(1);
+    Ok((memory_mib, vcpus))
+}
+
 #[allow(clippy::too_many_arguments)]
 fn drive(
-    group: &host::Group,
+    group: &dyn RunningGroup,
     pod: &coffer_policy::Pod,
     store: &Store,
     facts: &BTreeMap<String, coffer_policy::ImageFacts>,

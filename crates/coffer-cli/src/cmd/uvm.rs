@@ -13,6 +13,20 @@ pub(crate) enum UvmCommand {
     /// gets, as virtee's sev-snp-measure computes it; what `coffer serve --reference-values`
     /// and release policies (`x-ms-sevsnpvm-launchmeasurement`) compare with.
     Measure(MeasureArgs),
+    /// Build the guest image (Debian's kernel and a deterministic initramfs holding the agent,
+    /// runc and the kernel modules) into `$COFFER_HOME/uvm/<hash>/`; prints its directory.
+    Build(BuildArgs),
+}
+
+#[derive(Args, Debug)]
+pub(crate) struct BuildArgs {
+    /// The agent binary put in the image as init (default: this coffer binary).
+    #[arg(long)]
+    agent: Option<PathBuf>,
+    /// A linux-image-*-amd64 .deb (default: `apt-get download` of linux-image-amd64's kernel,
+    /// cached in $COFFER_UVM_KERNELS or $COFFER_HOME/uvm/kernels).
+    #[arg(long)]
+    kernel_deb: Option<PathBuf>,
 }
 
 #[derive(Args, Debug)]
@@ -42,6 +56,23 @@ pub(crate) struct MeasureArgs {
 
 pub(crate) fn run(cmd: UvmCommand) -> Result<ExitCode> {
     match cmd {
+        UvmCommand::Build(a) => {
+            let image = coffer_uvm::image::build(&coffer_uvm::image::BuildOptions {
+                home: crate::home::coffer_home()?,
+                agent: match a.agent {
+                    Some(p) => p,
+                    None => std::env::current_exe()?,
+                },
+                kernel_deb: a.kernel_deb,
+            })?;
+            eprintln!(
+                "coffer: guest image: kernel {}, initrd {}, measurement (emulated) {}",
+                image.kernel.display(),
+                image.initrd.display(),
+                hex::encode(image.measurement)
+            );
+            println!("{}", image.dir.display());
+        }
         UvmCommand::Measure(a) => {
             let ovmf = std::fs::read(&a.ovmf)
                 .with_context(|| format!("cannot read {}", a.ovmf.display()))?;

@@ -1,0 +1,310 @@
+//! The VM backend under QEMU (TCG here): the guest image is deterministic, the hello group runs
+//! in a VM with its output streamed and its exit status passed through, an agent whose policy is
+//! not HOST_DATA refuses, and nothing is left behind. Three boots in all, one of them a bare
+//! kernel with a one-line initramfs for the benchmark's floor. Skipped (with a note) without
+//! qemu-system-x86_64 or the kernel package.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::io::{BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use coffer_runtime::host::LaunchSpec;
+use coffer_uvm::cpio::{Archive, Node};
+
+/// One VM at a time: the CI machine has two cores, and each test checks for leftover QEMUs.
+fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    SERIAL.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Downloaded kernel packages, kept across tests and runs.
+fn kernels() -> PathBuf {
+    std::env::temp_dir().join("coffer-uvm-kernels")
+}
+
+/// The kernel package, or None (after a note) when QEMU or the package is unavailable.
+fn prerequisites(test: &str) -> Option<PathBuf> {
+    if !coffer_testkit::tool("qemu-system-x86_64", test) {
+        return None;
+    }
+    std::env::set_var("COFFER_UVM_KERNELS", kernels());
+    let home = tempfile::tempdir().unwrap();
+    match coffer_uvm::image::kernel_deb(home.path(), None) {
+        Ok(deb) => Some(deb),
+        Err(e) => {
+            eprintln!("{test}: SKIPPED: no kernel package ({e})");
+            None
+        }
+    }
+}
+
+fn build(home: &Path) -> coffer_uvm::image::GuestImage {
+    coffer_uvm::image::build(&coffer_uvm::image::BuildOptions {
+        home: home.to_path_buf(),
+        agent: PathBuf::from(env!("CARGO_BIN_EXE_coffer")),
+        kernel_deb: None,
+    })
+    .unwrap()
+}
+
+/// QEMU processes whose command line mentions `needle`.
+fn qemus_with(needle: &str) -> Vec<String> {
+    let mut found = vec![];
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let cmd = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
+        let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+        if cmd.starts_with("qemu-system") && cmd.contains(needle) {
+            found.push(cmd);
+        }
+    }
+    found
+}
+
+fn assert_nothing_left(home: &Path, name: &str) {
+    let dir = coffer_runtime::host::group_dir(home, name);
+    assert!(!dir.exists(), "{} left behind", dir.display());
+    let q = qemus_with(&home.display().to_string());
+    assert!(q.is_empty(), "QEMU left running: {q:?}");
+}
+
+#[test]
+fn uvm_build_twice_gives_identical_bytes() {
+    let _serial = one_at_a_time();
+    if prerequisites("uvm_build_twice").is_none() {
+        return;
+    }
+    let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let t0 = Instant::now();
+    let out = common::coffer(a.path(), &["uvm", "build"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let dir_a = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+    eprintln!("uvm build: {:?}", t0.elapsed());
+    let img_b = build(b.path());
+    assert_eq!(
+        dir_a.file_name(),
+        img_b.dir.file_name(),
+        "same content, same cache key"
+    );
+    for f in ["vmlinuz", "initrd.img", "cmdline", "measurement"] {
+        assert!(
+            std::fs::read(dir_a.join(f)).unwrap() == std::fs::read(img_b.dir.join(f)).unwrap(),
+            "{f} differs between two builds"
+        );
+    }
+    // A second build in the same home finds it in the cache.
+    let again = build(a.path());
+    assert_eq!(again.dir, dir_a);
+}
+
+/// Time from spawning QEMU to `needle` on its serial console.
+fn time_to_console_line(mut cmd: Command, needle: &str, limit: Duration) -> Option<Duration> {
+    let t0 = Instant::now();
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .stdin(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut out = child.stdout.take().unwrap();
+    let found = Arc::new(AtomicBool::new(false));
+    let f2 = found.clone();
+    let needle = needle.to_string();
+    let reader = std::thread::spawn(move || {
+        let mut seen = Vec::new();
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = out.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            seen.extend_from_slice(&buf[..n]);
+            if String::from_utf8_lossy(&seen).contains(&needle) {
+                f2.store(true, Ordering::SeqCst);
+                return Some(t0.elapsed());
+            }
+        }
+        None
+    });
+    while !found.load(Ordering::SeqCst) && t0.elapsed() < limit {
+        if let Ok(Some(_)) = child.try_wait() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    reader.join().unwrap()
+}
+
+#[test]
+fn the_hello_group_runs_in_a_vm_and_a_wrong_host_data_is_refused() {
+    let _serial = one_at_a_time();
+    if prerequisites("hello_in_a_vm").is_none()
+        || !coffer_testkit::tool("runc", "hello_in_a_vm")
+        || !coffer_testkit::tool("umoci", "hello_in_a_vm")
+    {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let home = tmp.path();
+    common::import_example(home, "hello_in_a_vm");
+    let image = build(home);
+
+    // The floor: the same kernel, a one-line initramfs (busybox sh printing a line).
+    let busybox = std::fs::read("/bin/busybox").unwrap();
+    let mut a = Archive::default();
+    a.insert("bin/busybox", Node::File(0o755, busybox));
+    a.insert("bin/sh", Node::Symlink("busybox".into()));
+    a.insert("dev/console", Node::CharDev(0o600, 5, 1));
+    a.insert(
+        "init",
+        Node::File(0o755, b"#!/bin/sh\necho coffer-bare-init\n".to_vec()),
+    );
+    let bare = home.join("bare.cpio");
+    std::fs::write(&bare, a.to_bytes()).unwrap();
+    let mut cmd = Command::new("qemu-system-x86_64");
+    cmd.args([
+        "-M", "microvm", "-accel", "tcg", "-cpu", "max", "-m", "512M",
+    ])
+    .args(["-nodefaults", "-no-user-config", "-display", "none"])
+    .args(["-no-reboot", "-serial", "stdio", "-kernel"])
+    .arg(&image.kernel)
+    .arg("-initrd")
+    .arg(&bare)
+    .arg("-append")
+    .arg(format!(
+        "console=ttyS0 loglevel=3 panic=-1{}",
+        coffer_uvm::qemu::tcg_append()
+    ));
+    let floor = time_to_console_line(cmd, "coffer-bare-init", Duration::from_secs(120));
+    eprintln!("bench: bare QEMU boot to a one-line init: {floor:?}");
+
+    // The hello group in a VM, exiting 3 after its output.
+    let pod = home.join("pod.yaml");
+    let yaml = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/hello/pod.yaml"),
+    )
+    .unwrap()
+    .replace(
+        "      image: hello:latest\n",
+        "      image: hello:latest\n      command: [\"/bin/sh\", \"-c\", \"/bin/sh /app/hello.sh; exit 3\"]\n",
+    );
+    std::fs::write(&pod, yaml).unwrap();
+    let t0 = Instant::now();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_coffer"))
+        .args(["run", pod.to_str().unwrap(), "--isolation", "vm"])
+        .env("COFFER_HOME", home)
+        .env("COFFER_TIMING", "1")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Peak RSS of the group's QEMU while it runs.
+    let peak = Arc::new(AtomicU64::new(0));
+    let done = Arc::new(AtomicBool::new(false));
+    let (p2, d2, pid_file) = (
+        peak.clone(),
+        done.clone(),
+        coffer_runtime::host::group_dir(home, "hello").join("pid"),
+    );
+    let watcher = std::thread::spawn(move || {
+        while !d2.load(Ordering::SeqCst) {
+            if let Ok(pid) = std::fs::read_to_string(&pid_file) {
+                let status = std::fs::read_to_string(format!("/proc/{}/status", pid.trim()))
+                    .unwrap_or_default();
+                if let Some(kb) = status
+                    .lines()
+                    .find_map(|l| l.strip_prefix("VmRSS:"))
+                    .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+                {
+                    p2.fetch_max(kb, Ordering::SeqCst);
+                }
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    });
+    let stderr = child.stderr.take().unwrap();
+    let err_thread = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = BufReader::new(stderr).read_to_string(&mut s);
+        s
+    });
+    let mut first_line = None;
+    let mut lines = vec![];
+    for line in BufReader::new(child.stdout.take().unwrap()).lines() {
+        let line = line.unwrap();
+        first_line.get_or_insert(t0.elapsed());
+        lines.push(line);
+    }
+    let status = child.wait().unwrap();
+    done.store(true, Ordering::SeqCst);
+    watcher.join().unwrap();
+    let stderr = err_thread.join().unwrap();
+    let stdout = lines.join("\n");
+    assert_eq!(status.code(), Some(3), "{stdout}\n{stderr}");
+    assert!(
+        stdout.contains("[hello] hello from a confidential container"),
+        "{stdout}\n{stderr}"
+    );
+    assert!(stdout.contains("[hello] GREETING=bonjour"), "{stdout}");
+    assert!(stderr.contains("isolation vm"), "{stderr}");
+    eprintln!("{stderr}");
+    eprintln!(
+        "bench: coffer run --isolation vm: first output line after {first_line:?}, total {:?}; \
+         QEMU peak RSS {} MiB; floor {floor:?}; ratio {:.2}",
+        t0.elapsed(),
+        peak.load(Ordering::SeqCst) / 1024,
+        match (first_line, floor) {
+            (Some(a), Some(b)) => a.as_secs_f64() / b.as_secs_f64(),
+            _ => f64::NAN,
+        }
+    );
+    assert_nothing_left(home, "hello");
+
+    // A policy whose SHA-256 is not the HOST_DATA the VM was launched with: the agent refuses.
+    let rego = home.join("p.rego");
+    let out = common::coffer(
+        home,
+        &[
+            "policy",
+            "gen",
+            pod.to_str().unwrap(),
+            "-o",
+            rego.to_str().unwrap(),
+        ],
+    );
+    assert!(out.status.success());
+    let policy = std::fs::read(&rego).unwrap();
+    let err = coffer_uvm::qemu::launch(
+        LaunchSpec {
+            home: home.to_path_buf(),
+            name: "refused".into(),
+            policy: policy.clone(),
+            host_data: [7u8; 32],
+            agent_exe: PathBuf::from(env!("CARGO_BIN_EXE_coffer")),
+            volumes: vec![],
+            network: coffer_runtime::net::NetworkMode::None,
+        },
+        &coffer_uvm::qemu::VmConfig {
+            image,
+            memory_mib: 512,
+            vcpus: 1,
+        },
+    )
+    .err()
+    .expect("the agent must refuse a policy that is not HOST_DATA");
+    let msg = err.to_string();
+    assert!(msg.contains("refusing to serve"), "{msg}");
+    assert!(msg.contains(&hex::encode([7u8; 32])), "{msg}");
+    assert_nothing_left(home, "refused");
+}

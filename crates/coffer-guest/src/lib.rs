@@ -1,0 +1,325 @@
+//! The agent as PID 1 of a group's VM (`coffer agent --vm`, the initramfs's init).
+//!
+//! Boot: leave the initramfs for a tmpfs root (runc's `pivot_root` cannot leave the initramfs),
+//! mount proc/sys/devtmpfs/cgroup2/run, load the kernel modules `coffer uvm build` listed in
+//! dependency order, open the virtio-serial port `coffer.0` and run the multiplexer on it. The
+//! agent then sees the same I/O directory as in the namespace backend: the emulated secure
+//! processor and the egress relay are Unix sockets there whose connections become streams to the
+//! launcher, and layer images arrive over `put` streams into the guest's tmpfs.
+//!
+//! Services on the channel (stream names): guest -> host `policy` (the host writes the policy,
+//! checked against HOST_DATA like any other input), `sp`, `egress`, `ready` (the agent's
+//! verdict: `ok` or the reason it refuses); host -> guest `agent` (the protocol, one connection
+//! per stream) and `put` (a line `layers/<name>`, then the file; answered `ok` or `error: ...`).
+
+#![warn(missing_docs)]
+
+use std::io::{BufRead, Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use coffer_mux::{Mux, Side, Stream};
+use coffer_runtime::sandbox::IO_DIR;
+use nix::mount::{mount, MsFlags};
+
+/// Name of the virtio-serial port carrying the channel.
+pub const PORT_NAME: &str = "coffer.0";
+/// The list of modules to load, one path a line, in order (written by `coffer uvm build`).
+pub const MODULES_LIST: &str = "/etc/coffer/modules";
+/// Largest policy accepted.
+const MAX_POLICY: u64 = 16 << 20;
+
+/// Errors of the guest's start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum GuestError {
+    /// I/O, with what was being done.
+    #[error("{what}: {source}")]
+    Io {
+        /// What.
+        what: String,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// A system call.
+    #[error("{what}: {source}")]
+    Sys {
+        /// What.
+        what: String,
+        /// errno.
+        source: nix::Error,
+    },
+    /// The channel.
+    #[error(transparent)]
+    Mux(#[from] coffer_mux::MuxError),
+    /// The agent refused or failed.
+    #[error(transparent)]
+    Agent(#[from] coffer_runtime::RuntimeError),
+}
+
+fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> GuestError {
+    let what = what.into();
+    move |source| GuestError::Io { what, source }
+}
+
+fn sys(what: impl Into<String>) -> impl FnOnce(nix::Error) -> GuestError {
+    let what = what.into();
+    move |source| GuestError::Sys { what, source }
+}
+
+/// Run as the VM's init; ends the VM when the agent is done (never returns).
+pub fn main() -> ! {
+    let code = match boot_and_serve() {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("coffer agent: {e}");
+            1
+        }
+    };
+    eprintln!("coffer agent: powering off ({code})");
+    nix::unistd::sync();
+    // With QEMU's -no-reboot a reset ends the VM; a power-off where the machine has one.
+    let _ = nix::sys::reboot::reboot(nix::sys::reboot::RebootMode::RB_POWER_OFF);
+    let _ = nix::sys::reboot::reboot(nix::sys::reboot::RebootMode::RB_AUTOBOOT);
+    std::process::exit(code)
+}
+
+fn boot_and_serve() -> Result<(), GuestError> {
+    let t0 = Instant::now();
+    // The kernel gives init no PATH; the agent runs mount, ip and runc by name.
+    std::env::set_var("PATH", "/usr/sbin:/usr/bin:/sbin:/bin");
+    leave_initramfs()?;
+    mount_basics()?;
+    load_modules();
+    let port = find_port(Duration::from_secs(20))?;
+    let reader = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&port)
+        .map_err(io(format!("opening {}", port.display())))?;
+    let writer = reader.try_clone().map_err(io("duplicating the port"))?;
+    let mux = Mux::new(reader, writer, Side::Guest);
+    let io_dir = PathBuf::from(IO_DIR);
+    std::fs::create_dir_all(io_dir.join("layers")).map_err(io("creating the I/O directory"))?;
+    let _sp = coffer_mux::unix::Forward::start(mux.clone(), &io_dir.join("sp.sock"), "sp")?;
+    let _egress =
+        coffer_mux::unix::Forward::start(mux.clone(), &io_dir.join("egress.sock"), "egress")?;
+    let policy = {
+        let s = mux.open("policy")?;
+        s.shutdown_write().map_err(io("asking for the policy"))?;
+        let mut p = Vec::new();
+        (&s).take(MAX_POLICY)
+            .read_to_end(&mut p)
+            .map_err(io("reading the policy"))?;
+        p
+    };
+    let _ = std::fs::write(io_dir.join("policy.rego"), &policy);
+    let sp: Arc<dyn coffer_runtime::sp::SecureProcessor> =
+        if coffer_runtime::sev_guest::SevGuest::available() {
+            Arc::new(coffer_runtime::sev_guest::SevGuest::new(
+                Path::new("/dev/sev-guest"),
+                0,
+            ))
+        } else {
+            Arc::new(coffer_runtime::sp::EmulatedClient::new(
+                &io_dir.join("sp.sock"),
+            ))
+        };
+    let verdict = coffer_runtime::agent::start(&policy, sp);
+    let ready = mux.open("ready")?;
+    match &verdict {
+        Ok(_) => {
+            let _ = (&ready).write_all(b"ok");
+            eprintln!(
+                "coffer agent: serving ({} ms after init)",
+                t0.elapsed().as_millis()
+            );
+        }
+        Err(e) => {
+            let _ = (&ready).write_all(e.to_string().as_bytes());
+        }
+    }
+    drop(ready);
+    let agent = match verdict {
+        Ok(a) => a,
+        Err(e) => {
+            mux.flush(Duration::from_secs(5));
+            return Err(e.into());
+        }
+    };
+    let accept_mux = mux.clone();
+    let result = agent.serve_connections(&io_dir.join("egress.sock"), move || loop {
+        let s = accept_mux.accept().ok()?;
+        match s.service() {
+            "agent" => return Some(s),
+            "put" => {
+                std::thread::spawn(move || put_file(s));
+            }
+            other => eprintln!("coffer agent: unknown service '{}'", other.escape_debug()),
+        }
+    });
+    // The shutdown answer must reach the host before the VM goes.
+    mux.flush(Duration::from_secs(5));
+    result.map_err(Into::into)
+}
+
+/// Receive a file into the I/O directory: only `layers/<name>`, a new file.
+fn put_file(s: Stream) {
+    let mut r = std::io::BufReader::new(&s);
+    let mut line = Vec::new();
+    let answer = match (&mut r).take(512).read_until(b'\n', &mut line) {
+        Ok(_) => {
+            let name = String::from_utf8_lossy(&line).trim().to_string();
+            match name.strip_prefix("layers/") {
+                Some(n) if coffer_runtime::agent::safe_file_name(n) => {
+                    let path = Path::new(IO_DIR).join("layers").join(n);
+                    let copied = std::fs::OpenOptions::new()
+                        .write(true)
+                        .create_new(true)
+                        .open(&path)
+                        .and_then(|mut f| std::io::copy(&mut r, &mut f));
+                    match copied {
+                        Ok(_) => "ok".to_string(),
+                        Err(e) => {
+                            let _ = std::fs::remove_file(&path);
+                            format!("error: {name}: {e}")
+                        }
+                    }
+                }
+                _ => format!("error: '{}' is not layers/<name>", name.escape_debug()),
+            }
+        }
+        Err(e) => format!("error: {e}"),
+    };
+    let _ = (&s).write_all(answer.as_bytes());
+}
+
+/// Move the initramfs's files onto a tmpfs and make it the root.
+fn leave_initramfs() -> Result<(), GuestError> {
+    let new = Path::new("/newroot");
+    std::fs::create_dir_all(new).map_err(io("mkdir /newroot"))?;
+    mount(
+        Some("tmpfs"),
+        new,
+        Some("tmpfs"),
+        MsFlags::empty(),
+        Some("mode=0755"),
+    )
+    .map_err(sys("mounting the root tmpfs"))?;
+    let entries: Vec<PathBuf> = std::fs::read_dir("/")
+        .map_err(io("reading /"))?
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p != new)
+        .collect();
+    for e in entries {
+        move_tree(&e, &new.join(e.strip_prefix("/").unwrap_or(&e)))?;
+    }
+    nix::unistd::chdir(new).map_err(sys("chdir /newroot"))?;
+    mount(Some("."), "/", None::<&str>, MsFlags::MS_MOVE, None::<&str>)
+        .map_err(sys("moving the root"))?;
+    nix::unistd::chroot(".").map_err(sys("chroot"))?;
+    nix::unistd::chdir("/").map_err(sys("chdir /"))?;
+    Ok(())
+}
+
+/// Copy `src` to `dst` (files, directories, symlinks), removing the source as it goes so the
+/// initramfs's memory is freed.
+fn move_tree(src: &Path, dst: &Path) -> Result<(), GuestError> {
+    let md = std::fs::symlink_metadata(src).map_err(io(format!("{}", src.display())))?;
+    if md.file_type().is_symlink() {
+        let target = std::fs::read_link(src).map_err(io(format!("{}", src.display())))?;
+        std::os::unix::fs::symlink(target, dst).map_err(io(format!("{}", dst.display())))?;
+    } else if md.is_dir() {
+        std::fs::create_dir_all(dst).map_err(io(format!("{}", dst.display())))?;
+        std::fs::set_permissions(dst, md.permissions())
+            .map_err(io(format!("{}", dst.display())))?;
+        for e in std::fs::read_dir(src)
+            .map_err(io(format!("{}", src.display())))?
+            .flatten()
+        {
+            move_tree(&e.path(), &dst.join(e.file_name()))?;
+        }
+        let _ = std::fs::remove_dir(src);
+        return Ok(());
+    } else if md.is_file() {
+        std::fs::copy(src, dst).map_err(io(format!("{}", dst.display())))?;
+    }
+    let _ = std::fs::remove_file(src);
+    Ok(())
+}
+
+fn mount_basics() -> Result<(), GuestError> {
+    let nosuid = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
+    for (src, dst, fs, flags) in [
+        ("proc", "/proc", "proc", nosuid),
+        ("sysfs", "/sys", "sysfs", nosuid),
+        ("devtmpfs", "/dev", "devtmpfs", MsFlags::MS_NOSUID),
+        (
+            "tmpfs",
+            "/run",
+            "tmpfs",
+            MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+        ),
+        (
+            "tmpfs",
+            "/tmp",
+            "tmpfs",
+            MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+        ),
+        ("cgroup2", "/sys/fs/cgroup", "cgroup2", nosuid),
+    ] {
+        std::fs::create_dir_all(dst).map_err(io(format!("mkdir {dst}")))?;
+        mount(Some(src), dst, Some(fs), flags, None::<&str>)
+            .map_err(sys(format!("mount {dst}")))?;
+    }
+    Ok(())
+}
+
+/// Load the listed modules in order; one that fails (e.g. a CPU-specific one on another CPU) is
+/// reported and skipped: a missing driver shows up as its own error later.
+fn load_modules() {
+    let Ok(list) = std::fs::read_to_string(MODULES_LIST) else {
+        eprintln!("coffer agent: no {MODULES_LIST}");
+        return;
+    };
+    for path in list.lines().filter(|l| !l.trim().is_empty()) {
+        let loaded = std::fs::File::open(path)
+            .map_err(|e| nix::Error::from_raw(e.raw_os_error().unwrap_or(libc_enoent())))
+            .and_then(|f| nix::kmod::finit_module(&f, c"", nix::kmod::ModuleInitFlags::empty()));
+        match loaded {
+            Ok(()) | Err(nix::Error::EEXIST) => {}
+            Err(e) => eprintln!("coffer agent: module {path}: {e}"),
+        }
+    }
+}
+
+fn libc_enoent() -> i32 {
+    nix::Error::ENOENT as i32
+}
+
+/// The character device of the virtio-serial port named [`PORT_NAME`].
+fn find_port(timeout: Duration) -> Result<PathBuf, GuestError> {
+    let t0 = Instant::now();
+    loop {
+        if let Ok(ports) = std::fs::read_dir("/sys/class/virtio-ports") {
+            for p in ports.flatten() {
+                let name = std::fs::read_to_string(p.path().join("name")).unwrap_or_default();
+                if name.trim() == PORT_NAME {
+                    let dev = Path::new("/dev").join(p.file_name());
+                    if dev.exists() {
+                        return Ok(dev);
+                    }
+                }
+            }
+        }
+        if t0.elapsed() > timeout {
+            return Err(GuestError::Io {
+                what: format!("finding the virtio-serial port {PORT_NAME}"),
+                source: std::io::ErrorKind::NotFound.into(),
+            });
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}

@@ -1,0 +1,351 @@
+//! A group in its own QEMU VM: the guest image, one virtio-serial port on a Unix-socket chardev,
+//! the multiplexer on it. The launcher serves the guest's `policy`, `sp` (the emulated secure
+//! processor, launch data fixed here) and `egress` streams, and forwards `io/agent.sock`
+//! connections as `agent` streams, so `AgentClient`, `coffer exec` and `coffer ps` work as with
+//! the namespace backend.
+
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::os::unix::process::CommandExt as _;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use coffer_mux::{Mux, Side};
+use coffer_runtime::host::{group_dir, AgentClient, Egress, LaunchSpec};
+use coffer_runtime::protocol::Request;
+use coffer_runtime::sp::EmulatedService;
+use serde_json::Value;
+
+use crate::image::GuestImage;
+use crate::{io, UvmError};
+
+/// How long a boot may take under TCG before the launcher gives up.
+const BOOT_TIMEOUT: Duration = Duration::from_secs(180);
+
+/// The VM's shape.
+#[derive(Clone, Debug)]
+pub struct VmConfig {
+    /// The guest image.
+    pub image: GuestImage,
+    /// Memory, MiB.
+    pub memory_mib: u64,
+    /// vCPUs.
+    pub vcpus: u32,
+}
+
+/// KVM only where a stock guest runs on it (`kvm_amd`/`kvm_intel`; this machine's PVM KVM
+/// boots only special guests); TCG otherwise.
+pub fn kvm_usable() -> bool {
+    Path::new("/dev/kvm").exists()
+        && (Path::new("/sys/module/kvm_amd").exists()
+            || Path::new("/sys/module/kvm_intel").exists())
+}
+
+/// What TCG needs on the kernel command line: the TSC frequency. Under TCG the guest's TSC runs
+/// at the host's rate, and microvm has no HPET or PM timer to calibrate it against; a loaded host
+/// makes the PIT calibration fail, after which the boot hangs (seen here: 3 of 3 boots under
+/// load). Emulation only: a KVM or SNP guest gets its TSC rate from the hypervisor, and the
+/// measured command line is the image's own.
+pub fn tcg_append() -> String {
+    let mhz = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines()
+                .find_map(|l| l.strip_prefix("cpu MHz"))
+                .and_then(|v| {
+                    v.trim_start_matches([' ', '\t', ':'])
+                        .trim()
+                        .parse::<f64>()
+                        .ok()
+                })
+        })
+        .unwrap_or(2000.0);
+    format!(" tsc_early_khz={}", (mhz * 1000.0) as u64)
+}
+
+/// The QEMU command line for a group (no SNP yet).
+pub fn qemu_command(cfg: &VmConfig, dir: &Path) -> Command {
+    let kvm = kvm_usable();
+    let mut c = Command::new("qemu-system-x86_64");
+    c.args(["-M", "microvm", "-accel", if kvm { "kvm" } else { "tcg" }])
+        .args(["-cpu", if kvm { "host" } else { "max" }])
+        .args(["-m", &format!("{}M", cfg.memory_mib)])
+        .args(["-smp", &cfg.vcpus.to_string()])
+        .args(["-nodefaults", "-no-user-config", "-display", "none"])
+        // A guest reset (init gone, panic=-1) ends QEMU.
+        .arg("-no-reboot")
+        .arg("-serial")
+        .arg(format!("file:{}", dir.join("console.log").display()))
+        .arg("-kernel")
+        .arg(&cfg.image.kernel)
+        .arg("-initrd")
+        .arg(&cfg.image.initrd)
+        .arg("-append")
+        .arg(if kvm {
+            cfg.image.append.clone()
+        } else {
+            // Kernel parameters go before `--` (after it, they are init's arguments).
+            match cfg.image.append.split_once(" -- ") {
+                Some((kernel, init)) => format!("{kernel}{} -- {init}", tcg_append()),
+                None => format!("{}{}", cfg.image.append, tcg_append()),
+            }
+        })
+        .args(["-device", "virtio-serial-device"])
+        .arg("-chardev")
+        .arg(format!(
+            "socket,id=c0,path={},server=on,wait=off",
+            dir.join("channel.sock").display()
+        ))
+        .args([
+            "-device",
+            &format!("virtserialport,chardev=c0,name={}", crate::PORT_NAME),
+        ]);
+    c
+}
+
+/// A running VM group.
+pub struct VmGroup {
+    /// Name.
+    pub name: String,
+    /// `$COFFER_HOME/run/<name>`.
+    pub dir: PathBuf,
+    /// MEASUREMENT the emulated secure processor reports (the guest image's).
+    pub measurement: [u8; 48],
+    qemu: Option<Child>,
+    mux: Mux,
+    agent_fwd: Option<coffer_mux::unix::Forward>,
+    sp: Option<EmulatedService>,
+    egress: Option<Egress>,
+}
+
+/// Start the VM and wait until the agent serves (or refuses).
+pub fn launch(spec: LaunchSpec, cfg: &VmConfig) -> Result<VmGroup, UvmError> {
+    if !spec.volumes.is_empty() {
+        return Err(UvmError::Unsupported(
+            "encrypted volumes in a VM group (not yet: use --isolation namespace)".into(),
+        ));
+    }
+    let dir = group_dir(&spec.home, &spec.name);
+    crate::refuse_if_running(&dir, &spec.name)?;
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(dir.join("io")).map_err(io(format!("mkdir {}", dir.display())))?;
+    let emu = coffer_snp_emu::EmulatedSp::open_or_create(&spec.home).map_err(|e| {
+        UvmError::Runtime(coffer_runtime::RuntimeError::SecureProcessor(e.to_string()))
+    })?;
+    let measurement = cfg.image.measurement;
+    let sp = EmulatedService::start(&dir.join("sp.sock"), emu, spec.host_data, measurement)?;
+    let text = std::str::from_utf8(&spec.policy)
+        .map_err(|_| UvmError::Unsupported("the policy is not UTF-8".into()))?;
+    let allowed = coffer_policy::Settings::of(
+        &mut coffer_policy::Enforcer::new(text).map_err(coffer_runtime::RuntimeError::from)?,
+    )
+    .map_err(coffer_runtime::RuntimeError::from)?
+    .egress_destinations();
+    let egress = Egress::start(&dir.join("egress.sock"), allowed)?;
+    let qemu = qemu_command(cfg, &dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(dir.join("qemu.log")).map_err(io("creating qemu.log"))?)
+        // Its own process group: a terminal's Ctrl-C reaches the launcher, which stops the
+        // group through the policy and then ends QEMU itself.
+        .process_group(0)
+        .spawn()
+        .map_err(io("starting qemu-system-x86_64"))?;
+    std::fs::write(dir.join("pid"), qemu.id().to_string()).map_err(io("writing the pid file"))?;
+    // The group exists from here: every error path below tears it down (Drop).
+    let mut group = VmGroup {
+        name: spec.name.clone(),
+        dir: dir.clone(),
+        measurement,
+        qemu: Some(qemu),
+        mux: Mux::new(std::io::empty(), std::io::sink(), Side::Host),
+        agent_fwd: None,
+        sp: Some(sp),
+        egress: Some(egress),
+    };
+    let channel = group.connect_channel(&dir.join("channel.sock"))?;
+    let reader = channel.try_clone().map_err(io("channel socket"))?;
+    group.mux = Mux::new(reader, channel, Side::Host);
+    let (ready_tx, ready_rx) = mpsc::channel::<String>();
+    let mux = group.mux.clone();
+    let policy = spec.policy.clone();
+    let host_dir = dir.clone();
+    std::thread::spawn(move || serve_guest(mux, policy, host_dir, ready_tx));
+    let started = Instant::now();
+    let verdict = loop {
+        match ready_rx.recv_timeout(Duration::from_millis(100)) {
+            Ok(v) => break v,
+            Err(mpsc::RecvTimeoutError::Disconnected) => {
+                break format!(
+                    "the channel closed before the agent answered ({})",
+                    group.mux.closed().unwrap_or_default()
+                )
+            }
+            Err(mpsc::RecvTimeoutError::Timeout) => {}
+        }
+        if let Some(status) = group.exited() {
+            break format!("the VM exited ({status})");
+        }
+        if started.elapsed() > BOOT_TIMEOUT {
+            break format!(
+                "the agent did not answer within {} s",
+                BOOT_TIMEOUT.as_secs()
+            );
+        }
+    };
+    if verdict != "ok" {
+        return Err(UvmError::Refused(format!(
+            "{verdict}{}",
+            group.console_tail()
+        )));
+    }
+    group.agent_fwd = Some(coffer_mux::unix::Forward::start(
+        group.mux.clone(),
+        &dir.join("io/agent.sock"),
+        "agent",
+    )?);
+    Ok(group)
+}
+
+/// The guest's requests to the host, until the channel ends.
+fn serve_guest(mux: Mux, policy: Vec<u8>, dir: PathBuf, ready: mpsc::Sender<String>) {
+    while let Ok(s) = mux.accept() {
+        match s.service() {
+            "policy" => {
+                let _ = (&s).write_all(&policy);
+            }
+            "sp" | "egress" => {
+                let path = dir.join(format!("{}.sock", s.service()));
+                if let Ok(conn) = UnixStream::connect(path) {
+                    std::thread::spawn(move || coffer_mux::unix::bridge(s, conn));
+                }
+            }
+            "ready" => {
+                let mut v = String::new();
+                let _ = (&s).take(64 << 10).read_to_string(&mut v);
+                let _ = ready.send(v);
+            }
+            _ => {}
+        }
+    }
+}
+
+impl VmGroup {
+    fn connect_channel(&mut self, path: &Path) -> Result<UnixStream, UvmError> {
+        let t0 = Instant::now();
+        loop {
+            if let Ok(s) = UnixStream::connect(path) {
+                return Ok(s);
+            }
+            if let Some(status) = self.exited() {
+                return Err(UvmError::Refused(format!(
+                    "QEMU exited ({status}): {}",
+                    std::fs::read_to_string(self.dir.join("qemu.log"))
+                        .unwrap_or_default()
+                        .trim()
+                )));
+            }
+            if t0.elapsed() > Duration::from_secs(20) {
+                return Err(UvmError::Refused(
+                    "QEMU did not open its channel socket".into(),
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.qemu.as_mut().and_then(|q| q.try_wait().ok().flatten())
+    }
+
+    /// The last lines of the guest console, for error messages.
+    fn console_tail(&self) -> String {
+        let text = std::fs::read_to_string(self.dir.join("console.log")).unwrap_or_default();
+        // The agent's own lines, and the end (a panic's first line, not its trace).
+        let lines: Vec<&str> = text
+            .lines()
+            .filter(|l| l.contains("coffer") || l.contains("panic") || !l.starts_with('['))
+            .collect();
+        let tail = lines[lines.len().saturating_sub(15)..].join("\n");
+        if tail.is_empty() {
+            String::new()
+        } else {
+            format!("\nguest console:\n{tail}")
+        }
+    }
+
+    /// Copy a layer image into the guest's I/O directory (`layers/<name>`); returns the name
+    /// for `AgentClient::mount_layer`.
+    pub fn stage_layer(&self, image: &Path) -> Result<String, UvmError> {
+        let name = image
+            .file_name()
+            .and_then(|n| n.to_str())
+            .ok_or_else(|| UvmError::Unsupported(format!("{}: no file name", image.display())))?
+            .to_string();
+        let s = self.mux.open("put")?;
+        let mut f =
+            std::fs::File::open(image).map_err(io(format!("reading {}", image.display())))?;
+        (&s).write_all(format!("layers/{name}\n").as_bytes())
+            .and_then(|()| std::io::copy(&mut f, &mut &s))
+            .and_then(|_| s.shutdown_write())
+            .map_err(io(format!("sending {} to the guest", image.display())))?;
+        let mut answer = String::new();
+        (&s).take(4096)
+            .read_to_string(&mut answer)
+            .map_err(io("reading the guest's answer"))?;
+        if answer != "ok" {
+            return Err(UvmError::Refused(format!("layer {name}: {answer}")));
+        }
+        Ok(name)
+    }
+
+    /// The agent's socket on the host.
+    pub fn socket(&self) -> PathBuf {
+        self.dir.join("io/agent.sock")
+    }
+
+    /// A new client connection.
+    pub fn client(&self) -> Result<AgentClient, UvmError> {
+        Ok(AgentClient::connect(&self.socket())?)
+    }
+
+    /// Ask the agent to shut down, wait for the VM to end (a few seconds at most), then remove
+    /// every trace.
+    pub fn shutdown(mut self) -> Result<Value, UvmError> {
+        let answer = self
+            .client()
+            .and_then(|mut c| Ok(c.call(&Request::Shutdown)?));
+        let deadline = Instant::now()
+            + if answer.is_ok() {
+                Duration::from_secs(10)
+            } else {
+                Duration::ZERO
+            };
+        while Instant::now() < deadline && self.exited().is_none() {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        self.teardown();
+        answer
+    }
+
+    /// End QEMU (if it is still running) and remove the sockets and the group's directory.
+    fn teardown(&mut self) {
+        self.agent_fwd.take();
+        self.mux.close();
+        if let Some(mut q) = self.qemu.take() {
+            let _ = q.kill();
+            let _ = q.wait();
+        }
+        self.sp.take();
+        self.egress.take();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+impl Drop for VmGroup {
+    fn drop(&mut self) {
+        self.teardown();
+    }
+}
