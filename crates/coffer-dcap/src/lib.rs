@@ -19,7 +19,8 @@ pub mod collateral;
 pub mod error;
 pub mod quote;
 pub mod tcb;
-pub mod time;
+/// Verification instants (Unix seconds, RFC 3339 at the edges): the same helpers as SEV-SNP's.
+pub use coffer_snp::time;
 pub mod verify;
 
 pub use certs::{Certificate, Crl, SgxExtension};
