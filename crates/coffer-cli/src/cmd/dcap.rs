@@ -57,19 +57,9 @@ pub(crate) fn run(cmd: DcapCommand) -> Result<ExitCode> {
     }
 }
 
-fn read_input(path: &Path) -> Result<Vec<u8>> {
-    if path == Path::new("-") {
-        let mut buf = Vec::new();
-        std::io::Read::read_to_end(&mut std::io::stdin(), &mut buf)
-            .context("reading standard input")?;
-        return Ok(buf);
-    }
-    std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))
-}
-
 fn show(a: ShowArgs) -> Result<ExitCode> {
-    let quote =
-        Quote::decode(&read_input(&a.quote)?).with_context(|| a.quote.display().to_string())?;
+    let quote = Quote::decode(&crate::cmd::read_input(&a.quote)?)
+        .with_context(|| a.quote.display().to_string())?;
     println!("{}", serde_json::to_string_pretty(&quote.fields())?);
     Ok(ExitCode::SUCCESS)
 }
@@ -87,14 +77,14 @@ fn failure(err: &VerifyError) -> ExitCode {
 /// (a missing file); the inner one is bad collateral.
 fn collateral(path: &Path) -> Result<Result<Collateral, VerifyError>> {
     if !path.is_dir() {
-        let bytes = read_input(path)?;
+        let bytes = crate::cmd::read_input(path)?;
         return Ok(Collateral::from_qvl_json(&bytes).map_err(VerifyError::from));
     }
-    let need = |name: &str| read_input(&path.join(name));
+    let need = |name: &str| crate::cmd::read_input(&path.join(name));
     let maybe = |name: &str| -> Result<Option<Vec<u8>>> {
         let p = path.join(name);
         if p.exists() {
-            Ok(Some(read_input(&p)?))
+            Ok(Some(crate::cmd::read_input(&p)?))
         } else {
             Ok(None)
         }
@@ -119,7 +109,7 @@ fn collateral(path: &Path) -> Result<Result<Collateral, VerifyError>> {
 }
 
 fn verify(a: VerifyArgs) -> Result<ExitCode> {
-    let bytes = read_input(&a.quote)?;
+    let bytes = crate::cmd::read_input(&a.quote)?;
     let quote = match Quote::decode(&bytes) {
         Ok(q) => q,
         Err(e) => return Ok(failure(&VerifyError::Quote(e))),

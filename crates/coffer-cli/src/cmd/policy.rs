@@ -181,13 +181,7 @@ fn gen(a: GenArgs) -> Result<ExitCode> {
 }
 
 fn read_json(path: &Path) -> Result<serde_json::Value> {
-    let bytes = if path == Path::new("-") {
-        let mut b = Vec::new();
-        std::io::Read::read_to_end(&mut std::io::stdin(), &mut b)?;
-        b
-    } else {
-        std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?
-    };
+    let bytes = crate::cmd::read_input(path)?;
     serde_json::from_slice(&bytes).with_context(|| format!("{} is not JSON", path.display()))
 }
 

@@ -113,18 +113,8 @@ pub(crate) fn run(cmd: SnpCommand) -> Result<ExitCode> {
     }
 }
 
-fn read_input(path: &Path) -> Result<Vec<u8>> {
-    if path == Path::new("-") {
-        let mut buf = Vec::new();
-        std::io::Read::read_to_end(&mut std::io::stdin(), &mut buf)
-            .context("reading standard input")?;
-        return Ok(buf);
-    }
-    std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))
-}
-
 fn show(a: ShowArgs) -> Result<ExitCode> {
-    let bytes = read_input(&a.report)?;
+    let bytes = crate::cmd::read_input(&a.report)?;
     let mut report = Report::decode(&bytes).with_context(|| a.report.display().to_string())?;
     if let (None, Some(p)) = (report.fields().cpuid, a.product) {
         report.set_tcb_layout(p.tcb_layout());
@@ -162,7 +152,7 @@ fn failure(err: &VerifyError) -> ExitCode {
 
 fn verify(a: VerifyArgs) -> Result<ExitCode> {
     let home = coffer_home()?;
-    let bytes = read_input(&a.report)?;
+    let bytes = crate::cmd::read_input(&a.report)?;
     let report = match Report::decode(&bytes) {
         Ok(r) => r,
         Err(e) => return Ok(failure(&VerifyError::Report(e))),
@@ -194,13 +184,19 @@ fn endorsements(
 ) -> Result<Result<Endorsements, coffer_snp::CertError>> {
     let ctx = |p: &PathBuf| p.display().to_string();
     if let Some(p) = &a.vcek {
-        return Ok(Endorsements::from_vek(&read_input(p)?, &ctx(p)));
+        return Ok(Endorsements::from_vek(&crate::cmd::read_input(p)?, &ctx(p)));
     }
     if let Some(p) = &a.certs {
-        return Ok(Endorsements::from_pem_chain(&read_input(p)?, &ctx(p)));
+        return Ok(Endorsements::from_pem_chain(
+            &crate::cmd::read_input(p)?,
+            &ctx(p),
+        ));
     }
     if let Some(p) = &a.thim {
-        return Ok(Endorsements::from_thim_json(&read_input(p)?, &ctx(p)));
+        return Ok(Endorsements::from_thim_json(
+            &crate::cmd::read_input(p)?,
+            &ctx(p),
+        ));
     }
     let none = "no certificates: pass --vcek, --certs or --thim (only reports of this machine's \
                 emulated secure processor can be verified without them)";
