@@ -551,8 +551,11 @@ fn a_host_port_below_1024_needs_root() {
 /// The nginx example image (Debian bookworm + nginx-light, `examples/nginx/build-image.sh`),
 /// built once and kept under the target directory; `None` (after a notice) when it cannot be
 /// built here (no mmdebstrap, or no package mirror).
-fn nginx_image(t: &str) -> Option<PathBuf> {
-    let cache = Path::new(env!("CARGO_TARGET_TMPDIR")).join("../coffer-apps/nginx-bookworm");
+/// A Debian application image built by `examples/<app>/build-image.sh` (mmdebstrap + umoci),
+/// cached under target/coffer-apps.
+fn app_image(t: &str, app: &str) -> Option<PathBuf> {
+    let cache =
+        Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("../coffer-apps/{app}-bookworm"));
     if cache.join("index.json").exists() {
         return Some(cache);
     }
@@ -561,7 +564,8 @@ fn nginx_image(t: &str) -> Option<PathBuf> {
     }
     std::fs::create_dir_all(cache.parent().unwrap()).unwrap();
     let building = cache.with_extension(format!("building-{}", std::process::id()));
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/nginx/build-image.sh");
+    let script =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("../../examples/{app}/build-image.sh"));
     let out = Command::new("bash")
         .arg(&script)
         .arg(&building)
@@ -571,7 +575,7 @@ fn nginx_image(t: &str) -> Option<PathBuf> {
         let _ = std::fs::remove_dir_all(&building);
         let why = String::from_utf8_lossy(&out.stderr);
         if std::env::var("COFFER_REQUIRE_VECTORS").as_deref() == Ok("1") {
-            panic!("{t}: building the nginx image failed: {why}");
+            panic!("{t}: building the {app} image failed: {why}");
         }
         eprintln!("{t}: SKIPPED: mmdebstrap could not build the image (no package mirror?): {why}");
         return None;
@@ -587,7 +591,7 @@ fn a_debian_nginx_serves_a_file_through_a_published_port() {
     if !tools(t) || !coffer_testkit::tool("curl", t) {
         return;
     }
-    let Some(image) = nginx_image(t) else {
+    let Some(image) = app_image(t, "nginx") else {
         return;
     };
     let tmp = tempfile::tempdir().unwrap();
@@ -764,4 +768,74 @@ fn a_killed_launchers_network_is_deleted_by_the_next_launch() {
     assert!(left.is_empty(), "{left:?}");
     // The killed group's container cgroups (not the network's business).
     host::sweep_cgroups();
+}
+
+#[test]
+fn a_debian_redis_answers_ping_through_a_published_port_without_rlimit_warnings() {
+    let _serial = one_at_a_time();
+    let t = "a_debian_redis_answers_ping";
+    if !tools(t) {
+        return;
+    }
+    let Some(image) = app_image(t, "redis") else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let home = tmp.path();
+    let o = coffer(
+        home,
+        &[
+            "image",
+            "import",
+            &format!("oci:{}:latest", image.display()),
+            "--name",
+            "redis:bookworm",
+        ],
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let port = free_port();
+    let pod = home.join("redis.yaml");
+    std::fs::write(
+        &pod,
+        format!(
+            "apiVersion: v1\nkind: Pod\nmetadata: {{name: redis}}\nspec:\n  containers:\n    - name: redis\n      \
+             image: redis:bookworm\n      ports: [{{containerPort: 6379, hostPort: {port}}}]\n"
+        ),
+    )
+    .unwrap();
+    // As a user would: in the background, then talk to it, read its log, stop it.
+    let o = coffer(home, &["run", "--detach", pod.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let started = Instant::now();
+    let pong = loop {
+        let answer = std::net::TcpStream::connect((Ipv4Addr::LOCALHOST, port)).and_then(|mut s| {
+            s.set_read_timeout(Some(Duration::from_secs(5)))?;
+            s.write_all(b"PING\r\n")?;
+            let mut buf = [0u8; 64];
+            let n = std::io::Read::read(&mut s, &mut buf)?;
+            Ok(String::from_utf8_lossy(&buf[..n]).into_owned())
+        });
+        match answer {
+            Ok(a) if !a.is_empty() => break a,
+            _ => {
+                assert!(
+                    started.elapsed() < Duration::from_secs(90),
+                    "redis did not answer"
+                );
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        }
+    };
+    assert_eq!(pong.trim(), "+PONG");
+    let logs = coffer(home, &["logs", "redis"]);
+    let logs = String::from_utf8_lossy(&logs.stdout);
+    assert!(logs.contains("Ready to accept connections"), "{logs}");
+    assert!(
+        !logs.contains("open files"),
+        "redis lowered maxclients: {logs}"
+    );
+    let o = coffer(home, &["stop", "redis"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let o = coffer(home, &["rm", "redis"]);
+    assert!(o.status.success());
 }
