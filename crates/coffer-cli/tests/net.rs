@@ -839,3 +839,48 @@ fn a_debian_redis_answers_ping_through_a_published_port_without_rlimit_warnings(
     let o = coffer(home, &["rm", "redis"]);
     assert!(o.status.success());
 }
+
+#[test]
+fn a_debian_python_app_fetches_from_a_server_outside_the_group() {
+    let _serial = one_at_a_time();
+    let t = "a_debian_python_app_fetches";
+    let Some(tmp) = setup(t) else {
+        return;
+    };
+    let Some(image) = app_image(t, "python") else {
+        return;
+    };
+    let home = tmp.path();
+    let o = coffer(
+        home,
+        &[
+            "image",
+            "import",
+            &format!("oci:{}:latest", image.display()),
+            "--name",
+            "python:bookworm",
+        ],
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let outside = Outside::new();
+    let server = outside.serve_once(7778, "answer from outside");
+    let app = "import urllib.request; print(urllib.request.urlopen('http://10.199.77.2:7778/', timeout=20).read().decode())";
+    let pod = home.join("app.yaml");
+    std::fs::write(
+        &pod,
+        format!(
+            "apiVersion: v1\nkind: Pod\nmetadata: {{name: app}}\nspec:\n  containers:\n    - name: main\n      \
+             image: python:bookworm\n      command: [\"python3\", \"-c\", {}]\n",
+            serde_json::Value::from(app)
+        ),
+    )
+    .unwrap();
+    let (ok, lines, stderr) = run_lines(home, &pod);
+    assert!(ok, "{lines:?}\n{stderr}");
+    assert!(
+        lines.iter().any(|l| l == "answer from outside"),
+        "{lines:?}\n{stderr}"
+    );
+    assert_eq!(server.join().unwrap(), "10.199.77.1");
+    assert!(common::network_leftovers(&host::group_dir(home, "app")).is_empty());
+}
