@@ -16,7 +16,7 @@ fi
 # (VM-isolated groups under TCG), build dependencies.
 packages="pkg-config libssl-dev libsqlite3-dev runc umoci busybox-static e2fsprogs util-linux
   iproute2 iptables containernetworking-plugins cryptsetup-bin skopeo docker-registry golang-go
-  mmdebstrap curl qemu-system-x86 python3 python3-pip"
+  mmdebstrap curl postgresql-client qemu-system-x86 python3 python3-pip"
 if command -v apt-get >/dev/null; then
   need=""
   for p in $packages; do

@@ -223,6 +223,15 @@ fn a_group_reaches_a_server_outside_it() {
     assert!(common::network_leftovers(&dir).is_empty());
 }
 
+/// A detached group, stopped and removed when dropped, so a failing test leaves nothing running.
+struct Detached<'a>(&'a Path, &'static str);
+
+impl Drop for Detached<'_> {
+    fn drop(&mut self) {
+        let _ = coffer(self.0, &["rm", "--force", self.1]);
+    }
+}
+
 /// `coffer run`, interrupted (Ctrl-C) and waited for when dropped, so a failing test leaves no
 /// group running.
 struct Interrupted(std::process::Child);
@@ -805,6 +814,7 @@ fn a_debian_redis_answers_ping_through_a_published_port_without_rlimit_warnings(
     .unwrap();
     // As a user would: in the background, then talk to it, read its log, stop it.
     let o = coffer(home, &["run", "--detach", pod.to_str().unwrap()]);
+    let _group = Detached(home, "redis");
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let started = Instant::now();
     let pong = loop {
@@ -883,4 +893,77 @@ fn a_debian_python_app_fetches_from_a_server_outside_the_group() {
     );
     assert_eq!(server.join().unwrap(), "10.199.77.1");
     assert!(common::network_leftovers(&host::group_dir(home, "app")).is_empty());
+}
+
+#[test]
+fn a_debian_postgres_stores_and_returns_rows_for_psql_on_the_host() {
+    let _serial = one_at_a_time();
+    let t = "a_debian_postgres_stores_and_returns_rows";
+    if !tools(t) || !coffer_testkit::tool("psql", t) {
+        return;
+    }
+    let Some(image) = app_image(t, "postgres") else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let home = tmp.path();
+    let o = coffer(
+        home,
+        &[
+            "image",
+            "import",
+            &format!("oci:{}:latest", image.display()),
+            "--name",
+            "postgres:bookworm",
+        ],
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let port = free_port();
+    let pod = home.join("pg.yaml");
+    std::fs::write(
+        &pod,
+        format!(
+            "apiVersion: v1\nkind: Pod\nmetadata: {{name: pg}}\nspec:\n  containers:\n    - name: db\n      \
+             image: postgres:bookworm\n      ports: [{{containerPort: 5432, hostPort: {port}}}]\n"
+        ),
+    )
+    .unwrap();
+    let o = coffer(home, &["run", "--detach", pod.to_str().unwrap()]);
+    let _group = Detached(home, "pg");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let psql = |sql: &str| {
+        Command::new("psql")
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &port.to_string(),
+                "-U",
+                "postgres",
+                "-tAc",
+                sql,
+            ])
+            .output()
+            .unwrap()
+    };
+    let started = Instant::now();
+    while !psql("select 1").status.success() {
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "postgres did not answer"
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let o = psql("create table t (x int, s text); insert into t values (42, 'confidential'); select x, s from t");
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        o.status.success(),
+        "{out}{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(out.lines().any(|l| l == "42|confidential"), "{out}");
+    let o = coffer(home, &["stop", "pg"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let o = coffer(home, &["rm", "pg"]);
+    assert!(o.status.success());
 }
