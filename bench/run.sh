@@ -6,7 +6,7 @@ cd "$(dirname "$0")/.."
 N=${N:-10}
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
-cargo build --release -q --bin coffer -p coffer-cli
+cargo build --release -q -p coffer-cli -p coffer-agent
 export COFFER_HOME="$work/home"
 examples/hello/build-image.sh "$work/oci" >/dev/null
 target/release/coffer image import "oci:$work/oci:latest" --name hello:latest >/dev/null

@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 N=${N:-5}
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
-cargo build --release -q --bin coffer -p coffer-cli
+cargo build --release -q -p coffer-cli -p coffer-agent
 export COFFER_HOME="$work/home"
 C=target/release/coffer
 examples/hello/build-image.sh "$work/oci" >/dev/null

@@ -1,6 +1,6 @@
 //! The MAA `attest/SevSnpVM` request body.
 
-use base64::Engine as _;
+pub use coffer_release::decode_b64;
 use coffer_snp::{Endorsements, Report};
 use serde::Deserialize;
 use serde_json::Value;
@@ -33,19 +33,6 @@ pub struct RuntimeData {
     /// `JSON` or `Binary`.
     #[serde(default)]
     pub data_type: String,
-}
-
-/// Decode base64 in any of its usual spellings (URL-safe or standard, padded or not), as MAA's
-/// clients differ.
-pub fn decode_b64(s: &str) -> Option<Vec<u8>> {
-    let s = s.trim();
-    let engines = [
-        &base64::engine::general_purpose::URL_SAFE,
-        &base64::engine::general_purpose::URL_SAFE_NO_PAD,
-        &base64::engine::general_purpose::STANDARD,
-        &base64::engine::general_purpose::STANDARD_NO_PAD,
-    ];
-    engines.iter().find_map(|e| e.decode(s).ok())
 }
 
 fn field<'a>(v: &'a Value, names: &[&str]) -> Option<&'a str> {

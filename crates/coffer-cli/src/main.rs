@@ -49,9 +49,6 @@ enum Command {
     Stop(cmd::lifecycle::StopArgs),
     /// Remove a stopped group's state and logs.
     Rm(cmd::lifecycle::RmArgs),
-    /// The in-TEE agent (started by coffer run inside the sandbox).
-    #[command(hide = true)]
-    Agent(cmd::run::AgentArgs),
     /// Run the attestation service and key broker (HTTP, SQLite; no other setup).
     Serve(cmd::serve::ServeArgs),
     /// Manage keys in a running coffer serve (admin token required).
@@ -81,7 +78,6 @@ fn main() -> ExitCode {
         Command::Logs(a) => cmd::lifecycle::logs(a),
         Command::Stop(a) => cmd::lifecycle::stop(a),
         Command::Rm(a) => cmd::lifecycle::rm(a),
-        Command::Agent(a) => cmd::run::agent(a),
         Command::Serve(a) => cmd::serve::serve(a),
         Command::Key(c) => cmd::serve::key(c),
         Command::Encfs(c) => cmd::encfs::run(c),

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use coffer_runtime::host::{self, LaunchSpec};
+use coffer_host::launch::{self as host, LaunchSpec};
 
 fn tools(t: &str) -> bool {
     let found = [
@@ -25,7 +25,7 @@ fn tools(t: &str) -> bool {
     ]
     .iter()
     .all(|tool| coffer_testkit::tool(tool, t));
-    if found && !coffer_runtime::net::available() {
+    if found && !coffer_host::net::available() {
         if std::env::var("COFFER_REQUIRE_VECTORS").as_deref() == Ok("1") {
             panic!("{t}: the CNI plugins are required (containernetworking-plugins)");
         }
@@ -402,7 +402,7 @@ fn a_group_has_its_name_hosts_resolver_and_file_limit() {
         [n.to_string(), n.to_string()],
         "{limit}"
     );
-    for l in coffer_runtime::net::host_resolv_conf().lines() {
+    for l in coffer_host::net::host_resolv_conf().lines() {
         assert!(
             lines.iter().any(|x| x == l),
             "resolv.conf line {l:?} in {lines:?}"
@@ -412,17 +412,13 @@ fn a_group_has_its_name_hosts_resolver_and_file_limit() {
     eprintln!("nofile {n}");
 }
 
-fn launch(
-    home: &Path,
-    name: &str,
-    policy: &str,
-) -> Result<host::Group, coffer_runtime::RuntimeError> {
+fn launch(home: &Path, name: &str, policy: &str) -> Result<host::Group, coffer_host::HostError> {
     host::launch(LaunchSpec {
         home: home.to_path_buf(),
         name: name.into(),
         policy: policy.as_bytes().to_vec(),
         host_data: coffer_policy::digest(policy.as_bytes()),
-        agent_exe: PathBuf::from(env!("CARGO_BIN_EXE_coffer")),
+        agent_exe: common::agent_exe(),
         volumes: vec![],
         network: Default::default(),
     })

@@ -9,10 +9,10 @@ use common::coffer;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use coffer_host::launch::{self as host, LaunchSpec};
+use coffer_host::HostError;
 use coffer_image::{ImageRef, Store};
-use coffer_runtime::host::{self, LaunchSpec};
-use coffer_runtime::protocol::{ProcessSpec, Request};
-use coffer_runtime::RuntimeError;
+use coffer_proto::{ProcessSpec, Request};
 
 fn tools(t: &str) -> bool {
     coffer_testkit::tool("runc", t)
@@ -73,13 +73,13 @@ fn coffer_cgroups() -> Vec<PathBuf> {
         .unwrap_or_default()
 }
 
-fn launch(home: &Path, name: &str, policy: &str) -> Result<host::Group, RuntimeError> {
+fn launch(home: &Path, name: &str, policy: &str) -> Result<host::Group, HostError> {
     host::launch(LaunchSpec {
         home: home.to_path_buf(),
         name: name.into(),
         policy: policy.as_bytes().to_vec(),
         host_data: coffer_policy::digest(policy.as_bytes()),
-        agent_exe: PathBuf::from(env!("CARGO_BIN_EXE_coffer")),
+        agent_exe: common::agent_exe(),
         volumes: vec![],
         network: Default::default(),
     })
@@ -88,11 +88,11 @@ fn launch(home: &Path, name: &str, policy: &str) -> Result<host::Group, RuntimeE
 /// Mount layer `i` of the example image (its cached layer image) at `target`.
 fn mount_layer(
     group: &host::Group,
-    c: &mut coffer_runtime::host::AgentClient,
+    c: &mut coffer_host::launch::AgentClient,
     store: &Store,
     i: usize,
     target: &str,
-) -> Result<serde_json::Value, RuntimeError> {
+) -> Result<serde_json::Value, HostError> {
     let img = store
         .resolve(&ImageRef::Stored("hello:latest".into()))
         .unwrap();
@@ -110,7 +110,7 @@ fn stage_bytes(group: &host::Group, name: &str, bytes: &[u8]) {
 }
 
 /// Mount the example's layers and overlay; returns the client.
-fn prepare(group: &host::Group, home: &Path) -> coffer_runtime::host::AgentClient {
+fn prepare(group: &host::Group, home: &Path) -> coffer_host::launch::AgentClient {
     let store = Store::open(home).unwrap();
     let img = store
         .resolve(&ImageRef::Stored("hello:latest".into()))
@@ -146,17 +146,17 @@ fn hello_process() -> ProcessSpec {
     }
 }
 
-fn volumes() -> Vec<coffer_runtime::protocol::VolumeSpec> {
-    vec![coffer_runtime::protocol::VolumeSpec {
+fn volumes() -> Vec<coffer_proto::VolumeSpec> {
+    vec![coffer_proto::VolumeSpec {
         name: "scratch".into(),
         destination: "/scratch".into(),
         read_only: false,
     }]
 }
 
-fn denied(r: Result<serde_json::Value, RuntimeError>, rule: &str, why: &str) {
+fn denied(r: Result<serde_json::Value, HostError>, rule: &str, why: &str) {
     match r {
-        Err(RuntimeError::Denied { rule: got, reason }) => {
+        Err(HostError::Denied { rule: got, reason }) => {
             assert_eq!(got, rule);
             assert!(
                 reason.contains(why),
@@ -334,7 +334,7 @@ fn every_forbidden_request_is_denied_with_its_reason() {
         name: "g3".into(),
         policy: policy.as_bytes().to_vec(),
         host_data: coffer_policy::digest(b"another policy"),
-        agent_exe: PathBuf::from(env!("CARGO_BIN_EXE_coffer")),
+        agent_exe: common::agent_exe(),
         volumes: vec![],
         network: Default::default(),
     })

@@ -15,8 +15,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use coffer_runtime::host::LaunchSpec;
-use coffer_uvm::cpio::{Archive, Node};
+use coffer_host::cpio::{Archive, Node};
+use coffer_host::launch::LaunchSpec;
 
 /// One VM at a time: the CI machine has two cores, and each test checks for leftover QEMUs.
 fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
@@ -36,7 +36,7 @@ fn prerequisites(test: &str) -> Option<PathBuf> {
     }
     std::env::set_var("COFFER_UVM_KERNELS", kernels());
     let home = tempfile::tempdir().unwrap();
-    match coffer_uvm::image::kernel_deb(home.path(), None) {
+    match coffer_host::image::kernel_deb(home.path(), None) {
         Ok(deb) => Some(deb),
         Err(e) => {
             eprintln!("{test}: SKIPPED: no kernel package ({e})");
@@ -45,10 +45,10 @@ fn prerequisites(test: &str) -> Option<PathBuf> {
     }
 }
 
-fn build(home: &Path) -> coffer_uvm::image::GuestImage {
-    coffer_uvm::image::build(&coffer_uvm::image::BuildOptions {
+fn build(home: &Path) -> coffer_host::image::GuestImage {
+    coffer_host::image::build(&coffer_host::image::BuildOptions {
         home: home.to_path_buf(),
-        agent: PathBuf::from(env!("CARGO_BIN_EXE_coffer")),
+        agent: common::agent_exe(),
         kernel_deb: None,
     })
     .unwrap()
@@ -68,7 +68,7 @@ fn qemus_with(needle: &str) -> Vec<String> {
 }
 
 fn assert_nothing_left(home: &Path, name: &str) {
-    let dir = coffer_runtime::host::group_dir(home, name);
+    let dir = coffer_host::launch::group_dir(home, name);
     assert!(!dir.exists(), "{} left behind", dir.display());
     let q = qemus_with(&home.display().to_string());
     assert!(q.is_empty(), "QEMU left running: {q:?}");
@@ -184,7 +184,7 @@ fn the_hello_group_runs_in_a_vm_and_a_wrong_host_data_is_refused() {
     .arg("-append")
     .arg(format!(
         "console=ttyS0 loglevel=3 panic=-1{}",
-        coffer_uvm::qemu::tcg_append()
+        coffer_host::qemu::tcg_append()
     ));
     let floor = time_to_console_line(cmd, "coffer-bare-init", Duration::from_secs(120));
     eprintln!("bench: bare QEMU boot to a one-line init: {floor:?}");
@@ -215,7 +215,7 @@ fn the_hello_group_runs_in_a_vm_and_a_wrong_host_data_is_refused() {
     let (p2, d2, pid_file) = (
         peak.clone(),
         done.clone(),
-        coffer_runtime::host::group_dir(home, "hello").join("pid"),
+        coffer_host::launch::group_dir(home, "hello").join("pid"),
     );
     let watcher = std::thread::spawn(move || {
         while !d2.load(Ordering::SeqCst) {
@@ -285,17 +285,17 @@ fn the_hello_group_runs_in_a_vm_and_a_wrong_host_data_is_refused() {
     );
     assert!(out.status.success());
     let policy = std::fs::read(&rego).unwrap();
-    let err = coffer_uvm::qemu::launch(
+    let err = coffer_host::qemu::launch(
         LaunchSpec {
             home: home.to_path_buf(),
             name: "refused".into(),
             policy: policy.clone(),
             host_data: [7u8; 32],
-            agent_exe: PathBuf::from(env!("CARGO_BIN_EXE_coffer")),
+            agent_exe: common::agent_exe(),
             volumes: vec![],
-            network: coffer_runtime::net::NetworkMode::None,
+            network: coffer_host::net::NetworkMode::None,
         },
-        &coffer_uvm::qemu::VmConfig {
+        &coffer_host::qemu::VmConfig {
             image,
             memory_mib: 512,
             vcpus: 1,

@@ -304,6 +304,19 @@ impl std::fmt::Display for Endpoint {
     }
 }
 
+/// Base64 in any of its four common spellings (URL-safe or standard, padded or not), as Azure's
+/// APIs accept them; `None` when it is none of them.
+pub fn decode_b64(s: &str) -> Option<Vec<u8>> {
+    let s = s.trim();
+    let engines = [
+        &base64::engine::general_purpose::URL_SAFE,
+        &base64::engine::general_purpose::URL_SAFE_NO_PAD,
+        &base64::engine::general_purpose::STANDARD,
+        &base64::engine::general_purpose::STANDARD_NO_PAD,
+    ];
+    engines.iter().find_map(|e| e.decode(s).ok())
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {

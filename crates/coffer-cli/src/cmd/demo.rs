@@ -209,9 +209,9 @@ pub(crate) fn run(a: DemoArgs) -> Result<ExitCode> {
     let admin = std::fs::read_to_string(coffer_server::admin_token_path(&home.join("serve")))?;
     // HOST_DATA says which policy governs the group; the launch measurement says which agent
     // enforces it. A host that boots a guest of its own with the right HOST_DATA gets nothing.
-    let measurement = hex::encode(coffer_runtime::host::expected_measurement(
+    let measurement = hex::encode(coffer_host::launch::expected_measurement(
         &home,
-        &std::env::current_exe()?,
+        &coffer_host::launch::agent_exe()?,
     )?);
     let release_policy = json!({"version": "1.0.0", "anyOf": [{"authority": running.issuer, "allOf": [
         {"claim": "x-ms-sevsnpvm-hostdata", "equals": host_data},

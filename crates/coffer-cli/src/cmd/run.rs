@@ -1,4 +1,4 @@
-//! `coffer run`, `coffer exec`, and the hidden `coffer agent` (the in-TEE side).
+//! `coffer run` and `coffer exec` (the in-TEE side is the separate `coffer-agent` binary).
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -8,11 +8,11 @@ use std::sync::Arc;
 
 use anyhow::{bail, Context as _, Result};
 use clap::Args;
+use coffer_host::launch::{self as host, AgentClient, LaunchSpec};
+use coffer_host::{Backend, NamespaceBackend, QemuBackend, RunningGroup};
 use coffer_image::{ImageRef, Store};
 use coffer_policy::GenOptions;
-use coffer_runtime::host::{self, AgentClient, LaunchSpec};
-use coffer_runtime::protocol::{ProcessSpec, Request};
-use coffer_uvm::{Backend, NamespaceBackend, QemuBackend, RunningGroup};
+use coffer_proto::{ProcessSpec, Request};
 
 use crate::cmd::lifecycle::{self, Logs, State, Status};
 use crate::cmd::policy::image_facts;
@@ -63,30 +63,6 @@ pub(crate) struct ExecArgs {
     /// Working directory (default /).
     #[arg(long, default_value = "/")]
     cwd: String,
-}
-
-#[derive(Args, Debug)]
-pub(crate) struct AgentArgs {
-    /// The host-shared I/O directory.
-    #[arg(long, required_unless_present = "vm")]
-    io: Option<PathBuf>,
-    /// Run as the init of a group's VM (the channel is the virtio-serial port).
-    #[arg(long)]
-    vm: bool,
-}
-
-/// Inside the sandbox: build the root, check the launch data, serve.
-pub(crate) fn agent(a: AgentArgs) -> Result<ExitCode> {
-    let Some(io_host) = a.io.filter(|_| !a.vm) else {
-        coffer_guest::main()
-    };
-    coffer_runtime::sandbox::enter(&io_host).context("building the sandbox")?;
-    let io = PathBuf::from(coffer_runtime::sandbox::IO_DIR);
-    let policy = std::fs::read(io.join("policy.rego")).context("reading the policy")?;
-    let sp = std::sync::Arc::new(coffer_runtime::sp::EmulatedClient::new(&io.join("sp.sock")));
-    let agent = coffer_runtime::agent::start(&policy, sp)?;
-    agent.serve(&io.join("agent.sock"))?;
-    Ok(ExitCode::SUCCESS)
 }
 
 /// Phase timings on stderr when COFFER_TIMING is set (for the start-up benchmark).
@@ -227,15 +203,15 @@ fn run_group(
     let backend: Box<dyn Backend> = match a.isolation {
         IsolationArg::Namespace => Box::new(NamespaceBackend),
         IsolationArg::Vm => {
-            let image = coffer_uvm::image::build(&coffer_uvm::image::BuildOptions {
+            let image = coffer_host::image::build(&coffer_host::image::BuildOptions {
                 home: home.clone(),
-                agent: std::env::current_exe()?,
+                agent: coffer_host::launch::agent_exe()?,
                 kernel_deb: None,
             })
             .context("the guest image (coffer uvm build)")?;
             timing.mark("guest image built or found in the cache");
             let (memory_mib, vcpus) = vm_size(pod, &facts)?;
-            Box::new(QemuBackend(coffer_uvm::qemu::VmConfig {
+            Box::new(QemuBackend(coffer_host::qemu::VmConfig {
                 image,
                 memory_mib,
                 vcpus,
@@ -246,7 +222,7 @@ fn run_group(
         "coffer: isolation {}",
         match a.isolation {
             IsolationArg::Namespace => "namespace (shares this host's kernel)",
-            IsolationArg::Vm if coffer_uvm::qemu::kvm_usable() => "vm (QEMU, KVM)",
+            IsolationArg::Vm if coffer_host::qemu::kvm_usable() => "vm (QEMU, KVM)",
             IsolationArg::Vm => "vm (QEMU, TCG emulation: slow to boot)",
         }
     );
@@ -255,7 +231,7 @@ fn run_group(
         name: pod.metadata.name.clone(),
         policy,
         host_data,
-        agent_exe: std::env::current_exe()?,
+        agent_exe: coffer_host::launch::agent_exe()?,
         volumes: pod
             .spec
             .volumes
@@ -268,8 +244,8 @@ fn run_group(
             })
             .collect(),
         network: match a.network.as_str() {
-            "none" => coffer_runtime::net::NetworkMode::None,
-            _ => coffer_runtime::net::NetworkMode::Bridge {
+            "none" => coffer_host::net::NetworkMode::None,
+            _ => coffer_host::net::NetworkMode::Bridge {
                 publish_address: a.publish_address,
             },
         },

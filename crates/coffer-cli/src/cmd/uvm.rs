@@ -20,7 +20,7 @@ pub(crate) enum UvmCommand {
 
 #[derive(Args, Debug)]
 pub(crate) struct BuildArgs {
-    /// The agent binary put in the image as init (default: this coffer binary).
+    /// The agent binary put in the image as init (default: `coffer-agent` next to `coffer`, or `$COFFER_AGENT`).
     #[arg(long)]
     agent: Option<PathBuf>,
     /// A linux-image-*-amd64 .deb (default: `apt-get download` of linux-image-amd64's kernel,
@@ -57,11 +57,11 @@ pub(crate) struct MeasureArgs {
 pub(crate) fn run(cmd: UvmCommand) -> Result<ExitCode> {
     match cmd {
         UvmCommand::Build(a) => {
-            let image = coffer_uvm::image::build(&coffer_uvm::image::BuildOptions {
+            let image = coffer_host::image::build(&coffer_host::image::BuildOptions {
                 home: crate::home::coffer_home()?,
                 agent: match a.agent {
                     Some(p) => p,
-                    None => std::env::current_exe()?,
+                    None => coffer_host::launch::agent_exe()?,
                 },
                 kernel_deb: a.kernel_deb,
             })?;

@@ -7,6 +7,18 @@ use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
 
 /// Run `coffer ARGS` with `COFFER_HOME=home`.
+/// The agent binary `cargo test --workspace` built next to `coffer` (`coffer-agent`'s own tests
+/// make cargo build it).
+pub(crate) fn agent_exe() -> std::path::PathBuf {
+    let p = Path::new(env!("CARGO_BIN_EXE_coffer")).with_file_name("coffer-agent");
+    assert!(
+        p.is_file(),
+        "{} is missing: run `cargo build -p coffer-agent` (cargo test --workspace builds it)",
+        p.display()
+    );
+    p
+}
+
 pub(crate) fn coffer(home: &Path, args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_coffer"))
         .args(args)
@@ -90,7 +102,7 @@ pub(crate) fn network_leftovers(group_dir: &Path) -> Vec<String> {
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    let id = coffer_runtime::net::network_id(group_dir, &name);
+    let id = coffer_host::net::network_id(group_dir, &name);
     let mut left: Vec<String> = Command::new("iptables-save")
         .output()
         .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
@@ -99,9 +111,9 @@ pub(crate) fn network_leftovers(group_dir: &Path) -> Vec<String> {
         .filter(|l| l.contains(&id))
         .map(|l| format!("iptables: {l}"))
         .collect();
-    let leases = Path::new(coffer_runtime::net::STATE_DIR)
+    let leases = Path::new(coffer_host::net::STATE_DIR)
         .join("ipam")
-        .join(coffer_runtime::net::NETWORK);
+        .join(coffer_host::net::NETWORK);
     if let Ok(d) = std::fs::read_dir(&leases) {
         for e in d.flatten() {
             if std::fs::read_to_string(e.path())
@@ -112,7 +124,7 @@ pub(crate) fn network_leftovers(group_dir: &Path) -> Vec<String> {
             }
         }
     }
-    let saved = Path::new(coffer_runtime::net::STATE_DIR)
+    let saved = Path::new(coffer_host::net::STATE_DIR)
         .join("groups")
         .join(format!("{id}.json"));
     if saved.exists() {

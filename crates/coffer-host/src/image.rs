@@ -8,12 +8,12 @@ use std::path::{Component, Path, PathBuf};
 use std::process::Command;
 
 use crate::cpio::{Archive, Node};
-use crate::{io, UvmError};
+use crate::{io, HostError};
 
 /// The kernel command line: the same for every group (per-group data enters only as
 /// HOST_DATA). `rdinit` runs the agent with the arguments after `--`; `panic=-1` with QEMU's
 /// `-no-reboot` ends the VM if init dies. (`quiet` stalled the boot here: not used.)
-pub const APPEND: &str = "console=ttyS0 loglevel=3 panic=-1 rdinit=/usr/bin/coffer -- agent --vm";
+pub const APPEND: &str = "console=ttyS0 loglevel=3 panic=-1 rdinit=/usr/bin/coffer-agent -- --vm";
 
 /// Modules the agent loads, in this order after their dependencies (crc32c before jbd2/ext4:
 /// a soft dependency `depends=` does not name).
@@ -48,7 +48,7 @@ pub struct GuestImage {
 pub struct BuildOptions {
     /// `$COFFER_HOME`.
     pub home: PathBuf,
-    /// The agent binary (for now the `coffer` binary itself, run as `coffer agent --vm`).
+    /// The agent binary (`coffer-agent`, run as the VM's init with `--vm`).
     pub agent: PathBuf,
     /// A `linux-image-*-amd64` .deb; by default the one `apt-get download` fetches for
     /// `linux-image-amd64`, cached in [`kernel_cache`].
@@ -63,12 +63,12 @@ pub fn kernel_cache(home: &Path) -> PathBuf {
         .unwrap_or_else(|| home.join("uvm/kernels"))
 }
 
-fn run(cmd: &mut Command) -> Result<String, UvmError> {
+fn run(cmd: &mut Command) -> Result<String, HostError> {
     let out = cmd
         .output()
         .map_err(io(format!("running {:?}", cmd.get_program())))?;
     if !out.status.success() {
-        return Err(UvmError::Tool(format!(
+        return Err(HostError::Tool(format!(
             "{:?}: {}",
             cmd.get_program(),
             String::from_utf8_lossy(&out.stderr).trim()
@@ -78,7 +78,7 @@ fn run(cmd: &mut Command) -> Result<String, UvmError> {
 }
 
 /// The kernel package: the given .deb, a cached one, or a fresh `apt-get download`.
-pub fn kernel_deb(home: &Path, given: Option<&Path>) -> Result<PathBuf, UvmError> {
+pub fn kernel_deb(home: &Path, given: Option<&Path>) -> Result<PathBuf, HostError> {
     if let Some(p) = given {
         return Ok(p.to_path_buf());
     }
@@ -106,20 +106,20 @@ pub fn kernel_deb(home: &Path, given: Option<&Path>) -> Result<PathBuf, UvmError
         .lines()
         .filter_map(|l| l.trim().strip_prefix("Depends: "))
         .find(|p| p.starts_with("linux-image-"))
-        .ok_or_else(|| UvmError::Tool("apt-cache names no linux-image for amd64".into()))?
+        .ok_or_else(|| HostError::Tool("apt-cache names no linux-image for amd64".into()))?
         .to_string();
     run(Command::new("apt-get")
         .args(["download", &package])
         .current_dir(&cache))?;
-    cached(&cache).ok_or_else(|| UvmError::Tool(format!("apt-get download {package}: no .deb")))
+    cached(&cache).ok_or_else(|| HostError::Tool(format!("apt-get download {package}: no .deb")))
 }
 
 /// Unpack the package once (`dpkg -x`); returns (bzImage, modules directory).
-fn unpack_kernel(home: &Path, deb: &Path) -> Result<(PathBuf, PathBuf), UvmError> {
+fn unpack_kernel(home: &Path, deb: &Path) -> Result<(PathBuf, PathBuf), HostError> {
     let stem = deb
         .file_stem()
         .and_then(|s| s.to_str())
-        .ok_or_else(|| UvmError::Tool(format!("{}: not a package name", deb.display())))?;
+        .ok_or_else(|| HostError::Tool(format!("{}: not a package name", deb.display())))?;
     let dir = kernel_cache(home).join(stem);
     if !dir.join("boot").exists() {
         let tmp = dir.with_extension("tmp");
@@ -127,7 +127,7 @@ fn unpack_kernel(home: &Path, deb: &Path) -> Result<(PathBuf, PathBuf), UvmError
         run(Command::new("dpkg").arg("-x").arg(deb).arg(&tmp))?;
         std::fs::rename(&tmp, &dir).map_err(io(format!("rename to {}", dir.display())))?;
     }
-    let find = |d: &Path, prefix: &str| -> Result<PathBuf, UvmError> {
+    let find = |d: &Path, prefix: &str| -> Result<PathBuf, HostError> {
         std::fs::read_dir(d)
             .map_err(io(format!("reading {}", d.display())))?
             .flatten()
@@ -137,7 +137,7 @@ fn unpack_kernel(home: &Path, deb: &Path) -> Result<(PathBuf, PathBuf), UvmError
                     .and_then(|n| n.to_str())
                     .is_some_and(|n| n.starts_with(prefix))
             })
-            .ok_or_else(|| UvmError::Tool(format!("{}: no {prefix}*", d.display())))
+            .ok_or_else(|| HostError::Tool(format!("{}: no {prefix}*", d.display())))
     };
     let kernel = find(&dir.join("boot"), "vmlinuz-")?;
     let modules = find(&dir.join("lib/modules"), "")?;
@@ -159,7 +159,7 @@ fn module_depends(ko: &[u8]) -> Vec<String> {
 }
 
 /// The modules to load, dependencies first: (name, content).
-fn modules(dir: &Path) -> Result<Vec<(String, Vec<u8>)>, UvmError> {
+fn modules(dir: &Path) -> Result<Vec<(String, Vec<u8>)>, HostError> {
     let mut by_name: BTreeMap<String, PathBuf> = BTreeMap::new();
     let mut stack = vec![dir.join("kernel")];
     while let Some(d) = stack.pop() {
@@ -184,13 +184,13 @@ fn modules(dir: &Path) -> Result<Vec<(String, Vec<u8>)>, UvmError> {
         by_name: &BTreeMap<String, PathBuf>,
         seen: &mut BTreeSet<String>,
         order: &mut Vec<(String, Vec<u8>)>,
-    ) -> Result<(), UvmError> {
+    ) -> Result<(), HostError> {
         if !seen.insert(name.to_string()) {
             return Ok(());
         }
         let path = by_name
             .get(name)
-            .ok_or_else(|| UvmError::Tool(format!("kernel module {name} not in the package")))?;
+            .ok_or_else(|| HostError::Tool(format!("kernel module {name} not in the package")))?;
         let bytes = std::fs::read(path).map_err(io(format!("reading {}", path.display())))?;
         for dep in module_depends(&bytes) {
             visit(&dep, by_name, seen, order)?;
@@ -205,20 +205,20 @@ fn modules(dir: &Path) -> Result<Vec<(String, Vec<u8>)>, UvmError> {
 }
 
 /// A program on PATH.
-fn which(name: &str) -> Result<PathBuf, UvmError> {
+fn which(name: &str) -> Result<PathBuf, HostError> {
     std::env::var_os("PATH")
         .and_then(|p| {
             std::env::split_paths(&p)
                 .map(|d| d.join(name))
                 .find(|p| p.is_file())
         })
-        .ok_or_else(|| UvmError::Tool(format!("'{name}' not found on PATH")))
+        .ok_or_else(|| HostError::Tool(format!("'{name}' not found on PATH")))
 }
 
 /// Add `path` as the host has it: every symlink on the way (as a symlink), then the file.
-fn add_host_path(a: &mut Archive, path: &Path, depth: u32) -> Result<(), UvmError> {
+fn add_host_path(a: &mut Archive, path: &Path, depth: u32) -> Result<(), HostError> {
     if depth > 16 {
-        return Err(UvmError::Tool(format!("{}: symlink loop", path.display())));
+        return Err(HostError::Tool(format!("{}: symlink loop", path.display())));
     }
     let mut prefix = PathBuf::from("/");
     let comps: Vec<Component> = path.components().collect();
@@ -271,7 +271,7 @@ fn normalize(p: &Path) -> PathBuf {
 }
 
 /// Shared libraries (and the loader) of a dynamically linked program, as `ldd` resolves them.
-fn libraries(program: &Path) -> Result<Vec<PathBuf>, UvmError> {
+fn libraries(program: &Path) -> Result<Vec<PathBuf>, HostError> {
     let out = Command::new("ldd")
         .arg(program)
         .output()
@@ -294,7 +294,7 @@ fn libraries(program: &Path) -> Result<Vec<PathBuf>, UvmError> {
 }
 
 /// The agent binary without its debug information (`strip`; deterministic for one input).
-fn stripped(agent: &Path) -> Result<Vec<u8>, UvmError> {
+fn stripped(agent: &Path) -> Result<Vec<u8>, HostError> {
     let tmp = std::env::temp_dir().join(format!("coffer-agent-strip-{}", std::process::id()));
     let ok = Command::new("strip")
         .arg("-o")
@@ -314,7 +314,7 @@ fn stripped(agent: &Path) -> Result<Vec<u8>, UvmError> {
 }
 
 /// The initramfs's bytes, for a kernel's module directory.
-pub fn initramfs(agent: &Path, modules_dir: &Path) -> Result<Vec<u8>, UvmError> {
+pub fn initramfs(agent: &Path, modules_dir: &Path) -> Result<Vec<u8>, HostError> {
     let mut a = Archive::default();
     for d in ["proc", "sys", "dev", "run", "tmp", "etc"] {
         a.insert(d, Node::Dir(0o755));
@@ -332,7 +332,7 @@ pub fn initramfs(agent: &Path, modules_dir: &Path) -> Result<Vec<u8>, UvmError> 
             a.insert(l, Node::Symlink(t.into()));
         }
     }
-    a.insert("usr/bin/coffer", Node::File(0o755, stripped(agent)?));
+    a.insert("usr/bin/coffer-agent", Node::File(0o755, stripped(agent)?));
     let mut programs = vec![agent.to_path_buf()];
     for p in ["runc", "mount"] {
         let path = which(p)?;
@@ -365,7 +365,7 @@ pub fn initramfs(agent: &Path, modules_dir: &Path) -> Result<Vec<u8>, UvmError> 
 }
 
 /// Build (or find in the cache) the guest image.
-pub fn build(opts: &BuildOptions) -> Result<GuestImage, UvmError> {
+pub fn build(opts: &BuildOptions) -> Result<GuestImage, HostError> {
     let deb = kernel_deb(&opts.home, opts.kernel_deb.as_deref())?;
     let (kernel_path, modules_dir) = unpack_kernel(&opts.home, &deb)?;
     let kernel =

@@ -40,7 +40,7 @@ use std::process::{Command, Stdio};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
-use crate::RuntimeError;
+use crate::HostError;
 
 /// The host bridge.
 pub const BRIDGE: &str = "coffer0";
@@ -74,24 +74,7 @@ impl Default for NetworkMode {
     }
 }
 
-/// What the agent learns about its network (`net.json` in the I/O directory): the data for the
-/// containers' `/etc/hosts` and `/etc/resolv.conf`. Host data, like the network itself.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct GroupNet {
-    /// The group's name as the host knows it.
-    pub name: String,
-    /// The group's address on the bridge (none: loopback only).
-    #[serde(default)]
-    pub address: Option<Ipv4Addr>,
-    /// The host's resolver configuration.
-    pub resolv_conf: String,
-}
-
-/// Name of [`GroupNet`]'s file in the I/O directory.
-pub const GROUP_FILE: &str = "net.json";
-/// Largest `resolv.conf` passed on.
-pub const MAX_RESOLV_CONF: usize = 64 << 10;
+pub use coffer_proto::{GroupNet, GROUP_FILE, MAX_RESOLV_CONF};
 
 /// A published port, and the socket that holds its host address and port.
 pub struct Published {
@@ -121,15 +104,15 @@ impl std::fmt::Display for Published {
     }
 }
 
-fn net_err(m: impl Into<String>) -> RuntimeError {
-    RuntimeError::Agent(format!("group network: {}", m.into()))
+fn net_err(m: impl Into<String>) -> HostError {
+    HostError::Agent(format!("group network: {}", m.into()))
 }
 
 /// Hold every port the policy publishes (before the sandbox starts, so a conflict fails early).
 pub fn reserve(
     mode: &NetworkMode,
     ports: &[coffer_policy::PortPolicy],
-) -> Result<Vec<Published>, RuntimeError> {
+) -> Result<Vec<Published>, HostError> {
     let publish_address =
         match mode {
             NetworkMode::Bridge { publish_address } => *publish_address,
@@ -181,7 +164,7 @@ pub fn reserve(
 }
 
 /// Where the CNI plugins are.
-fn cni_path() -> Result<PathBuf, RuntimeError> {
+fn cni_path() -> Result<PathBuf, HostError> {
     let candidates: Vec<PathBuf> = match std::env::var_os("COFFER_CNI_PATH") {
         Some(p) => vec![PathBuf::from(p)],
         None => vec!["/usr/lib/cni".into(), "/opt/cni/bin".into()],
@@ -210,7 +193,7 @@ pub fn available() -> bool {
 /// An exclusive lock on the host-wide state, held while plugins run.
 struct Lock(#[allow(dead_code)] nix::fcntl::Flock<std::fs::File>);
 
-fn lock() -> Result<Lock, RuntimeError> {
+fn lock() -> Result<Lock, HostError> {
     use std::os::unix::fs::DirBuilderExt as _;
     std::fs::DirBuilder::new()
         .recursive(true)
@@ -231,7 +214,7 @@ fn lock() -> Result<Lock, RuntimeError> {
 /// The subnet's outbound NAT: one MASQUERADE rule for all groups, added once (idempotently) and
 /// kept, like the bridge. (The bridge plugin's per-group `ipMasq` chain is not used: its `DEL`
 /// finds the group's address through the namespace, so a killed launcher's chain would stay.)
-fn ensure_masquerade() -> Result<(), RuntimeError> {
+fn ensure_masquerade() -> Result<(), HostError> {
     let rule = [
         "POSTROUTING",
         "-s",
@@ -317,7 +300,7 @@ impl Network {
         group_dir: &Path,
         sandbox_pid: u32,
         published: Vec<Published>,
-    ) -> Result<Network, RuntimeError> {
+    ) -> Result<Network, HostError> {
         use std::os::unix::fs::MetadataExt as _;
         let cni_path = cni_path()?;
         let path = format!("/proc/{sandbox_pid}/ns/net");
@@ -434,7 +417,7 @@ impl Network {
     }
 
     /// Run plugin `i` with `command` in the group's namespace.
-    fn cni(&self, command: &str, i: usize, prev: &Value) -> Result<Value, RuntimeError> {
+    fn cni(&self, command: &str, i: usize, prev: &Value) -> Result<Value, HostError> {
         let netns = format!("/proc/{}/fd/{}", std::process::id(), self.netns.as_raw_fd());
         self.run_plugin(command, &self.plugins[i], prev, Some(&netns))
     }
@@ -446,7 +429,7 @@ impl Network {
         conf: &Value,
         prev: &Value,
         netns: Option<&str>,
-    ) -> Result<Value, RuntimeError> {
+    ) -> Result<Value, HostError> {
         let mut conf = conf.clone();
         conf["cniVersion"] = json!("1.0.0");
         conf["name"] = json!(NETWORK);
@@ -490,7 +473,7 @@ impl Network {
     }
 
     /// DEL every plugin, last first; the first error.
-    fn del_all(&mut self) -> Result<(), RuntimeError> {
+    fn del_all(&mut self) -> Result<(), HostError> {
         let mut first = None;
         let prev = self.result.clone();
         for i in (0..self.plugins.len()).rev() {
@@ -523,7 +506,7 @@ impl Network {
     }
 
     /// Remove the veth, the group's iptables rules and its address lease; release its ports.
-    pub fn teardown(mut self) -> Result<(), RuntimeError> {
+    pub fn teardown(mut self) -> Result<(), HostError> {
         self.done = true;
         let _lock = lock()?;
         self.del_all()
@@ -570,9 +553,9 @@ pub fn host_resolv_conf() -> String {
 }
 
 /// Write [`GroupNet`] for the agent (atomically: the agent reads it when it makes a container).
-pub fn write_group_file(io_dir: &Path, net: &GroupNet) -> Result<(), RuntimeError> {
+pub fn write_group_file(io_dir: &Path, net: &GroupNet) -> Result<(), HostError> {
     let tmp = io_dir.join(format!("{GROUP_FILE}.tmp"));
-    let bytes = serde_json::to_vec(net).map_err(|e| RuntimeError::Protocol(e.to_string()))?;
+    let bytes = serde_json::to_vec(net).map_err(|e| HostError::Protocol(e.to_string()))?;
     std::fs::write(&tmp, bytes).map_err(crate::io("writing net.json"))?;
     std::fs::rename(&tmp, io_dir.join(GROUP_FILE)).map_err(crate::io("writing net.json"))
 }

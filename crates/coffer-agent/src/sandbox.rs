@@ -10,14 +10,11 @@ use std::path::{Path, PathBuf};
 
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
 
-use crate::{sys, RuntimeError};
+use crate::{sys, AgentError};
 
-/// Where the host-shared I/O directory appears inside the sandbox.
-pub const IO_DIR: &str = "/run/coffer/io";
-/// The agent's work directory inside the sandbox.
-pub const WORK_DIR: &str = "/run/coffer";
+use coffer_proto::IO_DIR;
 
-fn bind(src: &Path, dst: &Path, read_only: bool) -> Result<(), RuntimeError> {
+fn bind(src: &Path, dst: &Path, read_only: bool) -> Result<(), AgentError> {
     std::fs::create_dir_all(dst).map_err(crate::io(format!("mkdir {}", dst.display())))?;
     mount(
         Some(src),
@@ -41,7 +38,7 @@ fn bind(src: &Path, dst: &Path, read_only: bool) -> Result<(), RuntimeError> {
 }
 
 /// Build the sandbox root and pivot into it. `io_host` is the host path of the I/O directory.
-pub fn enter(io_host: &Path) -> Result<(), RuntimeError> {
+pub fn enter(io_host: &Path) -> Result<(), AgentError> {
     // Nothing mounted here may propagate back to the host.
     mount(
         None::<&str>,

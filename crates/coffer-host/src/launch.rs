@@ -8,16 +8,16 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use crate::protocol::{read_frame, write_frame, ProcessSpec, Request, VolumeSpec, VERSION};
-use crate::sp::EmulatedService;
-use crate::RuntimeError;
+use crate::emu::EmulatedService;
+use crate::HostError;
+use coffer_proto::{read_frame, write_frame, ProcessSpec, Request, VolumeSpec, VERSION};
 
 /// A connection to an agent.
 pub struct AgentClient {
     stream: UnixStream,
 }
 
-fn check(v: Value) -> Result<Value, RuntimeError> {
+fn check(v: Value) -> Result<Value, HostError> {
     if v.get("ok").and_then(Value::as_bool) == Some(true) {
         return Ok(v);
     }
@@ -38,12 +38,12 @@ fn check(v: Value) -> Result<Value, RuntimeError> {
             Some(other) => other.to_string(),
             None => String::new(),
         };
-        return Err(RuntimeError::Denied {
+        return Err(HostError::Denied {
             rule: v["rule"].as_str().unwrap_or("?").to_string(),
             reason,
         });
     }
-    Err(RuntimeError::Agent(
+    Err(HostError::Agent(
         v.get("error")
             .and_then(Value::as_str)
             .unwrap_or("agent error")
@@ -53,7 +53,7 @@ fn check(v: Value) -> Result<Value, RuntimeError> {
 
 impl AgentClient {
     /// Connect and check the protocol version.
-    pub fn connect(socket: &Path) -> Result<Self, RuntimeError> {
+    pub fn connect(socket: &Path) -> Result<Self, HostError> {
         let stream = UnixStream::connect(socket).map_err(crate::io(format!(
             "connecting to the agent at {}",
             socket.display()
@@ -64,15 +64,15 @@ impl AgentClient {
     }
 
     /// Send a request and read its answer (an error for denials and failures).
-    pub fn call(&mut self, req: &Request) -> Result<Value, RuntimeError> {
+    pub fn call(&mut self, req: &Request) -> Result<Value, HostError> {
         write_frame(&mut self.stream, req)?;
         let v = read_frame(&mut self.stream)?
-            .ok_or_else(|| RuntimeError::Protocol("the agent closed the connection".into()))?;
+            .ok_or_else(|| HostError::Protocol("the agent closed the connection".into()))?;
         check(v)
     }
 
     /// Mount the layer image `image` (a name from [`Group::stage_layer`]) at `target`.
-    pub fn mount_layer(&mut self, target: &str, image: &str) -> Result<Value, RuntimeError> {
+    pub fn mount_layer(&mut self, target: &str, image: &str) -> Result<Value, HostError> {
         self.call(&Request::MountLayer {
             target: target.into(),
             image: image.into(),
@@ -84,7 +84,7 @@ impl AgentClient {
         mut self,
         container_id: &str,
         mut on_line: impl FnMut(&str, &str),
-    ) -> Result<i32, RuntimeError> {
+    ) -> Result<i32, HostError> {
         write_frame(
             &mut self.stream,
             &Request::Attach {
@@ -93,7 +93,7 @@ impl AgentClient {
         )?;
         loop {
             let v = read_frame(&mut self.stream)?
-                .ok_or_else(|| RuntimeError::Protocol("the agent closed the connection".into()))?;
+                .ok_or_else(|| HostError::Protocol("the agent closed the connection".into()))?;
             if let Some(code) = v.get("exit").and_then(Value::as_i64) {
                 return Ok(code as i32);
             }
@@ -122,7 +122,7 @@ pub struct LaunchSpec {
     pub policy: Vec<u8>,
     /// HOST_DATA fixed at launch (normally SHA-256 of `policy`).
     pub host_data: [u8; 32],
-    /// The agent executable (this coffer binary).
+    /// The agent executable (`coffer-agent`, see [`agent_exe`]).
     pub agent_exe: PathBuf,
     /// Encrypted volume images to hand to the group: (volume name, LUKS2 image on the host).
     pub volumes: Vec<(String, PathBuf)>,
@@ -151,7 +151,7 @@ pub fn launch_measurement_cached(
     cache_dir: &Path,
     agent_exe: &Path,
     launch_config: &[u8],
-) -> Result<[u8; 48], RuntimeError> {
+) -> Result<[u8; 48], HostError> {
     use std::os::unix::fs::MetadataExt as _;
     let md = std::fs::metadata(agent_exe)
         .map_err(crate::io(format!("reading {}", agent_exe.display())))?;
@@ -181,10 +181,7 @@ pub fn launch_measurement_cached(
 }
 
 /// MEASUREMENT = SHA-384(agent binary ‖ launch configuration).
-pub fn launch_measurement(
-    agent_exe: &Path,
-    launch_config: &[u8],
-) -> Result<[u8; 48], RuntimeError> {
+pub fn launch_measurement(agent_exe: &Path, launch_config: &[u8]) -> Result<[u8; 48], HostError> {
     let mut h = openssl::sha::Sha384::new();
     let mut f = std::fs::File::open(agent_exe)
         .map_err(crate::io(format!("reading {}", agent_exe.display())))?;
@@ -205,12 +202,39 @@ pub fn launch_measurement(
 /// The MEASUREMENT every group launched with `agent_exe` gets: what a release policy pins
 /// (`x-ms-sevsnpvm-launchmeasurement`) so that only this agent, not merely the right HOST_DATA,
 /// obtains a key.
-pub fn expected_measurement(home: &Path, agent_exe: &Path) -> Result<[u8; 48], RuntimeError> {
+pub fn expected_measurement(home: &Path, agent_exe: &Path) -> Result<[u8; 48], HostError> {
     let launch_config = serde_json::to_vec(
-        &json!({"version": VERSION, "io": crate::sandbox::IO_DIR, "agent": "coffer agent"}),
+        &json!({"version": VERSION, "io": coffer_proto::IO_DIR, "agent": "coffer-agent"}),
     )
-    .map_err(|e| RuntimeError::Protocol(e.to_string()))?;
+    .map_err(|e| HostError::Protocol(e.to_string()))?;
     launch_measurement_cached(&home.join("run/.cache"), agent_exe, &launch_config)
+}
+
+/// The agent binary: `$COFFER_AGENT`, else `coffer-agent` next to the running executable (where
+/// `cargo build` and an install put it).
+pub fn agent_exe() -> Result<PathBuf, HostError> {
+    if let Some(p) = std::env::var_os("COFFER_AGENT") {
+        let p = PathBuf::from(p);
+        return if p.is_file() {
+            Ok(p)
+        } else {
+            Err(HostError::Agent(format!(
+                "COFFER_AGENT names {}, which is not a file",
+                p.display()
+            )))
+        };
+    }
+    let exe = std::env::current_exe().map_err(crate::io("locating the running executable"))?;
+    let p = exe.with_file_name("coffer-agent");
+    if p.is_file() {
+        Ok(p)
+    } else {
+        Err(HostError::Agent(format!(
+            "the agent binary {} is missing: build it with `cargo build --release -p coffer-agent` \
+             (or set COFFER_AGENT)",
+            p.display()
+        )))
+    }
 }
 
 /// The run directory of a group.
@@ -219,12 +243,12 @@ pub fn group_dir(home: &Path, name: &str) -> PathBuf {
 }
 
 /// Start the sandbox and wait until the agent serves (or refuses).
-pub fn launch(spec: LaunchSpec) -> Result<Group, RuntimeError> {
+pub fn launch(spec: LaunchSpec) -> Result<Group, HostError> {
     let dir = group_dir(&spec.home, &spec.name);
     if dir.join("io/agent.sock").exists() && dir.join("pid").exists() {
         let pid = std::fs::read_to_string(dir.join("pid")).unwrap_or_default();
         if Path::new(&format!("/proc/{}", pid.trim())).exists() {
-            return Err(RuntimeError::Agent(format!(
+            return Err(HostError::Agent(format!(
                 "a group named '{}' is already running (pid {})",
                 spec.name,
                 pid.trim()
@@ -257,12 +281,12 @@ pub fn launch(spec: LaunchSpec) -> Result<Group, RuntimeError> {
     }
     let measurement = expected_measurement(&spec.home, &spec.agent_exe)?;
     let emu = coffer_snp_emu::EmulatedSp::open_or_create(&spec.home)
-        .map_err(|e| RuntimeError::SecureProcessor(e.to_string()))?;
+        .map_err(|e| HostError::SecureProcessor(e.to_string()))?;
     let sp = EmulatedService::start(&io_dir.join("sp.sock"), emu, spec.host_data, measurement)?;
     // The relay goes only where the policy sends the group (its attestation services and key
     // brokers) and to the remote volume images the host itself serves.
     let text = std::str::from_utf8(&spec.policy)
-        .map_err(|_| RuntimeError::Agent("the policy is not UTF-8".into()))?;
+        .map_err(|_| HostError::Agent("the policy is not UTF-8".into()))?;
     let settings = coffer_policy::Settings::of(&mut coffer_policy::Enforcer::new(text)?)?;
     let mut allowed = settings.egress_destinations();
     for (name, src) in &spec.volumes {
@@ -270,7 +294,7 @@ pub fn launch(spec: LaunchSpec) -> Result<Group, RuntimeError> {
         if text.starts_with("http://") || text.starts_with("https://") {
             allowed.push(
                 coffer_encfs::source::url_host_port(&text)
-                    .map_err(|e| RuntimeError::Agent(format!("encrypted volume {name}: {e}")))?,
+                    .map_err(|e| HostError::Agent(format!("encrypted volume {name}: {e}")))?,
             );
         }
     }
@@ -296,7 +320,6 @@ pub fn launch(spec: LaunchSpec) -> Result<Group, RuntimeError> {
             "private",
         ])
         .arg(&spec.agent_exe)
-        .arg("agent")
         .arg("--io")
         .arg(&io_dir)
         .stdin(Stdio::null())
@@ -326,14 +349,14 @@ pub fn launch(spec: LaunchSpec) -> Result<Group, RuntimeError> {
         }
         if let Ok(Some(status)) = group.sandbox.try_wait() {
             let log = std::fs::read_to_string(group.dir.join("agent.log")).unwrap_or_default();
-            return Err(RuntimeError::Agent(format!(
+            return Err(HostError::Agent(format!(
                 "the agent exited ({status}): {}",
                 log.trim()
             )));
         }
         if started.elapsed() > Duration::from_secs(30) {
             let _ = group.sandbox.kill();
-            return Err(RuntimeError::Agent(
+            return Err(HostError::Agent(
                 "the agent did not start within 30 s".into(),
             ));
         }
@@ -344,11 +367,11 @@ pub fn launch(spec: LaunchSpec) -> Result<Group, RuntimeError> {
 impl Group {
     /// Put a layer image where the agent reads it (`io/layers/`: a hard link, or a copy across
     /// file systems); returns its name there, for [`AgentClient::mount_layer`].
-    pub fn stage_layer(&self, image: &Path) -> Result<String, RuntimeError> {
+    pub fn stage_layer(&self, image: &Path) -> Result<String, HostError> {
         let name = image
             .file_name()
             .and_then(|n| n.to_str())
-            .ok_or_else(|| RuntimeError::Agent(format!("{}: no file name", image.display())))?
+            .ok_or_else(|| HostError::Agent(format!("{}: no file name", image.display())))?
             .to_string();
         let dir = self.dir.join("io/layers");
         std::fs::create_dir_all(&dir).map_err(crate::io(format!("mkdir {}", dir.display())))?;
@@ -366,7 +389,7 @@ impl Group {
         mut self,
         mode: &crate::net::NetworkMode,
         published: Vec<crate::net::Published>,
-    ) -> Result<Group, RuntimeError> {
+    ) -> Result<Group, HostError> {
         let wired = match mode {
             crate::net::NetworkMode::None => Ok(None),
             crate::net::NetworkMode::Bridge { .. } => {
@@ -408,12 +431,12 @@ impl Group {
     }
 
     /// A new client connection.
-    pub fn client(&self) -> Result<AgentClient, RuntimeError> {
+    pub fn client(&self) -> Result<AgentClient, HostError> {
         AgentClient::connect(&self.socket())
     }
 
     /// Ask the agent to shut down and wait for the sandbox to exit.
-    pub fn shutdown(mut self) -> Result<Value, RuntimeError> {
+    pub fn shutdown(mut self) -> Result<Value, HostError> {
         let answer = self.client().and_then(|mut c| c.call(&Request::Shutdown));
         // An agent that refused (its policy keeps a container running) does not exit: the host
         // ends the group itself, as it always can.
@@ -506,7 +529,7 @@ pub struct Egress {
 
 impl Egress {
     /// Serve on `socket`.
-    pub fn start(socket: &Path, allowed: Vec<String>) -> Result<Self, RuntimeError> {
+    pub fn start(socket: &Path, allowed: Vec<String>) -> Result<Self, HostError> {
         let allowed = std::sync::Arc::new(allowed);
         use std::sync::atomic::Ordering;
         let _ = std::fs::remove_file(socket);

@@ -1,4 +1,4 @@
-//! The agent as PID 1 of a group's VM (`coffer agent --vm`, the initramfs's init).
+//! The agent as PID 1 of a group's VM (`coffer-agent --vm`, the initramfs's init).
 //!
 //! Boot: leave the initramfs for a tmpfs root (runc's `pivot_root` cannot leave the initramfs),
 //! mount proc/sys/devtmpfs/cgroup2/run, load the kernel modules `coffer uvm build` listed in
@@ -12,15 +12,15 @@
 //! verdict: `ok` or the reason it refuses); host -> guest `agent` (the protocol, one connection
 //! per stream) and `put` (a line `layers/<name>`, then the file; answered `ok` or `error: ...`).
 
-#![warn(missing_docs)]
-
 use std::io::{BufRead, Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use coffer_mux::{Mux, Side, Stream};
-use coffer_runtime::sandbox::IO_DIR;
+
+use crate::{io, sys, AgentError};
+use coffer_proto::IO_DIR;
 use nix::mount::{mount, MsFlags};
 
 /// Name of the virtio-serial port carrying the channel.
@@ -29,44 +29,6 @@ pub const PORT_NAME: &str = "coffer.0";
 pub const MODULES_LIST: &str = "/etc/coffer/modules";
 /// Largest policy accepted.
 const MAX_POLICY: u64 = 16 << 20;
-
-/// Errors of the guest's start.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum GuestError {
-    /// I/O, with what was being done.
-    #[error("{what}: {source}")]
-    Io {
-        /// What.
-        what: String,
-        /// The error.
-        source: std::io::Error,
-    },
-    /// A system call.
-    #[error("{what}: {source}")]
-    Sys {
-        /// What.
-        what: String,
-        /// errno.
-        source: nix::Error,
-    },
-    /// The channel.
-    #[error(transparent)]
-    Mux(#[from] coffer_mux::MuxError),
-    /// The agent refused or failed.
-    #[error(transparent)]
-    Agent(#[from] coffer_runtime::RuntimeError),
-}
-
-fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> GuestError {
-    let what = what.into();
-    move |source| GuestError::Io { what, source }
-}
-
-fn sys(what: impl Into<String>) -> impl FnOnce(nix::Error) -> GuestError {
-    let what = what.into();
-    move |source| GuestError::Sys { what, source }
-}
 
 /// Run as the VM's init; ends the VM when the agent is done (never returns).
 pub fn main() -> ! {
@@ -85,7 +47,7 @@ pub fn main() -> ! {
     std::process::exit(code)
 }
 
-fn boot_and_serve() -> Result<(), GuestError> {
+fn boot_and_serve() -> Result<(), AgentError> {
     let t0 = Instant::now();
     // The kernel gives init no PATH; the agent runs mount, ip and runc by name.
     std::env::set_var("PATH", "/usr/sbin:/usr/bin:/sbin:/bin");
@@ -115,18 +77,15 @@ fn boot_and_serve() -> Result<(), GuestError> {
         p
     };
     let _ = std::fs::write(io_dir.join("policy.rego"), &policy);
-    let sp: Arc<dyn coffer_runtime::sp::SecureProcessor> =
-        if coffer_runtime::sev_guest::SevGuest::available() {
-            Arc::new(coffer_runtime::sev_guest::SevGuest::new(
-                Path::new("/dev/sev-guest"),
-                0,
-            ))
-        } else {
-            Arc::new(coffer_runtime::sp::EmulatedClient::new(
-                &io_dir.join("sp.sock"),
-            ))
-        };
-    let verdict = coffer_runtime::agent::start(&policy, sp);
+    let sp: Arc<dyn coffer_sp::SecureProcessor> = if coffer_sp::sev_guest::SevGuest::available() {
+        Arc::new(coffer_sp::sev_guest::SevGuest::new(
+            Path::new("/dev/sev-guest"),
+            0,
+        ))
+    } else {
+        Arc::new(coffer_sp::EmulatedClient::new(&io_dir.join("sp.sock")))
+    };
+    let verdict = crate::agent::start(&policy, sp);
     let ready = mux.open("ready")?;
     match &verdict {
         Ok(_) => {
@@ -145,7 +104,7 @@ fn boot_and_serve() -> Result<(), GuestError> {
         Ok(a) => a,
         Err(e) => {
             mux.flush(Duration::from_secs(5));
-            return Err(e.into());
+            return Err(e);
         }
     };
     let accept_mux = mux.clone();
@@ -161,7 +120,7 @@ fn boot_and_serve() -> Result<(), GuestError> {
     });
     // The shutdown answer must reach the host before the VM goes.
     mux.flush(Duration::from_secs(5));
-    result.map_err(Into::into)
+    result
 }
 
 /// Receive a file into the I/O directory: only `layers/<name>`, a new file.
@@ -172,7 +131,7 @@ fn put_file(s: Stream) {
         Ok(_) => {
             let name = String::from_utf8_lossy(&line).trim().to_string();
             match name.strip_prefix("layers/") {
-                Some(n) if coffer_runtime::agent::safe_file_name(n) => {
+                Some(n) if crate::agent::safe_file_name(n) => {
                     let path = Path::new(IO_DIR).join("layers").join(n);
                     let copied = std::fs::OpenOptions::new()
                         .write(true)
@@ -196,7 +155,7 @@ fn put_file(s: Stream) {
 }
 
 /// Move the initramfs's files onto a tmpfs and make it the root.
-fn leave_initramfs() -> Result<(), GuestError> {
+fn leave_initramfs() -> Result<(), AgentError> {
     let new = Path::new("/newroot");
     std::fs::create_dir_all(new).map_err(io("mkdir /newroot"))?;
     mount(
@@ -226,7 +185,7 @@ fn leave_initramfs() -> Result<(), GuestError> {
 
 /// Copy `src` to `dst` (files, directories, symlinks), removing the source as it goes so the
 /// initramfs's memory is freed.
-fn move_tree(src: &Path, dst: &Path) -> Result<(), GuestError> {
+fn move_tree(src: &Path, dst: &Path) -> Result<(), AgentError> {
     let md = std::fs::symlink_metadata(src).map_err(io(format!("{}", src.display())))?;
     if md.file_type().is_symlink() {
         let target = std::fs::read_link(src).map_err(io(format!("{}", src.display())))?;
@@ -250,7 +209,7 @@ fn move_tree(src: &Path, dst: &Path) -> Result<(), GuestError> {
     Ok(())
 }
 
-fn mount_basics() -> Result<(), GuestError> {
+fn mount_basics() -> Result<(), AgentError> {
     let nosuid = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
     for (src, dst, fs, flags) in [
         ("proc", "/proc", "proc", nosuid),
@@ -300,7 +259,7 @@ fn libc_enoent() -> i32 {
 }
 
 /// The character device of the virtio-serial port named [`PORT_NAME`].
-fn find_port(timeout: Duration) -> Result<PathBuf, GuestError> {
+fn find_port(timeout: Duration) -> Result<PathBuf, AgentError> {
     let t0 = Instant::now();
     loop {
         if let Ok(ports) = std::fs::read_dir("/sys/class/virtio-ports") {
@@ -315,7 +274,7 @@ fn find_port(timeout: Duration) -> Result<PathBuf, GuestError> {
             }
         }
         if t0.elapsed() > timeout {
-            return Err(GuestError::Io {
+            return Err(AgentError::Io {
                 what: format!("finding the virtio-serial port {PORT_NAME}"),
                 source: std::io::ErrorKind::NotFound.into(),
             });

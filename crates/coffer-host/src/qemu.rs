@@ -12,14 +12,14 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use crate::emu::EmulatedService;
+use crate::launch::{group_dir, AgentClient, Egress, LaunchSpec};
 use coffer_mux::{Mux, Side};
-use coffer_runtime::host::{group_dir, AgentClient, Egress, LaunchSpec};
-use coffer_runtime::protocol::Request;
-use coffer_runtime::sp::EmulatedService;
+use coffer_proto::Request;
 use serde_json::Value;
 
 use crate::image::GuestImage;
-use crate::{io, UvmError};
+use crate::{io, HostError};
 
 /// How long a boot may take under TCG before the launcher gives up.
 const BOOT_TIMEOUT: Duration = Duration::from_secs(180);
@@ -121,9 +121,9 @@ pub struct VmGroup {
 }
 
 /// Start the VM and wait until the agent serves (or refuses).
-pub fn launch(spec: LaunchSpec, cfg: &VmConfig) -> Result<VmGroup, UvmError> {
+pub fn launch(spec: LaunchSpec, cfg: &VmConfig) -> Result<VmGroup, HostError> {
     if !spec.volumes.is_empty() {
-        return Err(UvmError::Unsupported(
+        return Err(HostError::Unsupported(
             "encrypted volumes in a VM group (not yet: use --isolation namespace)".into(),
         ));
     }
@@ -131,18 +131,14 @@ pub fn launch(spec: LaunchSpec, cfg: &VmConfig) -> Result<VmGroup, UvmError> {
     crate::refuse_if_running(&dir, &spec.name)?;
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(dir.join("io")).map_err(io(format!("mkdir {}", dir.display())))?;
-    let emu = coffer_snp_emu::EmulatedSp::open_or_create(&spec.home).map_err(|e| {
-        UvmError::Runtime(coffer_runtime::RuntimeError::SecureProcessor(e.to_string()))
-    })?;
+    let emu = coffer_snp_emu::EmulatedSp::open_or_create(&spec.home)
+        .map_err(|e| HostError::SecureProcessor(e.to_string()))?;
     let measurement = cfg.image.measurement;
     let sp = EmulatedService::start(&dir.join("sp.sock"), emu, spec.host_data, measurement)?;
     let text = std::str::from_utf8(&spec.policy)
-        .map_err(|_| UvmError::Unsupported("the policy is not UTF-8".into()))?;
-    let allowed = coffer_policy::Settings::of(
-        &mut coffer_policy::Enforcer::new(text).map_err(coffer_runtime::RuntimeError::from)?,
-    )
-    .map_err(coffer_runtime::RuntimeError::from)?
-    .egress_destinations();
+        .map_err(|_| HostError::Unsupported("the policy is not UTF-8".into()))?;
+    let allowed = coffer_policy::Settings::of(&mut coffer_policy::Enforcer::new(text)?)?
+        .egress_destinations();
     let egress = Egress::start(&dir.join("egress.sock"), allowed)?;
     let qemu = qemu_command(cfg, &dir)
         .stdin(Stdio::null())
@@ -196,7 +192,7 @@ pub fn launch(spec: LaunchSpec, cfg: &VmConfig) -> Result<VmGroup, UvmError> {
         }
     };
     if verdict != "ok" {
-        return Err(UvmError::Refused(format!(
+        return Err(HostError::Refused(format!(
             "{verdict}{}",
             group.console_tail()
         )));
@@ -233,14 +229,14 @@ fn serve_guest(mux: Mux, policy: Vec<u8>, dir: PathBuf, ready: mpsc::Sender<Stri
 }
 
 impl VmGroup {
-    fn connect_channel(&mut self, path: &Path) -> Result<UnixStream, UvmError> {
+    fn connect_channel(&mut self, path: &Path) -> Result<UnixStream, HostError> {
         let t0 = Instant::now();
         loop {
             if let Ok(s) = UnixStream::connect(path) {
                 return Ok(s);
             }
             if let Some(status) = self.exited() {
-                return Err(UvmError::Refused(format!(
+                return Err(HostError::Refused(format!(
                     "QEMU exited ({status}): {}",
                     std::fs::read_to_string(self.dir.join("qemu.log"))
                         .unwrap_or_default()
@@ -248,7 +244,7 @@ impl VmGroup {
                 )));
             }
             if t0.elapsed() > Duration::from_secs(20) {
-                return Err(UvmError::Refused(
+                return Err(HostError::Refused(
                     "QEMU did not open its channel socket".into(),
                 ));
             }
@@ -278,11 +274,11 @@ impl VmGroup {
 
     /// Copy a layer image into the guest's I/O directory (`layers/<name>`); returns the name
     /// for `AgentClient::mount_layer`.
-    pub fn stage_layer(&self, image: &Path) -> Result<String, UvmError> {
+    pub fn stage_layer(&self, image: &Path) -> Result<String, HostError> {
         let name = image
             .file_name()
             .and_then(|n| n.to_str())
-            .ok_or_else(|| UvmError::Unsupported(format!("{}: no file name", image.display())))?
+            .ok_or_else(|| HostError::Unsupported(format!("{}: no file name", image.display())))?
             .to_string();
         let s = self.mux.open("put")?;
         let mut f =
@@ -296,7 +292,7 @@ impl VmGroup {
             .read_to_string(&mut answer)
             .map_err(io("reading the guest's answer"))?;
         if answer != "ok" {
-            return Err(UvmError::Refused(format!("layer {name}: {answer}")));
+            return Err(HostError::Refused(format!("layer {name}: {answer}")));
         }
         Ok(name)
     }
@@ -307,16 +303,14 @@ impl VmGroup {
     }
 
     /// A new client connection.
-    pub fn client(&self) -> Result<AgentClient, UvmError> {
-        Ok(AgentClient::connect(&self.socket())?)
+    pub fn client(&self) -> Result<AgentClient, HostError> {
+        AgentClient::connect(&self.socket())
     }
 
     /// Ask the agent to shut down, wait for the VM to end (a few seconds at most), then remove
     /// every trace.
-    pub fn shutdown(mut self) -> Result<Value, UvmError> {
-        let answer = self
-            .client()
-            .and_then(|mut c| Ok(c.call(&Request::Shutdown)?));
+    pub fn shutdown(mut self) -> Result<Value, HostError> {
+        let answer = self.client().and_then(|mut c| c.call(&Request::Shutdown));
         let deadline = Instant::now()
             + if answer.is_ok() {
                 Duration::from_secs(10)

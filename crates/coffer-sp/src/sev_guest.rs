@@ -10,8 +10,7 @@ use std::fs::OpenOptions;
 use std::os::fd::AsRawFd;
 use std::path::Path;
 
-use crate::sp::{Evidence, SecureProcessor};
-use crate::RuntimeError;
+use crate::{Evidence, SecureProcessor, SpError};
 
 /// `struct snp_report_req`.
 #[repr(C)]
@@ -83,17 +82,15 @@ impl SevGuest {
 }
 
 /// Extract the report from MSG_REPORT_RSP: status (0 = success), report_size, 24 reserved bytes.
-pub fn parse_report_resp(resp: &SnpReportResp) -> Result<Vec<u8>, RuntimeError> {
+pub fn parse_report_resp(resp: &SnpReportResp) -> Result<Vec<u8>, SpError> {
     let status = u32::from_le_bytes([resp.data[0], resp.data[1], resp.data[2], resp.data[3]]);
     let size =
         u32::from_le_bytes([resp.data[4], resp.data[5], resp.data[6], resp.data[7]]) as usize;
     if status != 0 {
-        return Err(RuntimeError::SecureProcessor(format!(
-            "firmware status {status:#x}"
-        )));
+        return Err(SpError::Refused(format!("firmware status {status:#x}")));
     }
     if size != coffer_snp::REPORT_LEN || 32 + size > resp.data.len() {
-        return Err(RuntimeError::SecureProcessor(format!(
+        return Err(SpError::Refused(format!(
             "report size {size}, expected {}",
             coffer_snp::REPORT_LEN
         )));
@@ -102,7 +99,7 @@ pub fn parse_report_resp(resp: &SnpReportResp) -> Result<Vec<u8>, RuntimeError> 
 }
 
 impl SecureProcessor for SevGuest {
-    fn report(&self, report_data: &[u8; 64]) -> Result<Evidence, RuntimeError> {
+    fn report(&self, report_data: &[u8; 64]) -> Result<Evidence, SpError> {
         let dev = OpenOptions::new()
             .read(true)
             .write(true)
@@ -125,7 +122,7 @@ impl SecureProcessor for SevGuest {
         // (`req`, `resp`) that outlive the call.
         let r = unsafe { snp_get_report(dev.as_raw_fd(), &mut ioctl) };
         r.map_err(|e| {
-            RuntimeError::SecureProcessor(format!(
+            SpError::Refused(format!(
                 "SNP_GET_REPORT: {e} (exitinfo2 {:#x})",
                 ioctl.exitinfo2
             ))

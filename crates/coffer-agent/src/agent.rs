@@ -11,10 +11,10 @@ use std::sync::{Arc, Condvar, Mutex};
 use coffer_policy::Enforcer;
 use serde_json::{json, Value};
 
-use crate::protocol::{read_frame, write_frame, ProcessSpec, Request, VolumeSpec, VERSION};
-use crate::sandbox::WORK_DIR;
-use crate::sp::SecureProcessor;
-use crate::RuntimeError;
+use crate::AgentError;
+use coffer_proto::WORK_DIR;
+use coffer_proto::{read_frame, write_frame, ProcessSpec, Request, VolumeSpec, VERSION};
+use coffer_sp::SecureProcessor;
 
 /// Output of a container, kept for attach, and its exit status. Bounded: the oldest lines go
 /// first when a container writes more than the agent keeps.
@@ -164,23 +164,23 @@ fn find_runc() -> PathBuf {
 
 /// Check the launch data and build the agent. Fails (the agent refuses to serve) unless
 /// SHA-256(policy) equals the HOST_DATA in its own report.
-pub fn start(policy: &[u8], sp: Arc<dyn SecureProcessor>) -> Result<Agent, RuntimeError> {
+pub fn start(policy: &[u8], sp: Arc<dyn SecureProcessor>) -> Result<Agent, AgentError> {
     let digest = coffer_policy::digest(policy);
     let mut report_data = [0u8; 64];
     report_data[..32].copy_from_slice(&digest);
     let evidence = sp.report(&report_data)?;
     let report = coffer_snp::Report::decode(&evidence.report)
-        .map_err(|e| RuntimeError::SecureProcessor(e.to_string()))?;
+        .map_err(|e| AgentError::Agent(format!("the secure processor's report: {e}")))?;
     let f = report.fields();
     if f.host_data != digest {
-        return Err(RuntimeError::Agent(format!(
+        return Err(AgentError::Agent(format!(
             "refusing to serve: SHA-256 of the policy ({}) differs from HOST_DATA ({})",
             hex::encode(digest),
             hex::encode(f.host_data)
         )));
     }
     let text = std::str::from_utf8(policy)
-        .map_err(|_| RuntimeError::Agent("the policy is not UTF-8".into()))?;
+        .map_err(|_| AgentError::Agent("the policy is not UTF-8".into()))?;
     let mut enforcer = Enforcer::new(text)?;
     // Settings that do not parse are a policy the agent cannot follow: refuse to serve.
     let coffer_policy::Settings {
@@ -217,7 +217,7 @@ pub fn start(policy: &[u8], sp: Arc<dyn SecureProcessor>) -> Result<Agent, Runti
 
 impl Agent {
     /// Serve on `socket` until a shutdown request.
-    pub fn serve(self, socket: &Path) -> Result<(), RuntimeError> {
+    pub fn serve(self, socket: &Path) -> Result<(), AgentError> {
         self.start_services(&socket.with_file_name("egress.sock"))?;
         let _ = std::fs::remove_file(socket);
         let listener = UnixListener::bind(socket)
@@ -238,7 +238,7 @@ impl Agent {
     /// Serve every connection `accept` yields (any transport: the VM's multiplexed channel)
     /// until a shutdown request, then return (the caller ends the VM); `accept` returning `None`
     /// (the channel is gone) is an error. `egress` is the relay's socket for the SKR API.
-    pub fn serve_connections<C, F>(self, egress: &Path, mut accept: F) -> Result<(), RuntimeError>
+    pub fn serve_connections<C, F>(self, egress: &Path, mut accept: F) -> Result<(), AgentError>
     where
         C: Read + Write + Send + 'static,
         F: FnMut() -> Option<C> + Send + 'static,
@@ -260,11 +260,11 @@ impl Agent {
         // Every sender gone without a shutdown: the accept loop ended, the channel is down.
         done_rx
             .recv()
-            .map_err(|_| RuntimeError::Agent("the channel to the host is gone".into()))
+            .map_err(|_| AgentError::Agent("the channel to the host is gone".into()))
     }
 
     /// The loopback interface and the SKR API, before serving.
-    fn start_services(&self, egress: &Path) -> Result<(), RuntimeError> {
+    fn start_services(&self, egress: &Path) -> Result<(), AgentError> {
         // The loopback interface of the fresh network namespace, for sidecars on localhost.
         let _ = Command::new("ip")
             .args(["link", "set", "lo", "up"])
@@ -277,7 +277,7 @@ impl Agent {
         if let Some(policy) = &self.skr {
             let broker = match policy.broker.as_ref().map(crate::skr::Broker::from_policy) {
                 Some(Ok(b)) => Some(b),
-                Some(Err(e)) => return Err(RuntimeError::Agent(format!("the SKR API: {e}"))),
+                Some(Err(e)) => return Err(AgentError::Agent(format!("the SKR API: {e}"))),
                 None => None,
             };
             let skr = crate::skr::Skr {
@@ -358,13 +358,13 @@ impl Agent {
     /// the group's address and the host's resolvers; none: loopback only). A policy without a
     /// host name gets the host's name for the group.
     fn make_group_files(&self) -> Result<oci::GroupFiles, String> {
-        let io = Path::new(crate::sandbox::IO_DIR).join(crate::net::GROUP_FILE);
-        let net: crate::net::GroupNet = match std::fs::read(&io) {
-            Ok(b) if b.len() <= 2 * crate::net::MAX_RESOLV_CONF => serde_json::from_slice(&b)
-                .map_err(|e| format!("{}: {e}", crate::net::GROUP_FILE))?,
-            Ok(_) => return Err(format!("{} is too large", crate::net::GROUP_FILE)),
+        let io = Path::new(coffer_proto::IO_DIR).join(coffer_proto::GROUP_FILE);
+        let net: coffer_proto::GroupNet = match std::fs::read(&io) {
+            Ok(b) if b.len() <= 2 * coffer_proto::MAX_RESOLV_CONF => serde_json::from_slice(&b)
+                .map_err(|e| format!("{}: {e}", coffer_proto::GROUP_FILE))?,
+            Ok(_) => return Err(format!("{} is too large", coffer_proto::GROUP_FILE)),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Default::default(),
-            Err(e) => return Err(format!("{}: {e}", crate::net::GROUP_FILE)),
+            Err(e) => return Err(format!("{}: {e}", coffer_proto::GROUP_FILE)),
         };
         let name = match &self.hostname {
             Some(h) => h.clone(),
@@ -375,7 +375,7 @@ impl Agent {
             }
             None => "localhost".to_string(),
         };
-        if net.resolv_conf.len() > crate::net::MAX_RESOLV_CONF || net.resolv_conf.contains('\0') {
+        if net.resolv_conf.len() > coffer_proto::MAX_RESOLV_CONF || net.resolv_conf.contains('\0') {
             return Err("the host's resolv.conf is too large or not text".into());
         }
         let own = match net.address {
@@ -440,7 +440,7 @@ impl Agent {
                 ));
             }
         }
-        let path = PathBuf::from(crate::sandbox::IO_DIR)
+        let path = PathBuf::from(coffer_proto::IO_DIR)
             .join("layers")
             .join(image);
         let result = self.place_layer(target, &layers_root, &path);
@@ -679,13 +679,13 @@ impl Agent {
             return Ok(());
         }
         let broker = crate::skr::Broker::from_policy(&policy.broker)?;
-        let egress = PathBuf::from(crate::sandbox::IO_DIR).join("egress.sock");
+        let egress = PathBuf::from(coffer_proto::IO_DIR).join("egress.sock");
         let jwk =
             crate::skr::release_jwk(&self.sp, &egress, &broker, &policy.key).map_err(|(_, m)| m)?;
         let jwk: Value =
             serde_json::from_str(&jwk).map_err(|e| format!("released key is not a JWK: {e}"))?;
         let k = volume_key(&jwk, &policy.salt, &policy.label)?;
-        let image = PathBuf::from(crate::sandbox::IO_DIR)
+        let image = PathBuf::from(coffer_proto::IO_DIR)
             .join("volumes")
             .join(format!("{name}.img"));
         // The volume is decrypted on demand through a FUSE block file, never copied out.
@@ -1122,7 +1122,7 @@ pub(crate) mod oci {
         UserBuilder,
     };
 
-    use crate::protocol::ProcessSpec;
+    use coffer_proto::ProcessSpec;
 
     fn mnt(
         dest: &str,

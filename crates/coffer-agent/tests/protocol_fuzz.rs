@@ -3,7 +3,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use coffer_runtime::protocol::{read_frame, Request, MAX_FRAME};
+use coffer_proto::{read_frame, Request, MAX_FRAME};
 use proptest::prelude::*;
 
 proptest! {

@@ -1,3 +1,6 @@
+//! The contract between the untrusted host and the agent inside the TEE, shared by both sides:
+//! the requests ([`Request`]), their framing, and the layout of the I/O directory ([`layout`]).
+//!
 //! The agent API: frames of a 4-byte big-endian length and a JSON document. `mount_layer` is
 //! followed by the layer's uncompressed tar as chunks (4-byte big-endian length, bytes), ended
 //! by an empty chunk: the host streams without knowing the size, the agent measures as it reads.
@@ -7,7 +10,29 @@ use std::io::{Read, Write};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::RuntimeError;
+pub mod layout;
+pub use layout::{GroupNet, GROUP_FILE, IO_DIR, MAX_RESOLV_CONF, WORK_DIR};
+
+/// Errors of the framing.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ProtoError {
+    /// The stream failed.
+    #[error("{what}: {source}")]
+    Io {
+        /// What was being done.
+        what: &'static str,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// A frame broke the protocol (too large, not JSON).
+    #[error("agent protocol: {0}")]
+    Frame(String),
+}
+
+fn io(what: &'static str) -> impl FnOnce(std::io::Error) -> ProtoError {
+    move |source| ProtoError::Io { what, source }
+}
 
 /// Protocol version; `hello` must agree.
 pub const VERSION: u32 = 1;
@@ -110,41 +135,40 @@ pub enum Request {
 }
 
 /// Write one JSON frame.
-pub fn write_frame<W: Write>(w: &mut W, v: &impl Serialize) -> Result<(), RuntimeError> {
-    let bytes = serde_json::to_vec(v).map_err(|e| RuntimeError::Protocol(e.to_string()))?;
+pub fn write_frame<W: Write>(w: &mut W, v: &impl Serialize) -> Result<(), ProtoError> {
+    let bytes = serde_json::to_vec(v).map_err(|e| ProtoError::Frame(e.to_string()))?;
     let len =
-        u32::try_from(bytes.len()).map_err(|_| RuntimeError::Protocol("frame too large".into()))?;
+        u32::try_from(bytes.len()).map_err(|_| ProtoError::Frame("frame too large".into()))?;
     w.write_all(&len.to_be_bytes())
-        .map_err(crate::io("writing a frame"))?;
-    w.write_all(&bytes).map_err(crate::io("writing a frame"))?;
-    w.flush().map_err(crate::io("writing a frame"))
+        .map_err(io("writing a frame"))?;
+    w.write_all(&bytes).map_err(io("writing a frame"))?;
+    w.flush().map_err(io("writing a frame"))
 }
 
 /// Read one JSON frame; `None` at a clean end of stream.
-pub fn read_frame<R: Read>(r: &mut R) -> Result<Option<Value>, RuntimeError> {
+pub fn read_frame<R: Read>(r: &mut R) -> Result<Option<Value>, ProtoError> {
     let mut len = [0u8; 4];
     match r.read_exact(&mut len) {
         Ok(()) => {}
         Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
         Err(e) => {
-            return Err(RuntimeError::Io {
-                what: "reading a frame".into(),
+            return Err(ProtoError::Io {
+                what: "reading a frame",
                 source: e,
             })
         }
     }
     let len = u32::from_be_bytes(len) as usize;
     if len > MAX_FRAME {
-        return Err(RuntimeError::Protocol(format!(
+        return Err(ProtoError::Frame(format!(
             "frame of {len} bytes exceeds {MAX_FRAME}"
         )));
     }
     let mut buf = vec![0u8; len];
-    r.read_exact(&mut buf)
-        .map_err(crate::io("reading a frame"))?;
+    r.read_exact(&mut buf).map_err(io("reading a frame"))?;
     serde_json::from_slice(&buf)
         .map(Some)
-        .map_err(|e| RuntimeError::Protocol(format!("frame is not JSON: {e}")))
+        .map_err(|e| ProtoError::Frame(format!("frame is not JSON: {e}")))
 }
 
 #[cfg(test)]

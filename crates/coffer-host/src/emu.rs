@@ -1,75 +1,17 @@
-//! The secure processor, seen from the agent: one trait, two implementations.
-//!
-//! * [`EmulatedClient`] asks the emulated secure processor, which runs outside the sandbox (in
-//!   the launcher, [`EmulatedService`]) with the launch data fixed when the group started. The agent
-//!   can only supply REPORT_DATA, exactly as with real hardware, so it cannot forge HOST_DATA or
-//!   MEASUREMENT.
-//! * [`crate::sev_guest::SevGuest`] is the Linux `/dev/sev-guest` SNP_GET_REPORT ioctl.
+//! The emulated secure processor's service for one group (development only): the launcher
+//! serves it to the agent with the launch data fixed when the group started; the agent supplies
+//! only REPORT_DATA, as with real hardware (`coffer_sp::EmulatedClient` is the other end).
 
-use std::os::unix::net::{UnixListener, UnixStream};
+use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use base64::Engine as _;
+use coffer_proto::{read_frame, write_frame};
 use serde_json::{json, Value};
 
-use crate::protocol::{read_frame, write_frame};
-use crate::RuntimeError;
-
-/// Evidence from the secure processor.
-#[derive(Clone, Debug)]
-pub struct Evidence {
-    /// The 1184-byte ATTESTATION_REPORT.
-    pub report: Vec<u8>,
-    /// The certificate chain (VCEK, ASK, ARK PEM) when the platform hands it out.
-    pub cert_chain: Option<String>,
-}
-
-/// Something that produces attestation reports for the code that calls it.
-pub trait SecureProcessor: Send + Sync {
-    /// A report whose REPORT_DATA is `report_data`.
-    fn report(&self, report_data: &[u8; 64]) -> Result<Evidence, RuntimeError>;
-}
-
-/// The agent's side of the emulated secure processor.
-pub struct EmulatedClient {
-    socket: PathBuf,
-}
-
-impl EmulatedClient {
-    /// Talk to the service at `socket`.
-    pub fn new(socket: &Path) -> Self {
-        EmulatedClient {
-            socket: socket.to_path_buf(),
-        }
-    }
-}
-
-impl SecureProcessor for EmulatedClient {
-    fn report(&self, report_data: &[u8; 64]) -> Result<Evidence, RuntimeError> {
-        let mut s = UnixStream::connect(&self.socket).map_err(crate::io(format!(
-            "connecting to {}",
-            self.socket.display()
-        )))?;
-        write_frame(&mut s, &json!({"report_data": hex::encode(report_data)}))?;
-        let v =
-            read_frame(&mut s)?.ok_or_else(|| RuntimeError::SecureProcessor("no answer".into()))?;
-        if let Some(e) = v.get("error").and_then(Value::as_str) {
-            return Err(RuntimeError::SecureProcessor(e.to_string()));
-        }
-        let report = v
-            .get("report")
-            .and_then(Value::as_str)
-            .and_then(|r| base64::engine::general_purpose::STANDARD.decode(r).ok())
-            .ok_or_else(|| RuntimeError::SecureProcessor("answer has no report".into()))?;
-        let cert_chain = v
-            .get("cert_chain")
-            .and_then(Value::as_str)
-            .map(str::to_string);
-        Ok(Evidence { report, cert_chain })
-    }
-}
+use crate::HostError;
 
 /// The emulated secure processor serving one group, launch data fixed at start.
 pub struct EmulatedService {
@@ -85,7 +27,7 @@ impl EmulatedService {
         sp: coffer_snp_emu::EmulatedSp,
         host_data: [u8; 32],
         measurement: [u8; 48],
-    ) -> Result<Self, RuntimeError> {
+    ) -> Result<Self, HostError> {
         let _ = std::fs::remove_file(socket);
         let listener = UnixListener::bind(socket)
             .map_err(crate::io(format!("binding {}", socket.display())))?;

@@ -25,7 +25,7 @@ use serde_json::{json, Value};
 
 use coffer_release::Endpoint;
 
-use crate::sp::SecureProcessor;
+use coffer_sp::SecureProcessor;
 
 /// What the SKR server needs.
 pub struct Skr {
@@ -103,7 +103,7 @@ pub fn serve(skr: Skr, port: u16) -> Result<(), String> {
 fn report_for(
     sp: &Arc<dyn SecureProcessor>,
     runtime: &[u8],
-) -> Result<crate::sp::Evidence, SkrError> {
+) -> Result<coffer_sp::Evidence, SkrError> {
     let mut rd = [0u8; 64];
     rd[..32].copy_from_slice(&openssl::sha::sha256(runtime));
     sp.report(&rd).map_err(|e| internal(e.to_string()))
@@ -118,7 +118,7 @@ async fn attest_raw(
     State(s): State<Arc<Skr>>,
     Json(r): Json<RawReq>,
 ) -> Result<Json<Value>, SkrError> {
-    let runtime = coffer_attest::decode_b64(&r.runtime_data)
+    let runtime = coffer_release::decode_b64(&r.runtime_data)
         .ok_or_else(|| bad("runtime_data is not base64"))?;
     let ev = tokio::task::spawn_blocking(move || report_for(&s.sp, &runtime))
         .await
@@ -136,7 +136,7 @@ async fn attest_maa(
     State(s): State<Arc<Skr>>,
     Json(r): Json<MaaReq>,
 ) -> Result<Json<Value>, SkrError> {
-    let runtime = coffer_attest::decode_b64(&r.runtime_data)
+    let runtime = coffer_release::decode_b64(&r.runtime_data)
         .ok_or_else(|| bad("runtime_data is not base64"))?;
     let broker = allowed(&s, &r.maa_endpoint, None)?;
     let token =
@@ -249,7 +249,7 @@ fn token_jti(token: &str) -> String {
     token
         .split('.')
         .nth(1)
-        .and_then(coffer_attest::decode_b64)
+        .and_then(coffer_release::decode_b64)
         .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
         .and_then(|v| v["jti"].as_str().map(str::to_string))
         .unwrap_or_default()
@@ -277,7 +277,7 @@ fn release(
         public
             .parameter(k)
             .and_then(Value::as_str)
-            .and_then(coffer_attest::decode_b64)
+            .and_then(coffer_release::decode_b64)
             .ok_or_else(|| internal("the fresh wrapping key has no modulus"))
     };
     let wrapping_key = coffer_release::rsa_thumbprint(&component("n")?, &component("e")?);
