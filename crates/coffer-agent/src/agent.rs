@@ -115,6 +115,9 @@ pub struct Agent {
     work: PathBuf,
     runc: PathBuf,
     report_summary: Value,
+    /// Layers arrive as read-only block devices named by their virtio serial (VM backend) and
+    /// are mounted through dm-verity, rather than as files in the I/O directory.
+    layer_disks: bool,
 }
 
 fn lock(m: &Mutex<State>) -> std::sync::MutexGuard<'_, State> {
@@ -212,10 +215,18 @@ pub fn start(policy: &[u8], sp: Arc<dyn SecureProcessor>) -> Result<Agent, Agent
             "measurement": hex::encode(f.measurement),
             "report_id": hex::encode(f.report_id),
         }),
+        layer_disks: false,
     })
 }
 
 impl Agent {
+    /// Take layers from block devices through dm-verity (the VM backend; the guest decides
+    /// this, never the host).
+    pub fn with_layer_disks(mut self) -> Self {
+        self.layer_disks = true;
+        self
+    }
+
     /// Serve on `socket` until a shutdown request.
     pub fn serve(self, socket: &Path) -> Result<(), AgentError> {
         self.start_services(&socket.with_file_name("egress.sock"))?;
@@ -440,10 +451,14 @@ impl Agent {
                 ));
             }
         }
-        let path = PathBuf::from(coffer_proto::IO_DIR)
-            .join("layers")
-            .join(image);
-        let result = self.place_layer(target, &layers_root, &path);
+        let result = if self.layer_disks {
+            self.place_layer_disk(target, image)
+        } else {
+            let path = PathBuf::from(coffer_proto::IO_DIR)
+                .join("layers")
+                .join(image);
+            self.place_layer(target, &layers_root, &path)
+        };
         lock(&self.state).pending.remove(target);
         result
     }
@@ -467,6 +482,45 @@ impl Agent {
         let mounted = std::fs::create_dir_all(target)
             .map_err(|e| format!("{}: {e}", layers_root.display()))
             .and_then(|()| layer_image::mount(image, measured.size, Path::new(target)));
+        match mounted {
+            Ok(()) => {
+                lock(&self.state).layers.push(PathBuf::from(target));
+                json!({"ok": true, "deviceHash": device_hash})
+            }
+            Err(e) => {
+                let _ = std::fs::remove_dir(target);
+                lock(&self.state).enforcer.forget("devices", target);
+                failed(format!("layer {target} not mounted: {e}"))
+            }
+        }
+    }
+
+    /// The VM path: the layer is the block device whose virtio serial is `serial`, an ext4 image
+    /// with its hash tree appended. The root is read from the device's own top hash block and
+    /// must be one the policy allows; dm-verity then checks every block read against it, so what
+    /// the container reads is what the policy measured, or an I/O error.
+    fn place_layer_disk(&self, target: &str, serial: &str) -> Value {
+        let found = layer_image::disk_by_serial(serial)
+            .and_then(|dev| layer_image::disk_root(&dev).map(|m| (dev, m)));
+        let (dev, measured) = match found {
+            Ok(x) => x,
+            Err(e) => return failed(format!("layer {target}: {e}")),
+        };
+        let device_hash = hex::encode(measured.root);
+        let decision = match self.decide(
+            "mount_device",
+            json!({"target": target, "deviceHash": device_hash}),
+        ) {
+            Ok(d) => d,
+            Err(e) => return e,
+        };
+        if !decision.allowed {
+            return denied("mount_device", decision.reason);
+        }
+        let dm_name = format!("coffer-{serial}");
+        let mounted = std::fs::create_dir_all(target)
+            .map_err(|e| format!("{target}: {e}"))
+            .and_then(|()| layer_image::mount_verity(&dev, &dm_name, &measured, Path::new(target)));
         match mounted {
             Ok(()) => {
                 lock(&self.state).layers.push(PathBuf::from(target));
@@ -1090,6 +1144,99 @@ mod layer_image {
             coffer_verity::root_hash(std::io::BufReader::with_capacity(1 << 20, f.take(size)))
                 .map_err(|e| format!("hashing the layer: {e}"))?;
         Ok(Measured { root, size })
+    }
+
+    /// The block device (`/dev/vdX`) whose virtio serial is `serial`.
+    pub(super) fn disk_by_serial(serial: &str) -> Result<std::path::PathBuf, String> {
+        let blocks = std::fs::read_dir("/sys/block").map_err(|e| format!("/sys/block: {e}"))?;
+        for b in blocks.flatten() {
+            let found = std::fs::read_to_string(b.path().join("serial"))
+                .is_ok_and(|s| s.trim_end_matches(['\n', '\0']) == serial);
+            if found {
+                return Ok(Path::new("/dev").join(b.file_name()));
+            }
+        }
+        Err(format!("no layer disk with serial '{serial}'"))
+    }
+
+    fn read_at(f: &std::fs::File, at: u64, buf: &mut [u8]) -> Result<(), String> {
+        use std::os::unix::fs::FileExt as _;
+        f.read_exact_at(buf, at)
+            .map_err(|e| format!("reading {} bytes at {at}: {e}", buf.len()))
+    }
+
+    /// The layer's size from its (not yet verified) superblock and its root from the top hash
+    /// block, which follows the data and one block of verity superblock. Nothing here is trusted
+    /// yet: the root is checked against the policy, and [`mount_verity`] then checks the size.
+    pub(super) fn disk_root(dev: &Path) -> Result<Measured, String> {
+        let f = std::fs::File::open(dev).map_err(|e| format!("{}: {e}", dev.display()))?;
+        let mut sb = [0u8; 1024];
+        read_at(&f, 1024, &mut sb)?;
+        let size = ext4_size(&sb)?;
+        let mut top = vec![0u8; 4096];
+        read_at(&f, size + 4096, &mut top).map_err(|e| format!("the hash tree: {e}"))?;
+        let mut h = openssl::sha::Sha256::new();
+        h.update(&[0u8; 32]);
+        h.update(&top);
+        Ok(Measured {
+            root: h.finish(),
+            size,
+        })
+    }
+
+    /// Map `dev` through dm-verity with the approved root, check that the verified superblock
+    /// states the size the table was built for (a shorter layer under the same root is refused),
+    /// and mount it read-only.
+    pub(super) fn mount_verity(
+        dev: &Path,
+        dm_name: &str,
+        m: &Measured,
+        target: &Path,
+    ) -> Result<(), String> {
+        let blocks = m.size / 4096;
+        let params = crate::dm::verity_params(&dev.to_string_lossy(), blocks, blocks + 1, &m.root);
+        let mapped = crate::dm::create(
+            dm_name,
+            &crate::dm::Target {
+                sectors: m.size / 512,
+                kind: "verity",
+                params,
+            },
+        )?;
+        let checked = std::fs::File::open(&mapped)
+            .map_err(|e| format!("{}: {e}", mapped.display()))
+            .and_then(|f| {
+                let mut sb = [0u8; 1024];
+                read_at(&f, 1024, &mut sb)?;
+                ext4_size(&sb)
+            })
+            .and_then(|verified| {
+                if verified == m.size {
+                    Ok(())
+                } else {
+                    Err(format!(
+                        "the verified file system is {verified} bytes, not the {} its table covers",
+                        m.size
+                    ))
+                }
+            })
+            .and_then(|()| {
+                nix::mount::mount(
+                    Some(&mapped),
+                    target,
+                    Some("ext4"),
+                    nix::mount::MsFlags::MS_RDONLY
+                        | nix::mount::MsFlags::MS_NODEV
+                        | nix::mount::MsFlags::MS_NOSUID,
+                    Some("noload"),
+                )
+                .map_err(|e| format!("mount {}: {e}", mapped.display()))
+            });
+        if let Err(e) = checked {
+            let _ = crate::dm::remove(dm_name);
+            return Err(e);
+        }
+        Ok(())
     }
 
     /// Loop-mount the first `size` bytes read-only (`noload`: no journal replay, nothing written).

@@ -15,6 +15,7 @@
 #![warn(missing_docs)]
 
 pub mod agent;
+mod dm;
 pub mod sandbox;
 pub mod skr;
 pub mod vm;

@@ -5,19 +5,20 @@
 //! dependency order, open the virtio-serial port `coffer.0` and run the multiplexer on it. The
 //! agent then sees the same I/O directory as in the namespace backend: the emulated secure
 //! processor and the egress relay are Unix sockets there whose connections become streams to the
-//! launcher, and layer images arrive over `put` streams into the guest's tmpfs.
+//! launcher. Layers are read-only virtio-blk disks, mapped through dm-verity with the root the
+//! policy approved (`agent.rs`, `dm.rs`); nothing the host sends is written into the guest.
 //!
 //! Services on the channel (stream names): guest -> host `policy` (the host writes the policy,
 //! checked against HOST_DATA like any other input), `sp`, `egress`, `ready` (the agent's
 //! verdict: `ok` or the reason it refuses); host -> guest `agent` (the protocol, one connection
-//! per stream) and `put` (a line `layers/<name>`, then the file; answered `ok` or `error: ...`).
+//! per stream).
 
-use std::io::{BufRead, Read, Write};
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use coffer_mux::{Mux, Side, Stream};
+use coffer_mux::{Mux, Side};
 
 use crate::{io, sys, AgentError};
 use coffer_proto::IO_DIR;
@@ -85,7 +86,7 @@ fn boot_and_serve() -> Result<(), AgentError> {
     } else {
         Arc::new(coffer_sp::EmulatedClient::new(&io_dir.join("sp.sock")))
     };
-    let verdict = crate::agent::start(&policy, sp);
+    let verdict = crate::agent::start(&policy, sp).map(crate::Agent::with_layer_disks);
     let ready = mux.open("ready")?;
     match &verdict {
         Ok(_) => {
@@ -112,46 +113,12 @@ fn boot_and_serve() -> Result<(), AgentError> {
         let s = accept_mux.accept().ok()?;
         match s.service() {
             "agent" => return Some(s),
-            "put" => {
-                std::thread::spawn(move || put_file(s));
-            }
             other => eprintln!("coffer agent: unknown service '{}'", other.escape_debug()),
         }
     });
     // The shutdown answer must reach the host before the VM goes.
     mux.flush(Duration::from_secs(5));
     result
-}
-
-/// Receive a file into the I/O directory: only `layers/<name>`, a new file.
-fn put_file(s: Stream) {
-    let mut r = std::io::BufReader::new(&s);
-    let mut line = Vec::new();
-    let answer = match (&mut r).take(512).read_until(b'\n', &mut line) {
-        Ok(_) => {
-            let name = String::from_utf8_lossy(&line).trim().to_string();
-            match name.strip_prefix("layers/") {
-                Some(n) if crate::agent::safe_file_name(n) => {
-                    let path = Path::new(IO_DIR).join("layers").join(n);
-                    let copied = std::fs::OpenOptions::new()
-                        .write(true)
-                        .create_new(true)
-                        .open(&path)
-                        .and_then(|mut f| std::io::copy(&mut r, &mut f));
-                    match copied {
-                        Ok(_) => "ok".to_string(),
-                        Err(e) => {
-                            let _ = std::fs::remove_file(&path);
-                            format!("error: {name}: {e}")
-                        }
-                    }
-                }
-                _ => format!("error: '{}' is not layers/<name>", name.escape_debug()),
-            }
-        }
-        Err(e) => format!("error: {e}"),
-    };
-    let _ = (&s).write_all(answer.as_bytes());
 }
 
 /// Move the initramfs's files onto a tmpfs and make it the root.

@@ -299,6 +299,7 @@ fn the_hello_group_runs_in_a_vm_and_a_wrong_host_data_is_refused() {
             image,
             memory_mib: 512,
             vcpus: 1,
+            disks: vec![],
         },
     )
     .err()
@@ -307,4 +308,149 @@ fn the_hello_group_runs_in_a_vm_and_a_wrong_host_data_is_refused() {
     assert!(msg.contains("refusing to serve"), "{msg}");
     assert!(msg.contains(&hex::encode([7u8; 32])), "{msg}");
     assert_nothing_left(home, "refused");
+}
+
+/// Add a layer holding `/data/big` (64 KiB of a pattern, so it has data blocks of its own) to
+/// the example image at `oci`.
+fn add_data_layer(oci: &Path, pattern: &[u8]) {
+    let work = tempfile::tempdir().unwrap();
+    let bundle = work.path().join("bundle");
+    let image = format!("{}:latest", oci.display());
+    let run = |args: &[&str]| {
+        let out = Command::new("umoci").args(args).output().unwrap();
+        assert!(out.status.success(), "umoci {args:?}: {out:?}");
+    };
+    run(&[
+        "unpack",
+        "--rootless",
+        "--image",
+        &image,
+        bundle.to_str().unwrap(),
+    ]);
+    let data = bundle.join("rootfs/data");
+    std::fs::create_dir_all(&data).unwrap();
+    std::fs::write(data.join("big"), pattern.repeat((64 << 10) / pattern.len())).unwrap();
+    run(&["repack", "--image", &image, bundle.to_str().unwrap()]);
+}
+
+/// `coffer run --isolation vm` of `pod`: (exit code, stdout, stderr).
+fn run_vm(home: &Path, pod: &Path) -> (Option<i32>, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_coffer"))
+        .args(["run", pod.to_str().unwrap(), "--isolation", "vm"])
+        .env("COFFER_HOME", home)
+        .output()
+        .unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn layer_disks_are_verified_by_dm_verity_in_the_guest() {
+    let _serial = one_at_a_time();
+    if prerequisites("layer_disks_dm_verity").is_none()
+        || !coffer_testkit::tool("runc", "layer_disks_dm_verity")
+        || !coffer_testkit::tool("umoci", "layer_disks_dm_verity")
+    {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let home = tmp.path();
+    let oci = home.join("hello");
+    assert!(coffer_testkit::build_example_image(
+        &oci,
+        "layer_disks_dm_verity"
+    ));
+    let pattern = b"coffer-verity-pattern-0123456789";
+    add_data_layer(&oci, pattern);
+    let out = common::coffer(
+        home,
+        &[
+            "image",
+            "import",
+            &format!("oci:{}:latest", oci.display()),
+            "--name",
+            "hello:latest",
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    build(home);
+    let pod = home.join("pod.yaml");
+    let yaml = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/hello/pod.yaml"),
+    )
+    .unwrap()
+    .replace(
+        "      image: hello:latest\n",
+        "      image: hello:latest\n      command: [\"/bin/sh\", \"-c\", \"if cat /data/big > /dev/null 2> /tmp/err; then echo read-ok; else echo read-failed: $(cat /tmp/err); fi; /bin/sh /app/hello.sh\"]\n",
+    );
+    std::fs::write(&pod, yaml).unwrap();
+    // The policy (and the layer images) as `coffer run` makes them; the data layer is the one
+    // whose image holds the pattern.
+    let out = common::coffer(home, &["policy", "gen", pod.to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (code, stdout, stderr) = run_vm(home, &pod);
+    assert_eq!(code, Some(0), "{stdout}\n{stderr}");
+    assert!(stdout.contains("read-ok"), "{stdout}\n{stderr}");
+    let layer_dir = home.join("images/layer-images");
+    let data_layer = std::fs::read_dir(&layer_dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| {
+            p.extension().is_some_and(|e| e == "img")
+                && std::fs::read(p)
+                    .unwrap()
+                    .windows(pattern.len())
+                    .any(|w| w == pattern)
+        })
+        .expect("the data layer's image");
+    let mut bytes = std::fs::read(&data_layer).unwrap();
+    let original = bytes.clone();
+
+    // One byte of the file's data flipped in the cached image: the root (read from the hash
+    // tree) still matches the policy, the layer mounts, and dm-verity fails the read of that
+    // block: the container sees an I/O error, never the altered data, and the rest runs.
+    let at = bytes
+        .windows(pattern.len())
+        .position(|w| w == pattern)
+        .unwrap()
+        + 8192;
+    bytes[at] ^= 0x01;
+    std::fs::write(&data_layer, &bytes).unwrap();
+    let (code, stdout, stderr) = run_vm(home, &pod);
+    assert_eq!(code, Some(0), "{stdout}\n{stderr}");
+    assert!(stdout.contains("read-failed"), "{stdout}\n{stderr}");
+    assert!(stdout.contains("Input/output error"), "{stdout}");
+    assert!(
+        stdout.contains("hello from a confidential container"),
+        "{stdout}"
+    );
+    assert_nothing_left(home, "hello");
+
+    // One byte of the top hash block flipped: the image's root is no layer of the policy, so the
+    // agent never maps or mounts it.
+    let mut bytes = original;
+    let size = {
+        let sb = &bytes[1024..2048];
+        let blocks = u32::from_le_bytes(sb[4..8].try_into().unwrap()) as usize;
+        blocks * (1024 << u32::from_le_bytes(sb[0x18..0x1c].try_into().unwrap()))
+    };
+    bytes[size + 4096 + 5] ^= 0x01;
+    std::fs::write(&data_layer, &bytes).unwrap();
+    let (code, stdout, stderr) = run_vm(home, &pod);
+    assert_ne!(code, Some(0), "{stdout}\n{stderr}");
+    assert!(stderr.contains("mount_device"), "{stderr}");
+    assert!(!stdout.contains("read-"), "{stdout}");
+    assert_nothing_left(home, "hello");
 }

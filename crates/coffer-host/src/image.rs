@@ -20,6 +20,8 @@ pub const APPEND: &str = "console=ttyS0 loglevel=3 panic=-1 rdinit=/usr/bin/coff
 const MODULES: &[&str] = &[
     "virtio_mmio",
     "virtio_console",
+    "virtio_blk",
+    "dm_verity",
     "loop",
     "crc32c_generic",
     "crc32c_intel",
@@ -185,6 +187,8 @@ fn modules(dir: &Path) -> Result<Vec<(String, Vec<u8>)>, HostError> {
         seen: &mut BTreeSet<String>,
         order: &mut Vec<(String, Vec<u8>)>,
     ) -> Result<(), HostError> {
+        // modinfo's `depends=` spells some names with '-' (dm-mod), file stems are keyed with '_'.
+        let name = &name.replace('-', "_");
         if !seen.insert(name.to_string()) {
             return Ok(());
         }

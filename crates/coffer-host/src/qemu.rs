@@ -33,6 +33,17 @@ pub struct VmConfig {
     pub memory_mib: u64,
     /// vCPUs.
     pub vcpus: u32,
+    /// Layer images (ext4 + dm-verity tree) attached read-only as virtio-blk disks, in this
+    /// order, with serials `l0`, `l1`, ... by which the agent finds them.
+    pub disks: Vec<PathBuf>,
+}
+
+/// Most layer disks a group gets (microvm's virtio-mmio slots, less the serial port's).
+pub const MAX_DISKS: usize = 20;
+
+/// The virtio serial of disk `i` (what `stage_layer` answers and the agent looks for).
+pub fn disk_serial(i: usize) -> String {
+    format!("l{i}")
 }
 
 /// KVM only where a stock guest runs on it (`kvm_amd`/`kvm_intel`; this machine's PVM KVM
@@ -102,6 +113,19 @@ pub fn qemu_command(cfg: &VmConfig, dir: &Path) -> Command {
             "-device",
             &format!("virtserialport,chardev=c0,name={}", crate::PORT_NAME),
         ]);
+    for (i, disk) in cfg.disks.iter().enumerate() {
+        // QEMU's option syntax escapes a comma by doubling it.
+        let file = disk.to_string_lossy().replace(',', ",,");
+        c.arg("-drive")
+            .arg(format!(
+                "file={file},format=raw,if=none,id=d{i},readonly=on"
+            ))
+            .arg("-device")
+            .arg(format!(
+                "virtio-blk-device,drive=d{i},serial={}",
+                disk_serial(i)
+            ));
+    }
     c
 }
 
@@ -118,6 +142,7 @@ pub struct VmGroup {
     agent_fwd: Option<coffer_mux::unix::Forward>,
     sp: Option<EmulatedService>,
     egress: Option<Egress>,
+    disks: Vec<PathBuf>,
 }
 
 /// Start the VM and wait until the agent serves (or refuses).
@@ -126,6 +151,12 @@ pub fn launch(spec: LaunchSpec, cfg: &VmConfig) -> Result<VmGroup, HostError> {
         return Err(HostError::Unsupported(
             "encrypted volumes in a VM group (not yet: use --isolation namespace)".into(),
         ));
+    }
+    if cfg.disks.len() > MAX_DISKS {
+        return Err(HostError::Unsupported(format!(
+            "{} layers: a VM group takes at most {MAX_DISKS}",
+            cfg.disks.len()
+        )));
     }
     let dir = group_dir(&spec.home, &spec.name);
     crate::refuse_if_running(&dir, &spec.name)?;
@@ -160,6 +191,7 @@ pub fn launch(spec: LaunchSpec, cfg: &VmConfig) -> Result<VmGroup, HostError> {
         agent_fwd: None,
         sp: Some(sp),
         egress: Some(egress),
+        disks: cfg.disks.clone(),
     };
     let channel = group.connect_channel(&dir.join("channel.sock"))?;
     let reader = channel.try_clone().map_err(io("channel socket"))?;
@@ -272,29 +304,19 @@ impl VmGroup {
         }
     }
 
-    /// Copy a layer image into the guest's I/O directory (`layers/<name>`); returns the name
-    /// for `AgentClient::mount_layer`.
+    /// The layer disk holding `image` (attached at launch): its serial, for
+    /// `AgentClient::mount_layer`. The agent measures and maps the disk itself.
     pub fn stage_layer(&self, image: &Path) -> Result<String, HostError> {
-        let name = image
-            .file_name()
-            .and_then(|n| n.to_str())
-            .ok_or_else(|| HostError::Unsupported(format!("{}: no file name", image.display())))?
-            .to_string();
-        let s = self.mux.open("put")?;
-        let mut f =
-            std::fs::File::open(image).map_err(io(format!("reading {}", image.display())))?;
-        (&s).write_all(format!("layers/{name}\n").as_bytes())
-            .and_then(|()| std::io::copy(&mut f, &mut &s))
-            .and_then(|_| s.shutdown_write())
-            .map_err(io(format!("sending {} to the guest", image.display())))?;
-        let mut answer = String::new();
-        (&s).take(4096)
-            .read_to_string(&mut answer)
-            .map_err(io("reading the guest's answer"))?;
-        if answer != "ok" {
-            return Err(HostError::Refused(format!("layer {name}: {answer}")));
-        }
-        Ok(name)
+        self.disks
+            .iter()
+            .position(|d| d == image)
+            .map(disk_serial)
+            .ok_or_else(|| {
+                HostError::Unsupported(format!(
+                    "{}: not attached to the VM at launch (VmConfig::disks)",
+                    image.display()
+                ))
+            })
     }
 
     /// The agent's socket on the host.

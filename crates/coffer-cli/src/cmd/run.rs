@@ -179,6 +179,23 @@ fn detach(a: &RunArgs, home: &std::path::Path, pod: &coffer_policy::Pod) -> Resu
     }
 }
 
+/// Every layer image the Pod's containers use, once each, in order (a VM attaches them as disks
+/// at launch).
+fn layer_images(store: &Store, pod: &coffer_policy::Pod) -> Result<Vec<std::path::PathBuf>> {
+    let mut seen = std::collections::BTreeSet::new();
+    let mut out = Vec::new();
+    for c in &pod.spec.containers {
+        let img = store.resolve(&ImageRef::parse(&c.image)?)?;
+        for (i, layer) in img.image.layers.iter().enumerate() {
+            if seen.insert(layer.digest.to_string()) {
+                let what = || format!("container '{}': layer {}", c.name, layer.digest);
+                out.push(store.layer_image(&img, i).with_context(what)?);
+            }
+        }
+    }
+    Ok(out)
+}
+
 fn run_group(
     a: &RunArgs,
     home: &std::path::Path,
@@ -215,6 +232,7 @@ fn run_group(
                 image,
                 memory_mib,
                 vcpus,
+                disks: layer_images(&store, pod)?,
             }))
         }
     };
