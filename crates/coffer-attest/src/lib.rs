@@ -1,7 +1,8 @@
 //! The attestation service's logic, without I/O: requests shaped like Microsoft Azure
-//! Attestation's `attest/SevSnpVM`, SEV-SNP verification (via `coffer-snp`), the binding of
-//! runtime data to REPORT_DATA, appraisal against reference values, and signed tokens whose claims
-//! use MAA's names and value formats.
+//! Attestation's `attest/SevSnpVM`, `attest/SgxEnclave` and `attest/TdxVm`, SEV-SNP verification
+//! (via `coffer-snp`) and Intel DCAP verification (via `coffer-dcap`, with collateral the operator
+//! supplies), the binding of runtime data to REPORT_DATA, appraisal against reference values, and
+//! signed tokens whose claims use MAA's names and value formats.
 //!
 //! Tokens are RS256 JWTs (RSA-2048): the algorithm every JWT library and Azure's own relying
 //! parties accept, so existing release policies and clients work unchanged.
@@ -10,11 +11,13 @@
 #![warn(missing_docs)]
 
 mod claims;
+mod dcap;
 mod request;
 mod token;
 
-pub use claims::snp_claims;
-pub use request::{decode_b64, AttestRequest, RuntimeData};
+pub use claims::{sgx_claims, snp_claims, tdx_claims};
+pub use dcap::{CollateralSet, CollateralSource};
+pub use request::{decode_b64, AttestRequest, QuoteRequest, RuntimeData};
 pub use token::TokenSigner;
 
 use std::sync::Arc;
@@ -33,15 +36,24 @@ pub enum AttestError {
     /// The evidence does not verify.
     #[error("evidence rejected ({check}): {0}", check = .0.check())]
     Evidence(#[from] VerifyError),
+    /// The DCAP quote or its collateral does not verify.
+    #[error("evidence rejected ({check}): {0}", check = .0.check())]
+    Dcap(#[from] coffer_dcap::VerifyError),
+    /// The server has no DCAP collateral: it cannot attest SGX or TDX.
+    #[error("this server attests no Intel SGX or TDX evidence: it was started without DCAP collateral (coffer serve --dcap-collateral DIR)")]
+    NotConfigured,
     /// REPORT_DATA does not bind the runtime data.
     #[error("REPORT_DATA does not bind the runtime data: {0}")]
     Binding(String),
     /// The evidence verifies but does not meet the reference values.
     #[error("appraisal failed: {0}")]
     Appraisal(String),
-    /// The guest is debuggable (POLICY.DEBUG): the host can read its memory.
-    #[error("the guest is debuggable (POLICY.DEBUG): its memory is readable by the host; refused unless debug guests are allowed")]
-    DebugGuest,
+    /// The guest is debuggable: the host can read its memory.
+    #[error("the guest is debuggable ({flag}): its memory is readable by the host; refused unless debug guests are allowed")]
+    DebugGuest {
+        /// The flag that says so: POLICY.DEBUG (SNP), TDATTRIBUTES.DEBUG (TDX), ATTRIBUTES.DEBUG (SGX).
+        flag: &'static str,
+    },
     /// The report was requested from a VMPL above the highest accepted one.
     #[error("the report was requested at VMPL {vmpl}; the highest VMPL accepted is {max}")]
     Vmpl {
@@ -61,9 +73,11 @@ impl AttestError {
         match self {
             AttestError::BadRequest(_) => "bad-request",
             AttestError::Evidence(e) => e.check(),
+            AttestError::Dcap(e) => e.check(),
+            AttestError::NotConfigured => "not-configured",
             AttestError::Binding(_) => "runtime-data-binding",
             AttestError::Appraisal(_) => "appraisal",
-            AttestError::DebugGuest => "debug-guest",
+            AttestError::DebugGuest { .. } => "debug-guest",
             AttestError::Vmpl { .. } => "vmpl",
             AttestError::Signing(_) => "internal",
         }
@@ -89,6 +103,103 @@ pub struct ReferenceValues {
     /// VMPL-0 code never vouched for.
     #[serde(default)]
     pub max_vmpl: u32,
+    /// Intel TDX reference values.
+    #[serde(default)]
+    pub tdx: TdxReference,
+    /// Intel SGX reference values.
+    #[serde(default)]
+    pub sgx: SgxReference,
+}
+
+/// Reference values for TD quotes: each list holds the accepted values (hex, 48 bytes); an empty
+/// or absent list accepts any.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TdxReference {
+    /// Accepted MRTDs (the TD's initial contents).
+    #[serde(default)]
+    pub mrtd: Vec<String>,
+    /// Accepted RTMR0 values.
+    #[serde(default)]
+    pub rtmr0: Vec<String>,
+    /// Accepted RTMR1 values.
+    #[serde(default)]
+    pub rtmr1: Vec<String>,
+    /// Accepted RTMR2 values.
+    #[serde(default)]
+    pub rtmr2: Vec<String>,
+    /// Accepted RTMR3 values.
+    #[serde(default)]
+    pub rtmr3: Vec<String>,
+    /// Accepted MRCONFIGIDs.
+    #[serde(default)]
+    pub mrconfigid: Vec<String>,
+}
+
+/// Reference values for SGX enclave quotes. Lists hold accepted values; empty or absent = any.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SgxReference {
+    /// Accepted MRENCLAVEs (hex, 32 bytes).
+    #[serde(default)]
+    pub mrenclave: Vec<String>,
+    /// Accepted MRSIGNERs (hex, 32 bytes).
+    #[serde(default)]
+    pub mrsigner: Vec<String>,
+    /// Accepted ISVPRODIDs.
+    #[serde(default)]
+    pub product_id: Vec<u16>,
+    /// Minimum ISVSVN.
+    #[serde(default)]
+    pub min_svn: u16,
+}
+
+impl TdxReference {
+    fn lists(&self) -> [(&'static str, &Vec<String>); 6] {
+        [
+            ("MRTD", &self.mrtd),
+            ("RTMR0", &self.rtmr0),
+            ("RTMR1", &self.rtmr1),
+            ("RTMR2", &self.rtmr2),
+            ("RTMR3", &self.rtmr3),
+            ("MRCONFIGID", &self.mrconfigid),
+        ]
+    }
+
+    /// Whether any TD is accepted (no MRTD pinned).
+    pub fn accepts_any_td(&self) -> bool {
+        self.mrtd.is_empty()
+    }
+}
+
+impl SgxReference {
+    /// Whether any enclave is accepted (neither MRENCLAVE nor MRSIGNER pinned).
+    pub fn accepts_any_enclave(&self) -> bool {
+        self.mrenclave.is_empty() && self.mrsigner.is_empty()
+    }
+}
+
+/// Check that every value of `list` is `bytes` bytes of hex.
+fn check_hex_list(what: &str, list: &[String], bytes: usize) -> Result<(), String> {
+    for v in list {
+        if v.len() != bytes * 2 || hex::decode(v).is_err() {
+            return Err(format!(
+                "reference values: {what} '{v}' is not {bytes} bytes of hex"
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// `got` must be one of `accepted` (hex, any case), unless `accepted` is empty.
+fn one_of(what: &str, accepted: &[String], got: &[u8]) -> Result<(), AttestError> {
+    let got = hex::encode(got);
+    if accepted.is_empty() || accepted.iter().any(|a| a.eq_ignore_ascii_case(&got)) {
+        return Ok(());
+    }
+    Err(AttestError::Appraisal(format!(
+        "{what} {got} is not a reference value"
+    )))
 }
 
 impl ReferenceValues {
@@ -96,13 +207,12 @@ impl ReferenceValues {
     pub fn from_json(bytes: &[u8]) -> Result<Self, String> {
         let rv: ReferenceValues =
             serde_json::from_slice(bytes).map_err(|e| format!("reference values: {e}"))?;
-        for m in &rv.measurements {
-            if m.len() != 96 || hex::decode(m).is_err() {
-                return Err(format!(
-                    "reference values: measurement '{m}' is not 48 bytes of hex"
-                ));
-            }
+        check_hex_list("measurement", &rv.measurements, 48)?;
+        for (what, list) in rv.tdx.lists() {
+            check_hex_list(&format!("tdx {what}"), list, 48)?;
         }
+        check_hex_list("sgx MRENCLAVE", &rv.sgx.mrenclave, 32)?;
+        check_hex_list("sgx MRSIGNER", &rv.sgx.mrsigner, 32)?;
         if rv.max_vmpl > 3 {
             return Err(format!(
                 "reference values: max_vmpl {} is not a VMPL (0-3)",
@@ -120,7 +230,9 @@ impl ReferenceValues {
     fn appraise(&self, v: &coffer_snp::Verified) -> Result<(), AttestError> {
         let r = &v.report;
         if r.policy.debug() && !self.allow_debug {
-            return Err(AttestError::DebugGuest);
+            return Err(AttestError::DebugGuest {
+                flag: "POLICY.DEBUG",
+            });
         }
         if r.vmpl > self.max_vmpl {
             return Err(AttestError::Vmpl {
@@ -128,17 +240,7 @@ impl ReferenceValues {
                 max: self.max_vmpl,
             });
         }
-        if !self.measurements.is_empty()
-            && !self
-                .measurements
-                .iter()
-                .any(|m| m.eq_ignore_ascii_case(&hex::encode(r.measurement)))
-        {
-            return Err(AttestError::Appraisal(format!(
-                "measurement {} is not a reference value",
-                hex::encode(r.measurement)
-            )));
-        }
+        one_of("measurement", &self.measurements, &r.measurement)?;
         for (name, min) in &self.min_tcb {
             if let Some(c) = component(name) {
                 let got = r.reported_tcb.get(c).unwrap_or(0);
@@ -148,6 +250,52 @@ impl ReferenceValues {
                     )));
                 }
             }
+        }
+        Ok(())
+    }
+}
+
+impl ReferenceValues {
+    fn appraise_td(&self, td: &coffer_dcap::TdReport) -> Result<(), AttestError> {
+        if td.debug && !self.allow_debug {
+            return Err(AttestError::DebugGuest {
+                flag: "TDATTRIBUTES.DEBUG",
+            });
+        }
+        let got: [&[u8]; 6] = [
+            &td.mr_td,
+            &td.rtmr0,
+            &td.rtmr1,
+            &td.rtmr2,
+            &td.rtmr3,
+            &td.mr_config_id,
+        ];
+        for ((what, accepted), got) in self.tdx.lists().into_iter().zip(got) {
+            one_of(what, accepted, got)?;
+        }
+        Ok(())
+    }
+
+    fn appraise_enclave(&self, r: &coffer_dcap::EnclaveReport) -> Result<(), AttestError> {
+        if r.debug && !self.allow_debug {
+            return Err(AttestError::DebugGuest {
+                flag: "ATTRIBUTES.DEBUG",
+            });
+        }
+        one_of("MRENCLAVE", &self.sgx.mrenclave, &r.mr_enclave)?;
+        one_of("MRSIGNER", &self.sgx.mrsigner, &r.mr_signer)?;
+        let sgx = &self.sgx;
+        if !sgx.product_id.is_empty() && !sgx.product_id.contains(&r.isv_prod_id) {
+            return Err(AttestError::Appraisal(format!(
+                "ISVPRODID {} is not a reference value",
+                r.isv_prod_id
+            )));
+        }
+        if r.isv_svn < sgx.min_svn {
+            return Err(AttestError::Appraisal(format!(
+                "ISVSVN is {}, minimum {}",
+                r.isv_svn, sgx.min_svn
+            )));
         }
         Ok(())
     }
@@ -170,6 +318,13 @@ pub struct AttestationService {
     reference: ReferenceValues,
     signer: TokenSigner,
     chains: ChainCache,
+    dcap: Option<Dcap>,
+}
+
+/// DCAP verification: the verifier (its roots and caches) and where collateral comes from.
+struct Dcap {
+    verifier: coffer_dcap::Verifier,
+    collateral: Arc<dyn CollateralSource>,
 }
 
 /// Parsed certificate chains by SHA-256 of their bytes: a chip sends the same chain with every
@@ -211,7 +366,23 @@ impl AttestationService {
             reference: reference.unwrap_or_default(),
             signer,
             chains: ChainCache::default(),
+            dcap: None,
         }
+    }
+
+    /// Attest Intel SGX and TDX quotes too, verified by `verifier` with collateral from
+    /// `collateral`. Without this, `attest/SgxEnclave` and `attest/TdxVm` answer
+    /// [`AttestError::NotConfigured`].
+    pub fn with_dcap(
+        mut self,
+        verifier: coffer_dcap::Verifier,
+        collateral: Arc<dyn CollateralSource>,
+    ) -> Self {
+        self.dcap = Some(Dcap {
+            verifier,
+            collateral,
+        });
+        self
     }
 
     /// The token signer (for JWKS and OpenID metadata).
@@ -232,40 +403,295 @@ impl AttestationService {
                 product: None,
             },
         )?;
-        let runtime = req.runtime_bytes()?;
-        let rd = &verified.report.report_data;
         let mut claims = snp_claims(&verified);
-        if let Some((bytes, data_type)) = &runtime {
-            let digest = openssl::sha::sha256(bytes);
-            if rd[..32] != digest || rd[32..].iter().any(|&b| b != 0) {
-                return Err(AttestError::Binding(format!(
-                    "REPORT_DATA is {}, expected SHA-256(runtime data) {} followed by 32 zero bytes",
-                    hex::encode(rd),
-                    hex::encode(digest)
-                )));
-            }
-            if data_type.eq_ignore_ascii_case("json") {
-                let v: Value = serde_json::from_slice(bytes).map_err(|e| {
-                    AttestError::BadRequest(format!(
-                        "runtimeData is dataType JSON but not JSON: {e}"
-                    ))
-                })?;
-                claims.insert("x-ms-runtime".into(), v);
-            }
-        }
+        bind_runtime(
+            &verified.report.report_data,
+            req.runtime_bytes()?.as_ref(),
+            &mut claims,
+        )?;
         self.reference.appraise(&verified)?;
-        if let Some(n) = &req.nonce {
-            claims.insert(
-                "nonce".into(),
-                Value::String(match n {
-                    Value::String(s) => s.clone(),
-                    other => other.to_string(),
-                }),
-            );
-        }
+        put_nonce(&mut claims, req.nonce.as_ref());
         self.signer.sign(claims, now).map_err(AttestError::Signing)
+    }
+
+    /// Handle `attest/SgxEnclave` (`tee` = SGX) or `attest/TdxVm` (`tee` = TDX) at time `now`
+    /// (Unix seconds): returns the JWT.
+    pub fn attest_dcap(
+        &self,
+        tee: coffer_dcap::Tee,
+        req: &QuoteRequest,
+        now: u64,
+    ) -> Result<String, AttestError> {
+        let claims = self.dcap_claims(tee, req, now)?;
+        self.signer.sign(claims, now).map_err(AttestError::Signing)
+    }
+
+    /// Everything of [`AttestationService::attest_dcap`] but signing the token: verification,
+    /// binding, appraisal; returns the claims.
+    pub fn dcap_claims(
+        &self,
+        tee: coffer_dcap::Tee,
+        req: &QuoteRequest,
+        now: u64,
+    ) -> Result<Claims, AttestError> {
+        let dcap = self.dcap.as_ref().ok_or(AttestError::NotConfigured)?;
+        let quote = coffer_dcap::Quote::decode(&req.quote_bytes()?)
+            .map_err(coffer_dcap::VerifyError::from)?;
+        let runtime = req.runtime_bytes()?;
+        let is_tdx = quote.is_tdx();
+        if is_tdx != (tee == coffer_dcap::Tee::Tdx) {
+            return Err(AttestError::BadRequest(format!(
+                "the quote is {}; send it to attest/{}",
+                if is_tdx {
+                    "a TDX quote"
+                } else {
+                    "an SGX quote"
+                },
+                if is_tdx { "TdxVm" } else { "SgxEnclave" }
+            )));
+        }
+        let verified = dcap.verifier.verify_with(
+            &quote,
+            |tee, fmspc| dcap.collateral.find(tee, fmspc, now),
+            &coffer_dcap::VerifyOptions {
+                at: now,
+                check_crl: true,
+            },
+        )?;
+        let mut claims = match &quote.body {
+            coffer_dcap::Body::Sgx(r) => {
+                let mut claims = sgx_claims(&verified, r);
+                bind_runtime(&r.report_data, runtime.as_ref(), &mut claims)?;
+                if let Some((bytes, _)) = &runtime {
+                    use base64::Engine as _;
+                    // Azure: the enclave held data, base64url.
+                    claims.insert(
+                        "x-ms-sgx-ehd".into(),
+                        Value::String(
+                            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes),
+                        ),
+                    );
+                }
+                self.reference.appraise_enclave(r)?;
+                claims
+            }
+            coffer_dcap::Body::Td10(td) | coffer_dcap::Body::Td15(td) => {
+                let mut claims = tdx_claims(&verified, td);
+                bind_runtime(&td.report_data, runtime.as_ref(), &mut claims)?;
+                self.reference.appraise_td(td)?;
+                claims
+            }
+        };
+        put_nonce(&mut claims, req.nonce.as_ref());
+        Ok(claims)
+    }
+}
+
+/// Check that REPORT_DATA binds the runtime data (SHA-256 of its bytes, then 32 zero bytes), and
+/// put JSON runtime data into `x-ms-runtime`. No runtime data: nothing is bound, nothing added.
+fn bind_runtime(
+    report_data: &[u8; 64],
+    runtime: Option<&(Vec<u8>, String)>,
+    claims: &mut Claims,
+) -> Result<(), AttestError> {
+    let Some((bytes, data_type)) = runtime else {
+        return Ok(());
+    };
+    let digest = openssl::sha::sha256(bytes);
+    if report_data[..32] != digest || report_data[32..].iter().any(|&b| b != 0) {
+        return Err(AttestError::Binding(format!(
+            "REPORT_DATA is {}, expected SHA-256(runtime data) {} followed by 32 zero bytes",
+            hex::encode(report_data),
+            hex::encode(digest)
+        )));
+    }
+    if data_type.eq_ignore_ascii_case("json") {
+        let v: Value = serde_json::from_slice(bytes).map_err(|e| {
+            AttestError::BadRequest(format!("runtimeData is dataType JSON but not JSON: {e}"))
+        })?;
+        claims.insert("x-ms-runtime".into(), v);
+    }
+    Ok(())
+}
+
+/// The request's nonce, as a string, in the `nonce` claim.
+fn put_nonce(claims: &mut Claims, nonce: Option<&Value>) {
+    if let Some(n) = nonce {
+        claims.insert(
+            "nonce".into(),
+            Value::String(match n {
+                Value::String(s) => s.clone(),
+                other => other.to_string(),
+            }),
+        );
     }
 }
 
 /// A claims map (helper for callers).
 pub type Claims = Map<String, Value>;
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use super::*;
+    use coffer_dcap::{Quote, Tee};
+
+    /// A debuggable TD (TDATTRIBUTES 0x10000001).
+    const TDX_V4: &str = "intel-dcap/signature-only/trustee_tdx_v4_quote.bin";
+    /// A TD 1.5 quote of a TD that is not debuggable (TDATTRIBUTES 0x10000000: SEPT_VE_DISABLE).
+    const TDX_V5: &str = "intel-dcap/signature-only/trustee_tdx_v5_quote.bin";
+    /// MRTD of TDX_V4 (its README).
+    const MRTD: &str = "705ee9381b8633a9fbe532b52345e8433343d2868959f57889d84ca377c395b689cac1599ccea1b7d420483a9ce5f031";
+
+    fn rv(json: serde_json::Value) -> Result<ReferenceValues, String> {
+        ReferenceValues::from_json(json.to_string().as_bytes())
+    }
+
+    #[test]
+    fn tdx_reference_values_pin_mrtd_rtmrs_and_mrconfigid() {
+        let Some(dir) = coffer_testkit::vectors("tdx_reference_values") else {
+            return;
+        };
+        let q = Quote::decode(&coffer_testkit::read(&dir, TDX_V5)).unwrap();
+        let td = q.body.td().unwrap().clone();
+        assert!(!td.debug);
+        let hex48 = |b: &[u8; 48]| hex::encode(b);
+        let mrtd = hex48(&td.mr_td);
+        let other = "ab".repeat(48);
+        let ok = [
+            serde_json::json!({}),
+            serde_json::json!({"tdx": {"mrtd": [mrtd]}}),
+            serde_json::json!({"tdx": {"mrtd": [other, mrtd.to_uppercase()], "rtmr0": [hex48(&td.rtmr0)],
+                "rtmr1": [hex48(&td.rtmr1)], "rtmr2": [hex48(&td.rtmr2)], "rtmr3": [hex48(&td.rtmr3)],
+                "mrconfigid": [hex48(&td.mr_config_id)]}}),
+        ];
+        for j in ok {
+            assert!(rv(j.clone()).unwrap().appraise_td(&td).is_ok(), "{j}");
+        }
+        for field in ["mrtd", "rtmr0", "rtmr1", "rtmr2", "rtmr3", "mrconfigid"] {
+            let j = serde_json::json!({"tdx": {field: [other]}});
+            match rv(j).unwrap().appraise_td(&td) {
+                Err(AttestError::Appraisal(m)) => {
+                    assert!(m.to_lowercase().starts_with(field), "{field}: {m}")
+                }
+                other => panic!("{field}: {other:?}"),
+            }
+        }
+        let mut debug = td.clone();
+        debug.debug = true;
+        assert!(matches!(
+            ReferenceValues::default().appraise_td(&debug),
+            Err(AttestError::DebugGuest {
+                flag: "TDATTRIBUTES.DEBUG"
+            })
+        ));
+        let allowed = rv(serde_json::json!({"allow_debug": true})).unwrap();
+        assert!(allowed.appraise_td(&debug).is_ok());
+    }
+
+    #[test]
+    fn reference_values_refuse_bad_dcap_entries() {
+        for (j, what) in [
+            (serde_json::json!({"tdx": {"mrtd": ["00"]}}), "tdx MRTD"),
+            (
+                serde_json::json!({"tdx": {"rtmr2": ["zz".repeat(48)]}}),
+                "tdx RTMR2",
+            ),
+            (
+                serde_json::json!({"sgx": {"mrenclave": ["00".repeat(48)]}}),
+                "sgx MRENCLAVE",
+            ),
+            (
+                serde_json::json!({"sgx": {"mrsigner": ["x"]}}),
+                "sgx MRSIGNER",
+            ),
+        ] {
+            let e = rv(j.clone()).unwrap_err();
+            assert!(e.contains(what), "{j}: {e}");
+        }
+        let e = rv(serde_json::json!({"tdx": {"mrowner": []}})).unwrap_err();
+        assert!(e.contains("mrowner"), "{e}");
+        let e = rv(serde_json::json!({"sgx": {"product_id": [70000]}})).unwrap_err();
+        assert!(e.contains("product_id") || e.contains("70000"), "{e}");
+    }
+
+    #[test]
+    fn tdx_claims_carry_azure_names() {
+        let Some(dir) = coffer_testkit::vectors("tdx_claims") else {
+            return;
+        };
+        let q = Quote::decode(&coffer_testkit::read(&dir, TDX_V4)).unwrap();
+        let td = q.body.td().unwrap();
+        // The claims need a verdict; the TD part is what is checked here.
+        let sgx = coffer_testkit::read(&dir, "intel-dcap/dcap-qvl-sgx-v3/quote.bin");
+        let col = coffer_testkit::read(&dir, "intel-dcap/dcap-qvl-sgx-v3/collateral.json");
+        let verified = coffer_dcap::Verifier::intel()
+            .unwrap()
+            .verify(
+                &Quote::decode(&sgx).unwrap(),
+                &coffer_dcap::Collateral::from_qvl_json(&col).unwrap(),
+                &coffer_dcap::VerifyOptions {
+                    at: 1752919277,
+                    check_crl: true,
+                },
+            )
+            .unwrap();
+        let c = tdx_claims(&verified, td);
+        assert_eq!(c["x-ms-attestation-type"], "tdxvm");
+        assert_eq!(c["tdx_mrtd"], MRTD);
+        assert_eq!(c["tdx_rtmr3"], hex::encode(td.rtmr3));
+        assert_eq!(c["tdx_report_data"], hex::encode(td.report_data));
+        // This TD is debuggable (TDATTRIBUTES bit 0).
+        assert_eq!(c["tdx_td_attributes_debug"], true);
+        assert_eq!(c["dbgstat"], "enabled");
+        assert_eq!(c["tdx_seamsvn"], td.tee_tcb_svn[0]);
+        assert_eq!(
+            c["attester_tcb_status"],
+            "ConfigurationAndSWHardeningNeeded"
+        );
+        for k in [
+            "tdx_mrseam",
+            "tdx_mrsignerseam",
+            "tdx_mrconfigid",
+            "tdx_mrowner",
+            "tdx_mrownerconfig",
+        ] {
+            assert_eq!(c[k].as_str().map(str::len), Some(96), "{k}");
+        }
+        assert_eq!(c["tdx_td_attributes_septve_disable"], true);
+        assert_eq!(c["tdx_td_attributes_perfmon"], false);
+    }
+
+    #[test]
+    fn collateral_set_picks_by_tee_fmspc_and_window() {
+        let Some(dir) = coffer_testkit::vectors("collateral_set") else {
+            return;
+        };
+        let col = coffer_testkit::read(&dir, "intel-dcap/dcap-qvl-sgx-v3/collateral.json");
+        let mut set = CollateralSet::new();
+        assert!(set.is_empty());
+        set.insert(
+            "a.json",
+            coffer_dcap::Collateral::from_qvl_json(&col).unwrap(),
+        )
+        .unwrap();
+        set.note_problem("broken.json", &"not JSON");
+        let fmspc = [0x00, 0xa0, 0x67, 0x11, 0x00, 0x00];
+        assert!(set.find(Tee::Sgx, &fmspc, 1752919277).is_ok());
+        for (tee, f) in [(Tee::Tdx, fmspc), (Tee::Sgx, [0u8; 6])] {
+            match set.find(tee, &f, 1752919277) {
+                Err(coffer_dcap::VerifyError::NoCollateral(m)) => {
+                    assert!(
+                        m.contains(&hex::encode(f)) && m.contains("broken.json"),
+                        "{m}"
+                    )
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        let d = set.describe();
+        assert!(d[0].starts_with("a.json: SGX FMSPC 00a067110000"), "{d:?}");
+        assert!(d[1].contains("broken.json"), "{d:?}");
+    }
+}

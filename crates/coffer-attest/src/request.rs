@@ -1,4 +1,5 @@
-//! The MAA `attest/SevSnpVM` request body.
+//! The MAA request bodies: `attest/SevSnpVM` (a report and its certificate chain inside a JSON
+//! document), and `attest/SgxEnclave` / `attest/TdxVm` (a DCAP quote).
 
 pub use coffer_release::decode_b64;
 use coffer_snp::{Endorsements, Report};
@@ -58,24 +59,71 @@ impl AttestRequest {
 
     /// The runtime data bytes and their type, when sent.
     pub fn runtime_bytes(&self) -> Result<Option<(Vec<u8>, String)>, AttestError> {
-        match &self.runtime_data {
-            None => Ok(None),
-            Some(rd) if rd.data.is_empty() => Ok(None),
-            Some(rd) => {
-                let bytes = decode_b64(&rd.data).ok_or_else(|| {
-                    AttestError::BadRequest("runtimeData.data is not base64url".into())
-                })?;
-                if !matches!(
-                    rd.data_type.to_ascii_lowercase().as_str(),
-                    "json" | "binary" | ""
-                ) {
-                    return Err(AttestError::BadRequest(format!(
-                        "runtimeData.dataType '{}' is not JSON or Binary",
-                        rd.data_type
-                    )));
-                }
-                Ok(Some((bytes, rd.data_type.clone())))
+        runtime_bytes(self.runtime_data.as_ref())
+    }
+}
+
+/// The body of `attest/SgxEnclave` and `attest/TdxVm`, with the field names of Azure Attestation's
+/// REST API (`AttestSgxEnclaveRequest`, api-version 2022-08-01; `attest/TdxVm`, api-version
+/// 2025-06-01): `{"quote": b64url, "runtimeData"?: {"data", "dataType"}, "initTimeData"?,
+/// "draftPolicyForAttestation"?, "nonce"?}`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct QuoteRequest {
+    /// base64url of the quote (any base64 spelling is accepted, as for SNP).
+    pub quote: String,
+    /// Data the quote binds in REPORT_DATA.
+    #[serde(default)]
+    pub runtime_data: Option<RuntimeData>,
+    /// Accepted and ignored, as for SNP (no init-time binding is checked).
+    #[serde(default)]
+    pub init_time_data: Option<Value>,
+    /// MAA's draft attestation policy: refused (Coffer has no attestation policies; appraisal is
+    /// the reference values, release decisions are the key's policy).
+    #[serde(default)]
+    pub draft_policy_for_attestation: Option<String>,
+    /// Echoed in the token.
+    #[serde(default)]
+    pub nonce: Option<Value>,
+}
+
+impl QuoteRequest {
+    /// The quote bytes (the base64url is undone; the quote itself may still be hex or base64).
+    pub fn quote_bytes(&self) -> Result<Vec<u8>, AttestError> {
+        if self.draft_policy_for_attestation.is_some() {
+            return Err(AttestError::BadRequest(
+                "draftPolicyForAttestation is not supported: appraisal uses the server's reference values".into(),
+            ));
+        }
+        decode_b64(&self.quote)
+            .ok_or_else(|| AttestError::BadRequest("quote is not base64url".into()))
+    }
+
+    /// The runtime data bytes and their type, when sent.
+    pub fn runtime_bytes(&self) -> Result<Option<(Vec<u8>, String)>, AttestError> {
+        runtime_bytes(self.runtime_data.as_ref())
+    }
+}
+
+/// `runtimeData`, decoded: the bytes and their type, when sent.
+fn runtime_bytes(rd: Option<&RuntimeData>) -> Result<Option<(Vec<u8>, String)>, AttestError> {
+    match rd {
+        None => Ok(None),
+        Some(rd) if rd.data.is_empty() => Ok(None),
+        Some(rd) => {
+            let bytes = decode_b64(&rd.data).ok_or_else(|| {
+                AttestError::BadRequest("runtimeData.data is not base64url".into())
+            })?;
+            if !matches!(
+                rd.data_type.to_ascii_lowercase().as_str(),
+                "json" | "binary" | ""
+            ) {
+                return Err(AttestError::BadRequest(format!(
+                    "runtimeData.dataType '{}' is not JSON or Binary",
+                    rd.data_type
+                )));
             }
+            Ok(Some((bytes, rd.data_type.clone())))
         }
     }
 }

@@ -65,7 +65,7 @@ impl TokenSigner {
             "jwks_uri": format!("{}/certs", self.issuer),
             "id_token_signing_alg_values_supported": ["RS256"],
             "response_types_supported": ["token"],
-            "claims_supported": ["x-ms-attestation-type", "x-ms-sevsnpvm-hostdata", "x-ms-sevsnpvm-launchmeasurement", "x-ms-runtime", "x-coffer-tee"],
+            "claims_supported": ["x-ms-attestation-type", "x-ms-sevsnpvm-hostdata", "x-ms-sevsnpvm-launchmeasurement", "x-ms-sgx-mrenclave", "x-ms-sgx-mrsigner", "tdx_mrtd", "attester_tcb_status", "x-ms-runtime", "x-coffer-tee"],
         })
     }
 

@@ -131,6 +131,9 @@ pub enum VerifyError {
         /// End of validity, RFC 3339.
         not_after: String,
     },
+    /// The quote is genuine, but no collateral was supplied for its platform (TEE and FMSPC).
+    #[error("no collateral for this platform: {0}")]
+    NoCollateral(String),
     /// Crypto backend failure (not a verdict on the evidence).
     #[error("crypto backend: {0}")]
     Crypto(String),
@@ -153,6 +156,7 @@ impl VerifyError {
             VerifyError::CollateralSignature { .. } => "collateral-signature",
             VerifyError::TcbNotSupported(_) => "tcb-not-supported",
             VerifyError::Expired { .. } => "expired",
+            VerifyError::NoCollateral(_) => "no-collateral",
         }
     }
 }

@@ -589,8 +589,34 @@ impl Verifier {
         collateral: &Collateral,
         opts: &VerifyOptions,
     ) -> Result<Verified, VerifyError> {
+        let (tee, pck) = self.evidence(quote, opts.at)?;
+        self.appraise(quote, tee, &pck, collateral, opts)
+    }
+
+    /// Verify `quote` with the collateral `find` chooses for the quote's TEE and its PCK
+    /// certificate's FMSPC. The evidence (signatures, QE binding, PCK chain) is checked first, so
+    /// a [`VerifyError::NoCollateral`] from `find` still says the quote itself is genuine.
+    pub fn verify_with(
+        &self,
+        quote: &Quote,
+        find: impl FnOnce(Tee, &[u8; 6]) -> Result<Arc<Collateral>, VerifyError>,
+        opts: &VerifyOptions,
+    ) -> Result<Verified, VerifyError> {
+        let (tee, pck) = self.evidence(quote, opts.at)?;
+        let collateral = find(tee, &pck.ext.fmspc)?;
+        self.appraise(quote, tee, &pck, &collateral, opts)
+    }
+
+    /// The collateral checks of [`Verifier::verify`], for evidence already checked.
+    fn appraise(
+        &self,
+        quote: &Quote,
+        tee: Tee,
+        pck: &CheckedPck,
+        collateral: &Collateral,
+        opts: &VerifyOptions,
+    ) -> Result<Verified, VerifyError> {
         let at = opts.at;
-        let (tee, pck) = self.evidence(quote, at)?;
         let col = self.checked_collateral(collateral, opts.check_crl)?;
         let mut warnings = Vec::new();
 
@@ -751,7 +777,7 @@ impl Verifier {
                 not_after: format_rfc3339(na),
             },
             verified_at: format_rfc3339(at),
-            pck: pck_info(&pck),
+            pck: pck_info(pck),
             quote: quote.fields(),
             warnings,
         })

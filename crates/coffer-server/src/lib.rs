@@ -1,5 +1,5 @@
-//! `coffer serve`: the attestation service (MAA-compatible `attest/SevSnpVM`, OpenID metadata,
-//! JWKS) and the key broker (admin API, secure key release, audit) over HTTP, in one process.
+//! `coffer serve`: the attestation service (MAA-compatible `attest/SevSnpVM`, `attest/SgxEnclave`,
+//! `attest/TdxVm`, OpenID metadata, JWKS) and the key broker (admin API, secure key release, audit) over HTTP, in one process.
 //!
 //! Authorisation is a property of the route: every admin route sits behind one bearer-token layer.
 //! Errors become `{"error":{"code","message"}}` in one place ([`ApiError`]).
@@ -12,8 +12,11 @@
 #![warn(missing_docs)]
 
 mod cpu;
+pub mod dcap;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_dcap;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -26,7 +29,9 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
-use coffer_attest::{AttestError, AttestRequest, AttestationService, ReferenceValues, TokenSigner};
+use coffer_attest::{
+    AttestError, AttestRequest, AttestationService, QuoteRequest, ReferenceValues, TokenSigner,
+};
 use coffer_kbs::{Authority, KeyKind, ReleasePolicy, Store, StoreError, Trust};
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -51,6 +56,9 @@ pub struct ServerConfig {
     pub token_lifetime: u64,
     /// Fixed clock (tests only): Unix seconds.
     pub now: Option<u64>,
+    /// Intel SGX/TDX attestation (collateral directory); `None`: those routes answer
+    /// `not-configured`.
+    pub dcap: Option<dcap::DcapConfig>,
     /// Limits on connections, requests and queued work.
     pub limits: Limits,
 }
@@ -98,6 +106,8 @@ pub struct AppState {
     now: Option<u64>,
     /// Where attest and release do their CPU work.
     cpu: cpu::CpuPool,
+    /// The DCAP collateral directory, when configured.
+    dcap: Option<Arc<dcap::CollateralDir>>,
 }
 
 impl AppState {
@@ -258,6 +268,11 @@ impl AppState {
     pub fn broker_thumbprint(&self) -> &str {
         self.broker.thumbprint()
     }
+
+    /// The DCAP collateral sets, one line each, when configured.
+    pub fn dcap_collateral(&self) -> Option<Vec<String>> {
+        self.dcap.as_ref().map(|d| d.describe())
+    }
 }
 
 /// Build the state: creates keys and token files on first start.
@@ -296,10 +311,22 @@ pub fn build_state(cfg: &ServerConfig, issuer: &str) -> Result<Arc<AppState>, St
         );
     }
     let verifier = coffer_snp::Verifier::new(cfg.roots.clone(), cfg.allow_emulated);
+    let mut attest = AttestationService::new(verifier, cfg.reference.clone(), signer);
+    let dcap = match &cfg.dcap {
+        Some(d) => {
+            let dir = Arc::new(
+                dcap::CollateralDir::open(&d.collateral, d.refresh)
+                    .map_err(|e| format!("--dcap-collateral: {e}"))?,
+            );
+            attest = attest.with_dcap(coffer_dcap::Verifier::new(d.roots.clone()), dir.clone());
+            Some(dir)
+        }
+        None => None,
+    };
     let store = Store::open(&cfg.dir.join("kbs.sqlite"), &cfg.dir.join("master.key"))
         .map_err(|e| e.to_string())?;
     Ok(Arc::new(AppState {
-        attest: AttestationService::new(verifier, cfg.reference.clone(), signer),
+        attest,
         broker,
         store,
         trust,
@@ -307,6 +334,7 @@ pub fn build_state(cfg: &ServerConfig, issuer: &str) -> Result<Arc<AppState>, St
         allow_emulated: cfg.allow_emulated,
         now: cfg.now,
         cpu: cpu_pool(&cfg.limits)?,
+        dcap,
     }))
 }
 
@@ -333,6 +361,8 @@ pub fn app(state: Arc<AppState>, request_timeout: Duration) -> Router {
     let attest_routes = Router::new()
         .route("/attest/SevSnpVM", post(attest))
         .route("/attest/SevSnpVm", post(attest))
+        .route("/attest/SgxEnclave", post(attest_sgx))
+        .route("/attest/TdxVm", post(attest_tdx))
         .layer(DefaultBodyLimit::max(ATTEST_BODY_LIMIT));
     let small = Router::new()
         .route("/.well-known/openid-configuration", get(openid))
@@ -369,6 +399,8 @@ pub struct Running {
     pub issuer: String,
     /// Thumbprint of the release-signing key (what policies pin).
     pub broker_key: String,
+    /// The DCAP collateral sets found at start, one line each (`None`: not configured).
+    pub dcap_collateral: Option<Vec<String>>,
     /// Stops the server when sent (or dropped).
     pub shutdown: tokio::sync::oneshot::Sender<()>,
     /// The server task.
@@ -387,6 +419,7 @@ pub async fn start(cfg: ServerConfig) -> Result<Running, String> {
         .unwrap_or_else(|| format!("http://{addr}"));
     let state = build_state(&cfg, &issuer)?;
     let broker_key = state.broker_thumbprint().to_string();
+    let dcap_collateral = state.dcap_collateral();
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     let router = app(state, cfg.limits.request_timeout);
     let task = tokio::spawn(serve_connections(listener, router, cfg.limits.clone(), rx));
@@ -394,6 +427,7 @@ pub async fn start(cfg: ServerConfig) -> Result<Running, String> {
         addr,
         issuer,
         broker_key,
+        dcap_collateral,
         shutdown: tx,
         task,
     })
@@ -506,12 +540,51 @@ async fn attest(State(s): State<Arc<AppState>>, Body(body): Body) -> Result<Json
         .cpu
         .run(move || st.attest.attest_snp(&req, st.now()))
         .await?;
+    token_response(result)
+}
+
+async fn attest_sgx(
+    State(s): State<Arc<AppState>>,
+    Body(body): Body,
+) -> Result<Json<Value>, ApiError> {
+    attest_quote(s, coffer_dcap::Tee::Sgx, &body).await
+}
+
+async fn attest_tdx(
+    State(s): State<Arc<AppState>>,
+    Body(body): Body,
+) -> Result<Json<Value>, ApiError> {
+    attest_quote(s, coffer_dcap::Tee::Tdx, &body).await
+}
+
+async fn attest_quote(
+    s: Arc<AppState>,
+    tee: coffer_dcap::Tee,
+    body: &[u8],
+) -> Result<Json<Value>, ApiError> {
+    let req: QuoteRequest = json_body(body)?;
+    let st = s.clone();
+    let result = s
+        .cpu
+        .run(move || st.attest.attest_dcap(tee, &req, st.now()))
+        .await?;
+    token_response(result)
+}
+
+/// `{"token"}`, or the attestation error: 400 with its code; 501 when the server was started
+/// without what the route needs; internals stay generic.
+fn token_response(result: Result<String, AttestError>) -> Result<Json<Value>, ApiError> {
     match result {
         Ok(token) => Ok(Json(json!({ "token": token }))),
         Err(AttestError::Signing(_)) => Err(ApiError::new(
             StatusCode::INTERNAL_SERVER_ERROR,
             "internal",
             "token signing failed",
+        )),
+        Err(e @ AttestError::NotConfigured) => Err(ApiError::new(
+            StatusCode::NOT_IMPLEMENTED,
+            e.code(),
+            e.to_string(),
         )),
         Err(e) => Err(ApiError::new(
             StatusCode::BAD_REQUEST,

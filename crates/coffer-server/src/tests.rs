@@ -14,7 +14,7 @@ use tower::ServiceExt as _;
 
 use super::*;
 
-struct Fixture {
+pub(super) struct Fixture {
     dir: tempfile::TempDir,
     state: Arc<AppState>,
     router: Router,
@@ -46,7 +46,7 @@ fn emulator_into(home: &std::path::Path) {
     );
 }
 
-fn config(
+pub(super) fn config(
     dir: &std::path::Path,
     limits: Limits,
     reference: Option<ReferenceValues>,
@@ -67,6 +67,7 @@ fn config(
         trusted_issuers: Vec::new(),
         token_lifetime: 3600,
         now: None,
+        dcap: None,
         limits,
     }
 }
@@ -79,7 +80,7 @@ fn fixture_with(limits: Limits, reference: Option<ReferenceValues>) -> Fixture {
     Fixture { dir, state, router }
 }
 
-fn fixture() -> Fixture {
+pub(super) fn fixture() -> Fixture {
     fixture_with(Limits::default(), None)
 }
 
@@ -91,7 +92,7 @@ impl Fixture {
             .to_string()
     }
 
-    async fn call(
+    pub(super) async fn call(
         &self,
         method: Method,
         uri: &str,

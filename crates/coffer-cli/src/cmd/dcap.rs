@@ -5,7 +5,8 @@ use std::process::ExitCode;
 
 use anyhow::{Context as _, Result};
 use clap::{Args, Subcommand};
-use coffer_dcap::{Collateral, PcsFiles, Quote, Verifier, VerifyError, VerifyOptions};
+use coffer_dcap::{Collateral, Quote, Verifier, VerifyError, VerifyOptions};
+use coffer_server::dcap::CollateralLoadError;
 use serde_json::json;
 
 #[derive(Subcommand, Debug)]
@@ -73,39 +74,18 @@ fn failure(err: &VerifyError) -> ExitCode {
     ExitCode::from(1)
 }
 
-/// The collateral from a dcap-qvl JSON file or a PCS directory. The outer error is operational
-/// (a missing file); the inner one is bad collateral.
+/// The collateral from a dcap-qvl JSON file ("-": standard input) or a PCS directory. The outer
+/// error is operational (a missing file); the inner one is bad collateral.
 fn collateral(path: &Path) -> Result<Result<Collateral, VerifyError>> {
-    if !path.is_dir() {
+    if path == Path::new("-") {
         let bytes = crate::cmd::read_input(path)?;
         return Ok(Collateral::from_qvl_json(&bytes).map_err(VerifyError::from));
     }
-    let need = |name: &str| crate::cmd::read_input(&path.join(name));
-    let maybe = |name: &str| -> Result<Option<Vec<u8>>> {
-        let p = path.join(name);
-        if p.exists() {
-            Ok(Some(crate::cmd::read_input(&p)?))
-        } else {
-            Ok(None)
-        }
-    };
-    let tcb_info = need("tcbInfo.json")?;
-    let enclave_identity = need("enclaveIdentity.json")?;
-    let tcb_chain = need("tcb_info_issuer_chain.pem")?;
-    let qe_chain = need("qe_identity_issuer_chain.pem")?;
-    let pck_crl = maybe("pck_crl.der")?;
-    let pck_crl_chain = maybe("pck_crl_issuer_chain.pem")?;
-    let root_crl = maybe("root_ca_crl.der")?;
-    Ok(Collateral::from_pcs(&PcsFiles {
-        tcb_info: &tcb_info,
-        enclave_identity: &enclave_identity,
-        tcb_info_issuer_chain: &tcb_chain,
-        qe_identity_issuer_chain: &qe_chain,
-        pck_crl: pck_crl.as_deref(),
-        pck_crl_issuer_chain: pck_crl_chain.as_deref(),
-        root_ca_crl: root_crl.as_deref(),
-    })
-    .map_err(VerifyError::from))
+    match coffer_server::dcap::read_collateral(path) {
+        Ok(c) => Ok(Ok(c)),
+        Err(CollateralLoadError::Invalid { source, .. }) => Ok(Err(source.into())),
+        Err(e) => Err(e.into()),
+    }
 }
 
 fn verify(a: VerifyArgs) -> Result<ExitCode> {

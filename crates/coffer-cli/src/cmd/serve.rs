@@ -26,7 +26,8 @@ pub(crate) struct ServeArgs {
     /// Accept evidence from coffer's emulated secure processor (and tokens that attest it).
     #[arg(long)]
     allow_emulated: bool,
-    /// Reference values (JSON: measurements, min_tcb, allow_debug, max_vmpl) every report must meet.
+    /// Reference values (JSON: measurements, min_tcb, allow_debug, max_vmpl; "tdx": mrtd, rtmr0-3,
+    /// mrconfigid; "sgx": mrenclave, mrsigner, product_id, min_svn) every report or quote must meet.
     #[arg(long, value_name = "FILE")]
     reference_values: Option<PathBuf>,
     /// Accept debuggable guests (POLICY.DEBUG: the host can read their memory). Refused by default.
@@ -41,7 +42,12 @@ pub(crate) struct ServeArgs {
     /// Token lifetime in seconds.
     #[arg(long, default_value_t = 8 * 3600)]
     token_lifetime: u64,
-    /// TEST ONLY: fix the clock (RFC 3339) used for certificates and tokens.
+    /// Attest Intel SGX and TDX quotes (attest/SgxEnclave, attest/TdxVm) with the Intel collateral
+    /// in DIR: a directory of PCS responses, or a directory of collateral sets (dcap-qvl JSON
+    /// files, PCS subdirectories); re-read when it changes, never fetched.
+    #[arg(long, value_name = "DIR")]
+    dcap_collateral: Option<PathBuf>,
+    /// TEST ONLY: fix the clock (RFC 3339) used for certificates, collateral and tokens.
     #[arg(long, value_parser = crate::cmd::snp::parse_time, hide = true)]
     now: Option<u64>,
 }
@@ -61,6 +67,7 @@ pub(crate) fn serve_config(
         trusted_issuers: Vec::new(),
         token_lifetime: 8 * 3600,
         now: None,
+        dcap: None,
         limits: coffer_server::Limits::default(),
     })
 }
@@ -71,6 +78,10 @@ pub(crate) fn serve(a: ServeArgs) -> Result<ExitCode> {
     cfg.issuer = a.issuer;
     cfg.token_lifetime = a.token_lifetime;
     cfg.now = a.now;
+    if let Some(dir) = &a.dcap_collateral {
+        cfg.dcap =
+            Some(coffer_server::dcap::DcapConfig::intel(dir.clone()).map_err(anyhow::Error::msg)?);
+    }
     let mut rv = match &a.reference_values {
         Some(p) => {
             let bytes = std::fs::read(p).with_context(|| format!("cannot read {}", p.display()))?;
@@ -82,6 +93,7 @@ pub(crate) fn serve(a: ServeArgs) -> Result<ExitCode> {
     rv.max_vmpl = rv.max_vmpl.max(a.allow_vmpl.unwrap_or(0));
     let (any_measurement, allow_debug, max_vmpl) =
         (rv.measurements.is_empty(), rv.allow_debug, rv.max_vmpl);
+    let (any_td, any_enclave) = (rv.tdx.accepts_any_td(), rv.sgx.accepts_any_enclave());
     cfg.reference = Some(rv);
     for t in &a.trust_issuer {
         let Some((iss, file)) = t.split_once('=') else {
@@ -116,6 +128,37 @@ pub(crate) fn serve(a: ServeArgs) -> Result<ExitCode> {
                 ""
             }
         );
+        match &running.dcap_collateral {
+            Some(sets) => {
+                eprintln!(
+                    "coffer serve: Intel SGX/TDX attestation with {} collateral set(s) from {}",
+                    sets.len(),
+                    a.dcap_collateral
+                        .as_deref()
+                        .unwrap_or(Path::new(""))
+                        .display()
+                );
+                for s in sets {
+                    eprintln!("coffer serve:   {s}");
+                }
+                if any_td {
+                    eprintln!(
+                        "coffer serve: WARNING: no reference MRTD (--reference-values tdx.mrtd): \
+                         any TD is accepted"
+                    );
+                }
+                if any_enclave {
+                    eprintln!(
+                        "coffer serve: WARNING: no reference MRENCLAVE or MRSIGNER \
+                         (--reference-values sgx): any enclave is accepted"
+                    );
+                }
+            }
+            None => eprintln!(
+                "coffer serve: no --dcap-collateral: attest/SgxEnclave and attest/TdxVm answer \
+                 not-configured"
+            ),
+        }
         if any_measurement {
             eprintln!(
                 "coffer serve: WARNING: no reference measurements (--reference-values): \
