@@ -105,6 +105,42 @@ fn uvm_build_twice_gives_identical_bytes() {
     // A second build in the same home finds it in the cache.
     let again = build(a.path());
     assert_eq!(again.dir, dir_a);
+
+    // `uvm measure --guest` is the launch digest of exactly this kernel, initramfs and command
+    // line (the vectors' AmdSev firmware stands in for a real OVMF build).
+    let Some(vectors) = coffer_testkit::vectors("uvm_build_twice (measure --guest)") else {
+        return;
+    };
+    let ovmf = vectors.join("snp-measure/ovmf_AmdSev_suffix.bin");
+    let ovmf = ovmf.to_str().unwrap();
+    let digest = |args: &[&str]| {
+        let out = common::coffer(a.path(), args);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    let guest = digest(&["uvm", "measure", "--guest", "--ovmf", ovmf, "--vcpus", "2"]);
+    let explicit = digest(&[
+        "uvm",
+        "measure",
+        "--ovmf",
+        ovmf,
+        "--kernel",
+        again.kernel.to_str().unwrap(),
+        "--initrd",
+        again.initrd.to_str().unwrap(),
+        "--append",
+        &again.append,
+        "--vcpus",
+        "2",
+    ]);
+    assert_eq!(guest.len(), 96, "{guest}");
+    assert_eq!(guest, explicit);
+    let one = digest(&["uvm", "measure", "--guest", "--ovmf", ovmf, "--vcpus", "1"]);
+    assert_ne!(one, guest, "the vCPU count is measured");
 }
 
 /// Time from spawning QEMU to `needle` on its serial console.
@@ -299,6 +335,7 @@ fn the_hello_group_runs_in_a_vm_and_a_wrong_host_data_is_refused() {
             image,
             memory_mib: 512,
             vcpus: 1,
+            snp: None,
             disks: vec![],
         },
     )

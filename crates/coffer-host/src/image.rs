@@ -20,6 +20,7 @@ pub const APPEND: &str = "console=ttyS0 loglevel=3 panic=-1 rdinit=/usr/bin/coff
 const MODULES: &[&str] = &[
     "virtio_mmio",
     "virtio_console",
+    "virtio_pci",
     "virtio_blk",
     "dm_verity",
     "loop",
@@ -28,6 +29,8 @@ const MODULES: &[&str] = &[
     "crc16",
     "ext4",
     "overlay",
+    // Fails with ENODEV outside an SNP guest: the agent then uses the emulated processor.
+    "sev_guest",
 ];
 
 /// A built guest image.

@@ -13,6 +13,7 @@ pub mod image;
 pub mod launch;
 pub mod net;
 pub mod qemu;
+pub mod snp;
 
 use std::path::{Path, PathBuf};
 

@@ -33,6 +33,9 @@ pub struct VmConfig {
     pub memory_mib: u64,
     /// vCPUs.
     pub vcpus: u32,
+    /// SEV-SNP launch ([`crate::snp::detect`]), or none: KVM or TCG with the emulated secure
+    /// processor.
+    pub snp: Option<crate::snp::SnpConfig>,
     /// Layer images (ext4 + dm-verity tree) attached read-only as virtio-blk disks, in this
     /// order, with serials `l0`, `l1`, ... by which the agent finds them.
     pub disks: Vec<PathBuf>,
@@ -76,13 +79,33 @@ pub fn tcg_append() -> String {
     format!(" tsc_early_khz={}", (mhz * 1000.0) as u64)
 }
 
-/// The QEMU command line for a group (no SNP yet).
-pub fn qemu_command(cfg: &VmConfig, dir: &Path) -> Command {
-    let kvm = kvm_usable();
+/// The QEMU command line for a group: microvm (KVM or TCG) with virtio-mmio devices, or, with
+/// `cfg.snp`, an SEV-SNP q35 guest with PCI devices and HOST_DATA fixed at launch.
+pub fn qemu_command(cfg: &VmConfig, dir: &Path, host_data: &[u8; 32]) -> Command {
     let mut c = Command::new("qemu-system-x86_64");
-    c.args(["-M", "microvm", "-accel", if kvm { "kvm" } else { "tcg" }])
-        .args(["-cpu", if kvm { "host" } else { "max" }])
-        .args(["-m", &format!("{}M", cfg.memory_mib)])
+    let (serial_dev, blk_dev) = match &cfg.snp {
+        Some(snp) => {
+            c.args(crate::snp::machine_args(snp, cfg.memory_mib, host_data));
+            ("virtio-serial-pci", "virtio-blk-pci")
+        }
+        None => {
+            let kvm = kvm_usable();
+            c.args(["-M", "microvm", "-accel", if kvm { "kvm" } else { "tcg" }])
+                .args(["-cpu", if kvm { "host" } else { "max" }]);
+            ("virtio-serial-device", "virtio-blk-device")
+        }
+    };
+    // Under TCG only, the TSC rate goes on the kernel command line (see `tcg_append`); kernel
+    // parameters go before `--` (after it, they are init's arguments).
+    let append = if cfg.snp.is_some() || kvm_usable() {
+        cfg.image.append.clone()
+    } else {
+        match cfg.image.append.split_once(" -- ") {
+            Some((kernel, init)) => format!("{kernel}{} -- {init}", tcg_append()),
+            None => format!("{}{}", cfg.image.append, tcg_append()),
+        }
+    };
+    c.args(["-m", &format!("{}M", cfg.memory_mib)])
         .args(["-smp", &cfg.vcpus.to_string()])
         .args(["-nodefaults", "-no-user-config", "-display", "none"])
         // A guest reset (init gone, panic=-1) ends QEMU.
@@ -94,16 +117,8 @@ pub fn qemu_command(cfg: &VmConfig, dir: &Path) -> Command {
         .arg("-initrd")
         .arg(&cfg.image.initrd)
         .arg("-append")
-        .arg(if kvm {
-            cfg.image.append.clone()
-        } else {
-            // Kernel parameters go before `--` (after it, they are init's arguments).
-            match cfg.image.append.split_once(" -- ") {
-                Some((kernel, init)) => format!("{kernel}{} -- {init}", tcg_append()),
-                None => format!("{}{}", cfg.image.append, tcg_append()),
-            }
-        })
-        .args(["-device", "virtio-serial-device"])
+        .arg(append)
+        .args(["-device", serial_dev])
         .arg("-chardev")
         .arg(format!(
             "socket,id=c0,path={},server=on,wait=off",
@@ -121,10 +136,7 @@ pub fn qemu_command(cfg: &VmConfig, dir: &Path) -> Command {
                 "file={file},format=raw,if=none,id=d{i},readonly=on"
             ))
             .arg("-device")
-            .arg(format!(
-                "virtio-blk-device,drive=d{i},serial={}",
-                disk_serial(i)
-            ));
+            .arg(format!("{blk_dev},drive=d{i},serial={}", disk_serial(i)));
     }
     c
 }
@@ -171,7 +183,7 @@ pub fn launch(spec: LaunchSpec, cfg: &VmConfig) -> Result<VmGroup, HostError> {
     let allowed = coffer_policy::Settings::of(&mut coffer_policy::Enforcer::new(text)?)?
         .egress_destinations();
     let egress = Egress::start(&dir.join("egress.sock"), allowed)?;
-    let qemu = qemu_command(cfg, &dir)
+    let qemu = qemu_command(cfg, &dir, &spec.host_data)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(dir.join("qemu.log")).map_err(io("creating qemu.log"))?)

@@ -217,10 +217,13 @@ fn run_group(
         pod.metadata.name,
         hex::encode(host_data)
     );
-    let backend: Box<dyn Backend> = match a.isolation {
-        IsolationArg::Namespace => Box::new(NamespaceBackend),
+    let (backend, isolation): (Box<dyn Backend>, String) = match a.isolation {
+        IsolationArg::Namespace => (
+            Box::new(NamespaceBackend),
+            "namespace (shares this host's kernel)".into(),
+        ),
         IsolationArg::Vm => {
-            let image = coffer_host::image::build(&coffer_host::image::BuildOptions {
+            let mut image = coffer_host::image::build(&coffer_host::image::BuildOptions {
                 home: home.clone(),
                 agent: coffer_host::launch::agent_exe()?,
                 kernel_deb: None,
@@ -228,22 +231,37 @@ fn run_group(
             .context("the guest image (coffer uvm build)")?;
             timing.mark("guest image built or found in the cache");
             let (memory_mib, vcpus) = vm_size(pod, &facts)?;
-            Box::new(QemuBackend(coffer_host::qemu::VmConfig {
-                image,
-                memory_mib,
-                vcpus,
-                disks: layer_images(&store, pod)?,
-            }))
+            let snp = coffer_host::snp::detect();
+            // With an AmdSev OVMF configured, the emulated secure processor reports the launch
+            // digest real hardware would compute for this image, so reference values are the
+            // same in development and on SNP hosts.
+            if let Some(ovmf) = std::env::var_os("COFFER_OVMF") {
+                let cfg = coffer_host::snp::SnpConfig::new(ovmf.into());
+                image.measurement = coffer_host::snp::launch_digest(&cfg, &image, vcpus)
+                    .context("the launch digest of the guest image (COFFER_OVMF)")?;
+            }
+            let isolation = match &snp {
+                Ok(_) => "vm (QEMU, SEV-SNP)".to_string(),
+                Err(why) if coffer_host::qemu::kvm_usable() => {
+                    format!("vm (QEMU, KVM, emulated secure processor: no SNP: {why})")
+                }
+                Err(_) => {
+                    "vm (QEMU, TCG emulation: slow to boot; emulated secure processor)".to_string()
+                }
+            };
+            (
+                Box::new(QemuBackend(coffer_host::qemu::VmConfig {
+                    image,
+                    memory_mib,
+                    vcpus,
+                    snp: snp.ok(),
+                    disks: layer_images(&store, pod)?,
+                })),
+                isolation,
+            )
         }
     };
-    eprintln!(
-        "coffer: isolation {}",
-        match a.isolation {
-            IsolationArg::Namespace => "namespace (shares this host's kernel)",
-            IsolationArg::Vm if coffer_host::qemu::kvm_usable() => "vm (QEMU, KVM)",
-            IsolationArg::Vm => "vm (QEMU, TCG emulation: slow to boot)",
-        }
-    );
+    eprintln!("coffer: isolation {isolation}");
     let group = backend.launch(LaunchSpec {
         home: home.clone(),
         name: pod.metadata.name.clone(),

@@ -34,6 +34,10 @@ pub(crate) struct MeasureArgs {
     /// OVMF firmware (QEMU's -bios), an AmdSevX64 build for measured direct boot.
     #[arg(long)]
     ovmf: PathBuf,
+    /// Measure Coffer's own guest image (built or taken from the cache: kernel, initramfs and
+    /// command line), as `coffer run --isolation vm` launches it.
+    #[arg(long, conflicts_with_all = ["kernel", "initrd", "append", "vcpu_type"])]
+    guest: bool,
     /// Kernel for measured direct boot (-kernel; needs an AmdSevX64 OVMF).
     #[arg(long)]
     kernel: Option<PathBuf>,
@@ -72,6 +76,22 @@ pub(crate) fn run(cmd: UvmCommand) -> Result<ExitCode> {
                 hex::encode(image.measurement)
             );
             println!("{}", image.dir.display());
+        }
+        UvmCommand::Measure(a) if a.guest => {
+            let image = coffer_host::image::build(&coffer_host::image::BuildOptions {
+                home: crate::home::coffer_home()?,
+                agent: coffer_host::launch::agent_exe()?,
+                kernel_deb: None,
+            })
+            .context("the guest image (coffer uvm build)")?;
+            let cfg = coffer_host::snp::SnpConfig::new(a.ovmf.clone());
+            if a.guest_features != "0x1" {
+                anyhow::bail!("--guest measures the launch `coffer run` makes (SEV_FEATURES 0x1)");
+            }
+            println!(
+                "{}",
+                hex::encode(coffer_host::snp::launch_digest(&cfg, &image, a.vcpus)?)
+            );
         }
         UvmCommand::Measure(a) => {
             let ovmf = std::fs::read(&a.ovmf)
