@@ -109,6 +109,8 @@ pub struct Agent {
     cgroup_prefix: String,
     /// The group's host name, from the policy.
     hostname: Option<String>,
+    /// The group that owns emptyDir volumes (the Pod's fsGroup), from the policy.
+    fs_group: Option<u32>,
     /// The containers' `/etc/hosts`, `/etc/hostname` and `/etc/resolv.conf`, made once.
     group_files: std::sync::OnceLock<Result<oci::GroupFiles, String>>,
     state: Mutex<State>,
@@ -187,6 +189,7 @@ pub fn start(policy: &[u8], sp: Arc<dyn SecureProcessor>) -> Result<Agent, Runti
         encrypted_volumes: encrypted,
         skr,
         hostname,
+        fs_group,
         ..
     } = coffer_policy::Settings::of(&mut enforcer)?;
     Ok(Agent {
@@ -195,6 +198,7 @@ pub fn start(policy: &[u8], sp: Arc<dyn SecureProcessor>) -> Result<Agent, Runti
         skr,
         cgroup_prefix: format!("{:016x}", rand_u64()),
         hostname,
+        fs_group,
         group_files: std::sync::OnceLock::new(),
         state: Mutex::new(State {
             enforcer,
@@ -560,7 +564,8 @@ impl Agent {
         let input = json!({
             "containerID": id, "argList": p.args, "envList": p.env, "workingDir": p.cwd, "mounts": mounts,
             "privileged": false, "noNewPrivileges": p.no_new_privileges,
-            "user": {"id": p.uid.to_string(), "name": ""}, "groups": [{"id": p.gid.to_string(), "name": ""}], "umask": "0022",
+            "user": {"id": p.uid.to_string(), "name": ""}, "umask": "0022", "readOnlyRootFilesystem": p.read_only_rootfs,
+            "groups": std::iter::once(p.gid).chain(p.additional_gids.iter().copied()).map(|g| json!({"id": g.to_string(), "name": ""})).collect::<Vec<_>>(),
             "capabilities": {"bounding": p.capabilities, "effective": p.capabilities, "permitted": p.capabilities, "inheritable": [], "ambient": []},
             "resources": {"memory_limit": p.memory_limit, "cpu_millis": p.cpu_millis},
         });
@@ -594,6 +599,12 @@ impl Agent {
             let src = self.work.join("volumes").join(&v.name);
             if let Err(e) = std::fs::create_dir_all(&src) {
                 return failed(format!("volume {}: {e}", v.name));
+            }
+            let encrypted = self.encrypted.iter().any(|e| e.name == v.name);
+            if let (Some(g), false) = (self.fs_group, encrypted) {
+                if let Err(e) = oci::own_by_fs_group(&src, g) {
+                    return failed(format!("volume {}: fsGroup {g}: {e}", v.name));
+                }
             }
             vols.push(oci::VolumeBind {
                 source: src,
@@ -1188,6 +1199,22 @@ pub(crate) mod oci {
         pub(crate) from_outside: bool,
     }
 
+    /// Kubernetes' fsGroup ownership of a volume directory: group `gid`, group-writable, setgid
+    /// (files made in it belong to the group).
+    pub(crate) fn own_by_fs_group(dir: &Path, gid: u32) -> Result<(), String> {
+        use std::os::unix::fs::PermissionsExt as _;
+        std::os::unix::fs::chown(dir, None, Some(gid)).map_err(|e| e.to_string())?;
+        let mode = std::fs::metadata(dir)
+            .map_err(|e| e.to_string())?
+            .permissions()
+            .mode();
+        std::fs::set_permissions(
+            dir,
+            std::fs::Permissions::from_mode((mode & 0o7777) | 0o2070),
+        )
+        .map_err(|e| e.to_string())
+    }
+
     /// The group's name-service files, bound read-only into every container.
     pub(crate) struct GroupFiles {
         pub(crate) hosts: PathBuf,
@@ -1260,6 +1287,7 @@ pub(crate) mod oci {
                 UserBuilder::default()
                     .uid(p.uid)
                     .gid(p.gid)
+                    .additional_gids(p.additional_gids.clone())
                     .build()
                     .map_err(|e| e.to_string())?,
             )
@@ -1389,7 +1417,7 @@ pub(crate) mod oci {
             .root(
                 RootBuilder::default()
                     .path(rootfs)
-                    .readonly(false)
+                    .readonly(p.read_only_rootfs)
                     .build()
                     .map_err(|e| e.to_string())?,
             )

@@ -27,6 +27,12 @@ pub struct ProcessSpec {
     pub uid: u32,
     /// Group id.
     pub gid: u32,
+    /// Supplementary group ids (besides `gid`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub additional_gids: Vec<u32>,
+    /// The root file system is read-only.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub read_only_rootfs: bool,
     /// Capabilities (bounding = effective = permitted).
     pub capabilities: Vec<String>,
     /// no_new_privileges.

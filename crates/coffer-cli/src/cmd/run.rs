@@ -325,7 +325,7 @@ fn vm_size(
     let (mut mem, mut cpu) = (0u64, 0u64);
     for (i, c) in pod.spec.containers.iter().enumerate() {
         let f = facts.get(&c.image).context("image facts")?;
-        let r = coffer_policy::resolve_container(i, c, f)?;
+        let r = coffer_policy::resolve_container(pod, i, f)?;
         mem += r.memory_limit.unwrap_or(0);
         cpu += r.cpu_millis.unwrap_or(0);
     }
@@ -374,7 +374,7 @@ fn drive(
             })
             .with_context(|| format!("container '{}'", c.name))?;
         let img_facts = facts.get(&c.image).context("image facts")?;
-        let resolved = coffer_policy::resolve_container(i, c, img_facts)?;
+        let resolved = coffer_policy::resolve_container(pod, i, img_facts)?;
         let (process, volumes) = host::process_for(&resolved);
         client
             .call(&Request::CreateContainer {
