@@ -347,6 +347,9 @@ impl Agent {
                     container_id,
                     signal,
                 } => (self.signal(&container_id, signal), false),
+                Request::RemoveContainer { container_id } => {
+                    (self.remove_container(&container_id), false)
+                }
                 Request::GetProperties => (self.properties(), false),
                 Request::Shutdown => self.shutdown(),
             };
@@ -894,6 +897,51 @@ impl Agent {
             return denied("signal_container_process", d.reason);
         }
         self.runc(&["kill", "--", id, &signal.to_string()])
+    }
+
+    /// Remove an exited container so that it can be created again: the policy's
+    /// `shutdown_container`, `unmount_overlay` and `scratch_unmount` each decide (and forget it),
+    /// then its runtime state, overlay and scratch go.
+    fn remove_container(&self, id: &str) -> Value {
+        if !safe_id(id) {
+            return failed("invalid container id");
+        }
+        let exited = lock(&self.state).containers.get(id).map(|c| {
+            c.child.is_none() && c.output.0.lock().map(|o| o.exit.is_some()).unwrap_or(false)
+        });
+        match exited {
+            None => return failed(format!("no container '{id}'")),
+            Some(false) => return failed(format!("container '{id}' has not exited")),
+            Some(true) => {}
+        }
+        let dir = self.work.join("containers").join(id);
+        let (rootfs, scratch) = (dir.join("rootfs"), dir.join("scratch"));
+        for (rule, input) in [
+            ("shutdown_container", json!({"containerID": id})),
+            ("unmount_overlay", json!({"unmountTarget": rootfs})),
+            ("scratch_unmount", json!({"unmountTarget": scratch})),
+        ] {
+            match self.decide(rule, input) {
+                Ok(d) if d.allowed => {}
+                Ok(d) => return denied(rule, d.reason),
+                Err(e) => return e,
+            }
+        }
+        let r = self.runc(&["delete", "--force", "--", id]);
+        if r["ok"] != true && !r["error"].as_str().unwrap_or("").contains("does not exist") {
+            return r;
+        }
+        let mut st = lock(&self.state);
+        st.containers.remove(id);
+        st.overlays.remove(id);
+        drop(st);
+        if let Err(e) = nix::mount::umount2(&rootfs, nix::mount::MntFlags::MNT_DETACH) {
+            return failed(format!("unmounting {}: {e}", rootfs.display()));
+        }
+        match std::fs::remove_dir_all(&dir) {
+            Ok(()) => json!({"ok": true}),
+            Err(e) => failed(format!("removing {}: {e}", dir.display())),
+        }
     }
 
     fn runc(&self, args: &[&str]) -> Value {

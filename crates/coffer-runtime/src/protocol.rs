@@ -109,6 +109,13 @@ pub enum Request {
         /// Signal number.
         signal: i32,
     },
+    /// Remove a container that has exited (through `shutdown_container`): its runtime state,
+    /// overlay and scratch go, so that the same container can be created again (a restart, with
+    /// a fresh writable layer; the group's volumes stay).
+    RemoveContainer {
+        /// Container id.
+        container_id: String,
+    },
     /// The agent's properties (containers and their state).
     GetProperties,
     /// Stop every container, unmount everything, exit.
