@@ -109,6 +109,8 @@ pub struct Agent {
     cgroup_prefix: String,
     /// The group's host name, from the policy.
     hostname: Option<String>,
+    /// The group that owns emptyDir volumes (the Pod's fsGroup), from the policy.
+    fs_group: Option<u32>,
     /// The containers' `/etc/hosts`, `/etc/hostname` and `/etc/resolv.conf`, made once.
     group_files: std::sync::OnceLock<Result<oci::GroupFiles, String>>,
     state: Mutex<State>,
@@ -190,6 +192,7 @@ pub fn start(policy: &[u8], sp: Arc<dyn SecureProcessor>) -> Result<Agent, Agent
         encrypted_volumes: encrypted,
         skr,
         hostname,
+        fs_group,
         ..
     } = coffer_policy::Settings::of(&mut enforcer)?;
     Ok(Agent {
@@ -198,6 +201,7 @@ pub fn start(policy: &[u8], sp: Arc<dyn SecureProcessor>) -> Result<Agent, Agent
         skr,
         cgroup_prefix: format!("{:016x}", rand_u64()),
         hostname,
+        fs_group,
         group_files: std::sync::OnceLock::new(),
         state: Mutex::new(State {
             enforcer,
@@ -354,6 +358,9 @@ impl Agent {
                     container_id,
                     signal,
                 } => (self.signal(&container_id, signal), false),
+                Request::RemoveContainer { container_id } => {
+                    (self.remove_container(&container_id), false)
+                }
                 Request::GetProperties => (self.properties(), false),
                 Request::Shutdown => self.shutdown(),
             };
@@ -614,7 +621,8 @@ impl Agent {
         let input = json!({
             "containerID": id, "argList": p.args, "envList": p.env, "workingDir": p.cwd, "mounts": mounts,
             "privileged": false, "noNewPrivileges": p.no_new_privileges,
-            "user": {"id": p.uid.to_string(), "name": ""}, "groups": [{"id": p.gid.to_string(), "name": ""}], "umask": "0022",
+            "user": {"id": p.uid.to_string(), "name": ""}, "umask": "0022", "readOnlyRootFilesystem": p.read_only_rootfs,
+            "groups": std::iter::once(p.gid).chain(p.additional_gids.iter().copied()).map(|g| json!({"id": g.to_string(), "name": ""})).collect::<Vec<_>>(),
             "capabilities": {"bounding": p.capabilities, "effective": p.capabilities, "permitted": p.capabilities, "inheritable": [], "ambient": []},
             "resources": {"memory_limit": p.memory_limit, "cpu_millis": p.cpu_millis},
         });
@@ -648,6 +656,12 @@ impl Agent {
             let src = self.work.join("volumes").join(&v.name);
             if let Err(e) = std::fs::create_dir_all(&src) {
                 return failed(format!("volume {}: {e}", v.name));
+            }
+            let encrypted = self.encrypted.iter().any(|e| e.name == v.name);
+            if let (Some(g), false) = (self.fs_group, encrypted) {
+                if let Err(e) = oci::own_by_fs_group(&src, g) {
+                    return failed(format!("volume {}: fsGroup {g}: {e}", v.name));
+                }
             }
             vols.push(oci::VolumeBind {
                 source: src,
@@ -937,6 +951,51 @@ impl Agent {
             return denied("signal_container_process", d.reason);
         }
         self.runc(&["kill", "--", id, &signal.to_string()])
+    }
+
+    /// Remove an exited container so that it can be created again: the policy's
+    /// `shutdown_container`, `unmount_overlay` and `scratch_unmount` each decide (and forget it),
+    /// then its runtime state, overlay and scratch go.
+    fn remove_container(&self, id: &str) -> Value {
+        if !safe_id(id) {
+            return failed("invalid container id");
+        }
+        let exited = lock(&self.state).containers.get(id).map(|c| {
+            c.child.is_none() && c.output.0.lock().map(|o| o.exit.is_some()).unwrap_or(false)
+        });
+        match exited {
+            None => return failed(format!("no container '{id}'")),
+            Some(false) => return failed(format!("container '{id}' has not exited")),
+            Some(true) => {}
+        }
+        let dir = self.work.join("containers").join(id);
+        let (rootfs, scratch) = (dir.join("rootfs"), dir.join("scratch"));
+        for (rule, input) in [
+            ("shutdown_container", json!({"containerID": id})),
+            ("unmount_overlay", json!({"unmountTarget": rootfs})),
+            ("scratch_unmount", json!({"unmountTarget": scratch})),
+        ] {
+            match self.decide(rule, input) {
+                Ok(d) if d.allowed => {}
+                Ok(d) => return denied(rule, d.reason),
+                Err(e) => return e,
+            }
+        }
+        let r = self.runc(&["delete", "--force", "--", id]);
+        if r["ok"] != true && !r["error"].as_str().unwrap_or("").contains("does not exist") {
+            return r;
+        }
+        let mut st = lock(&self.state);
+        st.containers.remove(id);
+        st.overlays.remove(id);
+        drop(st);
+        if let Err(e) = nix::mount::umount2(&rootfs, nix::mount::MntFlags::MNT_DETACH) {
+            return failed(format!("unmounting {}: {e}", rootfs.display()));
+        }
+        match std::fs::remove_dir_all(&dir) {
+            Ok(()) => json!({"ok": true}),
+            Err(e) => failed(format!("removing {}: {e}", dir.display())),
+        }
     }
 
     fn runc(&self, args: &[&str]) -> Value {
@@ -1335,6 +1394,22 @@ pub(crate) mod oci {
         pub(crate) from_outside: bool,
     }
 
+    /// Kubernetes' fsGroup ownership of a volume directory: group `gid`, group-writable, setgid
+    /// (files made in it belong to the group).
+    pub(crate) fn own_by_fs_group(dir: &Path, gid: u32) -> Result<(), String> {
+        use std::os::unix::fs::PermissionsExt as _;
+        std::os::unix::fs::chown(dir, None, Some(gid)).map_err(|e| e.to_string())?;
+        let mode = std::fs::metadata(dir)
+            .map_err(|e| e.to_string())?
+            .permissions()
+            .mode();
+        std::fs::set_permissions(
+            dir,
+            std::fs::Permissions::from_mode((mode & 0o7777) | 0o2070),
+        )
+        .map_err(|e| e.to_string())
+    }
+
     /// The group's name-service files, bound read-only into every container.
     pub(crate) struct GroupFiles {
         pub(crate) hosts: PathBuf,
@@ -1407,6 +1482,7 @@ pub(crate) mod oci {
                 UserBuilder::default()
                     .uid(p.uid)
                     .gid(p.gid)
+                    .additional_gids(p.additional_gids.clone())
                     .build()
                     .map_err(|e| e.to_string())?,
             )
@@ -1536,7 +1612,7 @@ pub(crate) mod oci {
             .root(
                 RootBuilder::default()
                     .path(rootfs)
-                    .readonly(false)
+                    .readonly(p.read_only_rootfs)
                     .build()
                     .map_err(|e| e.to_string())?,
             )

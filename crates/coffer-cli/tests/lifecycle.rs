@@ -20,14 +20,20 @@ fn setup(t: &str, script: &str) -> Option<tempfile::TempDir> {
     }
     let home = tempfile::tempdir().unwrap();
     common::import_example(home.path(), t);
+    write_pod(home.path(), None, script);
+    Some(home)
+}
+
+/// The group `ticker`: one container `tick` running `script`, with `restartPolicy` if given.
+fn write_pod(home: &Path, restart: Option<&str>, script: &str) {
+    let restart = restart.map_or(String::new(), |r| format!("  restartPolicy: {r}\n"));
     std::fs::write(
-        home.path().join("pod.yaml"),
+        home.join("pod.yaml"),
         format!(
-            "apiVersion: v1\nkind: Pod\nmetadata: {{name: ticker}}\nspec:\n  terminationGracePeriodSeconds: 2\n  containers:\n  - name: tick\n    image: hello:latest\n    command: [\"/bin/sh\", \"-c\", {script:?}]\n"
+            "apiVersion: v1\nkind: Pod\nmetadata: {{name: ticker}}\nspec:\n  terminationGracePeriodSeconds: 2\n{restart}  containers:\n  - name: tick\n    image: hello:latest\n    command: [\"/bin/sh\", \"-c\", {script:?}]\n"
         ),
     )
     .unwrap();
-    Some(home)
 }
 
 /// Whatever a failing test leaves running goes when it ends.
@@ -138,4 +144,120 @@ fn a_running_group_is_not_removed_or_started_twice() {
     assert!(String::from_utf8_lossy(&rm.stderr).contains("coffer stop"));
     out(h, &["rm", "--force", "ticker"]);
     assert!(row(h).is_none());
+}
+
+/// The RESTARTS column of the group's `coffer ps` row.
+fn restarts(home: &Path) -> u32 {
+    let r = row(home).unwrap();
+    r.split('\t')
+        .nth(4)
+        .unwrap()
+        .parse()
+        .unwrap_or_else(|_| panic!("{r}"))
+}
+
+/// Wait until the group is no longer running; its ps row.
+fn wait_ended(home: &Path) -> String {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let r = row(home).unwrap();
+        if !r.contains("\trunning\t") || std::time::Instant::now() > deadline {
+            return r;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn a_failing_container_is_restarted_with_backoff_and_a_fresh_root_and_ps_counts_it() {
+    let _serial = one_at_a_time();
+    // A restarted container gets a fresh writable layer, as in Kubernetes: the marker it leaves
+    // in its root is gone the next time.
+    let script = "[ -e /app/marker ] && echo dirty; echo x > /app/marker; echo run; exit 1";
+    let Some(home) = setup("a_failing_container_is_restarted", script) else {
+        return;
+    };
+    let h = home.path();
+    let _cleanup = Cleanup(h);
+    write_pod(h, Some("OnFailure"), script);
+    let before = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let started = std::time::Instant::now();
+    out(h, &["run", "-d", h.join("pod.yaml").to_str().unwrap()]);
+    // Delays of 0.5, 1 and 2 s: the third restart comes after about 3.5 s, not before.
+    while restarts(h) < 3 {
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(15),
+            "{:?}",
+            row(h)
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert!(
+        started.elapsed() >= std::time::Duration::from_millis(3500),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(row(h).unwrap().contains("\trunning\t"), "{:?}", row(h));
+    let logs = out(h, &["logs", "ticker"]);
+    assert!(logs.matches("run").count() >= 3, "{logs}");
+    assert!(!logs.contains("dirty"), "{logs}");
+    out(h, &["stop", "ticker"]);
+    let r = row(h).unwrap();
+    assert!(r.contains("\texited\t"), "{r}");
+    assert!(!h.join("run/ticker").exists());
+    let after = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let home_str = h.display().to_string();
+    assert!(
+        !after.contains(&home_str) || after == before,
+        "mounts left behind"
+    );
+}
+
+#[test]
+fn the_restart_policy_decides_which_exits_restart() {
+    let _serial = one_at_a_time();
+    let Some(home) = setup("the_restart_policy_decides", "sleep 0.3; exit 0") else {
+        return;
+    };
+    let h = home.path();
+    let _cleanup = Cleanup(h);
+    let pod = h.join("pod.yaml");
+    for (policy, script, restarted) in [
+        (Some("OnFailure"), "sleep 0.3; exit 0", false),
+        (Some("Never"), "sleep 0.3; exit 1", false),
+        // No restartPolicy: Kubernetes' Always, even after a success.
+        (None, "sleep 0.3; exit 0", true),
+    ] {
+        write_pod(h, policy, script);
+        // (`run -d` may find the group already ended: only the row matters.)
+        let _ = coffer(h, &["run", "-d", pod.to_str().unwrap()]);
+        if restarted {
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+            while restarts(h) == 0 && std::time::Instant::now() < deadline {
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+            assert!(restarts(h) >= 1, "{policy:?}: {:?}", row(h));
+            out(h, &["stop", "ticker"]);
+        } else {
+            let r = wait_ended(h);
+            assert!(r.contains("\texited\t"), "{policy:?}: {r}");
+            assert_eq!(restarts(h), 0, "{policy:?}: {r}");
+        }
+        out(h, &["rm", "ticker"]);
+    }
+}
+
+#[test]
+fn a_group_in_the_foreground_runs_once_whatever_its_restart_policy() {
+    let _serial = one_at_a_time();
+    let Some(home) = setup("a_group_in_the_foreground_runs_once", "echo once; exit 1") else {
+        return;
+    };
+    let h = home.path();
+    let _cleanup = Cleanup(h);
+    write_pod(h, Some("Always"), "echo once; exit 1");
+    let o = coffer(h, &["run", h.join("pod.yaml").to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(1));
+    assert_eq!(String::from_utf8_lossy(&o.stdout), "[tick] once\n");
+    assert_eq!(restarts(h), 0);
 }

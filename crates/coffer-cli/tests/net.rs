@@ -963,3 +963,149 @@ fn a_debian_postgres_stores_and_returns_rows_for_psql_on_the_host() {
     let o = coffer(home, &["rm", "pg"]);
     assert!(o.status.success());
 }
+
+/// A UDP echo server (static, so it runs in the busybox image): answers each datagram with itself.
+const UDP_ECHO_C: &str = r#"
+#include <netinet/in.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <sys/socket.h>
+int main(int argc, char **argv) {
+    int s = socket(AF_INET, SOCK_DGRAM, 0);
+    struct sockaddr_in a = {0};
+    a.sin_family = AF_INET;
+    a.sin_port = htons(argc > 1 ? atoi(argv[1]) : 5353);
+    if (s < 0 || bind(s, (struct sockaddr *)&a, sizeof a) != 0) { perror("bind"); return 1; }
+    printf("udp echo listening\n");
+    fflush(stdout);
+    char buf[2048];
+    for (;;) {
+        struct sockaddr_in peer;
+        socklen_t len = sizeof peer;
+        ssize_t n = recvfrom(s, buf, sizeof buf, 0, (struct sockaddr *)&peer, &len);
+        if (n < 0) return 1;
+        sendto(s, buf, n, 0, (struct sockaddr *)&peer, len);
+    }
+}
+"#;
+
+#[test]
+fn a_udp_port_is_published_end_to_end() {
+    let _serial = one_at_a_time();
+    if !coffer_testkit::tool("cc", "a_udp_port_is_published_end_to_end") {
+        return;
+    }
+    let Some(tmp) = setup("a_udp_port_is_published_end_to_end") else {
+        return;
+    };
+    let home = tmp.path();
+    // The example image with the echo server added as a layer (umoci, as the example is built).
+    let src = home.join("udpecho.c");
+    std::fs::write(&src, UDP_ECHO_C).unwrap();
+    let bin = home.join("udpecho");
+    sh(&[
+        "cc",
+        "-static",
+        "-O2",
+        "-o",
+        bin.to_str().unwrap(),
+        src.to_str().unwrap(),
+    ]);
+    let oci = format!("{}:latest", home.join("hello").display());
+    // (unpack and repack: umoci 0.4.7's `insert` writes a layer tar without its end blocks.)
+    let bundle = home.join("bundle");
+    let b = bundle.to_str().unwrap();
+    sh(&["umoci", "unpack", "--rootless", "--image", &oci, b]);
+    std::fs::copy(&bin, bundle.join("rootfs/bin/udpecho")).unwrap();
+    sh(&["umoci", "repack", "--image", &oci, b]);
+    let o = coffer(
+        home,
+        &[
+            "image",
+            "import",
+            &format!("oci:{oci}"),
+            "--name",
+            "udpecho:1",
+        ],
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    // A free UDP port on the host.
+    let port = std::net::UdpSocket::bind((Ipv4Addr::LOCALHOST, 0))
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let pod = pod(
+        home,
+        "echo",
+        "trap 'exit 0' TERM; /bin/udpecho 5353 & wait",
+        &format!("[{{containerPort: 5353, hostPort: {port}, protocol: UDP}}]"),
+    );
+    let yaml = std::fs::read_to_string(&pod)
+        .unwrap()
+        .replace("hello:latest", "udpecho:1");
+    std::fs::write(&pod, yaml).unwrap();
+    let policy = policy_gen(home, &pod);
+    assert!(
+        policy.contains(&format!(
+            r#"coffer_ports := [{{"container":"main","container_port":5353,"host_port":{port},"protocol":"UDP"}}]"#
+        )),
+        "{policy}"
+    );
+    let mut child = Interrupted(
+        Command::new(env!("CARGO_BIN_EXE_coffer"))
+            .args(["run", pod.to_str().unwrap()])
+            .env("COFFER_HOME", home)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let mut stderr = std::io::BufReader::new(child.0.stderr.take().unwrap()).lines();
+    let wired = loop {
+        let line = stderr.next().expect("coffer run ended").unwrap();
+        if line.contains(" published ") {
+            break line;
+        }
+    };
+    assert!(
+        wired.contains(&format!("127.0.0.1:{port} -> 5353/UDP")),
+        "{wired}"
+    );
+    // While the group publishes it, nobody else can take the port.
+    assert!(std::net::UdpSocket::bind((Ipv4Addr::LOCALHOST, port)).is_err());
+    let client = std::net::UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
+    client
+        .set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let started = Instant::now();
+    let mut buf = [0u8; 64];
+    let answer = loop {
+        client
+            .send_to(b"ping over udp", (Ipv4Addr::LOCALHOST, port))
+            .unwrap();
+        if let Ok((n, from)) = client.recv_from(&mut buf) {
+            break (buf[..n].to_vec(), from);
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "no UDP answer on 127.0.0.1:{port}"
+        );
+    };
+    assert_eq!(answer.0, b"ping over udp");
+    // The answer comes from the published address, as from any UDP server there.
+    assert_eq!(
+        answer.1,
+        std::net::SocketAddr::from((Ipv4Addr::LOCALHOST, port))
+    );
+    // Only UDP is published on that port: TCP finds nothing.
+    assert!(TcpStream::connect((Ipv4Addr::LOCALHOST, port)).is_err());
+    child.interrupt();
+    for _ in stderr {}
+    assert!(child.0.wait().unwrap().success());
+    let dir = host::group_dir(home, "echo");
+    assert!(!dir.exists());
+    let left = common::network_leftovers(&dir);
+    assert!(left.is_empty(), "{left:?}");
+    std::net::UdpSocket::bind((Ipv4Addr::LOCALHOST, port)).unwrap();
+}

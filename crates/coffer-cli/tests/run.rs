@@ -143,6 +143,7 @@ fn hello_process() -> ProcessSpec {
         no_new_privileges: false,
         memory_limit: None,
         cpu_millis: None,
+        ..Default::default()
     }
 }
 
@@ -874,4 +875,232 @@ fn whiteouts_and_opaque_directories_work_and_stay_inside_their_layer() {
     );
     assert!(stdout.contains("[c] io: 2"), "{stdout}");
     assert_clean(&before, &host::group_dir(home, "wh"));
+}
+
+/// Write `pod.yaml` into `home` (one container `main` from hello:latest running `script`, an
+/// emptyDir at /data) with the Pod's and the container's security contexts; run it with
+/// `coffer run`; the container's output lines.
+fn run_secure_pod(home: &Path, pod_sc: &str, container_sc: &str, script: &str) -> Vec<String> {
+    let pod = home.join("secure.yaml");
+    std::fs::write(
+        &pod,
+        format!(
+            "apiVersion: v1\nkind: Pod\nmetadata: {{name: secure}}\nspec:\n  securityContext: {{{pod_sc}}}\n  containers:\n  - name: main\n    image: hello:latest\n    command: [\"/bin/sh\", \"-c\", {script:?}]\n    securityContext: {{{container_sc}}}\n    volumeMounts: [{{name: data, mountPath: /data}}]\n  volumes: [{{name: data, emptyDir: {{}}}}]\n"
+        ),
+    )
+    .unwrap();
+    let out = coffer(home, &["run", pod.to_str().unwrap()]);
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+        .lines()
+        .filter_map(|l| l.strip_prefix("[main] "))
+        .map(str::to_string)
+        .collect()
+}
+
+#[test]
+fn a_read_only_root_file_system_refuses_writes_and_volumes_still_take_them() {
+    let _serial = one_at_a_time();
+    let Some((tmp, _)) = setup("a_read_only_root_file_system") else {
+        return;
+    };
+    let before = mountinfo();
+    // Root could write anywhere in a writable root: only the read-only mount stops it.
+    let script =
+        "{ echo x > /app/new; } 2>/dev/null && echo root-writable || echo root-read-only; \
+                  echo x > /data/f && echo volume-writable";
+    let lines = run_secure_pod(tmp.path(), "", "readOnlyRootFilesystem: true", script);
+    assert_eq!(lines, ["root-read-only", "volume-writable"]);
+    let lines = run_secure_pod(tmp.path(), "", "readOnlyRootFilesystem: false", script);
+    assert_eq!(lines, ["root-writable", "volume-writable"]);
+    assert_clean(&before, &host::group_dir(tmp.path(), "secure"));
+}
+
+#[test]
+fn supplemental_groups_and_fs_group_reach_the_process_and_fs_group_owns_volumes() {
+    let _serial = one_at_a_time();
+    let Some((tmp, _)) = setup("supplemental_groups_and_fs_group") else {
+        return;
+    };
+    let before = mountinfo();
+    let script = "cat /proc/self/status; echo x > /data/f && echo volume-writable; ls -ln /data/f";
+    let status = |lines: &[String], field: &str| -> Vec<String> {
+        lines
+            .iter()
+            .find(|l| l.starts_with(field))
+            .unwrap_or_else(|| panic!("no {field} in {lines:?}"))
+            .split_whitespace()
+            .skip(1)
+            .map(str::to_string)
+            .collect()
+    };
+    let lines = run_secure_pod(
+        tmp.path(),
+        "runAsUser: 1000, runAsGroup: 1000, supplementalGroups: [7], fsGroup: 2000",
+        "",
+        script,
+    );
+    assert_eq!(status(&lines, "Uid:"), ["1000"; 4]);
+    assert_eq!(status(&lines, "Gid:"), ["1000"; 4]);
+    assert_eq!(status(&lines, "Groups:"), ["7", "2000"]);
+    // uid 1000 writes into the volume through the fsGroup; the setgid directory gives the file
+    // that group.
+    assert!(lines.iter().any(|l| l == "volume-writable"), "{lines:?}");
+    let f = lines.last().unwrap();
+    let owner: Vec<&str> = f.split_whitespace().skip(2).take(2).collect();
+    assert_eq!(owner, ["1000", "2000"], "{f}");
+    // Without them: no supplementary groups, and the volume is root's (not writable by 1000).
+    let lines = run_secure_pod(
+        tmp.path(),
+        "runAsUser: 1000, runAsGroup: 1000",
+        "",
+        "cat /proc/self/status; { echo x > /data/f; } 2>/dev/null && echo volume-writable || echo volume-refused",
+    );
+    assert!(status(&lines, "Groups:").is_empty(), "{lines:?}");
+    assert_eq!(lines.last().unwrap(), "volume-refused");
+    assert_clean(&before, &host::group_dir(tmp.path(), "secure"));
+}
+
+/// The process the generated policy describes for its first container, as the launcher asks for it.
+fn process_from_policy(policy: &str) -> ProcessSpec {
+    let line = policy
+        .lines()
+        .find(|l| l.starts_with("containers := "))
+        .unwrap();
+    let cs: serde_json::Value =
+        serde_json::from_str(line.trim_start_matches("containers := ")).unwrap();
+    let c = &cs[0];
+    let strings = |v: &serde_json::Value| -> Vec<String> {
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s.as_str().unwrap().to_string())
+            .collect()
+    };
+    let groups: Vec<u32> = c["user"]["group_idnames"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|g| g["pattern"].as_str().unwrap().parse().unwrap())
+        .collect();
+    ProcessSpec {
+        args: strings(&c["command"]),
+        env: c["env_rules"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|r| r["strategy"] == "string")
+            .map(|r| r["pattern"].as_str().unwrap().to_string())
+            .collect(),
+        cwd: c["working_dir"].as_str().unwrap().to_string(),
+        uid: c["user"]["user_idname"]["pattern"]
+            .as_str()
+            .unwrap()
+            .parse()
+            .unwrap(),
+        gid: groups[0],
+        additional_gids: groups[1..].to_vec(),
+        read_only_rootfs: c["read_only_root_filesystem"].as_bool().unwrap(),
+        capabilities: strings(&c["capabilities"]["bounding"]),
+        ..Default::default()
+    }
+}
+
+#[test]
+fn the_host_cannot_ask_for_a_writable_root_or_other_groups_than_the_policy_pins() {
+    let _serial = one_at_a_time();
+    let Some((tmp, _)) = setup("the_host_cannot_ask_for_a_writable_root") else {
+        return;
+    };
+    let home = tmp.path();
+    let before = mountinfo();
+    let pod = home.join("pinned.yaml");
+    std::fs::write(
+        &pod,
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: pinned}\nspec:\n  securityContext: {runAsUser: 1000, supplementalGroups: [7], fsGroup: 2000}\n  containers:\n  - name: main\n    image: hello:latest\n    command: [/bin/sh, -c, 'cat /proc/self/status']\n    securityContext: {readOnlyRootFilesystem: true}\n",
+    )
+    .unwrap();
+    let policy = home.join("pinned.rego");
+    let out = coffer(
+        home,
+        &[
+            "policy",
+            "gen",
+            pod.to_str().unwrap(),
+            "-o",
+            policy.to_str().unwrap(),
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let policy = std::fs::read_to_string(&policy).unwrap();
+    let pinned = process_from_policy(&policy);
+    assert!(pinned.read_only_rootfs);
+    assert_eq!(
+        (pinned.gid, &pinned.additional_gids[..]),
+        (0, &[7, 2000][..])
+    );
+    let group = launch(home, "pinned", &policy).unwrap();
+    let mut c = prepare(&group, home);
+    let create = |c: &mut coffer_host::launch::AgentClient, p: ProcessSpec| {
+        c.call(&Request::CreateContainer {
+            container_id: "hello".into(),
+            process: p,
+            volumes: vec![],
+        })
+    };
+    let writable = ProcessSpec {
+        read_only_rootfs: false,
+        ..pinned.clone()
+    };
+    denied(
+        create(&mut c, writable),
+        "create_container",
+        "read-only root file system",
+    );
+    for additional_gids in [vec![7], vec![7, 2000, 0], vec![]] {
+        let other = ProcessSpec {
+            additional_gids,
+            ..pinned.clone()
+        };
+        denied(
+            create(&mut c, other),
+            "create_container",
+            "invalid user or groups",
+        );
+    }
+    let swapped = ProcessSpec {
+        gid: 7,
+        additional_gids: vec![0, 2000],
+        ..pinned.clone()
+    };
+    denied(
+        create(&mut c, swapped),
+        "create_container",
+        "invalid user or groups",
+    );
+    // What the policy pins runs, with exactly those groups.
+    create(&mut c, pinned).unwrap();
+    let mut lines = Vec::new();
+    group
+        .client()
+        .unwrap()
+        .attach("hello", |_, l| lines.push(l.to_string()))
+        .unwrap();
+    let groups = lines.iter().find(|l| l.starts_with("Groups:")).unwrap();
+    assert_eq!(
+        groups.split_whitespace().collect::<Vec<_>>(),
+        ["Groups:", "7", "2000"]
+    );
+    let dir = group.dir.clone();
+    group.shutdown().unwrap();
+    assert_clean(&before, &dir);
 }

@@ -504,6 +504,8 @@ pub fn process_for(r: &coffer_policy::ResolvedContainer) -> (ProcessSpec, Vec<Vo
         cwd: r.working_dir.clone(),
         uid: r.user.parse().unwrap_or(0),
         gid: r.group.parse().unwrap_or(0),
+        additional_gids: r.supplemental_groups.clone(),
+        read_only_rootfs: r.read_only_root_filesystem,
         capabilities: r.capabilities.clone(),
         no_new_privileges: r.no_new_privileges,
         memory_limit: r.memory_limit,

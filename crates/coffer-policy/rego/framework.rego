@@ -159,13 +159,48 @@ idname_ok(rule, value) if {
 	regex.match(anchored(rule.pattern), value.name)
 }
 
+input_groups := object.get(input, "groups", [])
+
+# Groups pinned by id are the process's groups: each must be asked for (the host cannot drop a
+# supplementary group, e.g. the fsGroup), and a pinned first (primary) group must come first (the
+# host cannot swap the primary group with a supplementary one), and none twice (nor the primary
+# group again as a supplementary one). With Azure's policies, whose only
+# group rule is the primary group, this is what the request carries anyway.
+id_group_present(rule) if rule.strategy != "id"
+
+id_group_present(rule) if {
+	rule.strategy == "id"
+	some g in input_groups
+	g.id == rule.pattern
+}
+
+primary_group_ok(c) if count(c.user.group_idnames) == 0
+
+primary_group_ok(c) if c.user.group_idnames[0].strategy != "id"
+
+primary_group_ok(c) if {
+	c.user.group_idnames[0].strategy == "id"
+	input_groups[0].id == c.user.group_idnames[0].pattern
+}
+
 user_ok(c) if {
 	idname_ok(c.user.user_idname, input.user)
-	every g in object.get(input, "groups", []) {
+	every g in input_groups {
 		some rule in c.user.group_idnames
 		idname_ok(rule, g)
 	}
+	every rule in c.user.group_idnames {
+		id_group_present(rule)
+	}
+	count({g.id | some g in input_groups}) == count(input_groups)
+	primary_group_ok(c)
 	object.get(input, "umask", c.user.umask) == c.user.umask
+}
+
+# Coffer's policies pin whether the root file system is read-only, both ways (a policy without
+# the field: writable).
+read_only_root_ok(c) if {
+	object.get(input, "readOnlyRootFilesystem", false) == object.get(c, "read_only_root_filesystem", false)
 }
 
 mount_matches(pm, m) if {
@@ -283,6 +318,7 @@ create_matches := [{"container": c, "env": env} |
 	privileged_ok(c)
 	no_new_privileges_ok(c)
 	user_ok(c)
+	read_only_root_ok(c)
 	mounts_ok(c)
 	resources_ok(c)
 	caps_ok(c)
@@ -509,6 +545,14 @@ errors contains "invalid user or groups" if {
 	count(container_candidates) > 0
 	every c in container_candidates {
 		not user_ok(c)
+	}
+}
+
+errors contains "invalid read-only root file system (the policy pins readOnlyRootFilesystem)" if {
+	rule_is({"create_container"})
+	count(container_candidates) > 0
+	every c in container_candidates {
+		not read_only_root_ok(c)
 	}
 }
 

@@ -4,7 +4,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde_json::{json, Value};
 
-use crate::pod::{Container, Pod};
+use crate::pod::{Pod, PodSecurityContext};
 use crate::PolicyError;
 
 /// What the policy needs to know about an image (from its config and layer measurements).
@@ -229,6 +229,30 @@ fn resolve_user(
     Ok((uid.to_string(), gid.to_string()))
 }
 
+/// The gids of the groups the image's `/etc/group` lists `uid`'s user name as a member of (what
+/// containerd adds for a named image user, and Kubernetes keeps by default).
+fn image_memberships(uid: u32, img: &ImageFacts) -> Vec<u32> {
+    let Some(name) = account_entries(&img.passwd)
+        .find(|(_, id, _)| *id == Some(uid))
+        .map(|(name, ..)| name)
+    else {
+        return Vec::new();
+    };
+    img.group
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split(':').collect();
+            let members = f.get(3)?;
+            members
+                .split(',')
+                .any(|m| m.trim() == name)
+                .then(|| f[2].parse().ok())
+                .flatten()
+        })
+        .collect()
+}
+
 fn idname(v: &str) -> Value {
     if v.is_empty() {
         json!({"pattern": "", "strategy": "any"})
@@ -257,6 +281,11 @@ pub struct ResolvedContainer {
     pub user: String,
     /// Group (id, name, or empty for any).
     pub group: String,
+    /// Supplementary group ids, ascending, without the primary group: the image's `/etc/group`
+    /// memberships of the user, the Pod's `supplementalGroups` and its `fsGroup`.
+    pub supplemental_groups: Vec<u32>,
+    /// The root file system is read-only (`readOnlyRootFilesystem`).
+    pub read_only_root_filesystem: bool,
     /// Capabilities (bounding = effective = permitted).
     pub capabilities: Vec<String>,
     /// Privileged.
@@ -307,12 +336,17 @@ fn quantity(field: &str, v: &serde_yaml::Value, cpu: bool) -> Result<u64, Policy
     Ok(v as u64)
 }
 
-/// Merge a Pod container with its image config.
+/// Merge container `pod_index` of the Pod with its image config (and the Pod's security context).
 pub fn resolve_container(
+    pod: &Pod,
     pod_index: usize,
-    c: &Container,
     img: &ImageFacts,
 ) -> Result<ResolvedContainer, PolicyError> {
+    let c = pod
+        .spec
+        .containers
+        .get(pod_index)
+        .ok_or_else(|| PolicyError::Pod(format!("the Pod has no container {pod_index}")))?;
     let field = |f: &str| format!("spec.containers[{pod_index}].{f}");
     // Kubernetes: command replaces Entrypoint (and drops Cmd); args replace Cmd.
     let args: Vec<String> = match (&c.command, &c.args) {
@@ -382,13 +416,23 @@ pub fn resolve_container(
             }
         }
     }
+    // Kubernetes: the container's own settings override the Pod's.
+    let psc = pod.spec.security_context.clone().unwrap_or_default();
+    let what = format!("container '{}'", c.name);
     let (user, group) = resolve_user(
         &img.user,
-        sc.run_as_user,
-        sc.run_as_group,
+        sc.run_as_user.or(psc.run_as_user),
+        sc.run_as_group.or(psc.run_as_group),
         img,
-        &format!("container '{}'", c.name),
+        &what,
     )?;
+    if sc.run_as_non_root.or(psc.run_as_non_root) == Some(true) && user == "0" {
+        return Err(PolicyError::Pod(format!(
+            "{what}: runAsNonRoot is set but the container would run as root (uid 0): set \
+             runAsUser, or a non-root USER in the image"
+        )));
+    }
+    let supplemental_groups = supplemental_groups(&user, &group, &psc, img);
     let mut exec: Vec<Vec<String>> = Vec::new();
     for p in [&c.liveness_probe, &c.readiness_probe, &c.startup_probe]
         .into_iter()
@@ -428,6 +472,8 @@ pub fn resolve_container(
             }),
         user,
         group,
+        supplemental_groups,
+        read_only_root_filesystem: sc.read_only_root_filesystem == Some(true),
         capabilities: caps.into_iter().collect(),
         privileged,
         no_new_privileges: sc.allow_privilege_escalation == Some(false),
@@ -455,13 +501,35 @@ pub fn resolve_container(
     })
 }
 
+/// A container's supplementary groups (see [`ResolvedContainer::supplemental_groups`]).
+fn supplemental_groups(
+    user: &str,
+    group: &str,
+    psc: &PodSecurityContext,
+    img: &ImageFacts,
+) -> Vec<u32> {
+    let mut gids: BTreeSet<u32> = user
+        .parse()
+        .map(|uid| image_memberships(uid, img))
+        .unwrap_or_default()
+        .into_iter()
+        .chain(psc.supplemental_groups.iter().copied())
+        .chain(psc.fs_group)
+        .collect();
+    if let Ok(primary) = group.parse() {
+        gids.remove(&primary);
+    }
+    gids.into_iter().collect()
+}
+
 fn container_json(
+    pod: &Pod,
     pod_index: usize,
-    c: &Container,
+    c: &crate::pod::Container,
     img: &ImageFacts,
     opts: &GenOptions,
 ) -> Result<Value, PolicyError> {
-    let r = resolve_container(pod_index, c, img)?;
+    let r = resolve_container(pod, pod_index, img)?;
     // The Pod's own literal variables are required: a host that strips e.g. AUTH_ENABLED=true
     // must not get the container started without it.
     let pod_literals: BTreeSet<&str> = c
@@ -522,8 +590,13 @@ fn container_json(
         "resources": {"cpu_millis": r.cpu_millis, "memory_limit": r.memory_limit},
         "seccomp_profile_sha256": "",
         "signals": [r.stop_signal],
+        "read_only_root_filesystem": r.read_only_root_filesystem,
         "user": {
-            "group_idnames": [idname(&r.group)],
+            // The primary group first, then every supplementary group: the process gets exactly
+            // these (the framework requires each id listed here, and the primary one first).
+            "group_idnames": std::iter::once(idname(&r.group))
+                .chain(r.supplemental_groups.iter().map(|g| idname(&g.to_string())))
+                .collect::<Vec<_>>(),
             "umask": "0022",
             "user_idname": idname(&r.user),
         },
@@ -562,7 +635,7 @@ pub fn generate(
         let img = images
             .get(&c.image)
             .ok_or_else(|| PolicyError::MissingImage(c.image.clone()))?;
-        containers.push(container_json(i, c, img, opts)?);
+        containers.push(container_json(pod, i, c, img, opts)?);
     }
     // serde_json without preserve_order sorts object keys: the JSON is canonical.
     let containers =
@@ -582,6 +655,10 @@ pub fn generate(
         crate::HOSTNAME,
         Value::from(pod.metadata.name.as_str())
     ));
+    // fsGroup: the group that owns the emptyDir volumes (measured: the agent sets it).
+    if let Some(g) = pod.spec.security_context.as_ref().and_then(|s| s.fs_group) {
+        out.push_str(&format!("{} := {g}\n\n", crate::FS_GROUP));
+    }
     let mut ports = Vec::new();
     for c in &pod.spec.containers {
         for p in &c.ports {

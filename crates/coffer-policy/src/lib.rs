@@ -21,10 +21,10 @@ pub use gen::{
     allow_all_policy, generate, resolve_container, volume_source, GenOptions, ImageFacts,
     ResolvedContainer, DEFAULT_CAPS, SKR_ANNOTATION, SKR_BROKER_ANNOTATIONS,
 };
-pub use pod::{is_dns_label, parse_pod, ContainerPort, Pod, ENCFS_DRIVER};
+pub use pod::{is_dns_label, parse_pod, ContainerPort, Pod, PodSecurityContext, ENCFS_DRIVER};
 pub use settings::{
     EncryptedVolumePolicy, KeyBrokerPolicy, PortPolicy, Settings, SkrPolicy, ENCRYPTED_VOLUMES,
-    HOSTNAME, PORTS, SKR,
+    FS_GROUP, HOSTNAME, PORTS, SKR,
 };
 
 /// Errors of policy generation and enforcement.

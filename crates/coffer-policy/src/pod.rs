@@ -49,9 +49,16 @@ pub struct PodSpec {
     /// Volumes the containers mount.
     #[serde(default)]
     pub volumes: Vec<Volume>,
-    /// `Never` (default), `OnFailure` or `Always` are accepted; Coffer runs a group once.
+    /// `Never`, `OnFailure` or `Always`: what a detached group's owner does when a container
+    /// exits (default `Always`, as in Kubernetes, for `coffer run --detach`; a group in the
+    /// foreground runs once, as `docker run` without `--restart`).
     #[serde(default)]
     pub restart_policy: Option<String>,
+    /// Pod-level privileges: defaults for every container (a container's own `securityContext`
+    /// overrides `runAsUser`, `runAsGroup` and `runAsNonRoot`), plus the group-wide
+    /// `supplementalGroups` and `fsGroup`.
+    #[serde(default)]
+    pub security_context: Option<PodSecurityContext>,
     /// Seconds between SIGTERM and SIGKILL when the group is stopped (Kubernetes' default 30).
     #[serde(default)]
     pub termination_grace_period_seconds: Option<u64>,
@@ -169,6 +176,34 @@ pub struct SecurityContext {
     /// Group id.
     #[serde(default)]
     pub run_as_group: Option<u32>,
+    /// Refuse (at policy generation) a container that would run as uid 0.
+    #[serde(default)]
+    pub run_as_non_root: Option<bool>,
+    /// The container's root file system is mounted read-only (volumes keep their own mode).
+    #[serde(default)]
+    pub read_only_root_filesystem: Option<bool>,
+}
+
+/// Pod security context (the fields Coffer supports; others are refused by name).
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct PodSecurityContext {
+    /// User id of every container that does not set its own.
+    #[serde(default)]
+    pub run_as_user: Option<u32>,
+    /// Group id of every container that does not set its own.
+    #[serde(default)]
+    pub run_as_group: Option<u32>,
+    /// Refuse a container that would run as uid 0, unless the container says otherwise.
+    #[serde(default)]
+    pub run_as_non_root: Option<bool>,
+    /// Groups added to every container's process (besides its primary group).
+    #[serde(default)]
+    pub supplemental_groups: Vec<u32>,
+    /// A group added to every container's process, which owns the group's emptyDir volumes
+    /// (setgid directories, group-writable), as Kubernetes does.
+    #[serde(default)]
+    pub fs_group: Option<u32>,
 }
 
 /// Capability changes (names with or without `CAP_`, or `ALL`).

@@ -13,6 +13,8 @@ pub const SKR: &str = "coffer_skr";
 pub const HOSTNAME: &str = "coffer_hostname";
 /// Rego name of the published ports' list.
 pub const PORTS: &str = "coffer_ports";
+/// Rego name of the group that owns the group's emptyDir volumes (the Pod's `fsGroup`).
+pub const FS_GROUP: &str = "coffer_fs_group";
 
 /// A port published on the host: connections to `host_ip:host_port` reach `container_port` in
 /// the group's network namespace.
@@ -129,6 +131,8 @@ pub struct Settings {
     pub hostname: Option<String>,
     /// Ports published on the host.
     pub ports: Vec<PortPolicy>,
+    /// The group that owns emptyDir volumes (setgid, group-writable); `None`: root's, as made.
+    pub fs_group: Option<u32>,
 }
 
 impl Settings {
@@ -184,11 +188,17 @@ impl Settings {
                 ));
             }
         }
+        let fs_group: Option<u32> = enforcer
+            .policy_value(FS_GROUP)?
+            .map(serde_json::from_value)
+            .transpose()
+            .map_err(|e| bad(FS_GROUP, e.to_string()))?;
         Ok(Settings {
             encrypted_volumes,
             skr,
             hostname,
             ports,
+            fs_group,
         })
     }
 

@@ -110,8 +110,7 @@ fn merges_like_kubernetes_and_is_byte_stable() {
     assert_eq!(b["capabilities"]["bounding"].as_array().unwrap().len(), 41);
     assert_eq!(b["user"]["user_idname"]["pattern"], "5");
     assert_eq!(b["user"]["group_idnames"][0]["pattern"], "1000");
-    let r =
-        coffer_policy::resolve_container(1, &pod.spec.containers[1], &facts()["app:1"]).unwrap();
+    let r = coffer_policy::resolve_container(&pod, 1, &facts()["app:1"]).unwrap();
     assert_eq!((r.memory_limit, r.cpu_millis), (Some(64 << 20), Some(500)));
     let gpu = POD.replace(
         "resources: {limits: {memory: 64Mi, cpu: 500m}}",
@@ -265,7 +264,7 @@ mod users {
         f.get_mut("app:1").unwrap().user = image_user.into();
         let pod = format!("apiVersion: v1\nkind: Pod\nmetadata: {{name: x}}\nspec:\n  containers:\n  - name: a\n    image: app:1\n    securityContext: {{{sc}}}\n");
         let pod = parse_pod(&pod).unwrap();
-        let r = coffer_policy::resolve_container(0, &pod.spec.containers[0], &f["app:1"])?;
+        let r = coffer_policy::resolve_container(&pod, 0, &f["app:1"])?;
         Ok((r.user, r.group))
     }
 
@@ -324,15 +323,25 @@ mod pinned_by_the_policy {
     const POD: &str = "apiVersion: v1\nkind: Pod\nmetadata: {name: x}\nspec:\n  containers:\n  - name: a\n    image: app:1\n    env: [{name: AUTH_ENABLED, value: \"true\"}]\n    resources: {limits: {memory: 64Mi, cpu: 500m}}\n";
 
     fn create(change: impl FnOnce(&mut Value)) -> Decision {
-        let pod = parse_pod(POD).unwrap();
+        create_for(POD, change)
+    }
+
+    /// create_container for the first container of `pod`, as the launcher asks for it, changed
+    /// by `change`.
+    fn create_for(pod: &str, change: impl FnOnce(&mut Value)) -> Decision {
+        let pod = parse_pod(pod).unwrap();
         let policy = generate(&pod, &facts(), &GenOptions::default()).unwrap();
         let c = containers(&policy)[0].clone();
-        let r = coffer_policy::resolve_container(0, &pod.spec.containers[0], &facts()["app:1"])
-            .unwrap();
+        let r = coffer_policy::resolve_container(&pod, 0, &facts()["app:1"]).unwrap();
+        let groups: Vec<Value> = std::iter::once(r.group.clone())
+            .chain(r.supplemental_groups.iter().map(|g| g.to_string()))
+            .map(|g| json!({"id": g, "name": ""}))
+            .collect();
         let mut input = json!({
             "containerID": "c", "argList": r.args, "envList": r.env, "workingDir": r.working_dir,
             "mounts": [], "privileged": false, "noNewPrivileges": false,
-            "user": {"id": r.user, "name": ""}, "groups": [{"id": r.group, "name": ""}], "umask": "0022",
+            "readOnlyRootFilesystem": r.read_only_root_filesystem,
+            "user": {"id": r.user, "name": ""}, "groups": groups, "umask": "0022",
             "capabilities": {"bounding": r.capabilities, "effective": r.capabilities, "permitted": r.capabilities, "inheritable": [], "ambient": []},
             "resources": {"memory_limit": r.memory_limit, "cpu_millis": r.cpu_millis},
         });
@@ -340,6 +349,67 @@ mod pinned_by_the_policy {
         let mut e = Enforcer::new(&policy).unwrap();
         e.set_state(json!({"matches": {"c": [c]}})).unwrap();
         e.decide("create_container", &input).unwrap()
+    }
+
+    const SECURE: &str = "apiVersion: v1\nkind: Pod\nmetadata: {name: x}\nspec:\n  securityContext: {supplementalGroups: [7], fsGroup: 2000}\n  containers:\n  - name: a\n    image: app:1\n    securityContext: {readOnlyRootFilesystem: true}\n";
+
+    #[test]
+    fn the_pinned_read_only_root_and_groups_are_allowed() {
+        let d = create_for(SECURE, |i| {
+            assert_eq!(i["readOnlyRootFilesystem"], true);
+            // Primary 1000, then the image's membership (staff, 50), supplementalGroups, fsGroup.
+            let ids: Vec<&str> = i["groups"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|g| g["id"].as_str().unwrap())
+                .collect();
+            assert_eq!(ids, ["1000", "7", "50", "2000"]);
+        });
+        assert!(d.allowed, "{:?}", d.reason);
+    }
+
+    #[test]
+    fn a_writable_root_is_denied_when_the_policy_pins_it_read_only() {
+        let d = create_for(SECURE, |i| i["readOnlyRootFilesystem"] = json!(false));
+        assert!(!d.allowed);
+        assert!(
+            format!("{:?}", d.reason).contains("read-only root file system"),
+            "{:?}",
+            d.reason
+        );
+        // And a read-only root the policy does not ask for (the container would fail).
+        let d = create(|i| i["readOnlyRootFilesystem"] = json!(true));
+        assert!(!d.allowed);
+    }
+
+    #[test]
+    fn groups_other_than_the_pinned_ones_are_denied() {
+        fn set(ids: &[&str]) -> impl FnOnce(&mut Value) {
+            let groups: Vec<Value> = ids.iter().map(|g| json!({"id": g, "name": ""})).collect();
+            move |i: &mut Value| i["groups"] = json!(groups)
+        }
+        for (what, ids) in [
+            ("an extra group", &["1000", "7", "50", "2000", "0"][..]),
+            ("without the fsGroup", &["1000", "7", "50"][..]),
+            ("another primary group", &["2000", "7", "50", "1000"][..]),
+            ("no groups", &[][..]),
+            (
+                "the primary group twice",
+                &["1000", "7", "50", "2000", "1000"][..],
+            ),
+        ] {
+            let d = create_for(SECURE, set(ids));
+            assert!(!d.allowed, "{what}");
+            assert!(
+                format!("{:?}", d.reason).contains("invalid user or groups"),
+                "{what}: {:?}",
+                d.reason
+            );
+        }
+        // Without a Pod security context the image's membership is still pinned.
+        assert!(!create(set(&["1000"])).allowed);
+        assert!(create(set(&["1000", "50"])).allowed);
     }
 
     #[test]
@@ -450,4 +520,100 @@ fn ports_are_checked() {
     );
     assert!(err("[{containerPort: 80, name: Not_A_Name}]").contains("service name"));
     assert!(err("[{containerPort: 80, hostPort: 80, hostPath: x}]").contains("ports[0].hostPath"));
+}
+
+mod security_context {
+    use super::*;
+
+    fn resolve(
+        yaml_sc: &str,
+        container_sc: &str,
+    ) -> Result<coffer_policy::ResolvedContainer, PolicyError> {
+        let pod = format!("apiVersion: v1\nkind: Pod\nmetadata: {{name: x}}\nspec:\n  securityContext: {{{yaml_sc}}}\n  containers:\n  - name: a\n    image: app:1\n    securityContext: {{{container_sc}}}\n");
+        let pod = parse_pod(&pod)?;
+        coffer_policy::resolve_container(&pod, 0, &facts()["app:1"])
+    }
+
+    #[test]
+    fn the_pods_run_as_user_and_group_apply_and_the_containers_own_win() {
+        let r = resolve("runAsUser: 33, runAsGroup: 44", "").unwrap();
+        assert_eq!((r.user.as_str(), r.group.as_str()), ("33", "44"));
+        let r = resolve("runAsUser: 33, runAsGroup: 44", "runAsUser: 7").unwrap();
+        assert_eq!((r.user.as_str(), r.group.as_str()), ("7", "44"));
+    }
+
+    #[test]
+    fn run_as_non_root_refuses_a_container_that_would_run_as_root() {
+        let e = resolve("runAsNonRoot: true", "runAsUser: 0")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("runAsNonRoot") && e.contains("uid 0"), "{e}");
+        // The image's user 1000 is not root.
+        assert_eq!(resolve("runAsNonRoot: true", "").unwrap().user, "1000");
+        // The container's own runAsNonRoot: false overrides the Pod's.
+        assert_eq!(
+            resolve("runAsNonRoot: true", "runAsNonRoot: false, runAsUser: 0")
+                .unwrap()
+                .user,
+            "0"
+        );
+    }
+
+    #[test]
+    fn supplementary_groups_are_the_images_memberships_the_pods_groups_and_fs_group() {
+        // The image's user `app` (1000) is a member of staff (50).
+        assert_eq!(resolve("", "").unwrap().supplemental_groups, [50]);
+        let r = resolve("supplementalGroups: [9, 7, 9], fsGroup: 2000", "").unwrap();
+        assert_eq!(r.supplemental_groups, [7, 9, 50, 2000]);
+        // The primary group is not repeated; a user with no memberships has none from the image.
+        // (www-data, 33, is a member of nothing; the image's USER 1000:1000 names group 1000.)
+        let r = resolve("supplementalGroups: [1000, 5]", "runAsUser: 33").unwrap();
+        assert_eq!(
+            (r.group.as_str(), &r.supplemental_groups[..]),
+            ("1000", &[5][..])
+        );
+        let r = resolve("supplementalGroups: [44]", "runAsUser: 33, runAsGroup: 44").unwrap();
+        assert!(r.supplemental_groups.is_empty(), "{r:?}");
+    }
+
+    #[test]
+    fn the_policy_pins_groups_read_only_root_and_fs_group() {
+        let pod = parse_pod("apiVersion: v1\nkind: Pod\nmetadata: {name: x}\nspec:\n  securityContext: {fsGroup: 2000}\n  containers:\n  - name: a\n    image: app:1\n    securityContext: {readOnlyRootFilesystem: true}\n  - name: b\n    image: app:1\n").unwrap();
+        let text = generate(&pod, &facts(), &GenOptions::default()).unwrap();
+        let cs = containers(&text);
+        assert_eq!(cs[0]["read_only_root_filesystem"], true);
+        assert_eq!(cs[1]["read_only_root_filesystem"], false);
+        let groups: Vec<(&str, &str)> = cs[1]["user"]["group_idnames"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|g| {
+                (
+                    g["pattern"].as_str().unwrap(),
+                    g["strategy"].as_str().unwrap(),
+                )
+            })
+            .collect();
+        assert_eq!(groups, [("1000", "id"), ("50", "id"), ("2000", "id")]);
+        assert!(text.contains("\ncoffer_fs_group := 2000\n"), "{text}");
+        let settings =
+            coffer_policy::Settings::of(&mut coffer_policy::Enforcer::new(&text).unwrap()).unwrap();
+        assert_eq!(settings.fs_group, Some(2000));
+        // Without fsGroup: no setting.
+        let plain = generate(&parse_pod(POD).unwrap(), &facts(), &GenOptions::default()).unwrap();
+        assert!(!plain.contains("coffer_fs_group"));
+        let bad = text.replace("coffer_fs_group := 2000", "coffer_fs_group := \"wheel\"");
+        assert!(
+            coffer_policy::Settings::of(&mut coffer_policy::Enforcer::new(&bad).unwrap()).is_err()
+        );
+    }
+
+    #[test]
+    fn pod_security_context_fields_coffer_lacks_are_refused_by_name() {
+        let e = resolve("fsGroupChangePolicy: Always", "").unwrap_err();
+        assert!(
+            matches!(&e, PolicyError::Unsupported { field, .. } if field.contains("fsGroupChangePolicy")),
+            "{e}"
+        );
+    }
 }

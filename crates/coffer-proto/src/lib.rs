@@ -52,6 +52,12 @@ pub struct ProcessSpec {
     pub uid: u32,
     /// Group id.
     pub gid: u32,
+    /// Supplementary group ids (besides `gid`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub additional_gids: Vec<u32>,
+    /// The root file system is read-only.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub read_only_rootfs: bool,
     /// Capabilities (bounding = effective = permitted).
     pub capabilities: Vec<String>,
     /// no_new_privileges.
@@ -127,6 +133,13 @@ pub enum Request {
         container_id: String,
         /// Signal number.
         signal: i32,
+    },
+    /// Remove a container that has exited (through `shutdown_container`): its runtime state,
+    /// overlay and scratch go, so that the same container can be created again (a restart, with
+    /// a fresh writable layer; the group's volumes stay).
+    RemoveContainer {
+        /// Container id.
+        container_id: String,
     },
     /// The agent's properties (containers and their state).
     GetProperties,

@@ -44,6 +44,9 @@ pub(crate) struct Status {
     pub(crate) containers: Vec<String>,
     /// Seconds between SIGTERM and SIGKILL on stop.
     pub(crate) grace_seconds: u64,
+    /// Restarts so far, by container (`restartPolicy`, detached groups).
+    #[serde(default)]
+    pub(crate) restarts: std::collections::BTreeMap<String, u32>,
 }
 
 fn now() -> u64 {
@@ -63,6 +66,7 @@ impl Status {
             error: None,
             containers: pod.spec.containers.iter().map(|c| c.name.clone()).collect(),
             grace_seconds: pod.spec.termination_grace_period_seconds.unwrap_or(30),
+            restarts: Default::default(),
         }
     }
 
@@ -280,11 +284,11 @@ pub(crate) fn ps() -> Result<ExitCode> {
         }
     }
     unmanaged.sort();
-    println!("NAME\tSTATE\tUPTIME\tEXIT\tCONTAINERS");
+    println!("NAME\tSTATE\tUPTIME\tEXIT\tRESTARTS\tCONTAINERS");
     for st in rows {
         let state = st.effective_state();
         println!(
-            "{}\t{}\t{}\t{}\t{}",
+            "{}\t{}\t{}\t{}\t{}\t{}",
             st.name,
             serde_json::to_value(state)?.as_str().unwrap_or("?"),
             if st.alive() {
@@ -293,11 +297,12 @@ pub(crate) fn ps() -> Result<ExitCode> {
                 "-".into()
             },
             st.exit.map_or("-".into(), |c| c.to_string()),
+            st.restarts.values().sum::<u32>(),
             st.containers.join(",")
         );
     }
     for name in unmanaged {
-        println!("{name}\trunning\t-\t-\t?");
+        println!("{name}\trunning\t-\t-\t-\t?");
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -303,6 +303,7 @@ fn run_group(
         &out,
         &home,
         status,
+        Restart::of(pod, a.monitor),
     );
     let _ = group.shutdown();
     result
@@ -337,13 +338,152 @@ fn vm_size(
     let (mut mem, mut cpu) = (0u64, 0u64);
     for (i, c) in pod.spec.containers.iter().enumerate() {
         let f = facts.get(&c.image).context("image facts")?;
-        let r = coffer_policy::resolve_container(i, c, f)?;
+        let r = coffer_policy::resolve_container(pod, i, f)?;
         mem += r.memory_limit.unwrap_or(0);
         cpu += r.cpu_millis.unwrap_or(0);
     }
     let memory_mib = (mem.div_ceil(1 << 20) + 256).max(512);
     let vcpus = u32::try_from(cpu.div_ceil(1000).clamp(1, 8)).unwrap_or(1);
     Ok((memory_mib, vcpus))
+}
+
+/// What a container is started with, and started with again on a restart: the same layers and
+/// process, each time through the agent and so through the policy.
+#[derive(Clone, Debug)]
+struct Launch {
+    name: String,
+    layer_paths: Vec<String>,
+    process: ProcessSpec,
+    volumes: Vec<coffer_proto::VolumeSpec>,
+}
+
+impl Launch {
+    fn start(&self, client: &mut AgentClient) -> Result<()> {
+        client
+            .call(&Request::MountOverlay {
+                container_id: self.name.clone(),
+                layer_paths: self.layer_paths.clone(),
+            })
+            .with_context(|| format!("container '{}'", self.name))?;
+        client
+            .call(&Request::CreateContainer {
+                container_id: self.name.clone(),
+                process: self.process.clone(),
+                volumes: self.volumes.clone(),
+            })
+            .with_context(|| format!("container '{}'", self.name))?;
+        Ok(())
+    }
+}
+
+/// The Pod's `restartPolicy` as a group follows it. A detached group is a service: the Pod's
+/// policy, `Always` when it names none (Kubernetes' default). A group in the foreground runs
+/// once, as `docker run` without `--restart` does (Ctrl-C ends it; --detach for a service).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Restart {
+    Never,
+    OnFailure,
+    Always,
+}
+
+impl Restart {
+    pub(crate) fn of(pod: &coffer_policy::Pod, detached: bool) -> Self {
+        match (detached, pod.spec.restart_policy.as_deref()) {
+            (false, _) | (true, Some("Never")) => Restart::Never,
+            (true, Some("OnFailure")) => Restart::OnFailure,
+            (true, _) => Restart::Always,
+        }
+    }
+
+    /// Whether a container that exited with `code` is started again.
+    pub(crate) fn again(self, code: i32) -> bool {
+        match self {
+            Restart::Never => false,
+            Restart::OnFailure => code != 0,
+            Restart::Always => true,
+        }
+    }
+}
+
+/// Delay before a restart: 0.5 s, doubled after each restart up to 60 s, back to 0.5 s once a
+/// container ran 10 s (Kubernetes' CrashLoopBackOff, with docker's shorter first steps).
+pub(crate) struct Backoff {
+    next: std::time::Duration,
+}
+
+impl Backoff {
+    const FIRST: std::time::Duration = std::time::Duration::from_millis(500);
+    const MAX: std::time::Duration = std::time::Duration::from_secs(60);
+    const RESET_AFTER: std::time::Duration = std::time::Duration::from_secs(10);
+
+    pub(crate) fn new() -> Self {
+        Backoff { next: Self::FIRST }
+    }
+
+    /// The delay before restarting a container that ran for `ran`.
+    pub(crate) fn delay(&mut self, ran: std::time::Duration) -> std::time::Duration {
+        if ran >= Self::RESET_AFTER {
+            self.next = Self::FIRST;
+        }
+        let d = self.next;
+        self.next = (self.next * 2).min(Self::MAX);
+        d
+    }
+}
+
+/// Shared by a group's container supervisors.
+struct Supervision {
+    socket: PathBuf,
+    restart: Restart,
+    /// Set once the group is ending (stop, Ctrl-C, the main container's end): no more restarts.
+    ending: Arc<AtomicBool>,
+    status: Arc<std::sync::Mutex<Status>>,
+    home: PathBuf,
+}
+
+impl Supervision {
+    /// Follow a container's output until it exits; restart it as the policy says, with a
+    /// backoff; its last exit status once it is not restarted.
+    fn supervise(&self, launch: &Launch, mut on_line: impl FnMut(&str)) -> Result<i32> {
+        let mut backoff = Backoff::new();
+        loop {
+            let started = std::time::Instant::now();
+            let code =
+                AgentClient::connect(&self.socket)?.attach(&launch.name, |_, l| on_line(l))?;
+            if self.ending.load(Ordering::Relaxed) || !self.restart.again(code) {
+                return Ok(code);
+            }
+            let delay = backoff.delay(started.elapsed());
+            eprintln!(
+                "coffer: container '{}' exited with {code}; restarting in {:.1} s (restartPolicy {:?})",
+                launch.name,
+                delay.as_secs_f64(),
+                self.restart
+            );
+            let until = std::time::Instant::now() + delay;
+            while std::time::Instant::now() < until {
+                if self.ending.load(Ordering::Relaxed) {
+                    return Ok(code);
+                }
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+            let mut c = AgentClient::connect(&self.socket)?;
+            c.call(&Request::RemoveContainer {
+                container_id: launch.name.clone(),
+            })
+            .with_context(|| format!("removing container '{}' to restart it", launch.name))?;
+            launch.start(&mut c)?;
+            if self.ending.load(Ordering::Relaxed) {
+                // Stopped meanwhile: the stop's SIGTERM went to the container that had exited.
+                signal_all(&self.socket, std::slice::from_ref(&launch.name), 15);
+            }
+            let mut st = self.status.lock().unwrap_or_else(|p| p.into_inner());
+            *st.restarts.entry(launch.name.clone()).or_default() += 1;
+            if let Err(e) = st.write(&self.home) {
+                eprintln!("coffer: {e:#}");
+            }
+        }
+    }
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -356,9 +496,11 @@ fn drive(
     out: &Output,
     home: &std::path::Path,
     status: &mut Status,
+    restart: Restart,
 ) -> Result<i32> {
     let mut client = group.client()?;
     let mut mounted: BTreeMap<String, String> = BTreeMap::new();
+    let mut launches = Vec::new();
     for (i, c) in pod.spec.containers.iter().enumerate() {
         let img = store.resolve(&ImageRef::parse(&c.image)?)?;
         let mut paths = Vec::new();
@@ -379,22 +521,17 @@ fn drive(
             c.name
         ));
         paths.reverse();
-        client
-            .call(&Request::MountOverlay {
-                container_id: c.name.clone(),
-                layer_paths: paths,
-            })
-            .with_context(|| format!("container '{}'", c.name))?;
         let img_facts = facts.get(&c.image).context("image facts")?;
-        let resolved = coffer_policy::resolve_container(i, c, img_facts)?;
+        let resolved = coffer_policy::resolve_container(pod, i, img_facts)?;
         let (process, volumes) = host::process_for(&resolved);
-        client
-            .call(&Request::CreateContainer {
-                container_id: c.name.clone(),
-                process,
-                volumes,
-            })
-            .with_context(|| format!("container '{}'", c.name))?;
+        let launch = Launch {
+            name: c.name.clone(),
+            layer_paths: paths,
+            process,
+            volumes,
+        };
+        launch.start(&mut client)?;
+        launches.push(launch);
         timing.mark(&format!(
             "{}: overlay mounted, container created and started (runc)",
             c.name
@@ -403,15 +540,18 @@ fn drive(
     status.state = State::Running;
     status.write(home)?;
     // Ctrl-C or `coffer stop` (SIGTERM): SIGTERM through the policy, SIGKILL after the grace
-    // period; the group is torn down when the main container exits.
+    // period; the group is torn down when the main container exits (and is not restarted).
     let interrupted = Arc::new(AtomicBool::new(false));
+    let ending = Arc::new(AtomicBool::new(false));
     {
         let socket = group.socket();
         let names: Vec<String> = pod.spec.containers.iter().map(|c| c.name.clone()).collect();
         let flag = interrupted.clone();
+        let ending = ending.clone();
         let grace_file = lifecycle::group_dir(home, &pod.metadata.name).join("grace");
         let default_grace = status.grace_seconds;
         let _ = ctrlc::set_handler(move || {
+            ending.store(true, Ordering::Relaxed);
             if flag.swap(true, Ordering::Relaxed) {
                 return;
             }
@@ -433,39 +573,54 @@ fn drive(
             });
         });
     }
+    let sup = Arc::new(Supervision {
+        socket: group.socket(),
+        restart,
+        ending: ending.clone(),
+        status: Arc::new(std::sync::Mutex::new(status.clone())),
+        home: home.to_path_buf(),
+    });
     let mut followers = Vec::new();
-    for c in pod.spec.containers.iter().skip(1) {
-        let client = group.client()?;
-        let name = c.name.clone();
-        let mut log = out.logs.open(&name)?;
+    for launch in launches.iter().skip(1) {
+        let launch = launch.clone();
+        let mut log = out.logs.open(&launch.name)?;
         let print = out.print;
+        let sup = sup.clone();
         followers.push(std::thread::spawn(move || {
-            let _ = client.attach(&name.clone(), |_, line| {
+            let name = launch.name.clone();
+            if let Err(e) = sup.supervise(&launch, |line| {
                 lifecycle::append_line(&mut log, line);
                 if print {
                     println!("[{name}] {line}");
                 }
-            });
+            }) {
+                if !sup.ending.load(Ordering::Relaxed) {
+                    eprintln!("coffer: container '{name}': {e:#}");
+                }
+            }
         }));
     }
-    let main = &pod.spec.containers[0].name;
+    let main = launches.first().context("the Pod has no container")?;
     let mut first = true;
-    let mut log = out.logs.open(main)?;
-    let attached = group.client()?.attach(main, |_, line| {
+    let mut log = out.logs.open(&main.name)?;
+    let attached = sup.supervise(main, |line| {
         if first {
             timing.mark("first output line");
             first = false;
         }
         lifecycle::append_line(&mut log, line);
         if out.print {
-            println!("[{main}] {line}");
+            println!("[{}] {line}", main.name);
         }
     });
+    // The group ends with its main container: the others are not restarted any more.
+    ending.store(true, Ordering::Relaxed);
+    *status = sup.status.lock().unwrap_or_else(|p| p.into_inner()).clone();
     let code = match attached {
         Ok(code) => code,
         // Ended by the hard stop: the agent is gone with its containers, as after SIGKILL.
         Err(_) if interrupted.load(Ordering::Relaxed) => 137,
-        Err(e) => return Err(e.into()),
+        Err(e) => return Err(e),
     };
     if interrupted.load(Ordering::Relaxed) {
         eprintln!("coffer: interrupted; group stopped");
@@ -494,4 +649,45 @@ pub(crate) fn exec(a: ExecArgs) -> Result<ExitCode> {
     Ok(ExitCode::from(
         u8::try_from(v["exit"].as_i64().unwrap_or(1).clamp(0, 255)).unwrap_or(1),
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn pod(restart: Option<&str>) -> coffer_policy::Pod {
+        let policy = restart.map_or(String::new(), |r| format!("  restartPolicy: {r}\n"));
+        coffer_policy::parse_pod(&format!(
+            "apiVersion: v1\nkind: Pod\nmetadata: {{name: p}}\nspec:\n{policy}  containers:\n  - {{name: a, image: x}}\n"
+        ))
+        .unwrap()
+    }
+
+    #[test]
+    fn detached_groups_follow_the_restart_policy_and_default_to_always() {
+        assert_eq!(Restart::of(&pod(None), true), Restart::Always);
+        assert_eq!(
+            Restart::of(&pod(Some("OnFailure")), true),
+            Restart::OnFailure
+        );
+        assert_eq!(Restart::of(&pod(Some("Never")), true), Restart::Never);
+        // In the foreground a group runs once, whatever the Pod says.
+        assert_eq!(Restart::of(&pod(Some("Always")), false), Restart::Never);
+        assert!(Restart::Always.again(0) && Restart::Always.again(1));
+        assert!(Restart::OnFailure.again(1) && !Restart::OnFailure.again(0));
+        assert!(!Restart::Never.again(1));
+    }
+
+    #[test]
+    fn the_backoff_doubles_to_a_minute_and_resets_after_a_good_run() {
+        let mut b = Backoff::new();
+        let short = Duration::from_secs(1);
+        let delays: Vec<u64> = (0..10).map(|_| b.delay(short).as_millis() as u64).collect();
+        assert_eq!(
+            delays,
+            [500, 1000, 2000, 4000, 8000, 16000, 32000, 60000, 60000, 60000]
+        );
+        assert_eq!(b.delay(Duration::from_secs(10)), Duration::from_millis(500));
+    }
 }
