@@ -92,6 +92,8 @@ fn a_detached_group_runs_logs_stops_through_the_policy_and_is_removed() {
     );
     // The command that started it has returned; the group goes on.
     assert!(row(h).unwrap().contains("\trunning\t"), "{:?}", row(h));
+    // `coffer ps` says how the group is isolated.
+    assert!(row(h).unwrap().contains("\tnamespace\t"), "{:?}", row(h));
     std::thread::sleep(std::time::Duration::from_millis(500));
     assert!(out(h, &["logs", "ticker"]).contains("tick 1"));
     out(h, &["stop", "ticker"]);
@@ -150,7 +152,7 @@ fn a_running_group_is_not_removed_or_started_twice() {
 fn restarts(home: &Path) -> u32 {
     let r = row(home).unwrap();
     r.split('\t')
-        .nth(4)
+        .nth(5)
         .unwrap()
         .parse()
         .unwrap_or_else(|_| panic!("{r}"))

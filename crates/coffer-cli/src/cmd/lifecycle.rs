@@ -47,6 +47,12 @@ pub(crate) struct Status {
     /// Restarts so far, by container (`restartPolicy`, detached groups).
     #[serde(default)]
     pub(crate) restarts: std::collections::BTreeMap<String, u32>,
+    /// How the group is isolated (`namespace`, `vm`, `vm+snp`), once launched.
+    #[serde(default)]
+    pub(crate) isolation: Option<String>,
+    /// The group's address and published ports, once wired.
+    #[serde(default)]
+    pub(crate) network: Option<String>,
 }
 
 fn now() -> u64 {
@@ -67,6 +73,8 @@ impl Status {
             containers: pod.spec.containers.iter().map(|c| c.name.clone()).collect(),
             grace_seconds: pod.spec.termination_grace_period_seconds.unwrap_or(30),
             restarts: Default::default(),
+            isolation: None,
+            network: None,
         }
     }
 
@@ -284,13 +292,14 @@ pub(crate) fn ps() -> Result<ExitCode> {
         }
     }
     unmanaged.sort();
-    println!("NAME\tSTATE\tUPTIME\tEXIT\tRESTARTS\tCONTAINERS");
+    println!("NAME\tSTATE\tISOLATION\tUPTIME\tEXIT\tRESTARTS\tCONTAINERS\tNETWORK");
     for st in rows {
         let state = st.effective_state();
         println!(
-            "{}\t{}\t{}\t{}\t{}\t{}",
+            "{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}",
             st.name,
             serde_json::to_value(state)?.as_str().unwrap_or("?"),
+            st.isolation.as_deref().unwrap_or("-"),
             if st.alive() {
                 uptime(now().saturating_sub(st.started))
             } else {
@@ -298,11 +307,12 @@ pub(crate) fn ps() -> Result<ExitCode> {
             },
             st.exit.map_or("-".into(), |c| c.to_string()),
             st.restarts.values().sum::<u32>(),
-            st.containers.join(",")
+            st.containers.join(","),
+            st.network.as_deref().unwrap_or("-"),
         );
     }
     for name in unmanaged {
-        println!("{name}\trunning\t-\t-\t-\t?");
+        println!("{name}\trunning\t-\t-\t-\t-\t?\t-");
     }
     Ok(ExitCode::SUCCESS)
 }

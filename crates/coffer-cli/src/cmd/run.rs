@@ -286,6 +286,16 @@ fn run_group(
             },
         },
     })?;
+    status.isolation = Some(
+        match group.isolation() {
+            coffer_host::Isolation::Namespace => "namespace",
+            coffer_host::Isolation::Vm if isolation.contains("SEV-SNP") => "vm+snp",
+            coffer_host::Isolation::Vm => "vm",
+        }
+        .into(),
+    );
+    status.network = group.network_summary();
+    status.write(&home)?;
     if let Some(net) = group.network_summary() {
         eprintln!("coffer: group '{}' at {net}", pod.metadata.name);
     }
