@@ -491,3 +491,67 @@ fn layer_disks_are_verified_by_dm_verity_in_the_guest() {
     assert!(!stdout.contains("read-"), "{stdout}");
     assert_nothing_left(home, "hello");
 }
+
+/// The hello Pod with `command` instead of the image's entrypoint.
+fn hello_pod(home: &Path, command: &str) -> PathBuf {
+    let pod = home.join("pod.yaml");
+    let yaml = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/hello/pod.yaml"),
+    )
+    .unwrap()
+    .replace(
+        "      image: hello:latest\n",
+        &format!(
+            "      image: hello:latest\n      command: [\"/bin/sh\", \"-c\", \"{command}\"]\n"
+        ),
+    );
+    std::fs::write(&pod, yaml).unwrap();
+    pod
+}
+
+#[test]
+fn a_killed_launcher_takes_its_vm_along_and_the_next_run_starts_clean() {
+    let _serial = one_at_a_time();
+    if prerequisites("killed_launcher_vm").is_none()
+        || !coffer_testkit::tool("runc", "killed_launcher_vm")
+        || !coffer_testkit::tool("umoci", "killed_launcher_vm")
+    {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let home = tmp.path();
+    common::import_example(home, "killed_launcher_vm");
+    build(home);
+    let pod = hello_pod(home, "echo started; sleep 600");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_coffer"))
+        .args(["run", pod.to_str().unwrap(), "--isolation", "vm"])
+        .env("COFFER_HOME", home)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut first)
+        .unwrap();
+    assert!(first.contains("started"), "{first}");
+    assert_eq!(qemus_with(&home.display().to_string()).len(), 1);
+    // SIGKILL: no handler runs, nothing is stopped through the policy.
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !qemus_with(&home.display().to_string()).is_empty() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let left = qemus_with(&home.display().to_string());
+    assert!(left.is_empty(), "QEMU outlived its launcher: {left:?}");
+    // The next run of the same group is not blocked by what the killed one left, and cleans up.
+    let pod = hello_pod(home, "echo again");
+    let out = common::coffer(home, &["run", pod.to_str().unwrap(), "--isolation", "vm"]);
+    assert!(
+        out.status.success() && String::from_utf8_lossy(&out.stdout).contains("again"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_nothing_left(home, "hello");
+}

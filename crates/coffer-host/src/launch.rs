@@ -247,7 +247,7 @@ pub fn launch(spec: LaunchSpec) -> Result<Group, HostError> {
     let dir = group_dir(&spec.home, &spec.name);
     if dir.join("io/agent.sock").exists() && dir.join("pid").exists() {
         let pid = std::fs::read_to_string(dir.join("pid")).unwrap_or_default();
-        if Path::new(&format!("/proc/{}", pid.trim())).exists() {
+        if crate::process_alive(&pid) {
             return Err(HostError::Agent(format!(
                 "a group named '{}' is already running (pid {})",
                 spec.name,
@@ -307,7 +307,9 @@ pub fn launch(spec: LaunchSpec) -> Result<Group, HostError> {
             return Err(e);
         }
     };
-    let sandbox = Command::new("unshare")
+    let mut unshare = Command::new("unshare");
+    crate::die_with_launcher(&mut unshare);
+    let sandbox = unshare
         .args([
             "--fork",
             "--kill-child",

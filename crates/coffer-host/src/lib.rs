@@ -196,13 +196,73 @@ impl Backend for QemuBackend {
 }
 
 /// Refuse to start a group whose name a live one has.
+/// Make `cmd`'s process die with the launcher: the kernel sends it SIGKILL when the thread that
+/// spawned it ends, so a killed `coffer run` leaves no QEMU or sandbox behind (the group's
+/// directory and network are swept by the next launch of the same group). Spawn from a thread
+/// that lives as long as the group.
+#[allow(unsafe_code)]
+pub(crate) fn die_with_launcher(cmd: &mut std::process::Command) {
+    use std::os::unix::process::CommandExt as _;
+    // SAFETY: the closure runs in the child between fork and exec and only calls prctl(2),
+    // which is async-signal-safe; it allocates nothing.
+    unsafe {
+        cmd.pre_exec(|| {
+            nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)
+                .map_err(std::io::Error::from)
+        });
+    }
+}
+
+/// Whether process `pid` (text, as in a pid file) runs: it exists and is not a zombie (a process
+/// whose launcher was killed may wait unreaped where PID 1 does not reap).
+pub fn process_alive(pid: &str) -> bool {
+    let pid = pid.trim();
+    if pid.is_empty() || !pid.bytes().all(|b| b.is_ascii_digit()) {
+        return false;
+    }
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // `pid (comm) state ...`: comm may hold spaces and parentheses, the state follows the last ')'.
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().next())
+            .is_some_and(|state| state != "Z" && state != "X"),
+        Err(_) => false,
+    }
+}
+
 pub(crate) fn refuse_if_running(dir: &Path, name: &str) -> Result<(), HostError> {
     let pid = std::fs::read_to_string(dir.join("pid")).unwrap_or_default();
-    if !pid.trim().is_empty() && Path::new(&format!("/proc/{}", pid.trim())).exists() {
+    if process_alive(&pid) {
         return Err(HostError::Refused(format!(
             "a group named '{name}' is already running (pid {})",
             pid.trim()
         )));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_zombie_or_a_bad_pid_is_not_alive() {
+        assert!(process_alive(&std::process::id().to_string()));
+        assert!(!process_alive(""));
+        assert!(!process_alive("12abc"));
+        assert!(!process_alive("../1"));
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let pid = child.id().to_string();
+        // Exited, not yet reaped: a zombie.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while process_alive(&pid) && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        assert!(!process_alive(&pid));
+        assert!(
+            Path::new(&format!("/proc/{pid}")).exists(),
+            "still a zombie"
+        );
+        child.wait().unwrap();
+    }
 }

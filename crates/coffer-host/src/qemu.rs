@@ -183,7 +183,9 @@ pub fn launch(spec: LaunchSpec, cfg: &VmConfig) -> Result<VmGroup, HostError> {
     let allowed = coffer_policy::Settings::of(&mut coffer_policy::Enforcer::new(text)?)?
         .egress_destinations();
     let egress = Egress::start(&dir.join("egress.sock"), allowed)?;
-    let qemu = qemu_command(cfg, &dir, &spec.host_data)
+    let mut cmd = qemu_command(cfg, &dir, &spec.host_data);
+    crate::die_with_launcher(&mut cmd);
+    let qemu = cmd
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(dir.join("qemu.log")).map_err(io("creating qemu.log"))?)

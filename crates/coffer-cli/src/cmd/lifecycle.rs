@@ -98,7 +98,7 @@ impl Status {
     /// Whether the owning process still runs.
     pub(crate) fn alive(&self) -> bool {
         matches!(self.state, State::Starting | State::Running)
-            && Path::new(&format!("/proc/{}", self.pid)).exists()
+            && coffer_host::process_alive(&self.pid.to_string())
     }
 
     /// The state as seen now: a group whose owner died is `failed`.
@@ -284,8 +284,7 @@ pub(crate) fn ps() -> Result<ExitCode> {
         for e in entries.flatten() {
             let name = e.file_name().to_string_lossy().into_owned();
             let pid = std::fs::read_to_string(e.path().join("pid")).unwrap_or_default();
-            let alive =
-                !pid.trim().is_empty() && Path::new(&format!("/proc/{}", pid.trim())).exists();
+            let alive = coffer_host::process_alive(&pid);
             if alive && !rows.iter().any(|r| r.name == name) {
                 unmanaged.push(name);
             }
