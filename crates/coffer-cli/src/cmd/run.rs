@@ -39,16 +39,30 @@ pub(crate) struct RunArgs {
     /// `none`: loopback only.
     #[arg(long, default_value = "bridge", value_parser = ["bridge", "none"])]
     network: String,
-    /// How the group is isolated: `namespace` (namespaces on this kernel, the default while a
-    /// VM boots in seconds under TCG) or `vm` (a QEMU VM per group; `coffer uvm build` first).
-    #[arg(long, value_enum, default_value = "namespace")]
+    /// How the group is isolated: `vm` (a QEMU VM per group: SEV-SNP where the host has it, else
+    /// KVM, else TCG emulation), `namespace` (namespaces on this kernel: fast, but the host kernel
+    /// is trusted), or `auto`: the strongest that starts in seconds here (`vm` with KVM or SNP,
+    /// else `namespace`, since a TCG VM takes 15-30 s to its first output).
+    #[arg(long, value_enum, default_value = "auto", env = "COFFER_ISOLATION")]
     isolation: IsolationArg,
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum IsolationArg {
+    Auto,
     Namespace,
     Vm,
+}
+
+impl IsolationArg {
+    /// `auto` resolved for this machine.
+    fn resolve(self) -> Self {
+        match self {
+            IsolationArg::Auto if coffer_host::qemu::kvm_usable() => IsolationArg::Vm,
+            IsolationArg::Auto => IsolationArg::Namespace,
+            other => other,
+        }
+    }
 }
 
 #[derive(Args, Debug)]
@@ -136,9 +150,13 @@ fn detach(a: &RunArgs, home: &std::path::Path, pod: &coffer_policy::Pod) -> Resu
         .arg(a.publish_address.to_string())
         .arg("--network")
         .arg(&a.network);
-    if a.isolation == IsolationArg::Vm {
-        cmd.args(["--isolation", "vm"]);
-    }
+    cmd.args([
+        "--isolation",
+        match a.isolation.resolve() {
+            IsolationArg::Vm => "vm",
+            _ => "namespace",
+        },
+    ]);
     let mut child = cmd
         .env("COFFER_HOME", home)
         .stdin(std::process::Stdio::null())
@@ -217,10 +235,16 @@ fn run_group(
         pod.metadata.name,
         hex::encode(host_data)
     );
-    let (backend, isolation): (Box<dyn Backend>, String) = match a.isolation {
-        IsolationArg::Namespace => (
+    let (backend, isolation): (Box<dyn Backend>, String) = match a.isolation.resolve() {
+        IsolationArg::Namespace | IsolationArg::Auto => (
             Box::new(NamespaceBackend),
-            "namespace (shares this host's kernel)".into(),
+            if a.isolation == IsolationArg::Auto {
+                "namespace (shares this host's kernel; auto: no KVM here, a TCG VM is slow to \
+                 start: --isolation vm to use one)"
+                    .into()
+            } else {
+                "namespace (shares this host's kernel)".into()
+            },
         ),
         IsolationArg::Vm => {
             let mut image = coffer_host::image::build(&coffer_host::image::BuildOptions {
