@@ -78,6 +78,10 @@ fn boot_and_serve() -> Result<(), AgentError> {
         p
     };
     let _ = std::fs::write(io_dir.join("policy.rego"), &policy);
+    if let Err(e) = guest_network(&mux, &io_dir) {
+        // Host data that does not parse: the group runs with loopback only.
+        eprintln!("coffer agent: network: {e}");
+    }
     let sp: Arc<dyn coffer_sp::SecureProcessor> = if coffer_sp::sev_guest::SevGuest::available() {
         Arc::new(coffer_sp::sev_guest::SevGuest::new(
             Path::new("/dev/sev-guest"),
@@ -119,6 +123,52 @@ fn boot_and_serve() -> Result<(), AgentError> {
     // The shutdown answer must reach the host before the VM goes.
     mux.flush(Duration::from_secs(5));
     result
+}
+
+/// The group's network as the host describes it (`net` stream, host data like the rest): kept
+/// as `net.json` for the containers' /etc files, and the NIC configured with its address, the
+/// gateway as default route. No address: loopback only.
+fn guest_network(mux: &Mux, io_dir: &Path) -> Result<(), AgentError> {
+    let s = mux.open("net")?;
+    s.shutdown_write().map_err(io("asking for the network"))?;
+    let mut bytes = Vec::new();
+    (&s).take(2 * coffer_proto::MAX_RESOLV_CONF as u64 + 1)
+        .read_to_end(&mut bytes)
+        .map_err(io("reading the network"))?;
+    if bytes.len() > 2 * coffer_proto::MAX_RESOLV_CONF {
+        return Err(AgentError::Agent(
+            "the network description is too large".into(),
+        ));
+    }
+    let net: coffer_proto::GroupNet = serde_json::from_slice(&bytes)
+        .map_err(|e| AgentError::Agent(format!("the network description: {e}")))?;
+    std::fs::write(io_dir.join(coffer_proto::GROUP_FILE), &bytes)
+        .map_err(io("writing net.json"))?;
+    let Some(address) = net.address else {
+        return Ok(());
+    };
+    // The gateway is the subnet's .2, as QEMU's user-mode network has it.
+    let [a, b, c, _] = address.octets();
+    let gateway = std::net::Ipv4Addr::new(a, b, c, 2);
+    let steps: [&[&str]; 3] = [
+        &["addr", "add", &format!("{address}/24"), "dev", "eth0"],
+        &["link", "set", "eth0", "up"],
+        &["route", "add", "default", "via", &gateway.to_string()],
+    ];
+    for args in steps {
+        let out = std::process::Command::new("ip")
+            .args(args)
+            .output()
+            .map_err(io("running ip"))?;
+        if !out.status.success() {
+            return Err(AgentError::Agent(format!(
+                "ip {}: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stderr).trim()
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// Move the initramfs's files onto a tmpfs and make it the root.

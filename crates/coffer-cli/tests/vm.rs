@@ -555,3 +555,108 @@ fn a_killed_launcher_takes_its_vm_along_and_the_next_run_starts_clean() {
     );
     assert_nothing_left(home, "hello");
 }
+
+#[test]
+fn a_vm_group_reaches_out_and_serves_on_its_published_port() {
+    let _serial = one_at_a_time();
+    if prerequisites("vm_network").is_none()
+        || !coffer_testkit::tool("runc", "vm_network")
+        || !coffer_testkit::tool("umoci", "vm_network")
+    {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let home = tmp.path();
+    common::import_example(home, "vm_network");
+    build(home);
+    // A server on the host's loopback: the guest reaches it through its gateway (outbound NAT).
+    let outside = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let outside_port = outside.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for conn in outside.incoming().flatten() {
+            let mut conn = conn;
+            let mut buf = [0u8; 1024];
+            let _ = std::io::Read::read(&mut conn, &mut buf);
+            let _ = std::io::Write::write_all(
+                &mut conn,
+                b"HTTP/1.0 200 OK\r\nContent-Length: 12\r\n\r\nfrom-outside",
+            );
+        }
+    });
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let pod = hello_pod(
+        home,
+        &format!(
+            "wget -q -O - http://10.0.2.2:{outside_port}/; echo; echo served > /tmp/index.html; \
+             trap 'exit 0' TERM; /bin/busybox httpd -f -p 8080 -h /tmp & wait"
+        ),
+    );
+    let yaml = std::fs::read_to_string(&pod).unwrap().replace(
+        "      image: hello:latest\n",
+        &format!(
+            "      image: hello:latest\n      ports: [{{containerPort: 8080, hostPort: {port}}}]\n"
+        ),
+    );
+    std::fs::write(&pod, yaml).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_coffer"))
+        .args(["run", pod.to_str().unwrap(), "--isolation", "vm"])
+        .env("COFFER_HOME", home)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut first)
+        .unwrap();
+    let fetch = || -> Option<String> {
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+        s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+        std::io::Write::write_all(&mut s, b"GET /index.html HTTP/1.0\r\n\r\n").ok()?;
+        let mut body = String::new();
+        s.read_to_string(&mut body).ok()?;
+        Some(body)
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut got = None;
+    while Instant::now() < deadline {
+        got = fetch().filter(|b| b.contains("served"));
+        if got.is_some() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // Ctrl-C: the group stops through the policy and QEMU goes.
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGINT,
+    )
+    .unwrap();
+    let status = child.wait().unwrap();
+    let mut stderr = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    assert!(first.contains("from-outside"), "{first}\n{stderr}");
+    assert!(
+        got.is_some(),
+        "nothing served on 127.0.0.1:{port}\n{stderr}"
+    );
+    assert!(
+        stderr.contains(&format!("127.0.0.1:{port} -> 8080/TCP")),
+        "{stderr}"
+    );
+    assert!(status.code().is_some(), "{status:?}");
+    assert_nothing_left(home, "hello");
+    assert!(
+        std::net::TcpListener::bind(("127.0.0.1", port)).is_ok(),
+        "the published port is free again"
+    );
+}

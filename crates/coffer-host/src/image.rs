@@ -22,6 +22,7 @@ const MODULES: &[&str] = &[
     "virtio_console",
     "virtio_pci",
     "virtio_blk",
+    "virtio_net",
     "dm_verity",
     "loop",
     "crc32c_generic",

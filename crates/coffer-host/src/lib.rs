@@ -169,6 +169,9 @@ impl RunningGroup for qemu::VmGroup {
     fn shutdown(self: Box<Self>) -> Result<Value, HostError> {
         qemu::VmGroup::shutdown(*self)
     }
+    fn network_summary(&self) -> Option<String> {
+        qemu::VmGroup::network_summary(self)
+    }
 }
 
 /// Something that starts groups.

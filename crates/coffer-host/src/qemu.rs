@@ -81,20 +81,44 @@ pub fn tcg_append() -> String {
 
 /// The QEMU command line for a group: microvm (KVM or TCG) with virtio-mmio devices, or, with
 /// `cfg.snp`, an SEV-SNP q35 guest with PCI devices and HOST_DATA fixed at launch.
-pub fn qemu_command(cfg: &VmConfig, dir: &Path, host_data: &[u8; 32]) -> Command {
+///
+/// `network`: none (the guest has loopback only), or QEMU's user-mode network with these
+/// `hostfwd` rules (see [`GUEST_NET`]).
+pub fn qemu_command(
+    cfg: &VmConfig,
+    dir: &Path,
+    host_data: &[u8; 32],
+    network: Option<&[String]>,
+) -> Command {
     let mut c = Command::new("qemu-system-x86_64");
-    let (serial_dev, blk_dev) = match &cfg.snp {
+    let (serial_dev, blk_dev, net_dev) = match &cfg.snp {
         Some(snp) => {
             c.args(crate::snp::machine_args(snp, cfg.memory_mib, host_data));
-            ("virtio-serial-pci", "virtio-blk-pci")
+            ("virtio-serial-pci", "virtio-blk-pci", "virtio-net-pci")
         }
         None => {
             let kvm = kvm_usable();
             c.args(["-M", "microvm", "-accel", if kvm { "kvm" } else { "tcg" }])
                 .args(["-cpu", if kvm { "host" } else { "max" }]);
-            ("virtio-serial-device", "virtio-blk-device")
+            (
+                "virtio-serial-device",
+                "virtio-blk-device",
+                "virtio-net-device",
+            )
         }
     };
+    if let Some(rules) = network {
+        let mut netdev = format!(
+            "user,id=n0,net={},host={}",
+            GUEST_NET.subnet, GUEST_NET.gateway
+        );
+        for r in rules {
+            netdev.push_str(",hostfwd=");
+            netdev.push_str(r);
+        }
+        c.args(["-netdev", &netdev])
+            .args(["-device", &format!("{net_dev},netdev=n0")]);
+    }
     // Under TCG only, the TSC rate goes on the kernel command line (see `tcg_append`); kernel
     // parameters go before `--` (after it, they are init's arguments).
     let append = if cfg.snp.is_some() || kvm_usable() {
@@ -141,6 +165,33 @@ pub fn qemu_command(cfg: &VmConfig, dir: &Path, host_data: &[u8; 32]) -> Command
     c
 }
 
+/// The guest's side of QEMU's user-mode network (slirp): why this and not the namespace
+/// backend's CNI bridge: the VM's NIC is a userspace device anyway, slirp gives it outbound NAT
+/// and DNS with no host configuration, and `hostfwd` publishes ports (TCP and UDP) with QEMU
+/// binding the host address itself, so nothing outlives the VM and no tap, bridge or iptables
+/// rule is needed. The cost is throughput (a userspace copy), acceptable for this backend's use.
+pub struct GuestNet {
+    /// The subnet.
+    pub subnet: &'static str,
+    /// The host as the guest sees it (gateway; connections to it reach the host's loopback).
+    pub gateway: &'static str,
+    /// The guest's address.
+    pub address: std::net::Ipv4Addr,
+    /// Prefix length.
+    pub prefix: u8,
+    /// slirp's DNS forwarder.
+    pub dns: &'static str,
+}
+
+/// The one guest network layout (QEMU's defaults).
+pub const GUEST_NET: GuestNet = GuestNet {
+    subnet: "10.0.2.0/24",
+    gateway: "10.0.2.2",
+    address: std::net::Ipv4Addr::new(10, 0, 2, 15),
+    prefix: 24,
+    dns: "10.0.2.3",
+};
+
 /// A running VM group.
 pub struct VmGroup {
     /// Name.
@@ -155,6 +206,7 @@ pub struct VmGroup {
     sp: Option<EmulatedService>,
     egress: Option<Egress>,
     disks: Vec<PathBuf>,
+    net_summary: Option<String>,
 }
 
 /// Start the VM and wait until the agent serves (or refuses).
@@ -180,10 +232,49 @@ pub fn launch(spec: LaunchSpec, cfg: &VmConfig) -> Result<VmGroup, HostError> {
     let sp = EmulatedService::start(&dir.join("sp.sock"), emu, spec.host_data, measurement)?;
     let text = std::str::from_utf8(&spec.policy)
         .map_err(|_| HostError::Unsupported("the policy is not UTF-8".into()))?;
-    let allowed = coffer_policy::Settings::of(&mut coffer_policy::Enforcer::new(text)?)?
-        .egress_destinations();
-    let egress = Egress::start(&dir.join("egress.sock"), allowed)?;
-    let mut cmd = qemu_command(cfg, &dir, &spec.host_data);
+    let settings = coffer_policy::Settings::of(&mut coffer_policy::Enforcer::new(text)?)?;
+    let egress = Egress::start(&dir.join("egress.sock"), settings.egress_destinations())?;
+    // Published ports are checked here (a clear error for a port in use or below 1024 without
+    // root), then released for QEMU to bind.
+    let published = crate::net::reserve(&spec.network, &settings.ports)?;
+    let rules: Vec<String> = published
+        .iter()
+        .map(|p| {
+            format!(
+                "{}:{}:{}-:{}",
+                p.protocol.to_ascii_lowercase(),
+                p.host_ip,
+                p.host_port,
+                p.container_port
+            )
+        })
+        .collect();
+    let summary: Vec<String> = published.iter().map(|p| p.to_string()).collect();
+    drop(published);
+    let network = match spec.network {
+        crate::net::NetworkMode::None => None,
+        crate::net::NetworkMode::Bridge { .. } => Some(rules),
+    };
+    let guest_net = coffer_proto::GroupNet {
+        name: spec.name.clone(),
+        address: network.as_ref().map(|_| GUEST_NET.address),
+        resolv_conf: match network {
+            Some(_) => format!("nameserver {}\n", GUEST_NET.dns),
+            None => String::new(),
+        },
+    };
+    let net_summary = network.as_ref().map(|_| {
+        if summary.is_empty() {
+            format!("{} (user-mode NAT)", GUEST_NET.address)
+        } else {
+            format!(
+                "{} (user-mode NAT), published {}",
+                GUEST_NET.address,
+                summary.join(", ")
+            )
+        }
+    });
+    let mut cmd = qemu_command(cfg, &dir, &spec.host_data, network.as_deref());
     crate::die_with_launcher(&mut cmd);
     let qemu = cmd
         .stdin(Stdio::null())
@@ -206,6 +297,7 @@ pub fn launch(spec: LaunchSpec, cfg: &VmConfig) -> Result<VmGroup, HostError> {
         sp: Some(sp),
         egress: Some(egress),
         disks: cfg.disks.clone(),
+        net_summary,
     };
     let channel = group.connect_channel(&dir.join("channel.sock"))?;
     let reader = channel.try_clone().map_err(io("channel socket"))?;
@@ -214,7 +306,8 @@ pub fn launch(spec: LaunchSpec, cfg: &VmConfig) -> Result<VmGroup, HostError> {
     let mux = group.mux.clone();
     let policy = spec.policy.clone();
     let host_dir = dir.clone();
-    std::thread::spawn(move || serve_guest(mux, policy, host_dir, ready_tx));
+    let net = serde_json::to_vec(&guest_net).map_err(|e| HostError::Protocol(e.to_string()))?;
+    std::thread::spawn(move || serve_guest(mux, policy, net, host_dir, ready_tx));
     let started = Instant::now();
     let verdict = loop {
         match ready_rx.recv_timeout(Duration::from_millis(100)) {
@@ -252,11 +345,14 @@ pub fn launch(spec: LaunchSpec, cfg: &VmConfig) -> Result<VmGroup, HostError> {
 }
 
 /// The guest's requests to the host, until the channel ends.
-fn serve_guest(mux: Mux, policy: Vec<u8>, dir: PathBuf, ready: mpsc::Sender<String>) {
+fn serve_guest(mux: Mux, policy: Vec<u8>, net: Vec<u8>, dir: PathBuf, ready: mpsc::Sender<String>) {
     while let Ok(s) = mux.accept() {
         match s.service() {
             "policy" => {
                 let _ = (&s).write_all(&policy);
+            }
+            "net" => {
+                let _ = (&s).write_all(&net);
             }
             "sp" | "egress" => {
                 let path = dir.join(format!("{}.sock", s.service()));
@@ -331,6 +427,11 @@ impl VmGroup {
                     image.display()
                 ))
             })
+    }
+
+    /// The group's address and published ports (user-mode network), if it has a network.
+    pub fn network_summary(&self) -> Option<String> {
+        self.net_summary.clone()
     }
 
     /// The agent's socket on the host.
