@@ -120,6 +120,8 @@ pub struct Agent {
     /// Layers arrive as read-only block devices named by their virtio serial (VM backend) and
     /// are mounted through dm-verity, rather than as files in the I/O directory.
     layer_disks: bool,
+    /// Encrypted volumes that are block devices (VM backend): volume name -> virtio serial.
+    volume_disks: BTreeMap<String, String>,
 }
 
 fn lock(m: &Mutex<State>) -> std::sync::MutexGuard<'_, State> {
@@ -220,6 +222,7 @@ pub fn start(policy: &[u8], sp: Arc<dyn SecureProcessor>) -> Result<Agent, Agent
             "report_id": hex::encode(f.report_id),
         }),
         layer_disks: false,
+        volume_disks: BTreeMap::new(),
     })
 }
 
@@ -228,6 +231,14 @@ impl Agent {
     /// this, never the host).
     pub fn with_layer_disks(mut self) -> Self {
         self.layer_disks = true;
+        self
+    }
+
+    /// Encrypted volumes arrive as block devices (volume name -> virtio serial; the VM backend):
+    /// unlocked in the TEE and mapped through dm-crypt instead of the FUSE block file. Host data:
+    /// a wrong mapping opens nothing (the key or the pinned plaintext does not match).
+    pub fn with_volume_disks(mut self, disks: BTreeMap<String, String>) -> Self {
+        self.volume_disks = disks;
         self
     }
 
@@ -759,6 +770,7 @@ impl Agent {
         // The volume is decrypted on demand through a FUSE block file, never copied out.
         // A remote image (the launcher leaves its URL): Range requests through the egress relay.
         let url = std::fs::read_to_string(image.with_extension("url")).ok();
+        let mut disk = None;
         let vol = match url.as_deref().map(str::trim) {
             Some(url) => {
                 let hostport =
@@ -772,7 +784,15 @@ impl Agent {
                     .map_err(|e| format!("{url}: {e}"))?;
                 coffer_encfs::block::Volume::open_source(Box::new(src), &k, false)
             }
-            None => coffer_encfs::block::Volume::open(&image, &k, !*read_only),
+            None => match self.volume_disks.get(name) {
+                Some(serial) => {
+                    let dev = layer_image::disk_by_serial(serial)?;
+                    let vol = coffer_encfs::block::Volume::open(&dev, &k, !*read_only);
+                    disk = Some(dev);
+                    vol
+                }
+                None => coffer_encfs::block::Volume::open(&image, &k, !*read_only),
+            },
         }
         .map_err(|e| e.to_string())?;
         let start = vol.read_at(0, 2048).map_err(|e| e.to_string())?;
@@ -802,8 +822,42 @@ impl Agent {
                 ));
             }
         }
-        let block_dir = self.work.join("volumes").join(format!(".{name}.block"));
         let dir = self.work.join("volumes").join(name);
+        if let Some(dev) = disk {
+            // A block device in a VM: the guest kernel's dm-crypt with the key unlocked above.
+            std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+            let dm_name = format!("coffer-vol-{name}");
+            let (sectors, params) = vol.dm_crypt(&dev.to_string_lossy());
+            let mapped = crate::dm::create(
+                &dm_name,
+                &crate::dm::Target {
+                    sectors,
+                    kind: "crypt",
+                    params,
+                    read_only: *read_only,
+                },
+            )?;
+            drop(vol);
+            // The file system comes from outside the TEE: no setuid binaries, no devices.
+            let mut flags = nix::mount::MsFlags::MS_NOSUID | nix::mount::MsFlags::MS_NODEV;
+            if *read_only {
+                flags |= nix::mount::MsFlags::MS_RDONLY;
+            }
+            let mounted = nix::mount::mount(
+                Some(&mapped),
+                &dir,
+                Some("ext4"),
+                flags,
+                read_only.then_some("noload"),
+            );
+            if let Err(e) = mounted {
+                let _ = crate::dm::remove(&dm_name);
+                return Err(format!("mounting {}: {e}", mapped.display()));
+            }
+            lock(&self.state).opened.insert(name.to_string(), dir);
+            return Ok(());
+        }
+        let block_dir = self.work.join("volumes").join(format!(".{name}.block"));
         for d in [&block_dir, &dir] {
             std::fs::create_dir_all(d).map_err(|e| e.to_string())?;
         }
@@ -1260,6 +1314,7 @@ mod layer_image {
                 sectors: m.size / 512,
                 kind: "verity",
                 params,
+                read_only: true,
             },
         )?;
         let checked = std::fs::File::open(&mapped)

@@ -45,6 +45,8 @@ pub(crate) struct Target<'a> {
     pub(crate) kind: &'a str,
     /// The target's parameter string.
     pub(crate) params: String,
+    /// Map read-only.
+    pub(crate) read_only: bool,
 }
 
 fn put_u32(b: &mut [u8], at: usize, v: u32) {
@@ -76,7 +78,8 @@ fn table_load(name: &str, t: &Target<'_>) -> Result<Vec<u8>, String> {
     }
     let params = t.params.len() + 1;
     let spec = DM_TARGET_SPEC_SIZE + params.div_ceil(8) * 8;
-    let mut b = header(name, DM_READONLY_FLAG, spec)?;
+    let flags = if t.read_only { DM_READONLY_FLAG } else { 0 };
+    let mut b = header(name, flags, spec)?;
     put_u32(&mut b, off::TARGET_COUNT, 1);
     let s = DM_IOCTL_SIZE;
     // sector_start 0, length, status 0, next = this spec's size.
@@ -110,7 +113,7 @@ fn call(ctl: &File, nr: u8, buf: &mut [u8], what: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// Create device `name` with a read-only table of one target and activate it; returns its
+/// Create device `name` with a table of one target and activate it; returns its
 /// block device (`/dev/dm-N`, created by devtmpfs).
 pub(crate) fn create(name: &str, target: &Target<'_>) -> Result<PathBuf, String> {
     let ctl = control()?;
@@ -179,6 +182,7 @@ mod tests {
             sectors: 16,
             kind: "verity",
             params: verity_params("/dev/vda", 2, 3, &[0xab; 32]),
+            read_only: true,
         };
         let b = table_load("coffer-l0", &t).unwrap();
         assert_eq!(b.len() % 8, 0);
@@ -211,6 +215,7 @@ mod tests {
             sectors: 1,
             kind: "a-target-name-too-long",
             params: String::new(),
+            read_only: true,
         };
         assert!(table_load("x", &t).is_err());
     }

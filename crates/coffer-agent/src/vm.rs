@@ -90,7 +90,9 @@ fn boot_and_serve() -> Result<(), AgentError> {
     } else {
         Arc::new(coffer_sp::EmulatedClient::new(&io_dir.join("sp.sock")))
     };
-    let verdict = crate::agent::start(&policy, sp).map(crate::Agent::with_layer_disks);
+    let volume_disks = volume_disks(&mux)?;
+    let verdict = crate::agent::start(&policy, sp)
+        .map(|a| a.with_layer_disks().with_volume_disks(volume_disks));
     let ready = mux.open("ready")?;
     match &verdict {
         Ok(_) => {
@@ -123,6 +125,20 @@ fn boot_and_serve() -> Result<(), AgentError> {
     // The shutdown answer must reach the host before the VM goes.
     mux.flush(Duration::from_secs(5));
     result
+}
+
+/// Which virtio serial holds which encrypted volume (`volumes` stream: a JSON object of
+/// volume name -> serial). Host data: a wrong entry opens nothing (see
+/// `Agent::with_volume_disks`).
+fn volume_disks(mux: &Mux) -> Result<std::collections::BTreeMap<String, String>, AgentError> {
+    let s = mux.open("volumes")?;
+    s.shutdown_write()
+        .map_err(io("asking for the volume disks"))?;
+    let mut bytes = Vec::new();
+    (&s).take(64 << 10)
+        .read_to_end(&mut bytes)
+        .map_err(io("reading the volume disks"))?;
+    serde_json::from_slice(&bytes).map_err(|e| AgentError::Agent(format!("the volume disks: {e}")))
 }
 
 /// The group's network as the host describes it (`net` stream, host data like the rest): kept

@@ -134,6 +134,11 @@ spec:
 
 /// Generate the policy, give the key to exactly that policy's groups, run the group.
 fn run(s: &Setup, pod_yaml: &str) -> (bool, String, String) {
+    run_with(s, pod_yaml, &[])
+}
+
+/// [`run`] with more `coffer run` arguments.
+fn run_with(s: &Setup, pod_yaml: &str, extra: &[&str]) -> (bool, String, String) {
     let h = s.home.path();
     std::fs::write(h.join("pod.yaml"), pod_yaml).unwrap();
     let out = coffer(
@@ -173,7 +178,10 @@ fn run(s: &Setup, pod_yaml: &str) -> (bool, String, String) {
             h.join("pod.yaml").to_str().unwrap(),
             "--policy",
             h.join("p.rego").to_str().unwrap(),
-        ],
+        ]
+        .into_iter()
+        .chain(extra.iter().copied())
+        .collect::<Vec<_>>(),
     );
     (
         out.status.success(),
@@ -279,4 +287,45 @@ fn the_skr_api_refuses_endpoints_outside_the_policy() {
         matches!(other.accept(), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock),
         "the other loopback port received a connection"
     );
+}
+
+#[test]
+fn an_encrypted_volume_opens_through_dm_crypt_in_a_vm() {
+    let t = "encrypted_volume_in_a_vm";
+    let _serial = one_at_a_time();
+    if !coffer_testkit::tool("qemu-system-x86_64", t) {
+        return;
+    }
+    // The kernel package, shared with the VM tests.
+    std::env::set_var(
+        "COFFER_UVM_KERNELS",
+        std::env::temp_dir().join("coffer-uvm-kernels"),
+    );
+    let Some(s) = setup(t) else {
+        return;
+    };
+    if let Err(e) = coffer_host::image::kernel_deb(s.home.path(), None) {
+        eprintln!("{t}: SKIPPED: no kernel package ({e})");
+        return;
+    }
+    let (ok, out, err) = run_with(
+        &s,
+        &pod(
+            &s,
+            "cat /secret/secret.txt; grep ' /secret ' /proc/self/mountinfo",
+            Some(&s.plaintext_root),
+        ),
+        &["--isolation", "vm"],
+    );
+    assert!(ok, "{out}\n{err}");
+    assert!(err.contains("isolation vm"), "{err}");
+    assert!(out.contains("[app] the-secret"), "{out}\n{err}");
+    let line = out.lines().find(|l| l.contains(" /secret ")).unwrap();
+    let line = line.strip_prefix("[app] ").unwrap();
+    // The guest kernel's dm-crypt, not the FUSE block file of the namespace backend.
+    assert!(line.contains(" - ext4 /dev/dm-"), "{line}");
+    let opts = line.split_whitespace().nth(5).unwrap();
+    for o in ["ro", "nosuid", "nodev"] {
+        assert!(opts.split(',').any(|x| x == o), "{o}: {line}");
+    }
 }

@@ -62,6 +62,24 @@ impl Volume {
         })
     }
 
+    /// The kernel's dm-crypt mapping of this data segment on `device` (the same image as a block
+    /// device): `(length in 512-byte sectors, crypt target parameters)`. The parameters hold the
+    /// volume key in hex: for a device-mapper table built inside the TEE only, never logged.
+    /// The IV counts 512-byte units from `iv_tweak` whatever the sector size, as LUKS2 does
+    /// (cryptsetup does not set `iv_large_sectors` for LUKS2).
+    pub fn dm_crypt(&self, device: &str) -> (u64, String) {
+        let mut params = format!(
+            "aes-xts-plain64 {} {} {device} {}",
+            hex::encode(self.key.as_bytes()),
+            self.tweak,
+            self.offset / 512
+        );
+        if self.sector != 512 {
+            params.push_str(&format!(" 1 sector_size:{}", self.sector));
+        }
+        (self.size / 512, params)
+    }
+
     /// The dm-verity root hash (format 1, SHA-256, 4096-byte blocks, no superblock, salt of 32
     /// zero bytes: coffer-verity's parameters) of the first `len` bytes of the plaintext, so a
     /// policy can pin what a read-only volume holds and a substituted volume is refused even

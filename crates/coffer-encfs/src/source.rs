@@ -28,7 +28,16 @@ pub trait Source: Send + Sync {
 
 impl Source for File {
     fn len(&self) -> u64 {
-        self.metadata().map(|m| m.len()).unwrap_or(0)
+        use std::os::unix::fs::FileTypeExt as _;
+        match self.metadata() {
+            // A block device (a VM's volume disk) has no length in its metadata: its end is.
+            Ok(m) if m.file_type().is_block_device() => {
+                let mut f = self;
+                io::Seek::seek(&mut f, io::SeekFrom::End(0)).unwrap_or(0)
+            }
+            Ok(m) => m.len(),
+            Err(_) => 0,
+        }
     }
     fn read_at(&self, buf: &mut [u8], off: u64) -> io::Result<()> {
         self.read_exact_at(buf, off)

@@ -24,6 +24,11 @@ const MODULES: &[&str] = &[
     "virtio_blk",
     "virtio_net",
     "dm_verity",
+    // dm-crypt's aes-xts-plain64: the crypto API would ask modprobe for xts and ecb, and the
+    // guest has no modprobe.
+    "ecb",
+    "xts",
+    "dm_crypt",
     "loop",
     "crc32c_generic",
     "crc32c_intel",

@@ -89,6 +89,7 @@ pub fn qemu_command(
     dir: &Path,
     host_data: &[u8; 32],
     network: Option<&[String]>,
+    volumes: &[Disk],
 ) -> Command {
     let mut c = Command::new("qemu-system-x86_64");
     let (serial_dev, blk_dev, net_dev) = match &cfg.snp {
@@ -152,17 +153,34 @@ pub fn qemu_command(
             "-device",
             &format!("virtserialport,chardev=c0,name={}", crate::PORT_NAME),
         ]);
-    for (i, disk) in cfg.disks.iter().enumerate() {
+    let layers = cfg.disks.iter().enumerate().map(|(i, path)| Disk {
+        path: path.clone(),
+        serial: disk_serial(i),
+        writable: false,
+    });
+    for (i, disk) in layers.chain(volumes.iter().cloned()).enumerate() {
         // QEMU's option syntax escapes a comma by doubling it.
-        let file = disk.to_string_lossy().replace(',', ",,");
+        let file = disk.path.to_string_lossy().replace(',', ",,");
         c.arg("-drive")
             .arg(format!(
-                "file={file},format=raw,if=none,id=d{i},readonly=on"
+                "file={file},format=raw,if=none,id=d{i},readonly={}",
+                if disk.writable { "off" } else { "on" }
             ))
             .arg("-device")
-            .arg(format!("{blk_dev},drive=d{i},serial={}", disk_serial(i)));
+            .arg(format!("{blk_dev},drive=d{i},serial={}", disk.serial));
     }
     c
+}
+
+/// A disk of the group's VM.
+#[derive(Clone, Debug)]
+pub struct Disk {
+    /// The image on the host.
+    pub path: PathBuf,
+    /// Its virtio serial, by which the agent finds it.
+    pub serial: String,
+    /// Attached writable (an encrypted volume the policy lets the group write).
+    pub writable: bool,
 }
 
 /// The guest's side of QEMU's user-mode network (slirp): why this and not the namespace
@@ -211,17 +229,6 @@ pub struct VmGroup {
 
 /// Start the VM and wait until the agent serves (or refuses).
 pub fn launch(spec: LaunchSpec, cfg: &VmConfig) -> Result<VmGroup, HostError> {
-    if !spec.volumes.is_empty() {
-        return Err(HostError::Unsupported(
-            "encrypted volumes in a VM group (not yet: use --isolation namespace)".into(),
-        ));
-    }
-    if cfg.disks.len() > MAX_DISKS {
-        return Err(HostError::Unsupported(format!(
-            "{} layers: a VM group takes at most {MAX_DISKS}",
-            cfg.disks.len()
-        )));
-    }
     let dir = group_dir(&spec.home, &spec.name);
     crate::refuse_if_running(&dir, &spec.name)?;
     let _ = std::fs::remove_dir_all(&dir);
@@ -234,6 +241,37 @@ pub fn launch(spec: LaunchSpec, cfg: &VmConfig) -> Result<VmGroup, HostError> {
         .map_err(|_| HostError::Unsupported("the policy is not UTF-8".into()))?;
     let settings = coffer_policy::Settings::of(&mut coffer_policy::Enforcer::new(text)?)?;
     let egress = Egress::start(&dir.join("egress.sock"), settings.egress_destinations())?;
+    // Encrypted volumes are disks too (after the layers), writable only where the policy says so;
+    // the agent unlocks them and maps them through dm-crypt.
+    let mut volume_disks = Vec::new();
+    let mut volume_serials = std::collections::BTreeMap::new();
+    for (name, src) in &spec.volumes {
+        let text = src.to_string_lossy();
+        if text.starts_with("http://") || text.starts_with("https://") {
+            return Err(HostError::Unsupported(format!(
+                "encrypted volume {name}: a remote image in a VM group (not yet: use \
+                 --isolation namespace, or a local file)"
+            )));
+        }
+        let writable = settings
+            .encrypted_volumes
+            .iter()
+            .any(|v| &v.name == name && !v.read_only);
+        let serial = format!("v{}", volume_disks.len());
+        volume_serials.insert(name.clone(), serial.clone());
+        volume_disks.push(Disk {
+            path: src.clone(),
+            serial,
+            writable,
+        });
+    }
+    if cfg.disks.len() + volume_disks.len() > MAX_DISKS {
+        return Err(HostError::Unsupported(format!(
+            "{} layers and {} volumes: a VM group takes at most {MAX_DISKS} disks",
+            cfg.disks.len(),
+            volume_disks.len()
+        )));
+    }
     // Published ports are checked here (a clear error for a port in use or below 1024 without
     // root), then released for QEMU to bind.
     let published = crate::net::reserve(&spec.network, &settings.ports)?;
@@ -274,7 +312,13 @@ pub fn launch(spec: LaunchSpec, cfg: &VmConfig) -> Result<VmGroup, HostError> {
             )
         }
     });
-    let mut cmd = qemu_command(cfg, &dir, &spec.host_data, network.as_deref());
+    let mut cmd = qemu_command(
+        cfg,
+        &dir,
+        &spec.host_data,
+        network.as_deref(),
+        &volume_disks,
+    );
     crate::die_with_launcher(&mut cmd);
     let qemu = cmd
         .stdin(Stdio::null())
@@ -307,7 +351,9 @@ pub fn launch(spec: LaunchSpec, cfg: &VmConfig) -> Result<VmGroup, HostError> {
     let policy = spec.policy.clone();
     let host_dir = dir.clone();
     let net = serde_json::to_vec(&guest_net).map_err(|e| HostError::Protocol(e.to_string()))?;
-    std::thread::spawn(move || serve_guest(mux, policy, net, host_dir, ready_tx));
+    let volumes =
+        serde_json::to_vec(&volume_serials).map_err(|e| HostError::Protocol(e.to_string()))?;
+    std::thread::spawn(move || serve_guest(mux, policy, net, volumes, host_dir, ready_tx));
     let started = Instant::now();
     let verdict = loop {
         match ready_rx.recv_timeout(Duration::from_millis(100)) {
@@ -345,7 +391,14 @@ pub fn launch(spec: LaunchSpec, cfg: &VmConfig) -> Result<VmGroup, HostError> {
 }
 
 /// The guest's requests to the host, until the channel ends.
-fn serve_guest(mux: Mux, policy: Vec<u8>, net: Vec<u8>, dir: PathBuf, ready: mpsc::Sender<String>) {
+fn serve_guest(
+    mux: Mux,
+    policy: Vec<u8>,
+    net: Vec<u8>,
+    volumes: Vec<u8>,
+    dir: PathBuf,
+    ready: mpsc::Sender<String>,
+) {
     while let Ok(s) = mux.accept() {
         match s.service() {
             "policy" => {
@@ -353,6 +406,9 @@ fn serve_guest(mux: Mux, policy: Vec<u8>, net: Vec<u8>, dir: PathBuf, ready: mps
             }
             "net" => {
                 let _ = (&s).write_all(&net);
+            }
+            "volumes" => {
+                let _ = (&s).write_all(&volumes);
             }
             "sp" | "egress" => {
                 let path = dir.join(format!("{}.sock", s.service()));
