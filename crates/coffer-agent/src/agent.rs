@@ -12,8 +12,12 @@ use coffer_policy::Enforcer;
 use serde_json::{json, Value};
 
 use crate::AgentError;
+use coffer_proto::reply;
 use coffer_proto::WORK_DIR;
-use coffer_proto::{read_frame, write_frame, ProcessSpec, Request, VolumeSpec, VERSION};
+use coffer_proto::{
+    read_frame, write_frame, AttachFrame, Failure, ProcessSpec, Request, Response, VolumeSpec,
+    VERSION,
+};
 use coffer_sp::SecureProcessor;
 
 /// Output of a container, kept for attach, and its exit status. Bounded: the oldest lines go
@@ -116,7 +120,7 @@ pub struct Agent {
     state: Mutex<State>,
     work: PathBuf,
     runc: PathBuf,
-    report_summary: Value,
+    report_summary: reply::ReportSummary,
     /// Layers arrive as read-only block devices named by their virtio serial (VM backend) and
     /// are mounted through dm-verity, rather than as files in the I/O directory.
     layer_disks: bool,
@@ -130,12 +134,44 @@ fn lock(m: &Mutex<State>) -> std::sync::MutexGuard<'_, State> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-fn denied(rule: &str, reason: Option<Value>) -> Value {
-    json!({"ok": false, "denied": true, "rule": rule, "error": format!("denied by policy ({rule})"), "reason": reason})
+/// The policy's reason as lines: its `errors` list, else the reason as JSON.
+fn reasons_of(reason: Option<Value>) -> Vec<String> {
+    match reason {
+        None | Some(Value::Null) => Vec::new(),
+        Some(Value::Object(r)) => match r.get("errors") {
+            Some(Value::Array(e)) => e
+                .iter()
+                .map(|x| x.as_str().map_or_else(|| x.to_string(), str::to_string))
+                .collect(),
+            _ => vec![Value::Object(r).to_string()],
+        },
+        Some(Value::String(s)) => vec![s],
+        Some(other) => vec![other.to_string()],
+    }
 }
 
-fn failed(e: impl std::fmt::Display) -> Value {
-    json!({"ok": false, "error": e.to_string()})
+fn denied<T>(rule: &str, reason: Option<Value>) -> Result<T, Failure> {
+    Err(Failure::Denied {
+        rule: rule.to_string(),
+        reasons: reasons_of(reason),
+    })
+}
+
+fn failure(e: impl std::fmt::Display) -> Failure {
+    Failure::Failed {
+        message: e.to_string(),
+    }
+}
+
+fn failed<T>(e: impl std::fmt::Display) -> Result<T, Failure> {
+    Err(failure(e))
+}
+
+/// A handler's result as the frame the host reads.
+fn answer<T: serde::Serialize>(r: Result<T, Failure>) -> Value {
+    serde_json::to_value(Response::from(r)).unwrap_or_else(
+        |e| json!({"err": {"kind": "failed", "message": format!("encoding the reply: {e}")}}),
+    )
 }
 
 /// A container or layer id: a short name that is neither a path nor a flag.
@@ -216,11 +252,11 @@ pub fn start(policy: &[u8], sp: Arc<dyn SecureProcessor>) -> Result<Agent, Agent
         }),
         work: PathBuf::from(WORK_DIR),
         runc: find_runc(),
-        report_summary: json!({
-            "host_data": hex::encode(f.host_data),
-            "measurement": hex::encode(f.measurement),
-            "report_id": hex::encode(f.report_id),
-        }),
+        report_summary: reply::ReportSummary {
+            host_data: hex::encode(f.host_data),
+            measurement: hex::encode(f.measurement),
+            report_id: hex::encode(f.report_id),
+        },
         layer_disks: false,
         volume_disks: BTreeMap::new(),
     })
@@ -332,31 +368,45 @@ impl Agent {
             let req: Request = match serde_json::from_value(frame) {
                 Ok(r) => r,
                 Err(e) => {
-                    let _ = write_frame(&mut conn, &failed(format!("bad request: {e}")));
+                    let _ = write_frame(
+                        &mut conn,
+                        &answer::<reply::Done>(failed(format!("bad request: {e}"))),
+                    );
                     continue;
                 }
             };
             let (answer, shutdown) = match req {
                 Request::Hello { version } if version == VERSION => (
-                    json!({"ok": true, "version": VERSION, "report": self.report_summary}),
+                    answer(Ok(reply::Hello {
+                        version: VERSION,
+                        report: self.report_summary.clone(),
+                    })),
                     false,
                 ),
                 Request::Hello { version } => (
-                    failed(format!(
+                    answer::<reply::Hello>(failed(format!(
                         "protocol version {version} unsupported (agent speaks {VERSION})"
-                    )),
+                    ))),
                     false,
                 ),
-                Request::MountLayer { target, image } => (self.mount_layer(&target, &image), false),
+                Request::MountLayer { target, image } => {
+                    (answer(self.mount_layer(&target, &image)), false)
+                }
                 Request::MountOverlay {
                     container_id,
                     layer_paths,
-                } => (self.mount_overlay(&container_id, &layer_paths), false),
+                } => (
+                    answer(self.mount_overlay(&container_id, &layer_paths)),
+                    false,
+                ),
                 Request::CreateContainer {
                     container_id,
                     process,
                     volumes,
-                } => (self.create(&container_id, &process, &volumes), false),
+                } => (
+                    answer(self.create(&container_id, &process, &volumes)),
+                    false,
+                ),
                 Request::Attach { container_id } => {
                     self.attach(&container_id, &mut conn);
                     continue;
@@ -364,16 +414,19 @@ impl Agent {
                 Request::Exec {
                     container_id,
                     process,
-                } => (self.exec(&container_id, &process), false),
+                } => (answer(self.exec(&container_id, &process)), false),
                 Request::Signal {
                     container_id,
                     signal,
-                } => (self.signal(&container_id, signal), false),
+                } => (answer(self.signal(&container_id, signal)), false),
                 Request::RemoveContainer { container_id } => {
-                    (self.remove_container(&container_id), false)
+                    (answer(self.remove_container(&container_id)), false)
                 }
-                Request::GetProperties => (self.properties(), false),
-                Request::Shutdown => self.shutdown(),
+                Request::GetProperties => (answer(self.properties()), false),
+                Request::Shutdown => {
+                    let (r, end) = self.shutdown();
+                    (answer(r), end)
+                }
             };
             let _ = write_frame(&mut conn, &answer);
             if shutdown {
@@ -433,17 +486,17 @@ impl Agent {
         Ok(files)
     }
 
-    fn decide(&self, rule: &str, input: Value) -> Result<coffer_policy::Decision, Value> {
+    fn decide(&self, rule: &str, input: Value) -> Result<coffer_policy::Decision, Failure> {
         lock(&self.state)
             .enforcer
             .decide(rule, &input)
-            .map_err(failed)
+            .map_err(failure)
     }
 
     /// Measure the layer image the host placed, ask the policy, mount it read-only. On any
     /// failure the policy state forgets the device again, so no overlay counts a layer that is
     /// not there.
-    fn mount_layer(&self, target: &str, image: &str) -> Value {
+    fn mount_layer(&self, target: &str, image: &str) -> Result<reply::LayerMounted, Failure> {
         let layers_root = self.work.join("layers");
         let name = target
             .strip_prefix(&format!("{}/", layers_root.display()))
@@ -481,19 +534,21 @@ impl Agent {
         result
     }
 
-    fn place_layer(&self, target: &str, layers_root: &Path, image: &Path) -> Value {
+    fn place_layer(
+        &self,
+        target: &str,
+        layers_root: &Path,
+        image: &Path,
+    ) -> Result<reply::LayerMounted, Failure> {
         let measured = match layer_image::measure(image) {
             Ok(m) => m,
             Err(e) => return failed(format!("layer {target}: {e}")),
         };
         let device_hash = hex::encode(measured.root);
-        let decision = match self.decide(
+        let decision = self.decide(
             "mount_device",
             json!({"target": target, "deviceHash": device_hash}),
-        ) {
-            Ok(d) => d,
-            Err(e) => return e,
-        };
+        )?;
         if !decision.allowed {
             return denied("mount_device", decision.reason);
         }
@@ -503,7 +558,7 @@ impl Agent {
         match mounted {
             Ok(()) => {
                 lock(&self.state).layers.push(PathBuf::from(target));
-                json!({"ok": true, "deviceHash": device_hash})
+                Ok(reply::LayerMounted { device_hash })
             }
             Err(e) => {
                 let _ = std::fs::remove_dir(target);
@@ -517,7 +572,7 @@ impl Agent {
     /// with its hash tree appended. The root is read from the device's own top hash block and
     /// must be one the policy allows; dm-verity then checks every block read against it, so what
     /// the container reads is what the policy measured, or an I/O error.
-    fn place_layer_disk(&self, target: &str, serial: &str) -> Value {
+    fn place_layer_disk(&self, target: &str, serial: &str) -> Result<reply::LayerMounted, Failure> {
         let found = layer_image::disk_by_serial(serial)
             .and_then(|dev| layer_image::disk_root(&dev).map(|m| (dev, m)));
         let (dev, measured) = match found {
@@ -525,13 +580,10 @@ impl Agent {
             Err(e) => return failed(format!("layer {target}: {e}")),
         };
         let device_hash = hex::encode(measured.root);
-        let decision = match self.decide(
+        let decision = self.decide(
             "mount_device",
             json!({"target": target, "deviceHash": device_hash}),
-        ) {
-            Ok(d) => d,
-            Err(e) => return e,
-        };
+        )?;
         if !decision.allowed {
             return denied("mount_device", decision.reason);
         }
@@ -542,7 +594,7 @@ impl Agent {
         match mounted {
             Ok(()) => {
                 lock(&self.state).layers.push(PathBuf::from(target));
-                json!({"ok": true, "deviceHash": device_hash})
+                Ok(reply::LayerMounted { device_hash })
             }
             Err(e) => {
                 let _ = std::fs::remove_dir(target);
@@ -552,7 +604,7 @@ impl Agent {
         }
     }
 
-    fn mount_overlay(&self, id: &str, layer_paths: &[String]) -> Value {
+    fn mount_overlay(&self, id: &str, layer_paths: &[String]) -> Result<reply::Done, Failure> {
         if !safe_id(id) {
             return failed("invalid container id");
         }
@@ -566,13 +618,10 @@ impl Agent {
         }
         let dir = self.work.join("containers").join(id);
         let rootfs = dir.join("rootfs");
-        let d = match self.decide(
+        let d = self.decide(
             "mount_overlay",
             json!({"containerID": id, "layerPaths": layer_paths, "target": rootfs}),
-        ) {
-            Ok(d) => d,
-            Err(e) => return e,
-        };
+        )?;
         if !d.allowed {
             return denied("mount_overlay", d.reason);
         }
@@ -583,7 +632,7 @@ impl Agent {
         ) {
             Ok(d) if d.allowed => {}
             Ok(d) => return denied("scratch_mount", d.reason),
-            Err(e) => return e,
+            Err(e) => return Err(e),
         }
         let (upper, work) = (scratch.join("upper"), scratch.join("work"));
         for p in [&rootfs, &upper, &work] {
@@ -607,10 +656,15 @@ impl Agent {
             return failed(format!("mounting the overlay: {e}"));
         }
         lock(&self.state).overlays.insert(id.to_string(), rootfs);
-        json!({"ok": true})
+        Ok(reply::Done {})
     }
 
-    fn create(&self, id: &str, p: &ProcessSpec, volumes: &[VolumeSpec]) -> Value {
+    fn create(
+        &self,
+        id: &str,
+        p: &ProcessSpec,
+        volumes: &[VolumeSpec],
+    ) -> Result<reply::Created, Failure> {
         if !safe_id(id) {
             return failed("invalid container id");
         }
@@ -621,7 +675,7 @@ impl Agent {
             // Still ask the policy, so the denial carries its reason.
             return match self.decide("create_container", json!({"containerID": id})) {
                 Ok(d) => denied("create_container", d.reason),
-                Err(e) => e,
+                Err(e) => Err(e),
             };
         };
         let mounts: Vec<Value> = volumes
@@ -637,10 +691,7 @@ impl Agent {
             "capabilities": {"bounding": p.capabilities, "effective": p.capabilities, "permitted": p.capabilities, "inheritable": [], "ambient": []},
             "resources": {"memory_limit": p.memory_limit, "cpu_millis": p.cpu_millis},
         });
-        let d = match self.decide("create_container", input) {
-            Ok(d) => d,
-            Err(e) => return e,
-        };
+        let d = self.decide("create_container", input)?;
         if !d.allowed {
             return denied("create_container", d.reason);
         }
@@ -744,7 +795,10 @@ impl Agent {
                 child: Some(child),
             },
         );
-        json!({"ok": true, "env_list": env, "allow_stdio_access": allow_stdio})
+        Ok(reply::Created {
+            env_list: env,
+            allow_stdio_access: allow_stdio,
+        })
     }
 
     /// Release the volume's key (as the policy names it), unlock the LUKS2 image, mount it
@@ -897,7 +951,10 @@ impl Agent {
                 .map(|c| (c.allow_stdio, c.output.clone(), c.child.take()))
         };
         let Some((allow, output, child)) = found else {
-            let _ = write_frame(conn, &failed(format!("no container '{id}'")));
+            let _ = write_frame(
+                conn,
+                &AttachFrame::Failed(failure(format!("no container '{id}'"))),
+            );
             return;
         };
         if let Some(mut child) = child {
@@ -914,7 +971,9 @@ impl Agent {
         if !allow {
             let _ = write_frame(
                 conn,
-                &json!({"ok": false, "error": "stdio access is not allowed by the policy (allow_stdio_access)"}),
+                &AttachFrame::NoStdio {
+                    reason: "stdio access is not allowed by the policy (allow_stdio_access)".into(),
+                },
             );
         }
         let (m, cv) = &*output;
@@ -931,34 +990,39 @@ impl Agent {
             if allow {
                 if dropped > 0 {
                     let note = format!("[coffer: {dropped} earlier lines of output were dropped]");
-                    if write_frame(conn, &json!({"stream": "stderr", "data": note})).is_err() {
+                    let frame = AttachFrame::Output {
+                        stream: "stderr".into(),
+                        data: note,
+                    };
+                    if write_frame(conn, &frame).is_err() {
                         return;
                     }
                 }
                 for (stream, data) in new {
-                    if write_frame(conn, &json!({"stream": stream, "data": data})).is_err() {
+                    let frame = AttachFrame::Output {
+                        stream: stream.to_string(),
+                        data: data.to_string(),
+                    };
+                    if write_frame(conn, &frame).is_err() {
                         return;
                     }
                 }
             }
             if let Some(code) = exit {
-                let _ = write_frame(conn, &json!({"ok": true, "exit": code}));
+                let _ = write_frame(conn, &AttachFrame::Exit { code });
                 return;
             }
         }
     }
 
-    fn exec(&self, id: &str, p: &ProcessSpec) -> Value {
+    fn exec(&self, id: &str, p: &ProcessSpec) -> Result<reply::Executed, Failure> {
         if !safe_id(id) {
             return failed("invalid container id");
         }
-        let d = match self.decide(
+        let d = self.decide(
             "exec_in_container",
             json!({"containerID": id, "argList": p.args, "envList": p.env, "workingDir": p.cwd}),
-        ) {
-            Ok(d) => d,
-            Err(e) => return e,
-        };
+        )?;
         if !d.allowed {
             return denied("exec_in_container", d.reason);
         }
@@ -982,25 +1046,31 @@ impl Agent {
         match cmd.stdin(Stdio::null()).output() {
             Ok(out) => {
                 let stdio = d.result["allow_stdio_access"].as_bool().unwrap_or(false);
-                json!({"ok": true, "exit": out.status.code().unwrap_or(-1),
-                       "stdout": if stdio { String::from_utf8_lossy(&out.stdout).into_owned() } else { String::new() },
-                       "stderr": if stdio { String::from_utf8_lossy(&out.stderr).into_owned() } else { String::new() }})
+                let text = |b: &[u8]| {
+                    if stdio {
+                        String::from_utf8_lossy(b).into_owned()
+                    } else {
+                        String::new()
+                    }
+                };
+                Ok(reply::Executed {
+                    exit: out.status.code().unwrap_or(-1),
+                    stdout: text(&out.stdout),
+                    stderr: text(&out.stderr),
+                })
             }
             Err(e) => failed(format!("runc exec: {e}")),
         }
     }
 
-    fn signal(&self, id: &str, signal: i32) -> Value {
+    fn signal(&self, id: &str, signal: i32) -> Result<reply::Done, Failure> {
         if !safe_id(id) {
             return failed("invalid container id");
         }
-        let d = match self.decide(
+        let d = self.decide(
             "signal_container_process",
             json!({"containerID": id, "signal": signal, "isInitProcess": true, "argList": []}),
-        ) {
-            Ok(d) => d,
-            Err(e) => return e,
-        };
+        )?;
         if !d.allowed {
             return denied("signal_container_process", d.reason);
         }
@@ -1010,7 +1080,7 @@ impl Agent {
     /// Remove an exited container so that it can be created again: the policy's
     /// `shutdown_container`, `unmount_overlay` and `scratch_unmount` each decide (and forget it),
     /// then its runtime state, overlay and scratch go.
-    fn remove_container(&self, id: &str) -> Value {
+    fn remove_container(&self, id: &str) -> Result<reply::Done, Failure> {
         if !safe_id(id) {
             return failed("invalid container id");
         }
@@ -1032,12 +1102,13 @@ impl Agent {
             match self.decide(rule, input) {
                 Ok(d) if d.allowed => {}
                 Ok(d) => return denied(rule, d.reason),
-                Err(e) => return e,
+                Err(e) => return Err(e),
             }
         }
-        let r = self.runc(&["delete", "--force", "--", id]);
-        if r["ok"] != true && !r["error"].as_str().unwrap_or("").contains("does not exist") {
-            return r;
+        if let Err(e) = self.runc(&["delete", "--force", "--", id]) {
+            if !e.to_string().contains("does not exist") {
+                return Err(e);
+            }
         }
         let mut st = lock(&self.state);
         st.containers.remove(id);
@@ -1047,19 +1118,19 @@ impl Agent {
             return failed(format!("unmounting {}: {e}", rootfs.display()));
         }
         match std::fs::remove_dir_all(&dir) {
-            Ok(()) => json!({"ok": true}),
+            Ok(()) => Ok(reply::Done {}),
             Err(e) => failed(format!("removing {}: {e}", dir.display())),
         }
     }
 
-    fn runc(&self, args: &[&str]) -> Value {
+    fn runc(&self, args: &[&str]) -> Result<reply::Done, Failure> {
         match Command::new(&self.runc)
             .arg("--root")
             .arg(self.work.join("runc"))
             .args(args)
             .output()
         {
-            Ok(o) if o.status.success() => json!({"ok": true}),
+            Ok(o) if o.status.success() => Ok(reply::Done {}),
             Ok(o) => failed(format!(
                 "runc {}: {}",
                 args.join(" "),
@@ -1069,35 +1140,39 @@ impl Agent {
         }
     }
 
-    fn properties(&self) -> Value {
+    fn properties(&self) -> Result<reply::Properties, Failure> {
         match self.decide("get_properties", json!({})) {
             Ok(d) if d.allowed => {}
             Ok(d) => return denied("get_properties", d.reason),
-            Err(e) => return e,
+            Err(e) => return Err(e),
         }
         let st = lock(&self.state);
-        let containers: Vec<Value> = st
+        let containers = st
             .containers
             .iter()
-            .map(|(id, c)| {
-                let exit = c.output.0.lock().map(|o| o.exit).unwrap_or(None);
-                json!({"id": id, "exit": exit, "rootfs": c.rootfs})
+            .map(|(id, c)| reply::ContainerInfo {
+                id: id.clone(),
+                exit: c.output.0.lock().map(|o| o.exit).unwrap_or(None),
+                rootfs: c.rootfs.to_string_lossy().into_owned(),
             })
             .collect();
-        json!({"ok": true, "containers": containers, "report": self.report_summary})
+        Ok(reply::Properties {
+            containers,
+            report: self.report_summary.clone(),
+        })
     }
 
     /// Stop every container, then unmount everything; true when the group is to end. Only when
     /// the policy allows stopping each container: otherwise nothing is stopped (the host can still
     /// end the whole group, which it always could; it cannot make the agent stop what the policy
     /// keeps running).
-    fn shutdown(&self) -> (Value, bool) {
+    fn shutdown(&self) -> (Result<reply::ShutDown, Failure>, bool) {
         let ids: Vec<String> = lock(&self.state).containers.keys().cloned().collect();
         for id in &ids {
             match self.decide("shutdown_container", json!({"containerID": id})) {
                 Ok(d) if d.allowed => {}
                 Ok(d) => return (denied("shutdown_container", d.reason), false),
-                Err(e) => return (e, false),
+                Err(e) => return (Err(e), false),
             }
         }
         let mut problems = Vec::new();
@@ -1110,9 +1185,10 @@ impl Agent {
             if let Some(mut c) = child {
                 let _ = c.wait();
             }
-            let r = self.runc(&["delete", "--force", "--", id]);
-            if r["ok"] != true && !r["error"].as_str().unwrap_or("").contains("does not exist") {
-                problems.push(format!("{id}: {}", r["error"]));
+            if let Err(e) = self.runc(&["delete", "--force", "--", id]) {
+                if !e.to_string().contains("does not exist") {
+                    problems.push(format!("{id}: {e}"));
+                }
             }
         }
         let st = lock(&self.state);
@@ -1143,10 +1219,7 @@ impl Agent {
                 let _ = std::fs::remove_dir(c.path().join("coffer"));
             }
         }
-        (
-            json!({"ok": problems.is_empty(), "problems": problems}),
-            true,
-        )
+        (Ok(reply::ShutDown { problems }), true)
     }
 }
 

@@ -6,49 +6,32 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use serde_json::{json, Value};
+use serde::de::DeserializeOwned;
+use serde_json::json;
 
 use crate::emu::EmulatedService;
 use crate::HostError;
-use coffer_proto::{read_frame, write_frame, ProcessSpec, Request, VolumeSpec, VERSION};
+use coffer_proto::reply;
+use coffer_proto::{
+    read_frame, write_frame, AttachFrame, Failure, ProcessSpec, Request, Response, VolumeSpec,
+    VERSION,
+};
 
 /// A connection to an agent.
 pub struct AgentClient {
     stream: UnixStream,
 }
 
-fn check(v: Value) -> Result<Value, HostError> {
-    if v.get("ok").and_then(Value::as_bool) == Some(true) {
-        return Ok(v);
-    }
-    if v.get("denied").and_then(Value::as_bool) == Some(true) {
-        let reason = match v.get("reason") {
-            Some(Value::Object(r)) => match r.get("errors") {
-                Some(Value::Array(e)) => e
-                    .iter()
-                    .map(|x| {
-                        x.as_str()
-                            .map(str::to_string)
-                            .unwrap_or_else(|| x.to_string())
-                    })
-                    .collect::<Vec<_>>()
-                    .join("; "),
-                _ => Value::Object(r.clone()).to_string(),
+impl From<Failure> for HostError {
+    fn from(f: Failure) -> Self {
+        match f {
+            Failure::Denied { rule, reasons } => HostError::Denied {
+                rule,
+                reason: reasons.join("; "),
             },
-            Some(other) => other.to_string(),
-            None => String::new(),
-        };
-        return Err(HostError::Denied {
-            rule: v["rule"].as_str().unwrap_or("?").to_string(),
-            reason,
-        });
+            Failure::Failed { message } => HostError::Agent(message),
+        }
     }
-    Err(HostError::Agent(
-        v.get("error")
-            .and_then(Value::as_str)
-            .unwrap_or("agent error")
-            .to_string(),
-    ))
 }
 
 impl AgentClient {
@@ -59,24 +42,99 @@ impl AgentClient {
             socket.display()
         )))?;
         let mut c = AgentClient { stream };
-        c.call(&Request::Hello { version: VERSION })?;
+        c.hello()?;
         Ok(c)
     }
 
-    /// Send a request and read its answer (an error for denials and failures).
-    pub fn call(&mut self, req: &Request) -> Result<Value, HostError> {
+    /// Send a request and read its typed reply; a denial or failure is the error. The typed
+    /// methods below are the client's API; this is for requests built elsewhere (tests).
+    pub fn call<T: DeserializeOwned>(&mut self, req: &Request) -> Result<T, HostError> {
         write_frame(&mut self.stream, req)?;
         let v = read_frame(&mut self.stream)?
             .ok_or_else(|| HostError::Protocol("the agent closed the connection".into()))?;
-        check(v)
+        let r: Response<T> = serde_json::from_value(v)
+            .map_err(|e| HostError::Protocol(format!("the agent's reply: {e}")))?;
+        Ok(Result::from(r)?)
+    }
+
+    /// `hello`: the protocol version and the agent's launch data.
+    pub fn hello(&mut self) -> Result<reply::Hello, HostError> {
+        self.call(&Request::Hello { version: VERSION })
     }
 
     /// Mount the layer image `image` (a name from [`Group::stage_layer`]) at `target`.
-    pub fn mount_layer(&mut self, target: &str, image: &str) -> Result<Value, HostError> {
+    pub fn mount_layer(
+        &mut self,
+        target: &str,
+        image: &str,
+    ) -> Result<reply::LayerMounted, HostError> {
         self.call(&Request::MountLayer {
             target: target.into(),
             image: image.into(),
         })
+    }
+
+    /// Overlay mounted layers (top first) as a container's root.
+    pub fn mount_overlay(
+        &mut self,
+        container_id: &str,
+        layer_paths: Vec<String>,
+    ) -> Result<reply::Done, HostError> {
+        self.call(&Request::MountOverlay {
+            container_id: container_id.into(),
+            layer_paths,
+        })
+    }
+
+    /// Create and start a container.
+    pub fn create_container(
+        &mut self,
+        container_id: &str,
+        process: ProcessSpec,
+        volumes: Vec<VolumeSpec>,
+    ) -> Result<reply::Created, HostError> {
+        self.call(&Request::CreateContainer {
+            container_id: container_id.into(),
+            process,
+            volumes,
+        })
+    }
+
+    /// Run a process in a container.
+    pub fn exec(
+        &mut self,
+        container_id: &str,
+        process: ProcessSpec,
+    ) -> Result<reply::Executed, HostError> {
+        self.call(&Request::Exec {
+            container_id: container_id.into(),
+            process,
+        })
+    }
+
+    /// Signal a container's init process.
+    pub fn signal(&mut self, container_id: &str, signal: i32) -> Result<reply::Done, HostError> {
+        self.call(&Request::Signal {
+            container_id: container_id.into(),
+            signal,
+        })
+    }
+
+    /// Remove an exited container (its root and scratch), for a restart.
+    pub fn remove_container(&mut self, container_id: &str) -> Result<reply::Done, HostError> {
+        self.call(&Request::RemoveContainer {
+            container_id: container_id.into(),
+        })
+    }
+
+    /// The containers and the launch data.
+    pub fn properties(&mut self) -> Result<reply::Properties, HostError> {
+        self.call(&Request::GetProperties)
+    }
+
+    /// Stop every container and end the group.
+    pub fn shutdown(&mut self) -> Result<reply::ShutDown, HostError> {
+        self.call(&Request::Shutdown)
     }
 
     /// Follow a container's output until it exits; returns the exit status.
@@ -94,19 +152,14 @@ impl AgentClient {
         loop {
             let v = read_frame(&mut self.stream)?
                 .ok_or_else(|| HostError::Protocol("the agent closed the connection".into()))?;
-            if let Some(code) = v.get("exit").and_then(Value::as_i64) {
-                return Ok(code as i32);
-            }
-            if let (Some(s), Some(d)) = (
-                v.get("stream").and_then(Value::as_str),
-                v.get("data").and_then(Value::as_str),
-            ) {
-                on_line(s, d);
-                continue;
-            }
-            if v.get("ok") == Some(&Value::Bool(false)) {
-                // stdio not allowed: keep waiting for the exit status only.
-                on_line("coffer", v["error"].as_str().unwrap_or(""));
+            let frame: AttachFrame = serde_json::from_value(v)
+                .map_err(|e| HostError::Protocol(format!("an attach frame: {e}")))?;
+            match frame {
+                AttachFrame::Output { stream, data } => on_line(&stream, &data),
+                // Stdio not allowed: keep waiting for the exit status only.
+                AttachFrame::NoStdio { reason } => on_line("coffer", &reason),
+                AttachFrame::Exit { code } => return Ok(code),
+                AttachFrame::Failed(f) => return Err(f.into()),
             }
         }
     }
@@ -438,8 +491,8 @@ impl Group {
     }
 
     /// Ask the agent to shut down and wait for the sandbox to exit.
-    pub fn shutdown(mut self) -> Result<Value, HostError> {
-        let answer = self.client().and_then(|mut c| c.call(&Request::Shutdown));
+    pub fn shutdown(mut self) -> Result<coffer_proto::reply::ShutDown, HostError> {
+        let answer = self.client().and_then(|mut c| c.shutdown());
         // An agent that refused (its policy keeps a container running) does not exit: the host
         // ends the group itself, as it always can.
         let deadline = Instant::now()

@@ -18,7 +18,6 @@ pub mod snp;
 use std::path::{Path, PathBuf};
 
 use launch::{AgentClient, LaunchSpec};
-use serde_json::Value;
 
 /// Name of the virtio-serial port carrying the channel (the guest looks for it).
 pub const PORT_NAME: &str = "coffer.0";
@@ -119,7 +118,7 @@ pub trait RunningGroup {
     /// A new client connection.
     fn client(&self) -> Result<AgentClient, HostError>;
     /// Shut down and remove every trace.
-    fn shutdown(self: Box<Self>) -> Result<Value, HostError>;
+    fn shutdown(self: Box<Self>) -> Result<coffer_proto::reply::ShutDown, HostError>;
     /// The group's address and published ports, when it has a network of its own.
     fn network_summary(&self) -> Option<String> {
         None
@@ -139,7 +138,7 @@ impl RunningGroup for launch::Group {
     fn client(&self) -> Result<AgentClient, HostError> {
         launch::Group::client(self)
     }
-    fn shutdown(self: Box<Self>) -> Result<Value, HostError> {
+    fn shutdown(self: Box<Self>) -> Result<coffer_proto::reply::ShutDown, HostError> {
         launch::Group::shutdown(*self)
     }
     fn network_summary(&self) -> Option<String> {
@@ -166,7 +165,7 @@ impl RunningGroup for qemu::VmGroup {
     fn client(&self) -> Result<AgentClient, HostError> {
         qemu::VmGroup::client(self)
     }
-    fn shutdown(self: Box<Self>) -> Result<Value, HostError> {
+    fn shutdown(self: Box<Self>) -> Result<coffer_proto::reply::ShutDown, HostError> {
         qemu::VmGroup::shutdown(*self)
     }
     fn network_summary(&self) -> Option<String> {

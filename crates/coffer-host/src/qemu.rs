@@ -15,8 +15,6 @@ use std::time::{Duration, Instant};
 use crate::emu::EmulatedService;
 use crate::launch::{group_dir, AgentClient, Egress, LaunchSpec};
 use coffer_mux::{Mux, Side};
-use coffer_proto::Request;
-use serde_json::Value;
 
 use crate::image::GuestImage;
 use crate::{io, HostError};
@@ -502,8 +500,8 @@ impl VmGroup {
 
     /// Ask the agent to shut down, wait for the VM to end (a few seconds at most), then remove
     /// every trace.
-    pub fn shutdown(mut self) -> Result<Value, HostError> {
-        let answer = self.client().and_then(|mut c| c.call(&Request::Shutdown));
+    pub fn shutdown(mut self) -> Result<coffer_proto::reply::ShutDown, HostError> {
+        let answer = self.client().and_then(|mut c| c.shutdown());
         let deadline = Instant::now()
             + if answer.is_ok() {
                 Duration::from_secs(10)

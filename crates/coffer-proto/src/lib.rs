@@ -11,7 +11,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 pub mod layout;
+pub mod reply;
 pub use layout::{GroupNet, GROUP_FILE, IO_DIR, MAX_RESOLV_CONF, WORK_DIR};
+pub use reply::{AttachFrame, Failure, Response};
 
 /// Errors of the framing.
 #[derive(Debug, thiserror::Error)]
@@ -35,7 +37,7 @@ fn io(what: &'static str) -> impl FnOnce(std::io::Error) -> ProtoError {
 }
 
 /// Protocol version; `hello` must agree.
-pub const VERSION: u32 = 1;
+pub const VERSION: u32 = 2;
 /// Largest JSON frame accepted (layer bytes do not count).
 pub const MAX_FRAME: usize = 16 << 20;
 

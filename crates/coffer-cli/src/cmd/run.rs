@@ -12,7 +12,7 @@ use coffer_host::launch::{self as host, AgentClient, LaunchSpec};
 use coffer_host::{Backend, NamespaceBackend, QemuBackend, RunningGroup};
 use coffer_image::{ImageRef, Store};
 use coffer_policy::GenOptions;
-use coffer_proto::{ProcessSpec, Request};
+use coffer_proto::ProcessSpec;
 
 use crate::cmd::lifecycle::{self, Logs, State, Status};
 use crate::cmd::policy::image_facts;
@@ -347,10 +347,7 @@ fn run_group(
 fn signal_all(socket: &std::path::Path, names: &[String], signal: i32) {
     if let Ok(mut c) = AgentClient::connect(socket) {
         for n in names {
-            if let Err(e) = c.call(&Request::Signal {
-                container_id: n.clone(),
-                signal,
-            }) {
+            if let Err(e) = c.signal(n, signal) {
                 eprintln!("coffer: signalling {n}: {e}");
             }
         }
@@ -394,17 +391,10 @@ struct Launch {
 impl Launch {
     fn start(&self, client: &mut AgentClient) -> Result<()> {
         client
-            .call(&Request::MountOverlay {
-                container_id: self.name.clone(),
-                layer_paths: self.layer_paths.clone(),
-            })
+            .mount_overlay(&self.name, self.layer_paths.clone())
             .with_context(|| format!("container '{}'", self.name))?;
         client
-            .call(&Request::CreateContainer {
-                container_id: self.name.clone(),
-                process: self.process.clone(),
-                volumes: self.volumes.clone(),
-            })
+            .create_container(&self.name, self.process.clone(), self.volumes.clone())
             .with_context(|| format!("container '{}'", self.name))?;
         Ok(())
     }
@@ -502,10 +492,8 @@ impl Supervision {
                 std::thread::sleep(std::time::Duration::from_millis(50));
             }
             let mut c = AgentClient::connect(&self.socket)?;
-            c.call(&Request::RemoveContainer {
-                container_id: launch.name.clone(),
-            })
-            .with_context(|| format!("removing container '{}' to restart it", launch.name))?;
+            c.remove_container(&launch.name)
+                .with_context(|| format!("removing container '{}' to restart it", launch.name))?;
             launch.start(&mut c)?;
             if self.ending.load(Ordering::Relaxed) {
                 // Stopped meanwhile: the stop's SIGTERM went to the container that had exited.
@@ -600,7 +588,7 @@ fn drive(
                 // Policies allow a container its stop signal, not SIGKILL: the hard stop is
                 // shutdown_container, which ends every container and the agent.
                 if let Ok(mut c) = AgentClient::connect(&socket) {
-                    if let Err(e) = c.call(&Request::Shutdown) {
+                    if let Err(e) = c.shutdown() {
                         eprintln!("coffer: shutting the group down: {e}");
                     }
                 }
@@ -674,14 +662,11 @@ pub(crate) fn exec(a: ExecArgs) -> Result<ExitCode> {
         cwd: a.cwd,
         ..Default::default()
     };
-    let v = c.call(&Request::Exec {
-        container_id: a.container,
-        process,
-    })?;
-    print!("{}", v["stdout"].as_str().unwrap_or(""));
-    eprint!("{}", v["stderr"].as_str().unwrap_or(""));
+    let r = c.exec(&a.container, process)?;
+    print!("{}", r.stdout);
+    eprint!("{}", r.stderr);
     Ok(ExitCode::from(
-        u8::try_from(v["exit"].as_i64().unwrap_or(1).clamp(0, 255)).unwrap_or(1),
+        u8::try_from(r.exit.clamp(0, 255)).unwrap_or(1),
     ))
 }
 
