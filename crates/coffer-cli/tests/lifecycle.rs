@@ -160,7 +160,7 @@ fn restarts(home: &Path) -> u32 {
 
 /// Wait until the group is no longer running; its ps row.
 fn wait_ended(home: &Path) -> String {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
     loop {
         let r = row(home).unwrap();
         if !r.contains("\trunning\t") || std::time::Instant::now() > deadline {
@@ -186,9 +186,11 @@ fn a_failing_container_is_restarted_with_backoff_and_a_fresh_root_and_ps_counts_
     let started = std::time::Instant::now();
     out(h, &["run", "-d", h.join("pod.yaml").to_str().unwrap()]);
     // Delays of 0.5, 1 and 2 s: the third restart comes after about 3.5 s, not before.
+    // The upper bound only guards against a hang (a loaded 2-core machine is slow to start
+    // containers); the lower bound is the backoff under test.
     while restarts(h) < 3 {
         assert!(
-            started.elapsed() < std::time::Duration::from_secs(15),
+            started.elapsed() < std::time::Duration::from_secs(60),
             "{:?}",
             row(h)
         );
@@ -234,7 +236,7 @@ fn the_restart_policy_decides_which_exits_restart() {
         // (`run -d` may find the group already ended: only the row matters.)
         let _ = coffer(h, &["run", "-d", pod.to_str().unwrap()]);
         if restarted {
-            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
             while restarts(h) == 0 && std::time::Instant::now() < deadline {
                 std::thread::sleep(std::time::Duration::from_millis(100));
             }
