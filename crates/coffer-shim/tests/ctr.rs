@@ -358,4 +358,107 @@ fn ctr_run_through_the_shim_runs_the_policy_and_denies_a_changed_one() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("denied by policy"), "{err}");
     assert_nothing_left(&home, &id);
+
+    // Exec through the policy's exec_processes, in a container that keeps running.
+    let pod = tmp.path().join("sleeper.yaml");
+    std::fs::write(&pod, SLEEPER).expect("write pod");
+    let annotated = coffer(
+        &home,
+        &[
+            "policy",
+            "gen",
+            "--annotate",
+            "--gzip",
+            &pod.display().to_string(),
+        ],
+    );
+    let doc: serde_yaml::Value = serde_yaml::from_slice(&annotated.stdout).expect("YAML");
+    let value = doc["metadata"]["annotations"]["coffer.dev/policy"]
+        .as_str()
+        .expect("annotation");
+    assert!(value.starts_with("gzip:"));
+    let id = format!("shimtest-{}-exec", std::process::id());
+    let out = ctrd.ctr(&[
+        "run",
+        "-d",
+        "--runtime",
+        "io.containerd.coffer.v2",
+        "--annotation",
+        &format!("coffer.dev/policy={value}"),
+        "hello:latest",
+        &id,
+        "/bin/sleep",
+        "300",
+    ]);
+    assert!(
+        out.status.success(),
+        "ctr run -d: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let exec = ctrd.ctr(&[
+        "task",
+        "exec",
+        "--exec-id",
+        "e1",
+        &id,
+        "/bin/echo",
+        "probe-ok",
+    ]);
+    assert!(
+        exec.status.success(),
+        "exec: {}",
+        String::from_utf8_lossy(&exec.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&exec.stdout), "probe-ok\n");
+    let exec = ctrd.ctr(&[
+        "task",
+        "exec",
+        "--exec-id",
+        "e2",
+        &id,
+        "/bin/echo",
+        "not-allowed",
+    ]);
+    assert!(!exec.status.success(), "an exec the policy lacks ran");
+    assert!(!String::from_utf8_lossy(&exec.stdout).contains("not-allowed"));
+    let ps = ctrd.ctr(&["task", "ls"]);
+    assert!(
+        String::from_utf8_lossy(&ps.stdout).contains("RUNNING"),
+        "{}",
+        String::from_utf8_lossy(&ps.stdout)
+    );
+    // SIGKILL is not the container's stop signal: the shim ends the one-container group.
+    let kill = ctrd.ctr(&["task", "kill", "-s", "SIGKILL", &id]);
+    assert!(
+        kill.status.success(),
+        "kill: {}",
+        String::from_utf8_lossy(&kill.stderr)
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !String::from_utf8_lossy(&ctrd.ctr(&["task", "ls"]).stdout).contains("STOPPED") {
+        assert!(Instant::now() < deadline, "the task did not stop");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let del = ctrd.ctr(&["task", "delete", &id]);
+    assert!(
+        del.status.success(),
+        "task delete: {}",
+        String::from_utf8_lossy(&del.stderr)
+    );
+    let _ = ctrd.ctr(&["container", "rm", &id]);
+    assert_nothing_left(&home, &id);
 }
+
+const SLEEPER: &str = "apiVersion: v1
+kind: Pod
+metadata:
+  name: sleeper
+spec:
+  containers:
+    - name: sleeper
+      image: hello:latest
+      command: [\"/bin/sleep\", \"300\"]
+      livenessProbe:
+        exec:
+          command: [\"/bin/echo\", \"probe-ok\"]
+";
