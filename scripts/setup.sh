@@ -13,10 +13,12 @@ fi
 # (unshare, mount), iproute2 + iptables + containernetworking-plugins (group networks, ports).
 # Tests add: cryptsetup-bin (LUKS2 interop), skopeo + docker-registry (registry pull), golang-go
 # (hcsshim's reference tar2ext4), mmdebstrap + curl (a real Debian nginx image), qemu-system-x86
-# (VM-isolated groups under TCG), build dependencies.
+# (VM-isolated groups under TCG), containerd (the shim's tests start their own; no systemd),
+# protobuf-compiler (containerd's gRPC API is compiled by containerd-client's build script),
+# build dependencies.
 packages="pkg-config libssl-dev libsqlite3-dev runc umoci busybox-static e2fsprogs util-linux
   iproute2 iptables containernetworking-plugins cryptsetup-bin skopeo docker-registry golang-go
-  mmdebstrap curl postgresql-client qemu-system-x86 python3 python3-pip"
+  mmdebstrap curl postgresql-client qemu-system-x86 python3 python3-pip containerd protobuf-compiler"
 if command -v apt-get >/dev/null; then
   need=""
   for p in $packages; do

@@ -7,6 +7,7 @@
 
 #![warn(missing_docs)]
 
+pub mod annotation;
 pub mod cpio;
 pub mod emu;
 pub mod image;

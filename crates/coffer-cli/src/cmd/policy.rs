@@ -44,6 +44,14 @@ pub(crate) struct GenArgs {
     /// HOST_DATA is the SHA-256 of the Rego text either way.
     #[arg(long, value_enum, default_value_t = Format::Rego)]
     format: Format,
+    /// Print the Pod itself with the policy in its annotation `coffer.dev/policy` (base64 of
+    /// the Rego text), for containerd's `coffer` runtime (containerd-shim-coffer-v2).
+    #[arg(long, conflicts_with = "format")]
+    annotate: bool,
+    /// With --annotate: gzip the policy first (the value is then `gzip:` and the base64 of
+    /// the compressed text), for Pods near Kubernetes' 256 KiB annotation limit.
+    #[arg(long, requires = "annotate")]
+    gzip: bool,
 }
 
 /// How `policy gen` writes the policy.
@@ -160,6 +168,7 @@ fn gen(a: GenArgs) -> Result<ExitCode> {
     };
     let host_data = hex::encode(coffer_policy::digest(text.as_bytes()));
     let text = match a.format {
+        _ if a.annotate => annotate(&a.pod, &text, a.gzip)?,
         Format::Rego => text,
         Format::Arm => {
             use base64::Engine as _;
@@ -178,6 +187,38 @@ fn gen(a: GenArgs) -> Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The Pod manifest at `pod` with the policy in its `coffer.dev/policy` annotation.
+fn annotate(pod: &Path, policy: &str, gzip: bool) -> Result<String> {
+    use serde_yaml::{Mapping, Value};
+    let yaml =
+        std::fs::read_to_string(pod).with_context(|| format!("cannot read {}", pod.display()))?;
+    let mut doc: Value =
+        serde_yaml::from_str(&yaml).with_context(|| format!("{} is not YAML", pod.display()))?;
+    let root = doc
+        .as_mapping_mut()
+        .with_context(|| format!("{}: not a Pod manifest (no mapping)", pod.display()))?;
+    let metadata = root
+        .entry("metadata".into())
+        .or_insert_with(|| Value::Mapping(Mapping::new()));
+    let metadata = metadata
+        .as_mapping_mut()
+        .with_context(|| format!("{}: metadata is not a mapping", pod.display()))?;
+    let annotations = metadata
+        .entry("annotations".into())
+        .or_insert_with(|| Value::Mapping(Mapping::new()));
+    if annotations.is_null() {
+        *annotations = Value::Mapping(Mapping::new());
+    }
+    let annotations = annotations
+        .as_mapping_mut()
+        .with_context(|| format!("{}: metadata.annotations is not a mapping", pod.display()))?;
+    annotations.insert(
+        coffer_host::annotation::POLICY_ANNOTATION.into(),
+        coffer_host::annotation::encode(policy.as_bytes(), gzip).into(),
+    );
+    Ok(serde_yaml::to_string(&doc)?)
 }
 
 fn read_json(path: &Path) -> Result<serde_json::Value> {
