@@ -14,7 +14,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
 use coffer_host::annotation;
 use coffer_host::launch::{self, AgentClient, Group, LaunchSpec};
-use coffer_proto::{ProcessSpec, Request};
+use coffer_proto::ProcessSpec;
 use containerd_shim::api;
 use containerd_shim::protos::events::task::{
     TaskCreate, TaskDelete, TaskExecAdded, TaskExecStarted, TaskExit, TaskIO, TaskStart,
@@ -345,11 +345,7 @@ impl Service {
                 reason: format!("task {id} was started already"),
             });
         }
-        let created = client.call(&Request::CreateContainer {
-            container_id: id.to_string(),
-            process: task.process.clone(),
-            volumes: Vec::new(),
-        });
+        let created = client.create_container(id, task.process.clone(), Vec::new());
         if let Err(e) = created {
             // As runc's shim does with a process that failed to start: the task is stopped
             // (containerd's client deletes only stopped tasks), with 126, "cannot execute".
@@ -416,15 +412,12 @@ impl Service {
         exec.proc.state = TaskState::Running;
         drop(st);
         // The agent runs the process to its end and answers with its output (exec_in_container).
-        let answer = client.call(&Request::Exec {
-            container_id: id.to_string(),
-            process,
-        });
+        let answer = client.exec(id, process);
         let code = match &answer {
-            Ok(v) => {
-                write_all(&stdout, v["stdout"].as_str().unwrap_or(""));
-                write_all(&stderr, v["stderr"].as_str().unwrap_or(""));
-                u32::try_from(v["exit"].as_i64().unwrap_or(255)).unwrap_or(255)
+            Ok(r) => {
+                write_all(&stdout, &r.stdout);
+                write_all(&stderr, &r.stderr);
+                u32::try_from(r.exit).unwrap_or(255)
             }
             Err(_) => 126,
         };
@@ -489,10 +482,7 @@ fn mount_container(
         paths.push(target);
     }
     paths.reverse();
-    client.call(&Request::MountOverlay {
-        container_id: id.to_string(),
-        layer_paths: paths,
-    })?;
+    client.mount_overlay(id, paths)?;
     Ok(())
 }
 
@@ -667,9 +657,7 @@ impl containerd_shim::Task for Service {
         if st.tasks.is_empty() {
             st.end_group();
         } else if let Ok(mut c) = st.client() {
-            if let Err(e) = c.call(&Request::RemoveContainer {
-                container_id: req.id.clone(),
-            }) {
+            if let Err(e) = c.remove_container(&req.id) {
                 log::warn!("removing {}: {e}", req.id);
             }
         }
@@ -726,12 +714,7 @@ impl containerd_shim::Task for Service {
         }
         let signal =
             i32::try_from(req.signal).map_err(|_| status(Code::INVALID_ARGUMENT, "bad signal"))?;
-        let asked = st.client().and_then(|mut c| {
-            Ok(c.call(&Request::Signal {
-                container_id: req.id.clone(),
-                signal,
-            })?)
-        });
+        let asked = st.client().and_then(|mut c| Ok(c.signal(&req.id, signal)?));
         match asked {
             Ok(_) => Ok(api::Empty::new()),
             // Policies allow a container its stop signal, not SIGKILL; the host can always end
