@@ -201,11 +201,16 @@ impl Backend for QemuBackend {
 /// Refuse to start a group whose name a live one has.
 /// Make `cmd`'s process die with the launcher: the kernel sends it SIGKILL when the thread that
 /// spawned it ends, so a killed `coffer run` leaves no QEMU or sandbox behind (the group's
-/// directory and network are swept by the next launch of the same group). Spawn from a thread
-/// that lives as long as the group.
+/// directory and network are swept by the next launch of the same group). Only for spawns from
+/// the main thread, whose end is the process's: a worker thread (the containerd shim's request
+/// threads) may end long before the group should, and such launchers clean up on their own
+/// (`containerd-shim-coffer-v2 delete`).
 #[allow(unsafe_code)]
 pub(crate) fn die_with_launcher(cmd: &mut std::process::Command) {
     use std::os::unix::process::CommandExt as _;
+    if nix::unistd::gettid() != nix::unistd::getpid() {
+        return;
+    }
     // SAFETY: the closure runs in the child between fork and exec and only calls prctl(2),
     // which is async-signal-safe; it allocates nothing.
     unsafe {
