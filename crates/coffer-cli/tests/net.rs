@@ -553,11 +553,9 @@ fn a_host_port_below_1024_needs_root() {
     assert!(!host::group_dir(home, "low").exists());
 }
 
-/// The nginx example image (Debian bookworm + nginx-light, `examples/nginx/build-image.sh`),
-/// built once and kept under the target directory; `None` (after a notice) when it cannot be
-/// built here (no mmdebstrap, or no package mirror).
 /// A Debian application image built by `examples/<app>/build-image.sh` (mmdebstrap + umoci),
-/// cached under target/coffer-apps.
+/// cached under target/coffer-apps; `None` (after a notice) when it cannot be built here (no
+/// mmdebstrap, or no package mirror).
 fn app_image(t: &str, app: &str) -> Option<PathBuf> {
     let cache =
         Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("../coffer-apps/{app}-bookworm"));
