@@ -18,7 +18,7 @@ mod token;
 pub use claims::{sgx_claims, snp_claims, tdx_claims};
 pub use dcap::{CollateralSet, CollateralSource};
 pub use request::{decode_b64, AttestRequest, QuoteRequest, RuntimeData};
-pub use token::TokenSigner;
+pub use token::{SigningError, TokenSigner};
 
 use std::sync::Arc;
 
@@ -64,7 +64,34 @@ pub enum AttestError {
     },
     /// Token signing failed.
     #[error("token signing: {0}")]
-    Signing(String),
+    Signing(#[from] SigningError),
+}
+
+/// Why a reference-values file is refused.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ReferenceValuesError {
+    /// Not JSON of the expected shape (unknown fields included).
+    #[error("reference values: {0}")]
+    Json(#[from] serde_json::Error),
+    /// A pinned value is not the right number of bytes of hex.
+    #[error("reference values: {what} '{value}' is not {bytes} bytes of hex")]
+    NotHex {
+        /// Which list ("measurement", "tdx MRTD", "sgx MRSIGNER", ...).
+        what: String,
+        /// The value as written.
+        value: String,
+        /// The length it must have.
+        bytes: usize,
+    },
+    /// `max_vmpl` above 3.
+    #[error("reference values: max_vmpl {0} is not a VMPL (0-3)")]
+    Vmpl(u32),
+    /// A `min_tcb` key that names no TCB component.
+    #[error(
+        "reference values: unknown TCB component '{0}' (bootloader, tee, snp, microcode, fmc)"
+    )]
+    UnknownTcbComponent(String),
 }
 
 impl AttestError {
@@ -180,12 +207,14 @@ impl SgxReference {
 }
 
 /// Check that every value of `list` is `bytes` bytes of hex.
-fn check_hex_list(what: &str, list: &[String], bytes: usize) -> Result<(), String> {
+fn check_hex_list(what: &str, list: &[String], bytes: usize) -> Result<(), ReferenceValuesError> {
     for v in list {
         if v.len() != bytes * 2 || hex::decode(v).is_err() {
-            return Err(format!(
-                "reference values: {what} '{v}' is not {bytes} bytes of hex"
-            ));
+            return Err(ReferenceValuesError::NotHex {
+                what: what.to_string(),
+                value: v.clone(),
+                bytes,
+            });
         }
     }
     Ok(())
@@ -204,9 +233,8 @@ fn one_of(what: &str, accepted: &[String], got: &[u8]) -> Result<(), AttestError
 
 impl ReferenceValues {
     /// Parse and check the file's content.
-    pub fn from_json(bytes: &[u8]) -> Result<Self, String> {
-        let rv: ReferenceValues =
-            serde_json::from_slice(bytes).map_err(|e| format!("reference values: {e}"))?;
+    pub fn from_json(bytes: &[u8]) -> Result<Self, ReferenceValuesError> {
+        let rv: ReferenceValues = serde_json::from_slice(bytes)?;
         check_hex_list("measurement", &rv.measurements, 48)?;
         for (what, list) in rv.tdx.lists() {
             check_hex_list(&format!("tdx {what}"), list, 48)?;
@@ -214,14 +242,11 @@ impl ReferenceValues {
         check_hex_list("sgx MRENCLAVE", &rv.sgx.mrenclave, 32)?;
         check_hex_list("sgx MRSIGNER", &rv.sgx.mrsigner, 32)?;
         if rv.max_vmpl > 3 {
-            return Err(format!(
-                "reference values: max_vmpl {} is not a VMPL (0-3)",
-                rv.max_vmpl
-            ));
+            return Err(ReferenceValuesError::Vmpl(rv.max_vmpl));
         }
         for k in rv.min_tcb.keys() {
             if component(k).is_none() {
-                return Err(format!("reference values: unknown TCB component '{k}' (bootloader, tee, snp, microcode, fmc)"));
+                return Err(ReferenceValuesError::UnknownTcbComponent(k.clone()));
             }
         }
         Ok(rv)
@@ -411,7 +436,7 @@ impl AttestationService {
         )?;
         self.reference.appraise(&verified)?;
         put_nonce(&mut claims, req.nonce.as_ref());
-        self.signer.sign(claims, now).map_err(AttestError::Signing)
+        Ok(self.signer.sign(claims, now)?)
     }
 
     /// Handle `attest/SgxEnclave` (`tee` = SGX) or `attest/TdxVm` (`tee` = TDX) at time `now`
@@ -423,7 +448,7 @@ impl AttestationService {
         now: u64,
     ) -> Result<String, AttestError> {
         let claims = self.dcap_claims(tee, req, now)?;
-        self.signer.sign(claims, now).map_err(AttestError::Signing)
+        Ok(self.signer.sign(claims, now)?)
     }
 
     /// Everything of [`AttestationService::attest_dcap`] but signing the token: verification,
@@ -544,7 +569,7 @@ mod tests {
     /// MRTD of TDX_V4 (its README).
     const MRTD: &str = "705ee9381b8633a9fbe532b52345e8433343d2868959f57889d84ca377c395b689cac1599ccea1b7d420483a9ce5f031";
 
-    fn rv(json: serde_json::Value) -> Result<ReferenceValues, String> {
+    fn rv(json: serde_json::Value) -> Result<ReferenceValues, ReferenceValuesError> {
         ReferenceValues::from_json(json.to_string().as_bytes())
     }
 
@@ -607,13 +632,30 @@ mod tests {
                 "sgx MRSIGNER",
             ),
         ] {
-            let e = rv(j.clone()).unwrap_err();
-            assert!(e.contains(what), "{j}: {e}");
+            match rv(j.clone()) {
+                Err(ReferenceValuesError::NotHex { what: w, .. }) => assert_eq!(w, what, "{j}"),
+                other => panic!("{j}: {other:?}"),
+            }
         }
         let e = rv(serde_json::json!({"tdx": {"mrowner": []}})).unwrap_err();
-        assert!(e.contains("mrowner"), "{e}");
+        assert!(matches!(e, ReferenceValuesError::Json(_)), "{e}");
+        assert!(e.to_string().contains("mrowner"), "{e}");
         let e = rv(serde_json::json!({"sgx": {"product_id": [70000]}})).unwrap_err();
-        assert!(e.contains("product_id") || e.contains("70000"), "{e}");
+        assert!(matches!(e, ReferenceValuesError::Json(_)), "{e}");
+        assert!(
+            matches!(
+                rv(serde_json::json!({"max_vmpl": 4})),
+                Err(ReferenceValuesError::Vmpl(4))
+            ),
+            "max_vmpl 4"
+        );
+        assert!(
+            matches!(
+                rv(serde_json::json!({"min_tcb": {"pcr": 1}})),
+                Err(ReferenceValuesError::UnknownTcbComponent(ref k)) if k == "pcr"
+            ),
+            "min_tcb pcr"
+        );
     }
 
     #[test]

@@ -11,8 +11,8 @@ mod policy;
 mod store;
 mod wrap;
 
-pub use authority::{Authority, TokenError, Trust};
-pub use policy::{PolicyError, ReleasePolicy};
+pub use authority::{Authority, JwksError, TokenError, Trust};
+pub use policy::{Denied, PolicyError, ReleasePolicy, Unmet};
 pub use store::{
     audit_text, AuditEntry, KeyInfo, KeyKind, Store, StoreError, AUDIT_MAX_ISSUER, AUDIT_MAX_KEY,
     AUDIT_MAX_REASON,

@@ -707,7 +707,7 @@ pub fn generate(
         };
         vol.broker
             .check(&format!("volume '{}'", v.name))
-            .map_err(PolicyError::Pod)?;
+            .map_err(|e| PolicyError::Pod(e.to_string()))?;
         encrypted.push(vol);
     }
     if !encrypted.is_empty() {
@@ -733,7 +733,8 @@ pub fn generate(
                     akv_endpoint: akv.to_string(),
                     broker_key: key.to_string(),
                 };
-                b.check("the SKR API").map_err(PolicyError::Pod)?;
+                b.check("the SKR API")
+                    .map_err(|e| PolicyError::Pod(e.to_string()))?;
                 Some(b)
             }
             [None, None, None] => None,

@@ -23,8 +23,8 @@ pub use gen::{
 };
 pub use pod::{is_dns_label, parse_pod, ContainerPort, Pod, PodSecurityContext, ENCFS_DRIVER};
 pub use settings::{
-    EncryptedVolumePolicy, KeyBrokerPolicy, PortPolicy, Settings, SkrPolicy, ENCRYPTED_VOLUMES,
-    FS_GROUP, HOSTNAME, PORTS, SKR,
+    EncryptedVolumePolicy, KeyBrokerPolicy, PortPolicy, PortProblem, SettingError, Settings,
+    SkrPolicy, ENCRYPTED_VOLUMES, FS_GROUP, HOSTNAME, PORTS, SKR,
 };
 
 /// Errors of policy generation and enforcement.
