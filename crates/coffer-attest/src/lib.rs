@@ -22,7 +22,9 @@ pub use token::{SigningError, TokenSigner};
 
 use std::sync::Arc;
 
-use coffer_snp::{Endorsements, TcbComponent, Verifier, VerifyError, VerifyOptions};
+use coffer_snp::{
+    Endorsements, TcbComponent, TcbLayout, TcbVersion, Verifier, VerifyError, VerifyOptions,
+};
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
@@ -266,17 +268,43 @@ impl ReferenceValues {
             });
         }
         one_of("measurement", &self.measurements, &r.measurement)?;
-        for (name, min) in &self.min_tcb {
-            if let Some(c) = component(name) {
-                let got = r.reported_tcb.get(c).unwrap_or(0);
-                if got < *min {
-                    return Err(AttestError::Appraisal(format!(
-                        "REPORTED_TCB {name} is {got}, minimum {min}"
-                    )));
-                }
-            }
+        self.appraise_tcb(&r.reported_tcb)
+    }
+
+    /// REPORTED_TCB against `min_tcb`, component by component ([`TcbVersion::meets_minimum`]).
+    fn appraise_tcb(&self, got: &TcbVersion) -> Result<(), AttestError> {
+        let min_of = |c: TcbComponent| {
+            self.min_tcb
+                .iter()
+                .find(|(name, _)| component(name) == Some(c))
+                .map_or(0, |(_, min)| *min)
+        };
+        // A minimum for a component this product's TCB does not have (FMC before Turin) is not
+        // met: the report cannot show it.
+        let fmc = min_of(TcbComponent::Fmc);
+        if fmc > 0 && got.get(TcbComponent::Fmc).is_none() {
+            return Err(AttestError::Appraisal(format!(
+                "REPORTED_TCB has no fmc, minimum {fmc}"
+            )));
         }
-        Ok(())
+        let min = match got.layout() {
+            TcbLayout::MilanGenoa => TcbVersion::milan_genoa(
+                min_of(TcbComponent::Bootloader),
+                min_of(TcbComponent::Tee),
+                min_of(TcbComponent::Snp),
+                min_of(TcbComponent::Microcode),
+            ),
+            TcbLayout::Turin => TcbVersion::turin(
+                min_of(TcbComponent::Fmc),
+                min_of(TcbComponent::Bootloader),
+                min_of(TcbComponent::Tee),
+                min_of(TcbComponent::Snp),
+                min_of(TcbComponent::Microcode),
+            ),
+        };
+        got.meets_minimum(&min).map_err(|(c, got, min)| {
+            AttestError::Appraisal(format!("REPORTED_TCB {} is {got}, minimum {min}", c.name()))
+        })
     }
 }
 
@@ -561,6 +589,71 @@ mod tests {
 
     use super::*;
     use coffer_dcap::{Quote, Tee};
+
+    /// A verified-looking v2 report with `raw` as REPORTED_TCB read in `layout`.
+    fn verified_with_tcb(raw: [u8; 8], layout: TcbLayout) -> coffer_snp::Verified {
+        let mut b = vec![0u8; coffer_snp::REPORT_LEN];
+        b[0] = 2;
+        b[0x180..0x188].copy_from_slice(&raw);
+        let mut report = coffer_snp::AttestationReport::from_bytes(&b).unwrap();
+        report.set_tcb_layout(layout);
+        coffer_snp::Verified {
+            valid: true,
+            tee: coffer_snp::Tee::SevSnp,
+            product: coffer_snp::Product::Milan,
+            signer: coffer_snp::SigningKey::Vcek,
+            report,
+            warnings: Vec::new(),
+        }
+    }
+
+    fn appraise_tcb(min: serde_json::Value, v: &coffer_snp::Verified) -> Result<(), String> {
+        let rv = rv(serde_json::json!({ "min_tcb": min })).unwrap();
+        match rv.appraise(v) {
+            Ok(()) => Ok(()),
+            Err(AttestError::Appraisal(m)) => Err(m),
+            Err(other) => panic!("not an appraisal failure: {other}"),
+        }
+    }
+
+    #[test]
+    fn min_tcb_is_met_component_by_component_not_lexicographically() {
+        // Milan/Genoa: byte0 bootloader, byte1 tee, byte6 snp, byte7 microcode.
+        let v = verified_with_tcb([9, 0, 0, 0, 0, 0, 1, 0x73], TcbLayout::MilanGenoa);
+        assert_eq!(
+            appraise_tcb(serde_json::json!({"bootloader": 3, "microcode": 0x73}), &v),
+            Ok(())
+        );
+        // Bootloader far above its minimum does not make up for SNP below its own.
+        assert_eq!(
+            appraise_tcb(serde_json::json!({"bootloader": 3, "snp": 2}), &v),
+            Err("REPORTED_TCB snp is 1, minimum 2".into())
+        );
+        assert_eq!(
+            appraise_tcb(serde_json::json!({"microcode": 0x74}), &v),
+            Err("REPORTED_TCB microcode is 115, minimum 116".into())
+        );
+        // Milan has no FMC: a minimum for it cannot be shown to be met.
+        assert_eq!(
+            appraise_tcb(serde_json::json!({"fmc": 1}), &v),
+            Err("REPORTED_TCB has no fmc, minimum 1".into())
+        );
+        assert_eq!(appraise_tcb(serde_json::json!({"fmc": 0}), &v), Ok(()));
+    }
+
+    #[test]
+    fn min_tcb_reads_turin_reports_with_turin_layout() {
+        // Turin: byte0 fmc, byte1 bootloader, byte2 tee, byte3 snp, byte7 microcode.
+        let v = verified_with_tcb([2, 5, 0, 4, 0, 0, 0, 1], TcbLayout::Turin);
+        assert_eq!(
+            appraise_tcb(serde_json::json!({"fmc": 2, "snp": 4}), &v),
+            Ok(())
+        );
+        assert_eq!(
+            appraise_tcb(serde_json::json!({"fmc": 3}), &v),
+            Err("REPORTED_TCB fmc is 2, minimum 3".into())
+        );
+    }
 
     /// A debuggable TD (TDATTRIBUTES 0x10000001).
     const TDX_V4: &str = "intel-dcap/signature-only/trustee_tdx_v4_quote.bin";

@@ -24,12 +24,3 @@ pub(crate) fn decode_b64url(s: &str) -> Result<Vec<u8>, base64::DecodeError> {
     use base64::Engine as _;
     base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(s.trim_end_matches('='))
 }
-
-/// The outcome of a release request.
-#[derive(Debug)]
-pub enum ReleaseOutcome {
-    /// Released: the JWE compact serialisation of the key as a JWK.
-    Released(String),
-    /// Refused, with the reason (written to the audit log).
-    Denied(String),
-}
