@@ -263,7 +263,7 @@ pub enum ChainFailure {
         subject: String,
     },
     /// No candidate issuer's key verifies the certificate's signature.
-    #[error("is not signed by the {issuer} of {product} (nor by a supplied one)")]
+    #[error("not signed by the {issuer} of {product} (nor by a supplied one)")]
     NotSignedBy {
         /// The role of the issuer looked for.
         issuer: CertRole,
@@ -354,7 +354,7 @@ pub enum VerifyError {
         signer: CertRole,
     },
     /// A link of the certificate chain does not verify.
-    #[error("certificate chain: {cert} {why}")]
+    #[error("certificate chain: {cert}: {why}")]
     Chain {
         /// The certificate whose link failed.
         cert: CertRole,

@@ -318,6 +318,15 @@ fn time_wrong_chip_and_wrong_product_are_refused() {
         .verify(&Report::from_bytes(&report).unwrap(), &e, &opts)
         .unwrap_err();
     assert_eq!(err.check(), "chain", "{err}");
+    assert_eq!(
+        err,
+        VerifyError::ProductMismatch {
+            first: coffer_snp::ProductSource::VekProductName,
+            first_product: Product::Milan,
+            second: coffer_snp::ProductSource::Requested,
+            second_product: Product::Genoa,
+        }
+    );
     // A chain whose ARK is not pinned: the ASK presented as the root.
     let pem = coffer_testkit::read(&dir, "sev-snp/aci-milan-v2/vcek_ask_ark_chain.pem");
     let full = Endorsements::from_pem_chain(&pem, "chain").unwrap();
@@ -326,6 +335,10 @@ fn time_wrong_chip_and_wrong_product_are_refused() {
     fake.ark = Some(coffer_testkit_other_ark(&dir));
     let err = check(&verifier(), &aci, &fake, CASES[0].when).unwrap_err();
     assert_eq!(err.check(), "unknown-root", "{err}");
+    assert!(
+        matches!(&err, VerifyError::UnknownRoot { subject, .. } if subject.contains("ARK-Genoa")),
+        "{err}"
+    );
 }
 
 /// Genoa's ARK: a genuine AMD root, but not the one the Milan chain ends in.
