@@ -212,7 +212,7 @@ pub fn start(policy: &[u8], sp: Arc<dyn SecureProcessor>) -> Result<Agent, Agent
     let mut report_data = [0u8; 64];
     report_data[..32].copy_from_slice(&digest);
     let evidence = sp.report(&report_data)?;
-    let report = coffer_snp::Report::decode(&evidence.report)
+    let report = coffer_snp::Report::from_bytes(&evidence.report)
         .map_err(|e| AgentError::Agent(format!("the secure processor's report: {e}")))?;
     let f = report.fields();
     if f.host_data != digest {

@@ -51,7 +51,7 @@ pub struct Broker {
 impl Broker {
     /// From the policy's strings, checked.
     pub fn from_policy(p: &coffer_policy::KeyBrokerPolicy) -> Result<Self, String> {
-        p.check("key broker")?;
+        p.check("key broker").map_err(|e| e.to_string())?;
         Ok(Broker {
             maa: Endpoint::parse(&p.maa_endpoint).map_err(|e| e.to_string())?,
             akv: Endpoint::parse(&p.akv_endpoint).map_err(|e| e.to_string())?,

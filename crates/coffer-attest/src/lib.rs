@@ -18,11 +18,13 @@ mod token;
 pub use claims::{sgx_claims, snp_claims, tdx_claims};
 pub use dcap::{CollateralSet, CollateralSource};
 pub use request::{decode_b64, AttestRequest, QuoteRequest, RuntimeData};
-pub use token::TokenSigner;
+pub use token::{SigningError, TokenSigner};
 
 use std::sync::Arc;
 
-use coffer_snp::{Endorsements, TcbComponent, Verifier, VerifyError, VerifyOptions};
+use coffer_snp::{
+    Endorsements, TcbComponent, TcbLayout, TcbVersion, Verifier, VerifyError, VerifyOptions,
+};
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
@@ -64,7 +66,34 @@ pub enum AttestError {
     },
     /// Token signing failed.
     #[error("token signing: {0}")]
-    Signing(String),
+    Signing(#[from] SigningError),
+}
+
+/// Why a reference-values file is refused.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ReferenceValuesError {
+    /// Not JSON of the expected shape (unknown fields included).
+    #[error("reference values: {0}")]
+    Json(#[from] serde_json::Error),
+    /// A pinned value is not the right number of bytes of hex.
+    #[error("reference values: {what} '{value}' is not {bytes} bytes of hex")]
+    NotHex {
+        /// Which list ("measurement", "tdx MRTD", "sgx MRSIGNER", ...).
+        what: String,
+        /// The value as written.
+        value: String,
+        /// The length it must have.
+        bytes: usize,
+    },
+    /// `max_vmpl` above 3.
+    #[error("reference values: max_vmpl {0} is not a VMPL (0-3)")]
+    Vmpl(u32),
+    /// A `min_tcb` key that names no TCB component.
+    #[error(
+        "reference values: unknown TCB component '{0}' (bootloader, tee, snp, microcode, fmc)"
+    )]
+    UnknownTcbComponent(String),
 }
 
 impl AttestError {
@@ -180,12 +209,14 @@ impl SgxReference {
 }
 
 /// Check that every value of `list` is `bytes` bytes of hex.
-fn check_hex_list(what: &str, list: &[String], bytes: usize) -> Result<(), String> {
+fn check_hex_list(what: &str, list: &[String], bytes: usize) -> Result<(), ReferenceValuesError> {
     for v in list {
         if v.len() != bytes * 2 || hex::decode(v).is_err() {
-            return Err(format!(
-                "reference values: {what} '{v}' is not {bytes} bytes of hex"
-            ));
+            return Err(ReferenceValuesError::NotHex {
+                what: what.to_string(),
+                value: v.clone(),
+                bytes,
+            });
         }
     }
     Ok(())
@@ -204,9 +235,8 @@ fn one_of(what: &str, accepted: &[String], got: &[u8]) -> Result<(), AttestError
 
 impl ReferenceValues {
     /// Parse and check the file's content.
-    pub fn from_json(bytes: &[u8]) -> Result<Self, String> {
-        let rv: ReferenceValues =
-            serde_json::from_slice(bytes).map_err(|e| format!("reference values: {e}"))?;
+    pub fn from_json(bytes: &[u8]) -> Result<Self, ReferenceValuesError> {
+        let rv: ReferenceValues = serde_json::from_slice(bytes)?;
         check_hex_list("measurement", &rv.measurements, 48)?;
         for (what, list) in rv.tdx.lists() {
             check_hex_list(&format!("tdx {what}"), list, 48)?;
@@ -214,14 +244,11 @@ impl ReferenceValues {
         check_hex_list("sgx MRENCLAVE", &rv.sgx.mrenclave, 32)?;
         check_hex_list("sgx MRSIGNER", &rv.sgx.mrsigner, 32)?;
         if rv.max_vmpl > 3 {
-            return Err(format!(
-                "reference values: max_vmpl {} is not a VMPL (0-3)",
-                rv.max_vmpl
-            ));
+            return Err(ReferenceValuesError::Vmpl(rv.max_vmpl));
         }
         for k in rv.min_tcb.keys() {
             if component(k).is_none() {
-                return Err(format!("reference values: unknown TCB component '{k}' (bootloader, tee, snp, microcode, fmc)"));
+                return Err(ReferenceValuesError::UnknownTcbComponent(k.clone()));
             }
         }
         Ok(rv)
@@ -241,17 +268,43 @@ impl ReferenceValues {
             });
         }
         one_of("measurement", &self.measurements, &r.measurement)?;
-        for (name, min) in &self.min_tcb {
-            if let Some(c) = component(name) {
-                let got = r.reported_tcb.get(c).unwrap_or(0);
-                if got < *min {
-                    return Err(AttestError::Appraisal(format!(
-                        "REPORTED_TCB {name} is {got}, minimum {min}"
-                    )));
-                }
-            }
+        self.appraise_tcb(&r.reported_tcb)
+    }
+
+    /// REPORTED_TCB against `min_tcb`, component by component ([`TcbVersion::meets_minimum`]).
+    fn appraise_tcb(&self, got: &TcbVersion) -> Result<(), AttestError> {
+        let min_of = |c: TcbComponent| {
+            self.min_tcb
+                .iter()
+                .find(|(name, _)| component(name) == Some(c))
+                .map_or(0, |(_, min)| *min)
+        };
+        // A minimum for a component this product's TCB does not have (FMC before Turin) is not
+        // met: the report cannot show it.
+        let fmc = min_of(TcbComponent::Fmc);
+        if fmc > 0 && got.get(TcbComponent::Fmc).is_none() {
+            return Err(AttestError::Appraisal(format!(
+                "REPORTED_TCB has no fmc, minimum {fmc}"
+            )));
         }
-        Ok(())
+        let min = match got.layout() {
+            TcbLayout::MilanGenoa => TcbVersion::milan_genoa(
+                min_of(TcbComponent::Bootloader),
+                min_of(TcbComponent::Tee),
+                min_of(TcbComponent::Snp),
+                min_of(TcbComponent::Microcode),
+            ),
+            TcbLayout::Turin => TcbVersion::turin(
+                min_of(TcbComponent::Fmc),
+                min_of(TcbComponent::Bootloader),
+                min_of(TcbComponent::Tee),
+                min_of(TcbComponent::Snp),
+                min_of(TcbComponent::Microcode),
+            ),
+        };
+        got.meets_minimum(&min).map_err(|(c, got, min)| {
+            AttestError::Appraisal(format!("REPORTED_TCB {} is {got}, minimum {min}", c.name()))
+        })
     }
 }
 
@@ -411,7 +464,7 @@ impl AttestationService {
         )?;
         self.reference.appraise(&verified)?;
         put_nonce(&mut claims, req.nonce.as_ref());
-        self.signer.sign(claims, now).map_err(AttestError::Signing)
+        Ok(self.signer.sign(claims, now)?)
     }
 
     /// Handle `attest/SgxEnclave` (`tee` = SGX) or `attest/TdxVm` (`tee` = TDX) at time `now`
@@ -423,7 +476,7 @@ impl AttestationService {
         now: u64,
     ) -> Result<String, AttestError> {
         let claims = self.dcap_claims(tee, req, now)?;
-        self.signer.sign(claims, now).map_err(AttestError::Signing)
+        Ok(self.signer.sign(claims, now)?)
     }
 
     /// Everything of [`AttestationService::attest_dcap`] but signing the token: verification,
@@ -537,6 +590,71 @@ mod tests {
     use super::*;
     use coffer_dcap::{Quote, Tee};
 
+    /// A verified-looking v2 report with `raw` as REPORTED_TCB read in `layout`.
+    fn verified_with_tcb(raw: [u8; 8], layout: TcbLayout) -> coffer_snp::Verified {
+        let mut b = vec![0u8; coffer_snp::REPORT_LEN];
+        b[0] = 2;
+        b[0x180..0x188].copy_from_slice(&raw);
+        let mut report = coffer_snp::AttestationReport::from_bytes(&b).unwrap();
+        report.set_tcb_layout(layout);
+        coffer_snp::Verified {
+            valid: true,
+            tee: coffer_snp::Tee::SevSnp,
+            product: coffer_snp::Product::Milan,
+            signer: coffer_snp::SigningKey::Vcek,
+            report,
+            warnings: Vec::new(),
+        }
+    }
+
+    fn appraise_tcb(min: serde_json::Value, v: &coffer_snp::Verified) -> Result<(), String> {
+        let rv = rv(serde_json::json!({ "min_tcb": min })).unwrap();
+        match rv.appraise(v) {
+            Ok(()) => Ok(()),
+            Err(AttestError::Appraisal(m)) => Err(m),
+            Err(other) => panic!("not an appraisal failure: {other}"),
+        }
+    }
+
+    #[test]
+    fn min_tcb_is_met_component_by_component_not_lexicographically() {
+        // Milan/Genoa: byte0 bootloader, byte1 tee, byte6 snp, byte7 microcode.
+        let v = verified_with_tcb([9, 0, 0, 0, 0, 0, 1, 0x73], TcbLayout::MilanGenoa);
+        assert_eq!(
+            appraise_tcb(serde_json::json!({"bootloader": 3, "microcode": 0x73}), &v),
+            Ok(())
+        );
+        // Bootloader far above its minimum does not make up for SNP below its own.
+        assert_eq!(
+            appraise_tcb(serde_json::json!({"bootloader": 3, "snp": 2}), &v),
+            Err("REPORTED_TCB snp is 1, minimum 2".into())
+        );
+        assert_eq!(
+            appraise_tcb(serde_json::json!({"microcode": 0x74}), &v),
+            Err("REPORTED_TCB microcode is 115, minimum 116".into())
+        );
+        // Milan has no FMC: a minimum for it cannot be shown to be met.
+        assert_eq!(
+            appraise_tcb(serde_json::json!({"fmc": 1}), &v),
+            Err("REPORTED_TCB has no fmc, minimum 1".into())
+        );
+        assert_eq!(appraise_tcb(serde_json::json!({"fmc": 0}), &v), Ok(()));
+    }
+
+    #[test]
+    fn min_tcb_reads_turin_reports_with_turin_layout() {
+        // Turin: byte0 fmc, byte1 bootloader, byte2 tee, byte3 snp, byte7 microcode.
+        let v = verified_with_tcb([2, 5, 0, 4, 0, 0, 0, 1], TcbLayout::Turin);
+        assert_eq!(
+            appraise_tcb(serde_json::json!({"fmc": 2, "snp": 4}), &v),
+            Ok(())
+        );
+        assert_eq!(
+            appraise_tcb(serde_json::json!({"fmc": 3}), &v),
+            Err("REPORTED_TCB fmc is 2, minimum 3".into())
+        );
+    }
+
     /// A debuggable TD (TDATTRIBUTES 0x10000001).
     const TDX_V4: &str = "intel-dcap/signature-only/trustee_tdx_v4_quote.bin";
     /// A TD 1.5 quote of a TD that is not debuggable (TDATTRIBUTES 0x10000000: SEPT_VE_DISABLE).
@@ -544,7 +662,7 @@ mod tests {
     /// MRTD of TDX_V4 (its README).
     const MRTD: &str = "705ee9381b8633a9fbe532b52345e8433343d2868959f57889d84ca377c395b689cac1599ccea1b7d420483a9ce5f031";
 
-    fn rv(json: serde_json::Value) -> Result<ReferenceValues, String> {
+    fn rv(json: serde_json::Value) -> Result<ReferenceValues, ReferenceValuesError> {
         ReferenceValues::from_json(json.to_string().as_bytes())
     }
 
@@ -607,13 +725,30 @@ mod tests {
                 "sgx MRSIGNER",
             ),
         ] {
-            let e = rv(j.clone()).unwrap_err();
-            assert!(e.contains(what), "{j}: {e}");
+            match rv(j.clone()) {
+                Err(ReferenceValuesError::NotHex { what: w, .. }) => assert_eq!(w, what, "{j}"),
+                other => panic!("{j}: {other:?}"),
+            }
         }
         let e = rv(serde_json::json!({"tdx": {"mrowner": []}})).unwrap_err();
-        assert!(e.contains("mrowner"), "{e}");
+        assert!(matches!(e, ReferenceValuesError::Json(_)), "{e}");
+        assert!(e.to_string().contains("mrowner"), "{e}");
         let e = rv(serde_json::json!({"sgx": {"product_id": [70000]}})).unwrap_err();
-        assert!(e.contains("product_id") || e.contains("70000"), "{e}");
+        assert!(matches!(e, ReferenceValuesError::Json(_)), "{e}");
+        assert!(
+            matches!(
+                rv(serde_json::json!({"max_vmpl": 4})),
+                Err(ReferenceValuesError::Vmpl(4))
+            ),
+            "max_vmpl 4"
+        );
+        assert!(
+            matches!(
+                rv(serde_json::json!({"min_tcb": {"pcr": 1}})),
+                Err(ReferenceValuesError::UnknownTcbComponent(ref k)) if k == "pcr"
+            ),
+            "min_tcb pcr"
+        );
     }
 
     #[test]

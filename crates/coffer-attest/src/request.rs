@@ -130,7 +130,7 @@ fn runtime_bytes(rd: Option<&RuntimeData>) -> Result<Option<(Vec<u8>, String)>, 
 
 /// The report, from its bytes.
 pub(crate) fn decode_report(bytes: &[u8]) -> Result<Report, AttestError> {
-    Report::decode(bytes).map_err(|e| AttestError::Evidence(e.into()))
+    Report::from_bytes(bytes).map_err(|e| AttestError::Evidence(e.into()))
 }
 
 /// `VcekCertChain`: PEM certificates, or Azure THIM's JSON.

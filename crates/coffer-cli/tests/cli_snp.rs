@@ -340,3 +340,88 @@ fn uvm_measure_prints_every_vectors_launch_digest() {
         }
     }
 }
+
+/// Hex and base64 spellings of a report are the CLI's business (the library takes bytes): all
+/// three read as the same report, and text of the wrong size says what it was.
+#[test]
+fn show_and_verify_read_raw_hex_and_base64_alike() {
+    use base64::Engine as _;
+    let home = tempfile::tempdir().unwrap();
+    let h = home.path();
+    let raw = h.join("r.bin");
+    let hd = "22".repeat(32);
+    let out = coffer(
+        h,
+        &[
+            "snp",
+            "emulate",
+            "--report-data",
+            "01",
+            "--host-data",
+            &hd,
+            "--out",
+            raw.to_str().unwrap(),
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let bytes = std::fs::read(&raw).unwrap();
+    let hex_text = hex::encode(&bytes)
+        .as_bytes()
+        .chunks(64)
+        .map(|c| String::from_utf8_lossy(c).into_owned())
+        .collect::<Vec<_>>()
+        .join("\n");
+    let spellings = [
+        ("r.hex", hex_text.into_bytes()),
+        (
+            "r.b64",
+            base64::engine::general_purpose::STANDARD
+                .encode(&bytes)
+                .into_bytes(),
+        ),
+        (
+            "r.b64url",
+            base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .encode(&bytes)
+                .into_bytes(),
+        ),
+    ];
+    let shown = coffer(h, &["snp", "show", raw.to_str().unwrap()]);
+    assert!(
+        shown.status.success(),
+        "{}",
+        String::from_utf8_lossy(&shown.stderr)
+    );
+    assert_eq!(json(&shown)["host_data"], hd);
+    for (name, text) in spellings {
+        let p = h.join(name);
+        std::fs::write(&p, text).unwrap();
+        let out = coffer(h, &["snp", "show", p.to_str().unwrap()]);
+        assert_eq!(out.stdout, shown.stdout, "{name}");
+        let out = coffer(
+            h,
+            &["snp", "verify", p.to_str().unwrap(), "--allow-emulated"],
+        );
+        assert_eq!(out.status.code(), Some(0), "{name}");
+        assert_eq!(json(&out)["valid"], true, "{name}");
+    }
+    let short = h.join("short.hex");
+    std::fs::write(&short, "ab".repeat(100)).unwrap();
+    let out = coffer(h, &["snp", "show", short.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("hex text of 100 bytes"));
+    let out = coffer(
+        h,
+        &["snp", "verify", short.to_str().unwrap(), "--allow-emulated"],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(json(&out)["check"], "malformed");
+    assert!(json(&out)["error"]
+        .as_str()
+        .unwrap()
+        .contains("hex text of 100 bytes"));
+}

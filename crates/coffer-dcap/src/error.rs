@@ -119,6 +119,9 @@ pub enum VerifyError {
     /// The collateral does not cover this platform, or no TCB level matches.
     #[error("TCB not supported: {0}")]
     TcbNotSupported(String),
+    /// No TCB level of the collateral fits the platform or the TDX module.
+    #[error("TCB not supported: {0}")]
+    TcbLevel(#[from] crate::tcb::TcbMismatch),
     /// The verification time is outside a validity window.
     #[error("{what} is not valid at {at} (valid {not_before} .. {not_after})")]
     Expired {
@@ -154,7 +157,7 @@ impl VerifyError {
             VerifyError::UnknownRoot(_) => "unknown-root",
             VerifyError::Crl(_) => "crl",
             VerifyError::CollateralSignature { .. } => "collateral-signature",
-            VerifyError::TcbNotSupported(_) => "tcb-not-supported",
+            VerifyError::TcbNotSupported(_) | VerifyError::TcbLevel(_) => "tcb-not-supported",
             VerifyError::Expired { .. } => "expired",
             VerifyError::NoCollateral(_) => "no-collateral",
         }

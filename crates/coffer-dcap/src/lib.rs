@@ -27,7 +27,7 @@ pub use certs::{Certificate, Crl, SgxExtension};
 pub use collateral::{Collateral, PcsFiles, QeIdentity, TcbInfo};
 pub use error::{CertError, CollateralError, QuoteError, VerifyError};
 pub use quote::{Body, EnclaveReport, Header, Quote, QuoteFields, TdReport};
-pub use tcb::{Graded, TcbStatus};
+pub use tcb::{Graded, TcbMismatch, TcbStatus, UnknownTcbStatus};
 pub use verify::{
     Evidence, PckInfo, Roots, Tee, Verified, Verifier, VerifyOptions, Window, INTEL_ROOT_SHA256,
 };

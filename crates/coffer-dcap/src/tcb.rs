@@ -20,6 +20,67 @@ use serde::Serialize;
 use crate::collateral::{QeIdentity, TcbInfo, TcbLevel, TdxModuleIdentity};
 use crate::quote::{EnclaveReport, TdReport};
 
+/// A `tcbStatus` that is not one of Intel's names.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown tcbStatus '{0}'")]
+pub struct UnknownTcbStatus(pub String);
+
+/// Why no TCB level (platform or TDX module) fits the evidence.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum TcbMismatch {
+    /// A TDX TCB info level lacks `tdxtcbcomponents`.
+    #[error("a TDX TCB info level has no tdxtcbcomponents")]
+    NoTdxComponents,
+    /// No `tcbLevel` is at or below the platform's SVNs.
+    #[error(
+        "no tcbLevel of FMSPC {fmspc} matches SGX components {components:?} and PCESVN {pce_svn}{}",
+        .tee_tcb_svn.as_ref().map(|t| format!(" and TEE_TCB_SVN {t}")).unwrap_or_default()
+    )]
+    NoPlatformLevel {
+        /// FMSPC, hex.
+        fmspc: String,
+        /// The PCK certificate's SGX TCB components.
+        components: [u8; 16],
+        /// The PCK certificate's PCESVN.
+        pce_svn: u16,
+        /// TEE_TCB_SVN of a TD, hex.
+        tee_tcb_svn: Option<String>,
+    },
+    /// The TCB info has no identity for the TD's TDX module major version.
+    #[error("TCB info has no TDX module identity {0}")]
+    NoModuleIdentity(String),
+    /// A TDX TCB info without `tdxModule`.
+    #[error("TDX TCB info has no tdxModule")]
+    NoTdxModule,
+    /// MRSIGNERSEAM is not the module signer's.
+    #[error("MRSIGNERSEAM {got} is not the TDX module signer {want}")]
+    ModuleSigner {
+        /// The TD's MRSIGNERSEAM, hex.
+        got: String,
+        /// The identity's MRSIGNER, hex.
+        want: String,
+    },
+    /// SEAMATTRIBUTES differ under the identity's mask.
+    #[error("SEAMATTRIBUTES {got} do not match the TDX module's {want} under mask {mask}")]
+    SeamAttributes {
+        /// The TD's SEAMATTRIBUTES, hex.
+        got: String,
+        /// The identity's attributes, hex.
+        want: String,
+        /// The identity's mask, hex.
+        mask: String,
+    },
+    /// The module's SVN is below every level.
+    #[error("TDX module SVN {svn} is below every level of {id}")]
+    ModuleSvnBelow {
+        /// The TD's module SVN.
+        svn: u8,
+        /// The module identity's id.
+        id: String,
+    },
+}
+
 /// A TCB status as Intel names it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
 pub enum TcbStatus {
@@ -46,7 +107,7 @@ const REVOKED: u8 = 8;
 
 impl TcbStatus {
     /// From Intel's name.
-    pub fn parse(s: &str) -> Result<Self, String> {
+    pub fn parse(s: &str) -> Result<Self, UnknownTcbStatus> {
         Ok(match s {
             "UpToDate" => TcbStatus::UpToDate,
             "SWHardeningNeeded" => TcbStatus::SWHardeningNeeded,
@@ -55,7 +116,7 @@ impl TcbStatus {
             "OutOfDate" => TcbStatus::OutOfDate,
             "OutOfDateConfigurationNeeded" => TcbStatus::OutOfDateConfigurationNeeded,
             "Revoked" => TcbStatus::Revoked,
-            other => return Err(format!("unknown tcbStatus '{other}'")),
+            other => return Err(UnknownTcbStatus(other.to_string())),
         })
     }
 
@@ -161,7 +222,7 @@ pub fn match_platform<'a>(
     components: &[u8; 16],
     pce_svn: u16,
     td: Option<&TdReport>,
-) -> Result<&'a TcbLevel, String> {
+) -> Result<&'a TcbLevel, TcbMismatch> {
     let skip = match td {
         Some(t) if t.tee_tcb_svn[1] > 0 => 2,
         _ => 0,
@@ -179,7 +240,7 @@ pub fn match_platform<'a>(
         }
         if let Some(t) = td {
             let Some(tdx) = &level.tdx_components else {
-                return Err("a TDX TCB info level has no tdxtcbcomponents".into());
+                return Err(TcbMismatch::NoTdxComponents);
             };
             if t.tee_tcb_svn[skip..]
                 .iter()
@@ -191,17 +252,16 @@ pub fn match_platform<'a>(
         }
         return Ok(level);
     }
-    Err(format!(
-        "no tcbLevel of FMSPC {} matches SGX components {:?} and PCESVN {pce_svn}{}",
-        hex::encode(info.fmspc),
-        components,
-        td.map(|t| format!(" and TEE_TCB_SVN {}", hex::encode(t.tee_tcb_svn)))
-            .unwrap_or_default()
-    ))
+    Err(TcbMismatch::NoPlatformLevel {
+        fmspc: hex::encode(info.fmspc),
+        components: *components,
+        pce_svn,
+        tee_tcb_svn: td.map(|t| hex::encode(t.tee_tcb_svn)),
+    })
 }
 
 /// The TDX module's identity and level. `Ok(None)`: identity matched, no level to grade.
-pub fn match_tdx_module(info: &TcbInfo, td: &TdReport) -> Result<Option<Graded>, String> {
+pub fn match_tdx_module(info: &TcbInfo, td: &TdReport) -> Result<Option<Graded>, TcbMismatch> {
     let major = td.tee_tcb_svn[1];
     let svn = td.tee_tcb_svn[0];
     let identity: &TdxModuleIdentity = if major > 0 && !info.tdx_module_identities.is_empty() {
@@ -209,18 +269,15 @@ pub fn match_tdx_module(info: &TcbInfo, td: &TdReport) -> Result<Option<Graded>,
         info.tdx_module_identities
             .iter()
             .find(|m| m.id.eq_ignore_ascii_case(&wanted))
-            .ok_or_else(|| format!("TCB info has no TDX module identity {wanted}"))?
+            .ok_or(TcbMismatch::NoModuleIdentity(wanted))?
     } else {
-        info.tdx_module
-            .as_ref()
-            .ok_or("TDX TCB info has no tdxModule")?
+        info.tdx_module.as_ref().ok_or(TcbMismatch::NoTdxModule)?
     };
     if td.mr_signer_seam != identity.mrsigner {
-        return Err(format!(
-            "MRSIGNERSEAM {} is not the TDX module signer {}",
-            hex::encode(td.mr_signer_seam),
-            hex::encode(identity.mrsigner)
-        ));
+        return Err(TcbMismatch::ModuleSigner {
+            got: hex::encode(td.mr_signer_seam),
+            want: hex::encode(identity.mrsigner),
+        });
     }
     let masked = |a: &[u8; 8]| -> Vec<u8> {
         a.iter()
@@ -229,12 +286,11 @@ pub fn match_tdx_module(info: &TcbInfo, td: &TdReport) -> Result<Option<Graded>,
             .collect()
     };
     if masked(&td.seam_attributes) != masked(&identity.attributes) {
-        return Err(format!(
-            "SEAMATTRIBUTES {} do not match the TDX module's {} under mask {}",
-            hex::encode(td.seam_attributes),
-            hex::encode(identity.attributes),
-            hex::encode(identity.attributes_mask)
-        ));
+        return Err(TcbMismatch::SeamAttributes {
+            got: hex::encode(td.seam_attributes),
+            want: hex::encode(identity.attributes),
+            mask: hex::encode(identity.attributes_mask),
+        });
     }
     if identity.tcb_levels.is_empty() {
         return Ok(None);
@@ -244,11 +300,9 @@ pub fn match_tdx_module(info: &TcbInfo, td: &TdReport) -> Result<Option<Graded>,
         .iter()
         .find(|(isvsvn, ..)| svn >= *isvsvn)
         .map(|(_, status, adv, date)| Some(Graded::new(*status, adv, date)))
-        .ok_or_else(|| {
-            format!(
-                "TDX module SVN {svn} is below every level of {}",
-                identity.id
-            )
+        .ok_or_else(|| TcbMismatch::ModuleSvnBelow {
+            svn,
+            id: identity.id.clone(),
         })
 }
 
@@ -349,5 +403,9 @@ mod tests {
             assert_eq!(s.converge(s), s);
             assert_eq!(s.converge(UpToDate), s);
         }
+        assert_eq!(
+            TcbStatus::parse("Fine"),
+            Err(UnknownTcbStatus("Fine".into()))
+        );
     }
 }

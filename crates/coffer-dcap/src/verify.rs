@@ -735,11 +735,10 @@ impl Verifier {
             Err(QeMismatch::Level(m)) => return Err(VerifyError::TcbNotSupported(m)),
         };
         let td = quote.body.td();
-        let level = tcb::match_platform(info, &pck.ext.components, pck.ext.pce_svn, td)
-            .map_err(VerifyError::TcbNotSupported)?;
+        let level = tcb::match_platform(info, &pck.ext.components, pck.ext.pce_svn, td)?;
         let platform = tcb::graded(level);
         let module = match td {
-            Some(td) => tcb::match_tdx_module(info, td).map_err(VerifyError::TcbNotSupported)?,
+            Some(td) => tcb::match_tdx_module(info, td)?,
             None => None,
         };
         let mut total = platform.clone();

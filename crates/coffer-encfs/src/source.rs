@@ -279,17 +279,61 @@ impl Seek for Cursor<'_> {
 const MAX_LINE: u64 = 8192;
 const MAX_HEADERS: usize = 100;
 
-fn read_line_bounded(r: &mut impl BufRead) -> Result<String, String> {
+/// Why bytes are not an acceptable HTTP/1.1 response.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum HttpError {
+    /// Reading failed.
+    #[error("reading {during}: {source}")]
+    Io {
+        /// What was being read ("the response", "a chunk", "the body").
+        during: &'static str,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The connection ended mid-response.
+    #[error("the connection closed before the response ended")]
+    Closed,
+    /// A status, header or chunk-size line over [`MAX_LINE`] bytes.
+    #[error("a response line is longer than {MAX_LINE} bytes")]
+    LineTooLong,
+    /// The status line is not `HTTP/1.x CODE ...`.
+    #[error("not an HTTP response")]
+    NotHttp,
+    /// More than [`MAX_HEADERS`] header lines.
+    #[error("more than {MAX_HEADERS} header lines")]
+    TooManyHeaders,
+    /// A header line without a colon.
+    #[error("a header line without ':'")]
+    HeaderWithoutColon,
+    /// Content-Length is not a number.
+    #[error("a bad Content-Length")]
+    BadContentLength,
+    /// A chunk size is not hexadecimal.
+    #[error("a bad chunk size")]
+    BadChunkSize,
+    /// The body is larger than the caller accepts.
+    #[error("the body exceeds {limit} bytes")]
+    BodyTooLong {
+        /// The caller's limit.
+        limit: usize,
+    },
+}
+
+fn read_line_bounded(r: &mut impl BufRead) -> Result<String, HttpError> {
     let mut line = String::new();
     let n = r
         .take(MAX_LINE)
         .read_line(&mut line)
-        .map_err(|e| format!("reading the response: {e}"))?;
+        .map_err(|source| HttpError::Io {
+            during: "the response",
+            source,
+        })?;
     if n == 0 {
-        return Err("the connection closed before the response ended".into());
+        return Err(HttpError::Closed);
     }
     if !line.ends_with('\n') {
-        return Err(format!("a response line is longer than {MAX_LINE} bytes"));
+        return Err(HttpError::LineTooLong);
     }
     Ok(line.trim_end().to_string())
 }
@@ -317,13 +361,13 @@ impl Response {
 
 /// Read an HTTP/1.1 response, the body at most `limit` bytes. Everything read is bounded (line
 /// lengths, header count, body): whoever relays the answer may send anything.
-pub fn read_response(mut r: impl BufRead, limit: usize) -> Result<Response, String> {
+pub fn read_response(mut r: impl BufRead, limit: usize) -> Result<Response, HttpError> {
     let status_line = read_line_bounded(&mut r)?;
     let status: u16 = status_line
         .strip_prefix("HTTP/1.")
         .and_then(|s| s.split_whitespace().nth(1))
         .and_then(|s| s.parse().ok())
-        .ok_or("not an HTTP response")?;
+        .ok_or(HttpError::NotHttp)?;
     let (mut chunked, mut length) = (false, None::<usize>);
     let mut headers = Vec::new();
     loop {
@@ -332,29 +376,29 @@ pub fn read_response(mut r: impl BufRead, limit: usize) -> Result<Response, Stri
             break;
         }
         if headers.len() == MAX_HEADERS {
-            return Err(format!("more than {MAX_HEADERS} header lines"));
+            return Err(HttpError::TooManyHeaders);
         }
-        let (name, value) = h.split_once(':').ok_or("a header line without ':'")?;
+        let (name, value) = h.split_once(':').ok_or(HttpError::HeaderWithoutColon)?;
         headers.push((name.trim().to_ascii_lowercase(), value.trim().to_string()));
         let lower = h.to_ascii_lowercase();
         if lower.starts_with("transfer-encoding:") && lower.contains("chunked") {
             chunked = true;
         }
         if let Some(v) = lower.strip_prefix("content-length:") {
-            let n: usize = v.trim().parse().map_err(|_| "a bad Content-Length")?;
+            let n: usize = v.trim().parse().map_err(|_| HttpError::BadContentLength)?;
             if n > limit {
-                return Err(format!("the body ({n} bytes) exceeds {limit} bytes"));
+                return Err(HttpError::BodyTooLong { limit });
             }
             length = Some(n);
         }
     }
-    let too_long = || format!("the body exceeds {limit} bytes");
+    let too_long = || HttpError::BodyTooLong { limit };
     let mut body = Vec::new();
     if chunked {
         loop {
             let size = read_line_bounded(&mut r)?;
             let size = size.split(';').next().unwrap_or_default().trim();
-            let n = usize::from_str_radix(size, 16).map_err(|_| "a bad chunk size")?;
+            let n = usize::from_str_radix(size, 16).map_err(|_| HttpError::BadChunkSize)?;
             if n == 0 {
                 break;
             }
@@ -364,17 +408,25 @@ pub fn read_response(mut r: impl BufRead, limit: usize) -> Result<Response, Stri
             let start = body.len();
             body.resize(start + n, 0);
             r.read_exact(&mut body[start..])
-                .map_err(|e| format!("reading a chunk: {e}"))?;
+                .map_err(|source| HttpError::Io {
+                    during: "a chunk",
+                    source,
+                })?;
             read_line_bounded(&mut r)?;
         }
     } else if let Some(n) = length {
         body.resize(n, 0);
-        r.read_exact(&mut body)
-            .map_err(|e| format!("reading the body: {e}"))?;
+        r.read_exact(&mut body).map_err(|source| HttpError::Io {
+            during: "the body",
+            source,
+        })?;
     } else {
         r.take(limit as u64 + 1)
             .read_to_end(&mut body)
-            .map_err(|e| format!("reading the body: {e}"))?;
+            .map_err(|source| HttpError::Io {
+                during: "the body",
+                source,
+            })?;
         if body.len() > limit {
             return Err(too_long());
         }
@@ -391,7 +443,7 @@ pub fn read_response(mut r: impl BufRead, limit: usize) -> Result<Response, Stri
 mod http_tests {
     use super::*;
 
-    fn parse(raw: &[u8], limit: usize) -> Result<(u16, Vec<u8>), String> {
+    fn parse(raw: &[u8], limit: usize) -> Result<(u16, Vec<u8>), HttpError> {
         read_response(std::io::Cursor::new(raw.to_vec()), limit).map(|r| (r.status, r.body))
     }
 
@@ -418,17 +470,29 @@ mod http_tests {
             b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n6\r\nabcdef\r\n6\r\nabcdef\r\n0\r\n\r\n",
             b"HTTP/1.1 200 OK\r\n\r\n0123456789abc",
         ] {
-            assert!(parse(raw, 10).is_err(), "{}", String::from_utf8_lossy(raw));
+            assert!(
+                matches!(
+                    parse(raw, 10),
+                    Err(HttpError::BodyTooLong { limit: 10 } | HttpError::BadContentLength)
+                ),
+                "{}",
+                String::from_utf8_lossy(raw)
+            );
         }
         let long = format!("HTTP/1.1 200 OK\r\nX: {}\r\n\r\n", "a".repeat(10_000));
-        assert!(parse(long.as_bytes(), 10)
-            .unwrap_err()
-            .contains("longer than"));
+        assert!(matches!(
+            parse(long.as_bytes(), 10),
+            Err(HttpError::LineTooLong)
+        ));
         let many = format!("HTTP/1.1 200 OK\r\n{}\r\n", "X: y\r\n".repeat(200));
-        assert!(parse(many.as_bytes(), 10)
-            .unwrap_err()
-            .contains("header lines"));
-        assert!(parse(b"SSH-2.0-x\r\n", 10).is_err());
-        assert!(parse(b"", 10).is_err());
+        assert!(matches!(
+            parse(many.as_bytes(), 10),
+            Err(HttpError::TooManyHeaders)
+        ));
+        assert!(matches!(
+            parse(b"SSH-2.0-x\r\n", 10),
+            Err(HttpError::NotHttp)
+        ));
+        assert!(matches!(parse(b"", 10), Err(HttpError::Closed)));
     }
 }

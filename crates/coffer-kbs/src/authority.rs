@@ -7,6 +7,24 @@ use josekit::jws::alg::rsassa::RsassaJwsVerifier;
 use josekit::jws::{ES384, RS256};
 use serde_json::{Map, Value};
 
+/// Why a JWKS document gives no usable authority.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum JwksError {
+    /// No `keys` array.
+    #[error("JWKS has no keys list")]
+    NoKeysList,
+    /// A member of `keys` is not a JSON object.
+    #[error("a JWKS key is not an object")]
+    KeyNotObject,
+    /// A member of `keys` is not a JWK.
+    #[error("a JWKS key is not a JWK: {0}")]
+    Jwk(#[source] josekit::JoseError),
+    /// `keys` is empty.
+    #[error("JWKS has no keys")]
+    Empty,
+}
+
 /// Why a token is refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
@@ -68,27 +86,24 @@ struct AuthorityKey {
 
 impl Authority {
     /// From a JWKS document.
-    pub fn from_jwks(issuer: &str, jwks: &Value) -> Result<Self, String> {
+    pub fn from_jwks(issuer: &str, jwks: &Value) -> Result<Self, JwksError> {
         let keys = jwks
             .get("keys")
             .and_then(Value::as_array)
-            .ok_or("JWKS has no keys list")?
+            .ok_or(JwksError::NoKeysList)?
             .iter()
             .map(|k| {
-                let m = k
-                    .as_object()
-                    .cloned()
-                    .ok_or("a JWKS key is not an object")?;
-                let jwk = Jwk::from_map(m).map_err(|e| e.to_string())?;
+                let m = k.as_object().cloned().ok_or(JwksError::KeyNotObject)?;
+                let jwk = Jwk::from_map(m).map_err(JwksError::Jwk)?;
                 Ok(AuthorityKey {
                     kid: jwk.key_id().map(str::to_string),
                     rs256: RS256.verifier_from_jwk(&jwk).ok(),
                     es384: ES384.verifier_from_jwk(&jwk).ok(),
                 })
             })
-            .collect::<Result<Vec<_>, String>>()?;
+            .collect::<Result<Vec<_>, JwksError>>()?;
         if keys.is_empty() {
-            return Err("JWKS has no keys".into());
+            return Err(JwksError::Empty);
         }
         Ok(Authority {
             issuer: issuer.trim_end_matches('/').to_string(),

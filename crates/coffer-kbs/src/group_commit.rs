@@ -8,7 +8,7 @@
 use std::collections::HashMap;
 use std::sync::{Condvar, Mutex, MutexGuard};
 
-struct State<T> {
+struct State<T, E> {
     /// Rows waiting for a leader; `queue[0]` has ticket `queued_from`.
     queue: Vec<T>,
     queued_from: u64,
@@ -16,15 +16,16 @@ struct State<T> {
     committed: u64,
     leader: bool,
     /// Tickets whose batch failed, with why; each waiter takes its own.
-    failed: HashMap<u64, String>,
+    failed: HashMap<u64, E>,
 }
 
-pub(crate) struct GroupCommit<T> {
-    state: Mutex<State<T>>,
+/// `E` is the batch's error, handed to every caller whose row the batch carried.
+pub(crate) struct GroupCommit<T, E> {
+    state: Mutex<State<T, E>>,
     done: Condvar,
 }
 
-impl<T> GroupCommit<T> {
+impl<T, E: Clone> GroupCommit<T, E> {
     pub(crate) fn new() -> Self {
         GroupCommit {
             state: Mutex::new(State {
@@ -38,7 +39,7 @@ impl<T> GroupCommit<T> {
         }
     }
 
-    fn lock(&self) -> MutexGuard<'_, State<T>> {
+    fn lock(&self) -> MutexGuard<'_, State<T, E>> {
         // The state is consistent between statements; a panic elsewhere does not poison its meaning.
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -48,8 +49,8 @@ impl<T> GroupCommit<T> {
     pub(crate) fn submit(
         &self,
         row: T,
-        write: impl FnOnce(Vec<T>) -> Result<(), String>,
-    ) -> Result<(), String> {
+        write: impl FnOnce(Vec<T>) -> Result<(), E>,
+    ) -> Result<(), E> {
         let mut st = self.lock();
         let ticket = st.queued_from + st.queue.len() as u64;
         st.queue.push(row);
@@ -93,7 +94,7 @@ mod tests {
 
     #[test]
     fn concurrent_rows_share_batches_and_all_land_once() {
-        let gc = Arc::new(GroupCommit::new());
+        let gc = Arc::new(GroupCommit::<usize, ()>::new());
         let written = Arc::new(Mutex::new(Vec::new()));
         let batches = Arc::new(AtomicUsize::new(0));
         let threads: Vec<_> = (0..16)
@@ -131,15 +132,12 @@ mod tests {
     #[test]
     fn a_failed_batch_fails_exactly_its_rows() {
         let gc = GroupCommit::new();
-        assert_eq!(
-            gc.submit(1, |_| Err("disk full".into())),
-            Err("disk full".into())
-        );
+        assert_eq!(gc.submit(1, |_| Err("disk full")), Err("disk full"));
         assert_eq!(
             gc.submit(2, |rows| if rows == vec![2] {
                 Ok(())
             } else {
-                Err("wrong batch".into())
+                Err("wrong batch")
             }),
             Ok(())
         );

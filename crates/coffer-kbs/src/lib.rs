@@ -11,8 +11,8 @@ mod policy;
 mod store;
 mod wrap;
 
-pub use authority::{Authority, TokenError, Trust};
-pub use policy::{PolicyError, ReleasePolicy};
+pub use authority::{Authority, JwksError, TokenError, Trust};
+pub use policy::{Denied, PolicyError, ReleasePolicy, Unmet};
 pub use store::{
     audit_text, AuditEntry, KeyInfo, KeyKind, Store, StoreError, AUDIT_MAX_ISSUER, AUDIT_MAX_KEY,
     AUDIT_MAX_REASON,
@@ -23,13 +23,4 @@ pub use wrap::{key_jwk, wrap_for_token, WrapError, Wrapped};
 pub(crate) fn decode_b64url(s: &str) -> Result<Vec<u8>, base64::DecodeError> {
     use base64::Engine as _;
     base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(s.trim_end_matches('='))
-}
-
-/// The outcome of a release request.
-#[derive(Debug)]
-pub enum ReleaseOutcome {
-    /// Released: the JWE compact serialisation of the key as a JWK.
-    Released(String),
-    /// Refused, with the reason (written to the audit log).
-    Denied(String),
 }

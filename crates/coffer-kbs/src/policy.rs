@@ -10,6 +10,48 @@ use serde_json::{Map, Value};
 #[error("release policy: {0}")]
 pub struct PolicyError(pub String);
 
+/// A condition of a policy that the claims do not meet.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[non_exhaustive]
+pub enum Unmet {
+    /// The claim is absent.
+    #[error("claim '{claim}' is missing (policy requires {want})")]
+    Missing {
+        /// Claim name (dot notation).
+        claim: String,
+        /// The value the policy requires.
+        want: Box<Value>,
+    },
+    /// The claim has another value.
+    #[error("claim '{claim}' is {got}, policy requires {want}")]
+    Differs {
+        /// Claim name (dot notation).
+        claim: String,
+        /// Its value in the token.
+        got: Box<Value>,
+        /// The value the policy requires.
+        want: Box<Value>,
+    },
+    /// No branch of an `anyOf` holds; why, branch by branch.
+    #[error("none of anyOf holds: {}", join(.0))]
+    NoneOf(Vec<Unmet>),
+    /// A rule is for another authority than the token's issuer.
+    #[error("authority {0} is not the token issuer")]
+    OtherAuthority(String),
+}
+
+/// Why a policy refuses a token's claims: one [`Unmet`] per authority rule, in policy order.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{}", join(.0))]
+pub struct Denied(pub Vec<Unmet>);
+
+fn join(list: &[Unmet]) -> String {
+    list.iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
 /// A condition.
 #[derive(Clone, Debug, PartialEq)]
 enum Condition {
@@ -125,14 +167,19 @@ fn scalar_eq(claim: &Value, want: &Value) -> bool {
 }
 
 impl Condition {
-    fn eval(&self, claims: &Map<String, Value>) -> Result<(), String> {
+    fn eval(&self, claims: &Map<String, Value>) -> Result<(), Unmet> {
         match self {
             Condition::Equals { claim, value } => match lookup(claims, claim) {
-                None => Err(format!(
-                    "claim '{claim}' is missing (policy requires {value})"
-                )),
+                None => Err(Unmet::Missing {
+                    claim: claim.clone(),
+                    want: Box::new(value.clone()),
+                }),
                 Some(v) if scalar_eq(v, value) => Ok(()),
-                Some(v) => Err(format!("claim '{claim}' is {v}, policy requires {value}")),
+                Some(v) => Err(Unmet::Differs {
+                    claim: claim.clone(),
+                    got: Box::new(v.clone()),
+                    want: Box::new(value.clone()),
+                }),
             },
             Condition::AllOf(list) => list.iter().try_for_each(|c| c.eval(claims)),
             Condition::AnyOf(list) => {
@@ -143,7 +190,7 @@ impl Condition {
                         Err(e) => why.push(e),
                     }
                 }
-                Err(format!("none of anyOf holds: {}", why.join("; ")))
+                Err(Unmet::NoneOf(why))
             }
         }
     }
@@ -205,12 +252,12 @@ impl ReleasePolicy {
     }
 
     /// Decide for verified token claims from `issuer`: Ok, or the failed condition.
-    pub fn evaluate(&self, issuer: &str, claims: &Map<String, Value>) -> Result<(), String> {
+    pub fn evaluate(&self, issuer: &str, claims: &Map<String, Value>) -> Result<(), Denied> {
         let issuer = issuer.trim_end_matches('/');
         let mut why = Vec::new();
         for (authority, cond) in &self.rules {
             if authority != issuer {
-                why.push(format!("authority {authority} is not the token issuer"));
+                why.push(Unmet::OtherAuthority(authority.clone()));
                 continue;
             }
             match cond.eval(claims) {
@@ -218,7 +265,7 @@ impl ReleasePolicy {
                 Err(e) => why.push(e),
             }
         }
-        Err(why.join("; "))
+        Err(Denied(why))
     }
 }
 
@@ -246,18 +293,30 @@ mod tests {
         )
         .unwrap();
         assert_eq!(p.evaluate("https://a", &claims()), Ok(()));
-        assert!(p
-            .evaluate("https://b", &claims())
-            .unwrap_err()
-            .contains("not the token issuer"));
+        assert_eq!(
+            p.evaluate("https://b", &claims()),
+            Err(Denied(vec![Unmet::OtherAuthority("https://a".into())]))
+        );
         let mut c = claims();
         c.insert("x-ms-sevsnpvm-hostdata".into(), json!("cd"));
-        assert!(p
-            .evaluate("https://a", &c)
-            .unwrap_err()
-            .contains("x-ms-sevsnpvm-hostdata"));
+        assert_eq!(
+            p.evaluate("https://a", &c),
+            Err(Denied(vec![Unmet::Differs {
+                claim: "x-ms-sevsnpvm-hostdata".into(),
+                got: Box::new(json!("cd")),
+                want: Box::new(json!("ab")),
+            }]))
+        );
+        let err = p.evaluate("https://a", &c).unwrap_err().to_string();
+        assert!(err.contains("x-ms-sevsnpvm-hostdata"), "{err}");
         c.remove("x-ms-sevsnpvm-hostdata");
-        assert!(p.evaluate("https://a", &c).unwrap_err().contains("missing"));
+        assert_eq!(
+            p.evaluate("https://a", &c),
+            Err(Denied(vec![Unmet::Missing {
+                claim: "x-ms-sevsnpvm-hostdata".into(),
+                want: Box::new(json!("ab")),
+            }]))
+        );
     }
 
     #[test]

@@ -50,7 +50,7 @@ pub enum StoreError {
     Crypto(#[from] openssl::error::ErrorStack),
     /// The audit row could not be written (its batch's transaction failed).
     #[error("audit log: {0}")]
-    Audit(String),
+    Audit(std::sync::Arc<StoreError>),
 }
 
 /// Key types, named as Key Vault names them.
@@ -170,7 +170,7 @@ pub struct Store {
     /// Reads (key material on release, listings) use their own connection: under WAL they need not
     /// wait while a write holds the writer for its fsync.
     reader: Mutex<Connection>,
-    audit_queue: GroupCommit<AuditRow>,
+    audit_queue: GroupCommit<AuditRow, std::sync::Arc<StoreError>>,
     master: [u8; 32],
 }
 
@@ -465,7 +465,7 @@ impl Store {
         };
         self.audit_queue
             .submit(row, |rows| {
-                self.write_audit(&rows).map_err(|e| e.to_string())
+                self.write_audit(&rows).map_err(std::sync::Arc::new)
             })
             .map_err(StoreError::Audit)
     }

@@ -18,7 +18,9 @@ package framework
 
 import rego.v1
 
-framework_version := "0.1.0"
+# The version of Azure's framework whose semantics this follows; generated policies declare the same
+# (coffer_policy::FRAMEWORK_VERSION).
+framework_version := "0.2.3"
 
 # ---------------------------------------------------------------- policy contents and state
 

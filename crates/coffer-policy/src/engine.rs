@@ -8,6 +8,11 @@ use crate::PolicyError;
 /// Coffer's framework, which every generated policy maps its enforcement points to.
 pub const FRAMEWORK_REGO: &str = include_str!("../rego/framework.rego");
 
+/// The framework version, declared by `framework.rego` and by every generated policy. It is the
+/// version of Azure's framework (hcsshim `framework.rego`) whose semantics Coffer's follows, the
+/// value `az confcom acipolicygen` writes into ACI policies.
+pub const FRAMEWORK_VERSION: &str = "0.2.3";
+
 /// The enforcement points, and the result used when a policy does not define one (as hcsshim's
 /// `api.rego` default results for policies older than the point).
 /// The enforcement points: name, the API version that introduced it, and the result used when a

@@ -16,15 +16,15 @@ mod gen;
 mod pod;
 mod settings;
 
-pub use engine::{Decision, Enforcer, ENFORCEMENT_POINTS, FRAMEWORK_REGO};
+pub use engine::{Decision, Enforcer, ENFORCEMENT_POINTS, FRAMEWORK_REGO, FRAMEWORK_VERSION};
 pub use gen::{
     allow_all_policy, generate, resolve_container, volume_source, GenOptions, ImageFacts,
     ResolvedContainer, DEFAULT_CAPS, SKR_ANNOTATION, SKR_BROKER_ANNOTATIONS,
 };
 pub use pod::{is_dns_label, parse_pod, ContainerPort, Pod, PodSecurityContext, ENCFS_DRIVER};
 pub use settings::{
-    EncryptedVolumePolicy, KeyBrokerPolicy, PortPolicy, Settings, SkrPolicy, ENCRYPTED_VOLUMES,
-    FS_GROUP, HOSTNAME, PORTS, SKR,
+    EncryptedVolumePolicy, KeyBrokerPolicy, PortPolicy, PortProblem, SettingError, Settings,
+    SkrPolicy, ENCRYPTED_VOLUMES, FS_GROUP, HOSTNAME, PORTS, SKR,
 };
 
 /// Errors of policy generation and enforcement.

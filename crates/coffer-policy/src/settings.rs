@@ -16,6 +16,56 @@ pub const PORTS: &str = "coffer_ports";
 /// Rego name of the group that owns the group's emptyDir volumes (the Pod's `fsGroup`).
 pub const FS_GROUP: &str = "coffer_fs_group";
 
+/// Why a setting the policy carries is refused.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SettingError {
+    /// A published port is unusable.
+    #[error("port {port:?}: {why}")]
+    Port {
+        /// The port as written.
+        port: Box<PortPolicy>,
+        /// What is wrong with it.
+        why: PortProblem,
+    },
+    /// An attestation or key broker endpoint is not `http://host:port`.
+    #[error("{what}: {field}: {source}")]
+    Endpoint {
+        /// Which setting (a volume, the SKR API).
+        what: String,
+        /// "attestation endpoint" or "key broker endpoint".
+        field: &'static str,
+        /// Why the endpoint does not parse.
+        source: coffer_release::ReleaseError,
+    },
+    /// The broker key is not an RFC 7638 thumbprint.
+    #[error(
+        "{what}: key broker key '{key}' is not an RFC 7638 SHA-256 thumbprint (43 base64url \
+         characters; `coffer serve` prints its own at start and serves it at /broker-key)"
+    )]
+    BrokerKey {
+        /// Which setting (a volume, the SKR API).
+        what: String,
+        /// The key as written.
+        key: String,
+    },
+}
+
+/// What is wrong with a published port.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum PortProblem {
+    /// Container or host port 0.
+    #[error("port 0")]
+    Zero,
+    /// Neither TCP nor UDP.
+    #[error("protocol is not TCP or UDP")]
+    Protocol,
+    /// `host_ip` is set and is not an IPv4 address.
+    #[error("host_ip is not an IPv4 address")]
+    HostIp,
+}
+
 /// A port published on the host: connections to `host_ip:host_port` reach `container_port` in
 /// the group's network namespace.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -39,15 +89,19 @@ pub struct PortPolicy {
 
 impl PortPolicy {
     /// Check the fields.
-    pub fn check(&self) -> Result<(), String> {
+    pub fn check(&self) -> Result<(), SettingError> {
+        let bad = |why| SettingError::Port {
+            port: Box::new(self.clone()),
+            why,
+        };
         if self.container_port == 0 || self.host_port == 0 {
-            return Err(format!("port {self:?}: port 0"));
+            return Err(bad(PortProblem::Zero));
         }
         if self.protocol != "TCP" && self.protocol != "UDP" {
-            return Err(format!("port {self:?}: protocol is not TCP or UDP"));
+            return Err(bad(PortProblem::Protocol));
         }
         if !self.host_ip.is_empty() && self.host_ip.parse::<std::net::Ipv4Addr>().is_err() {
-            return Err(format!("port {self:?}: host_ip is not an IPv4 address"));
+            return Err(bad(PortProblem::HostIp));
         }
         Ok(())
     }
@@ -67,19 +121,22 @@ pub struct KeyBrokerPolicy {
 
 impl KeyBrokerPolicy {
     /// Check the endpoints and the thumbprint; `what` names the source in errors.
-    pub fn check(&self, what: &str) -> Result<(), String> {
+    pub fn check(&self, what: &str) -> Result<(), SettingError> {
         for (field, v) in [
             ("attestation endpoint", &self.maa_endpoint),
             ("key broker endpoint", &self.akv_endpoint),
         ] {
-            coffer_release::Endpoint::parse(v).map_err(|e| format!("{what}: {field}: {e}"))?;
+            coffer_release::Endpoint::parse(v).map_err(|source| SettingError::Endpoint {
+                what: what.to_string(),
+                field,
+                source,
+            })?;
         }
         if !coffer_release::is_thumbprint(&self.broker_key) {
-            return Err(format!(
-                "{what}: key broker key '{}' is not an RFC 7638 SHA-256 thumbprint (43 base64url \
-                 characters; `coffer serve` prints its own at start and serves it at /broker-key)",
-                self.broker_key
-            ));
+            return Err(SettingError::BrokerKey {
+                what: what.to_string(),
+                key: self.broker_key.clone(),
+            });
         }
         Ok(())
     }
@@ -139,19 +196,19 @@ impl Settings {
     /// Read and check the settings of a loaded policy; a setting that does not parse is an error
     /// (an agent cannot follow a policy it cannot read).
     pub fn of(enforcer: &mut crate::Enforcer) -> Result<Self, crate::PolicyError> {
-        let bad = |name: &str, e: String| {
+        fn bad(name: &str, e: impl std::fmt::Display) -> crate::PolicyError {
             crate::PolicyError::BadInput(format!("the policy's {name}: {e}"))
-        };
+        }
         let skr: Option<SkrPolicy> = enforcer
             .policy_value(SKR)?
             .map(serde_json::from_value)
             .transpose()
-            .map_err(|e| bad(SKR, e.to_string()))?;
+            .map_err(|e| bad(SKR, e))?;
         let encrypted_volumes: Vec<EncryptedVolumePolicy> = enforcer
             .policy_value(ENCRYPTED_VOLUMES)?
             .map(serde_json::from_value)
             .transpose()
-            .map_err(|e| bad(ENCRYPTED_VOLUMES, e.to_string()))?
+            .map_err(|e| bad(ENCRYPTED_VOLUMES, e))?
             .unwrap_or_default();
         for v in &encrypted_volumes {
             v.broker
@@ -165,7 +222,7 @@ impl Settings {
             .policy_value(HOSTNAME)?
             .map(serde_json::from_value)
             .transpose()
-            .map_err(|e| bad(HOSTNAME, e.to_string()))?;
+            .map_err(|e| bad(HOSTNAME, e))?;
         if let Some(h) = hostname.as_deref().filter(|h| !crate::is_dns_label(h)) {
             return Err(bad(
                 HOSTNAME,
@@ -176,7 +233,7 @@ impl Settings {
             .policy_value(PORTS)?
             .map(serde_json::from_value)
             .transpose()
-            .map_err(|e| bad(PORTS, e.to_string()))?
+            .map_err(|e| bad(PORTS, e))?
             .unwrap_or_default();
         let mut seen = std::collections::BTreeSet::new();
         for p in &ports {
@@ -192,7 +249,7 @@ impl Settings {
             .policy_value(FS_GROUP)?
             .map(serde_json::from_value)
             .transpose()
-            .map_err(|e| bad(FS_GROUP, e.to_string()))?;
+            .map_err(|e| bad(FS_GROUP, e))?;
         Ok(Settings {
             encrypted_volumes,
             skr,
@@ -218,5 +275,78 @@ impl Settings {
         out.sort();
         out.dedup();
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn port() -> PortPolicy {
+        PortPolicy {
+            container: "app".into(),
+            container_port: 80,
+            host_port: 8080,
+            protocol: "TCP".into(),
+            host_ip: String::new(),
+            name: String::new(),
+        }
+    }
+
+    fn problem(p: PortPolicy) -> Option<PortProblem> {
+        match p.check() {
+            Ok(()) => None,
+            Err(SettingError::Port { why, .. }) => Some(why),
+            Err(other) => panic!("not a port error: {other}"),
+        }
+    }
+
+    #[test]
+    fn ports_are_checked_field_by_field() {
+        assert_eq!(problem(port()), None);
+        let zero = PortPolicy {
+            host_port: 0,
+            ..port()
+        };
+        assert_eq!(problem(zero), Some(PortProblem::Zero));
+        let sctp = PortPolicy {
+            protocol: "SCTP".into(),
+            ..port()
+        };
+        assert_eq!(problem(sctp), Some(PortProblem::Protocol));
+        let v6 = PortPolicy {
+            host_ip: "::1".into(),
+            ..port()
+        };
+        assert_eq!(problem(v6), Some(PortProblem::HostIp));
+    }
+
+    #[test]
+    fn broker_settings_name_the_bad_field() {
+        let good = KeyBrokerPolicy {
+            maa_endpoint: "http://127.0.0.1:7070".into(),
+            akv_endpoint: "http://127.0.0.1:7070".into(),
+            broker_key: "A".repeat(43),
+        };
+        assert!(good.check("v").is_ok(), "{:?}", good.check("v"));
+        let bad_endpoint = KeyBrokerPolicy {
+            akv_endpoint: "https://x".into(),
+            ..good.clone()
+        };
+        assert!(matches!(
+            bad_endpoint.check("v"),
+            Err(SettingError::Endpoint {
+                field: "key broker endpoint",
+                ..
+            })
+        ));
+        let bad_key = KeyBrokerPolicy {
+            broker_key: "short".into(),
+            ..good
+        };
+        assert!(matches!(
+            bad_key.check("v"),
+            Err(SettingError::BrokerKey { ref key, .. }) if key == "short"
+        ));
     }
 }

@@ -4,7 +4,10 @@
 
 use std::collections::BTreeMap;
 
-use coffer_policy::{generate, parse_pod, GenOptions, ImageFacts, PolicyError};
+use coffer_policy::{
+    generate, parse_pod, Enforcer, GenOptions, ImageFacts, PolicyError, FRAMEWORK_REGO,
+    FRAMEWORK_VERSION,
+};
 use serde_json::Value;
 
 fn facts() -> BTreeMap<String, ImageFacts> {
@@ -616,4 +619,25 @@ mod security_context {
             "{e}"
         );
     }
+}
+
+/// Issue #16: `framework.rego` and generated policies declared different framework versions
+/// (0.1.0 and 0.2.3). Both now declare Azure's 0.2.3, from one constant.
+#[test]
+fn generated_policies_and_the_framework_declare_one_framework_version() {
+    assert_eq!(FRAMEWORK_VERSION, "0.2.3");
+    let declared = |text: &str| {
+        text.lines()
+            .find_map(|l| l.trim().strip_prefix("framework_version := "))
+            .map(|v| v.trim_matches('"').to_string())
+    };
+    assert_eq!(declared(FRAMEWORK_REGO).as_deref(), Some(FRAMEWORK_VERSION));
+    let policy = generate(&parse_pod(POD).unwrap(), &facts(), &GenOptions::default()).unwrap();
+    assert_eq!(declared(&policy).as_deref(), Some(FRAMEWORK_VERSION));
+    // As the engine reads it from the loaded policy.
+    let mut enforcer = Enforcer::new(&policy).unwrap();
+    assert_eq!(
+        enforcer.policy_value("framework_version").unwrap(),
+        Some(Value::String(FRAMEWORK_VERSION.into()))
+    );
 }

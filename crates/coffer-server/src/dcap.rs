@@ -27,10 +27,10 @@ pub struct DcapConfig {
 
 impl DcapConfig {
     /// Collateral from `dir`, PCK chains to Intel's root, the directory looked at every second.
-    pub fn intel(dir: PathBuf) -> Result<Self, String> {
+    pub fn intel(dir: PathBuf) -> Result<Self, coffer_dcap::CertError> {
         Ok(DcapConfig {
             collateral: dir,
-            roots: coffer_dcap::Roots::intel().map_err(|e| format!("Intel SGX Root CA: {e}"))?,
+            roots: coffer_dcap::Roots::intel()?,
             refresh: Duration::from_secs(1),
         })
     }

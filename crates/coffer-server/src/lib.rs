@@ -228,10 +228,82 @@ impl From<StoreError> for ApiError {
     }
 }
 
+/// Why the server could not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StartError {
+    /// A file or directory of the state could not be read or written.
+    #[error("{}: {source}", path.display())]
+    Io {
+        /// The file or directory.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The listening socket could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        /// The address asked for.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The admin token file is not UTF-8.
+    #[error("{}: the admin token is not text", path.display())]
+    AdminTokenNotText {
+        /// The file.
+        path: PathBuf,
+    },
+    /// The admin token file is empty (an empty bearer token would be let in).
+    #[error("{}: the admin token is empty; write a token into it, or delete it to have one generated", path.display())]
+    AdminTokenEmpty {
+        /// The file.
+        path: PathBuf,
+    },
+    /// Randomness or key generation failed.
+    #[error("crypto backend: {0}")]
+    Crypto(#[from] openssl::error::ErrorStack),
+    /// The token signing key is unusable.
+    #[error(transparent)]
+    TokenSigner(#[from] coffer_attest::SigningError),
+    /// The broker's release-signing key is unusable.
+    #[error("{}: {source}", path.display())]
+    BrokerKey {
+        /// The key file.
+        path: PathBuf,
+        /// Why.
+        source: coffer_release::ReleaseError,
+    },
+    /// A trusted issuer's JWKS is unusable.
+    #[error("--trust-issuer {issuer}: {source}")]
+    TrustIssuer {
+        /// The issuer.
+        issuer: String,
+        /// Why.
+        source: coffer_kbs::JwksError,
+    },
+    /// The DCAP collateral directory could not be loaded.
+    #[error("--dcap-collateral: {0}")]
+    DcapCollateral(#[from] dcap::CollateralLoadError),
+    /// The key store could not be opened.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The worker threads could not be started.
+    #[error("cannot start worker threads: {0}")]
+    Workers(#[source] std::io::Error),
+}
+
+fn io_err(path: &std::path::Path) -> impl FnOnce(std::io::Error) -> StartError + '_ {
+    move |source| StartError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
 fn read_or_create(
     path: &std::path::Path,
-    make: impl FnOnce() -> Result<Vec<u8>, String>,
-) -> Result<Vec<u8>, String> {
+    make: impl FnOnce() -> Result<Vec<u8>, StartError>,
+) -> Result<Vec<u8>, StartError> {
     use std::io::Write as _;
     use std::os::unix::fs::OpenOptionsExt as _;
     match std::fs::read(path) {
@@ -243,13 +315,13 @@ fn read_or_create(
                 .create_new(true)
                 .mode(0o600)
                 .open(path)
-                .map_err(|e| format!("{}: {e}", path.display()))?;
+                .map_err(io_err(path))?;
             f.write_all(&bytes)
                 .and_then(|_| f.sync_all())
-                .map_err(|e| format!("{}: {e}", path.display()))?;
+                .map_err(io_err(path))?;
             Ok(bytes)
         }
-        Err(e) => Err(format!("{}: {e}", path.display())),
+        Err(e) => Err(io_err(path)(e)),
     }
 }
 
@@ -276,55 +348,56 @@ impl AppState {
 }
 
 /// Build the state: creates keys and token files on first start.
-pub fn build_state(cfg: &ServerConfig, issuer: &str) -> Result<Arc<AppState>, String> {
-    std::fs::create_dir_all(&cfg.dir).map_err(|e| format!("{}: {e}", cfg.dir.display()))?;
+pub fn build_state(cfg: &ServerConfig, issuer: &str) -> Result<Arc<AppState>, StartError> {
+    std::fs::create_dir_all(&cfg.dir).map_err(io_err(&cfg.dir))?;
     let admin = read_or_create(&admin_token_path(&cfg.dir), || {
         let mut b = [0u8; 32];
-        openssl::rand::rand_bytes(&mut b).map_err(|e| e.to_string())?;
+        openssl::rand::rand_bytes(&mut b)?;
         Ok(hex::encode(b).into_bytes())
     })?;
     let admin_path = admin_token_path(&cfg.dir);
-    let admin = String::from_utf8(admin)
-        .map_err(|_| format!("{}: the admin token is not text", admin_path.display()))?;
+    let admin = String::from_utf8(admin).map_err(|_| StartError::AdminTokenNotText {
+        path: admin_path.clone(),
+    })?;
     // An empty token would let an empty (or absent) bearer token in.
     if admin.trim().is_empty() {
-        return Err(format!(
-            "{}: the admin token is empty; write a token into it, or delete it to have one generated",
-            admin_path.display()
-        ));
+        return Err(StartError::AdminTokenEmpty { path: admin_path });
     }
-    let signing = read_or_create(
-        &cfg.dir.join("token-signing-key.pem"),
-        TokenSigner::generate_pem,
-    )?;
-    let signer = TokenSigner::from_pem(&signing, issuer, cfg.token_lifetime)?;
-    let broker = read_or_create(&broker_key_path(&cfg.dir), || {
-        coffer_release::BrokerSigner::generate_pem().map_err(|e| e.to_string())
+    let signing = read_or_create(&cfg.dir.join("token-signing-key.pem"), || {
+        Ok(TokenSigner::generate_pem()?)
     })?;
-    let broker = coffer_release::BrokerSigner::from_pem(&broker)
-        .map_err(|e| format!("{}: {e}", broker_key_path(&cfg.dir).display()))?;
+    let signer = TokenSigner::from_pem(&signing, issuer, cfg.token_lifetime)?;
+    let broker_path = broker_key_path(&cfg.dir);
+    let broker_err = |source| StartError::BrokerKey {
+        path: broker_path.clone(),
+        source,
+    };
+    let broker = read_or_create(&broker_path, || {
+        coffer_release::BrokerSigner::generate_pem().map_err(broker_err)
+    })?;
+    let broker = coffer_release::BrokerSigner::from_pem(&broker).map_err(broker_err)?;
     let mut trust = Trust::default();
-    trust.add(Authority::from_jwks(issuer, &signer.jwks())?);
-    for (iss, jwks) in &cfg.trusted_issuers {
+    for (iss, jwks) in std::iter::once((issuer, &signer.jwks()))
+        .chain(cfg.trusted_issuers.iter().map(|(i, j)| (i.as_str(), j)))
+    {
         trust.add(
-            Authority::from_jwks(iss, jwks).map_err(|e| format!("--trust-issuer {iss}: {e}"))?,
+            Authority::from_jwks(iss, jwks).map_err(|source| StartError::TrustIssuer {
+                issuer: iss.to_string(),
+                source,
+            })?,
         );
     }
     let verifier = coffer_snp::Verifier::new(cfg.roots.clone(), cfg.allow_emulated);
     let mut attest = AttestationService::new(verifier, cfg.reference.clone(), signer);
     let dcap = match &cfg.dcap {
         Some(d) => {
-            let dir = Arc::new(
-                dcap::CollateralDir::open(&d.collateral, d.refresh)
-                    .map_err(|e| format!("--dcap-collateral: {e}"))?,
-            );
+            let dir = Arc::new(dcap::CollateralDir::open(&d.collateral, d.refresh)?);
             attest = attest.with_dcap(coffer_dcap::Verifier::new(d.roots.clone()), dir.clone());
             Some(dir)
         }
         None => None,
     };
-    let store = Store::open(&cfg.dir.join("kbs.sqlite"), &cfg.dir.join("master.key"))
-        .map_err(|e| e.to_string())?;
+    let store = Store::open(&cfg.dir.join("kbs.sqlite"), &cfg.dir.join("master.key"))?;
     Ok(Arc::new(AppState {
         attest,
         broker,
@@ -338,7 +411,7 @@ pub fn build_state(cfg: &ServerConfig, issuer: &str) -> Result<Arc<AppState>, St
     }))
 }
 
-fn cpu_pool(limits: &Limits) -> Result<cpu::CpuPool, String> {
+fn cpu_pool(limits: &Limits) -> Result<cpu::CpuPool, StartError> {
     let threads = match limits.cpu_threads {
         0 => std::thread::available_parallelism().map_or(2, |n| n.get()),
         n => n,
@@ -347,7 +420,7 @@ fn cpu_pool(limits: &Limits) -> Result<cpu::CpuPool, String> {
         0 => threads.saturating_mul(256),
         n => n,
     };
-    cpu::CpuPool::new(threads, pending).map_err(|e| format!("cannot start worker threads: {e}"))
+    cpu::CpuPool::new(threads, pending).map_err(StartError::Workers)
 }
 
 /// The router, for tests and embedding. Every request has `request_timeout` to be answered.
@@ -408,11 +481,15 @@ pub struct Running {
 }
 
 /// Bind and start serving in the current runtime.
-pub async fn start(cfg: ServerConfig) -> Result<Running, String> {
+pub async fn start(cfg: ServerConfig) -> Result<Running, StartError> {
+    let listen_err = |source| StartError::Listen {
+        addr: cfg.listen,
+        source,
+    };
     let listener = tokio::net::TcpListener::bind(cfg.listen)
         .await
-        .map_err(|e| format!("cannot listen on {}: {e}", cfg.listen))?;
-    let addr = listener.local_addr().map_err(|e| e.to_string())?;
+        .map_err(listen_err)?;
+    let addr = listener.local_addr().map_err(listen_err)?;
     let issuer = cfg
         .issuer
         .clone()

@@ -423,8 +423,14 @@ fn empty_admin_token_file_is_refused_at_start() {
     let path = admin_token_path(&cfg.dir);
     std::fs::write(&path, " \n").unwrap();
     let err = build_state(&cfg, "http://coffer.test").err().unwrap();
-    assert!(err.contains(&path.display().to_string()), "{err}");
-    assert!(err.contains("empty"), "{err}");
+    assert!(
+        matches!(&err, StartError::AdminTokenEmpty { path: p } if *p == path),
+        "{err}"
+    );
+    assert!(
+        err.to_string().contains(&path.display().to_string()),
+        "{err}"
+    );
 }
 
 /// Arbitrary bytes, and corruptions of valid bodies, into every route with a body: a 4xx (or

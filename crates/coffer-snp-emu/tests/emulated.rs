@@ -61,7 +61,7 @@ fn emulated_reports_round_trip_for_each_product() {
         let req = request(product);
         let made = sp.report(&req).unwrap();
         let e = Endorsements::from_pem_chain(made.chain_pem.as_bytes(), "chain").unwrap();
-        let report = Report::decode(made.report.bytes()).unwrap();
+        let report = Report::from_bytes(made.report.bytes()).unwrap();
         let ok = v
             .verify(&report, &e, &now())
             .unwrap_or_else(|e| panic!("{product}: {e}"));
@@ -99,7 +99,10 @@ fn emulated_evidence_is_refused_unless_allowed() {
         .verify(&made.report, &e, &now())
         .unwrap_err();
     assert!(
-        matches!(err, VerifyError::UnknownRoot(_) | VerifyError::Chain(_)),
+        matches!(
+            err,
+            VerifyError::UnknownRoot { .. } | VerifyError::Chain { .. }
+        ),
         "{err}"
     );
 }
@@ -112,14 +115,14 @@ fn tampered_emulated_reports_fail() {
     let mut bytes = made.report.bytes().to_vec();
     bytes[0xC0] ^= 1; // HOST_DATA
     let err = v
-        .verify(&Report::decode(&bytes).unwrap(), &e, &now())
+        .verify(&Report::from_bytes(&bytes).unwrap(), &e, &now())
         .unwrap_err();
     assert_eq!(err.check(), "signature");
     // Signature bytes themselves.
     let mut bytes = made.report.bytes().to_vec();
     bytes[0x2A0] ^= 1;
     let err = v
-        .verify(&Report::decode(&bytes).unwrap(), &e, &now())
+        .verify(&Report::from_bytes(&bytes).unwrap(), &e, &now())
         .unwrap_err();
     assert_eq!(err.check(), "signature");
     // The certificate is valid only for a window around its creation.
@@ -163,7 +166,7 @@ fn real_reports_never_verify_under_the_development_root() {
         return;
     };
     let sp = sp();
-    let report = Report::decode(&coffer_testkit::read(
+    let report = Report::from_bytes(&coffer_testkit::read(
         &dir,
         "sev-snp/trustee-milan-v2/report.bin",
     ))
@@ -255,7 +258,7 @@ fn vlek_signed_reports_verify_through_the_asvk() {
         let mut bytes = made.report.bytes().to_vec();
         bytes[0x90] ^= 1;
         assert_eq!(
-            v.verify(&Report::decode(&bytes).unwrap(), &e, &now())
+            v.verify(&Report::from_bytes(&bytes).unwrap(), &e, &now())
                 .unwrap_err()
                 .check(),
             "signature"
@@ -279,7 +282,7 @@ fn chain_cache_is_bounded_and_repeat_reports_verify() {
         v.verify(&made.report, &e, &now()).unwrap();
         let mut bytes = made.report.bytes().to_vec();
         bytes[0x50] ^= 1; // REPORT_DATA
-        let tampered = Report::decode(&bytes).unwrap();
+        let tampered = Report::from_bytes(&bytes).unwrap();
         assert_eq!(
             v.verify(&tampered, &e, &now()).unwrap_err().check(),
             "signature"

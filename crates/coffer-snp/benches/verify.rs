@@ -30,19 +30,19 @@ fn bench(c: &mut Criterion) {
     g.bench_function("cold_chain_and_report", |b| {
         b.iter(|| {
             let v = Verifier::new(roots.clone(), false);
-            let r = Report::decode(&report_bytes).expect("report");
+            let r = Report::from_bytes(&report_bytes).expect("report");
             v.verify(&r, &endorsements, &opts).expect("valid")
         })
     });
     let warm = Verifier::new(roots.clone(), false);
     g.bench_function("cached_chain", |b| {
         b.iter(|| {
-            let r = Report::decode(&report_bytes).expect("report");
+            let r = Report::from_bytes(&report_bytes).expect("report");
             warm.verify(&r, &endorsements, &opts).expect("valid")
         })
     });
 
-    let report = Report::decode(&report_bytes).expect("report");
+    let report = Report::from_bytes(&report_bytes).expect("report");
     let key = endorsements
         .vek
         .public_key()

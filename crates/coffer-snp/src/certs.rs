@@ -12,7 +12,7 @@ use openssl::rsa::Padding;
 use openssl::sign::{RsaPssSaltlen, Verifier as OsslVerifier};
 use x509_cert::spki::AlgorithmIdentifierOwned;
 
-use crate::error::CertError;
+use crate::error::{CertError, PssMismatch};
 
 /// RSASSA-PSS (PKCS #1).
 pub const OID_RSASSA_PSS: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.113549.1.1.10");
@@ -102,17 +102,21 @@ impl RsaPssParams {
     }
 
     /// Check these are exactly SHA-384 / MGF1-SHA-384 / salt 48 / trailer 1.
-    fn check_sha384(&self) -> Result<(), String> {
+    fn check_sha384(&self) -> Result<(), PssMismatch> {
+        let oid_text = |oid: Option<ObjectIdentifier>, none: &str| {
+            oid.map_or_else(|| none.to_string(), |o| o.to_string())
+        };
         let hash = self.hash.as_ref().map(|h| h.oid);
         if hash != Some(OID_SHA384) {
-            return Err(format!("hash is {hash:?}, expected SHA-384"));
+            return Err(PssMismatch::Hash {
+                oid: oid_text(hash, "default (SHA-1)"),
+            });
         }
-        let mgf = self
-            .mask_gen
-            .as_ref()
-            .ok_or("MGF is the default (MGF1-SHA-1)")?;
+        let mgf = self.mask_gen.as_ref().ok_or(PssMismatch::DefaultMgf)?;
         if mgf.oid != OID_MGF1 {
-            return Err(format!("MGF is {}, expected MGF1", mgf.oid));
+            return Err(PssMismatch::Mgf {
+                oid: mgf.oid.to_string(),
+            });
         }
         let mgf_hash = mgf
             .parameters
@@ -120,13 +124,16 @@ impl RsaPssParams {
             .and_then(|p| p.decode_as::<AlgorithmIdentifierOwned>().ok())
             .map(|a| a.oid);
         if mgf_hash != Some(OID_SHA384) {
-            return Err(format!("MGF1 hash is {mgf_hash:?}, expected SHA-384"));
+            return Err(PssMismatch::MgfHash {
+                oid: oid_text(mgf_hash, "none"),
+            });
         }
         if self.salt_len != Some(48) {
-            return Err(format!("salt length is {:?}, expected 48", self.salt_len));
+            return Err(PssMismatch::SaltLength { got: self.salt_len });
         }
-        if self.trailer.unwrap_or(1) != 1 {
-            return Err("trailer field is not 1".into());
+        let trailer = self.trailer.unwrap_or(1);
+        if trailer != 1 {
+            return Err(PssMismatch::Trailer { got: trailer });
         }
         Ok(())
     }
@@ -207,10 +214,11 @@ impl Certificate {
         if bytes.starts_with(b"-----") || bytes.iter().take(64).all(|b| b.is_ascii()) {
             let mut certs = Self::pem_chain(bytes, context)?;
             if certs.len() != 1 {
-                return Err(CertError::Source(format!(
-                    "{context}: expected one certificate, found {}",
-                    certs.len()
-                )));
+                return Err(CertError::Count {
+                    context: context.to_string(),
+                    expected: "one certificate",
+                    got: certs.len(),
+                });
             }
             return Ok(certs.remove(0));
         }
@@ -244,9 +252,9 @@ impl Certificate {
             rest = &body_and_more[end + END.len()..];
         }
         if certs.is_empty() {
-            return Err(CertError::Source(format!(
-                "{context}: no PEM certificate found"
-            )));
+            return Err(CertError::NoPem {
+                context: context.to_string(),
+            });
         }
         Ok(certs)
     }
@@ -328,19 +336,25 @@ impl Certificate {
     /// `Ok(false)` means the signature is well-formed but does not verify.
     pub fn is_signed_by(&self, issuer: &Certificate) -> Result<bool, CertError> {
         let alg = &self.cert.signature_algorithm;
-        let sig_err = |reason: String| CertError::SignatureAlgorithm {
+        let sig_err = |why: PssMismatch| CertError::SignatureAlgorithm {
             subject: self.subject_cn.clone(),
-            reason,
+            why,
         };
         if alg.oid != OID_RSASSA_PSS {
-            return Err(sig_err(format!("algorithm is {}", alg.oid)));
+            return Err(sig_err(PssMismatch::NotPss {
+                oid: alg.oid.to_string(),
+            }));
         }
         let params = alg
             .parameters
             .as_ref()
-            .ok_or_else(|| sig_err("no PSS parameters".into()))?
+            .ok_or_else(|| sig_err(PssMismatch::NoParameters))?
             .decode_as::<RsaPssParams>()
-            .map_err(|e| sig_err(format!("PSS parameters: {e}")))?;
+            .map_err(|e| {
+                sig_err(PssMismatch::Unparsable {
+                    reason: e.to_string(),
+                })
+            })?;
         params.check_sha384().map_err(sig_err)?;
         let key = issuer.public_key()?;
         if key.rsa().is_err() {
@@ -448,10 +462,19 @@ mod tests {
         assert_eq!(RsaPssParams::from_der(&der).unwrap(), p);
         let mut bad = p.clone();
         bad.salt_len = Some(32);
-        assert!(bad.check_sha384().unwrap_err().contains("salt"));
+        assert_eq!(
+            bad.check_sha384(),
+            Err(PssMismatch::SaltLength { got: Some(32) })
+        );
+        let mut trailer = p.clone();
+        trailer.trailer = Some(2);
+        assert_eq!(trailer.check_sha384(), Err(PssMismatch::Trailer { got: 2 }));
         let mut default = p;
         default.hash = None;
-        assert!(default.check_sha384().is_err());
+        assert!(matches!(
+            default.check_sha384(),
+            Err(PssMismatch::Hash { .. })
+        ));
     }
 
     #[test]
@@ -459,6 +482,12 @@ mod tests {
         let err = Certificate::from_der(b"\x30\x03\x02\x01\x00", "test").unwrap_err();
         assert!(matches!(err, CertError::Parse { .. }));
         let err = Certificate::from_der_or_pem(b"hello", "x.pem").unwrap_err();
+        assert_eq!(
+            err,
+            CertError::NoPem {
+                context: "x.pem".into()
+            }
+        );
         assert!(err.to_string().contains("x.pem"), "{err}");
     }
 }

@@ -1,10 +1,11 @@
 //! AMD SEV-SNP evidence: attestation reports, the AMD certificate chain, and verification.
 //!
-//! This is part of Coffer's trust core: no I/O, no `unsafe`. Callers read files and pass bytes;
-//! the verification time is always an argument.
+//! This is part of Coffer's trust core: no I/O, no `unsafe`. Callers read files and pass bytes
+//! (turning hex or base64 text into bytes is theirs to do, not the verifier's); the verification
+//! time is always an argument.
 //!
 //! ```text
-//! Report::decode(bytes) -> Report          (binary, hex or base64; exact ABI layout)
+//! Report::from_bytes(bytes) -> Report      (exactly 1184 bytes; exact ABI layout)
 //! Endorsements::from_{vek,pem_chain,thim_json}
 //! Verifier::new(Roots::amd()?[.with_emulated(..)], allow_emulated).verify(..) -> Verified
 //! ```
@@ -19,7 +20,10 @@ pub mod time;
 pub mod verify;
 
 pub use certs::{AmdExtensions, Certificate, RsaPssParams};
-pub use error::{CertError, ReportError, VerifyError};
+pub use error::{
+    CertError, CertRole, ChainFailure, ProductNameError, ProductSource, ProductUnknown,
+    PssMismatch, ReportError, RootProblem, TcbmError, TimeError, VerifyError, Warning,
+};
 pub use report::{
     AttestationReport, Cpuid, GuestPolicy, PlatformInfo, Product, Report, Signature, SignerInfo,
     SigningKey, TcbComponent, TcbLayout, TcbVersion, REPORT_LEN, SIGNED_LEN,

@@ -6,11 +6,10 @@
 use std::fmt;
 use std::str::FromStr;
 
-use base64::Engine as _;
 use serde::ser::SerializeMap;
 use serde::{Serialize, Serializer};
 
-use crate::error::ReportError;
+use crate::error::{ProductNameError, ReportError, TcbmError};
 
 /// Size of an ATTESTATION_REPORT.
 pub const REPORT_LEN: usize = 0x4A0;
@@ -74,15 +73,15 @@ impl fmt::Display for Product {
 }
 
 impl FromStr for Product {
-    type Err = String;
+    type Err = ProductNameError;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         match s.to_ascii_lowercase().as_str() {
             "milan" => Ok(Product::Milan),
             "genoa" => Ok(Product::Genoa),
             "turin" => Ok(Product::Turin),
-            other => Err(format!(
-                "unknown product '{other}' (expected milan, genoa or turin)"
-            )),
+            other => Err(ProductNameError {
+                name: other.to_string(),
+            }),
         }
     }
 }
@@ -218,12 +217,13 @@ impl TcbVersion {
     }
 
     /// Parse Azure THIM's `tcbm`: 16 hex digits of the raw bytes in reversed order.
-    pub fn from_tcbm(tcbm: &str, layout: TcbLayout) -> Result<Self, String> {
-        let bytes =
-            hex::decode(tcbm.trim()).map_err(|e| format!("tcbm '{tcbm}' is not hex: {e}"))?;
-        let mut raw: [u8; 8] = bytes
-            .try_into()
-            .map_err(|_| format!("tcbm '{tcbm}' must be 16 hex digits"))?;
+    pub fn from_tcbm(tcbm: &str, layout: TcbLayout) -> Result<Self, TcbmError> {
+        let bytes = hex::decode(tcbm.trim()).map_err(|_| TcbmError::NotHex {
+            tcbm: tcbm.to_string(),
+        })?;
+        let mut raw: [u8; 8] = bytes.try_into().map_err(|_| TcbmError::Length {
+            tcbm: tcbm.to_string(),
+        })?;
         raw.reverse();
         Ok(TcbVersion { raw, layout })
     }
@@ -799,11 +799,6 @@ impl Report {
         Ok(Report { bytes: raw, fields })
     }
 
-    /// Parse raw bytes, hex text or base64 text, whichever the input is.
-    pub fn decode(input: &[u8]) -> Result<Self, ReportError> {
-        Self::from_bytes(&decode_report_bytes(input)?)
-    }
-
     /// The parsed fields.
     pub fn fields(&self) -> &AttestationReport {
         &self.fields
@@ -823,68 +818,6 @@ impl Report {
     pub fn set_tcb_layout(&mut self, layout: TcbLayout) {
         self.fields.set_tcb_layout(layout);
     }
-}
-
-/// Turn binary, hex or base64 input into 1184 report bytes.
-pub fn decode_report_bytes(input: &[u8]) -> Result<Vec<u8>, ReportError> {
-    if input.len() == REPORT_LEN {
-        return Ok(input.to_vec());
-    }
-    let text = match std::str::from_utf8(input) {
-        Ok(t)
-            if !t
-                .chars()
-                .any(|c| c.is_control() && !c.is_ascii_whitespace()) =>
-        {
-            t
-        }
-        _ => {
-            return Err(ReportError::UnrecognisedEncoding {
-                what: format!("{} bytes of binary data", input.len()),
-            })
-        }
-    };
-    let compact: String = text.chars().filter(|c| !c.is_ascii_whitespace()).collect();
-    if compact.is_empty() {
-        return Err(ReportError::UnrecognisedEncoding {
-            what: "empty input".into(),
-        });
-    }
-    // Base64 of 1184 bytes is 1578 to 1580 characters; anything else made of hex digits is hex.
-    let base64_len = (REPORT_LEN * 4).div_ceil(3)..=REPORT_LEN.div_ceil(3) * 4;
-    if compact.bytes().all(|c| c.is_ascii_hexdigit()) && !base64_len.contains(&compact.len()) {
-        let bytes = hex::decode(&compact).map_err(|e| ReportError::UnrecognisedEncoding {
-            what: format!("invalid hex: {e}"),
-        })?;
-        if bytes.len() == REPORT_LEN {
-            return Ok(bytes);
-        }
-        return Err(ReportError::UnrecognisedEncoding {
-            what: format!("hex text of {} bytes", bytes.len()),
-        });
-    }
-    let engines = [
-        &base64::engine::general_purpose::STANDARD,
-        &base64::engine::general_purpose::URL_SAFE,
-        &base64::engine::general_purpose::STANDARD_NO_PAD,
-        &base64::engine::general_purpose::URL_SAFE_NO_PAD,
-    ];
-    for engine in engines {
-        if let Ok(bytes) = engine.decode(&compact) {
-            if bytes.len() == REPORT_LEN {
-                return Ok(bytes);
-            }
-            return Err(ReportError::UnrecognisedEncoding {
-                what: format!("base64 text of {} bytes", bytes.len()),
-            });
-        }
-    }
-    Err(ReportError::UnrecognisedEncoding {
-        what: format!(
-            "{} characters of text that is neither hex nor base64",
-            compact.len()
-        ),
-    })
 }
 
 #[cfg(test)]

@@ -3,6 +3,8 @@
 //! Verification time is always an input; these helpers only convert.
 
 use der::DateTime;
+
+pub use crate::error::TimeError;
 use std::time::Duration;
 
 /// Format Unix seconds as RFC 3339 UTC (`2023-04-03T00:00:00Z`).
@@ -14,8 +16,10 @@ pub fn format_rfc3339(secs: u64) -> String {
 }
 
 /// Parse RFC 3339 (`YYYY-MM-DDTHH:MM:SS[.frac](Z|+HH:MM|-HH:MM)`) into Unix seconds.
-pub fn parse_rfc3339(s: &str) -> Result<u64, String> {
-    let bad = || format!("'{s}' is not an RFC 3339 time like 2025-01-31T12:00:00Z");
+pub fn parse_rfc3339(s: &str) -> Result<u64, TimeError> {
+    let bad = || TimeError {
+        input: s.to_string(),
+    };
     let b = s.trim().as_bytes();
     if b.len() < 20
         || b[4] != b'-'
@@ -26,7 +30,7 @@ pub fn parse_rfc3339(s: &str) -> Result<u64, String> {
     {
         return Err(bad());
     }
-    let num = |r: std::ops::Range<usize>| -> Result<u32, String> {
+    let num = |r: std::ops::Range<usize>| -> Result<u32, TimeError> {
         let t = std::str::from_utf8(&b[r]).map_err(|_| bad())?;
         if !t.bytes().all(|c| c.is_ascii_digit()) {
             return Err(bad());
@@ -46,7 +50,7 @@ pub fn parse_rfc3339(s: &str) -> Result<u64, String> {
     let offset: i64 = match rest {
         [b'Z'] | [b'z'] => 0,
         [sign @ (b'+' | b'-'), h1, h2, b':', m1, m2] => {
-            let d = |c: &u8| -> Result<i64, String> {
+            let d = |c: &u8| -> Result<i64, TimeError> {
                 c.is_ascii_digit()
                     .then(|| i64::from(c - b'0'))
                     .ok_or_else(bad)
@@ -103,7 +107,11 @@ mod tests {
             "2025-01-01T00:00:00",
             "x025-01-01T00:00:00Z",
         ] {
-            assert!(parse_rfc3339(bad).is_err(), "{bad}");
+            assert_eq!(
+                parse_rfc3339(bad),
+                Err(TimeError { input: bad.into() }),
+                "{bad}"
+            );
         }
     }
 }

@@ -19,7 +19,10 @@ use serde::Serialize;
 
 use crate::certs::{AmdExtensions, Certificate};
 use crate::ecdsa::CombKey;
-use crate::error::{CertError, VerifyError};
+use crate::error::{
+    CertError, CertRole, ChainFailure, ProductSource, ProductUnknown, RootProblem, VerifyError,
+    Warning,
+};
 use crate::report::{AttestationReport, Product, Report, SigningKey, TcbComponent, TcbVersion};
 use crate::time::format_rfc3339;
 
@@ -103,12 +106,21 @@ pub struct Roots {
 fn pair(pem: &str, context: &str) -> Result<(Certificate, Certificate), CertError> {
     let mut certs = Certificate::pem_chain(pem.as_bytes(), context)?;
     if certs.len() != 2 {
-        return Err(CertError::Source(format!(
-            "{context}: expected intermediate and ARK"
-        )));
+        return Err(CertError::Count {
+            context: context.to_string(),
+            expected: "an intermediate and the ARK",
+            got: certs.len(),
+        });
     }
     let ark = certs.remove(1);
     Ok((certs.remove(0), ark))
+}
+
+fn root_err(tee: Tee, ark: &Certificate, why: RootProblem) -> CertError {
+    CertError::Root {
+        root: format!("{} {}", tee.name(), ark.subject_cn()),
+        why,
+    }
 }
 
 fn check_root(
@@ -117,14 +129,15 @@ fn check_root(
     ark: &Certificate,
     intermediates: &[&Certificate],
 ) -> Result<(), CertError> {
-    let bad =
-        |what: String| CertError::Source(format!("{tee:?} root {}: {what}", ark.subject_cn()));
+    let bad = |why: RootProblem| root_err(tee, ark, why);
     if !ark.is_signed_by(ark)? {
-        return Err(bad("ARK is not self-signed".into()));
+        return Err(bad(RootProblem::NotSelfSigned));
     }
     for i in intermediates {
         if !i.is_signed_by(ark)? {
-            return Err(bad(format!("{} is not signed by the ARK", i.subject_cn())));
+            return Err(bad(RootProblem::IntermediateNotSigned {
+                subject: i.subject_cn().to_string(),
+            }));
         }
     }
     if let Some(p) = product {
@@ -133,7 +146,7 @@ fn check_root(
             .find(|(q, _)| *q == p)
             .map(|(_, f)| *f);
         if pin != Some(hex::encode(ark.fingerprint()).as_str()) {
-            return Err(bad("ARK fingerprint does not match the pinned value".into()));
+            return Err(bad(RootProblem::FingerprintNotPinned));
         }
     }
     Ok(())
@@ -147,9 +160,7 @@ impl Roots {
             let (ask, ark) = pair(ask_pem, product.name())?;
             let (asvk, ark2) = pair(asvk_pem, product.name())?;
             if ark.fingerprint() != ark2.fingerprint() {
-                return Err(CertError::Source(format!(
-                    "{product}: ASVK chain has another ARK"
-                )));
+                return Err(root_err(Tee::SevSnp, &ark, RootProblem::AsvkChainOtherArk));
             }
             check_root(Tee::SevSnp, Some(product), &ark, &[&ask, &asvk])?;
             roots.push(TrustedRoot {
@@ -176,8 +187,10 @@ impl Roots {
             .iter()
             .any(|(_, f)| *f == hex::encode(ark.fingerprint()))
         {
-            return Err(CertError::Source(
-                "an AMD ARK cannot be the emulated root".into(),
+            return Err(root_err(
+                Tee::EmulatedSnp,
+                &ark,
+                RootProblem::AmdArkAsEmulated,
             ));
         }
         let mut intermediates = vec![&ask];
@@ -238,10 +251,9 @@ impl Endorsements {
             certificate_chain: Option<String>,
             tcbm: Option<String>,
         }
-        let thim: Thim = serde_json::from_slice(json).map_err(|e| {
-            CertError::Source(format!(
-                "{context}: not a THIM response (vcekCert, certificateChain, tcbm): {e}"
-            ))
+        let thim: Thim = serde_json::from_slice(json).map_err(|e| CertError::NotThim {
+            context: context.to_string(),
+            reason: e.to_string(),
         })?;
         let mut certs = Certificate::pem_chain(thim.vcek_cert.as_bytes(), context)?;
         if let Some(chain) = &thim.certificate_chain {
@@ -265,14 +277,14 @@ impl Endorsements {
                 &mut intermediate
             };
             if let Some(prev) = slot.replace(c) {
-                return Err(CertError::Source(format!(
-                    "{context}: two certificates of the same role ({})",
-                    prev.subject_cn()
-                )));
+                return Err(CertError::DuplicateRole {
+                    context: context.to_string(),
+                    subject: prev.subject_cn().to_string(),
+                });
             }
         }
-        let vek = vek.ok_or_else(|| {
-            CertError::Source(format!("{context}: no VCEK/VLEK (EC P-384) certificate"))
+        let vek = vek.ok_or_else(|| CertError::NoVek {
+            context: context.to_string(),
         })?;
         Ok(Endorsements {
             vek,
@@ -306,7 +318,7 @@ pub struct Verified {
     /// The report fields, TCBs decoded with the product's layout.
     pub report: AttestationReport,
     /// Non-fatal observations (reserved bits set, masked chip id).
-    pub warnings: Vec<String>,
+    pub warnings: Vec<Warning>,
 }
 
 /// What a verified VCEK/VLEK chain leaves for later reports from the same chip.
@@ -319,7 +331,7 @@ struct CachedChain {
     product: Product,
     signer: SigningKey,
     ext: AmdExtensions,
-    windows: Vec<(&'static str, u64, u64)>,
+    windows: Vec<(CertRole, u64, u64)>,
 }
 
 /// Chains kept at most (each with up to 1.8 MB of comb table); the cache starts over when full.
@@ -332,10 +344,11 @@ pub struct Verifier {
     cache: RwLock<HashMap<[u8; 32], Arc<CachedChain>>>,
 }
 
-fn role_name(signer: SigningKey) -> &'static str {
+/// The certificate role of the report's signer, and of that signer's issuer.
+fn roles(signer: SigningKey) -> (CertRole, CertRole) {
     match signer {
-        SigningKey::Vlek => "VLEK",
-        _ => "VCEK",
+        SigningKey::Vlek => (CertRole::Vlek, CertRole::Asvk),
+        _ => (CertRole::Vcek, CertRole::Ask),
     }
 }
 
@@ -364,11 +377,7 @@ impl Verifier {
         let fields = report.fields();
         let signer = fields.signer_info.signing_key();
         if !matches!(signer, SigningKey::Vcek | SigningKey::Vlek) {
-            return Err(VerifyError::Malformed(format!(
-                "SIGNING_KEY is {} ({:?}): the report is not signed by a VCEK or VLEK",
-                signer.name(),
-                signer
-            )));
+            return Err(VerifyError::UnsupportedSigningKey { key: signer });
         }
         let fp = endorsements.vek.fingerprint();
         let cached = self.cache.read().ok().and_then(|c| c.get(&fp).cloned());
@@ -406,8 +415,7 @@ impl Verifier {
         let mut warnings = Vec::new();
         check_tcb(&fields.reported_tcb, &chain.ext, signer)?;
         if let Some(tcbm) = &endorsements.tcbm {
-            let thim = TcbVersion::from_tcbm(tcbm, chain.product.tcb_layout())
-                .map_err(VerifyError::Malformed)?;
+            let thim = TcbVersion::from_tcbm(tcbm, chain.product.tcb_layout())?;
             for &c in fields.reported_tcb.components() {
                 let (cert, rep) = (
                     thim.get(c).unwrap_or(0),
@@ -427,10 +435,7 @@ impl Verifier {
             check_chip_id(&fields, &chain.ext, chain.product, &mut warnings)?;
         }
         if fields.signature_algo != 1 {
-            return Err(VerifyError::Malformed(format!(
-                "SIGNATURE_ALGO is {}, only 1 (ECDSA P-384 with SHA-384) is defined",
-                fields.signature_algo
-            )));
+            return Err(VerifyError::SignatureAlgorithm(fields.signature_algo));
         }
         let comb = match repeat {
             true => chain.comb.get_or_init(|| comb_key(&chain.key)).as_ref(),
@@ -438,19 +443,17 @@ impl Verifier {
         };
         if !verify_report_signature(report, &chain.key, comb)? {
             return Err(VerifyError::Signature {
-                signer: role_name(signer),
+                signer: roles(signer).0,
             });
         }
 
         let reserved = fields.platform_info.reserved_bits();
         if reserved != 0 {
-            warnings.push(format!(
-                "PLATFORM_INFO has reserved bits set: {reserved:#x}"
-            ));
+            warnings.push(Warning::PlatformInfoReservedBits(reserved));
         }
         let reserved = fields.signer_info.reserved_bits();
         if reserved != 0 {
-            warnings.push(format!("signer info has reserved bits set: {reserved:#x}"));
+            warnings.push(Warning::SignerInfoReservedBits(reserved));
         }
         Ok(Verified {
             valid: true,
@@ -469,25 +472,28 @@ impl Verifier {
         signer: SigningKey,
         opts: &VerifyOptions,
     ) -> Result<CachedChain, VerifyError> {
-        let role = role_name(signer);
+        let (role, inter_role) = roles(signer);
         let vek = &e.vek;
+        let key_err = || VerifyError::VekKey {
+            cert: role,
+            subject: vek.subject_cn().to_string(),
+        };
         if !vek.has_ec_key() {
-            return Err(VerifyError::Malformed(format!(
-                "{} ({}) has no EC P-384 key",
-                role,
-                vek.subject_cn()
-            )));
+            return Err(key_err());
         }
         let cn_role = if vek.subject_cn().contains("VLEK") {
-            "VLEK"
+            CertRole::Vlek
         } else {
-            "VCEK"
+            CertRole::Vcek
         };
         if cn_role != role {
-            return Err(VerifyError::Chain(format!(
-                "the report is signed by a {role} but the certificate is {}",
-                vek.subject_cn()
-            )));
+            return Err(VerifyError::Chain {
+                cert: role,
+                why: ChainFailure::WrongRole {
+                    expected: role,
+                    subject: vek.subject_cn().to_string(),
+                },
+            });
         }
         let ext = vek.amd_extensions()?;
         let from_name = ext
@@ -509,27 +515,32 @@ impl Verifier {
         };
         let mut intermediates: Vec<Certificate> = e.intermediate.iter().cloned().collect();
         intermediates.extend(candidates.iter().copied().filter_map(pick));
-        let chain_err = |e: CertError| VerifyError::Chain(e.to_string());
+        let chain_err = |cert: CertRole| {
+            move |e: CertError| VerifyError::Chain {
+                cert,
+                why: ChainFailure::Unusable(e),
+            }
+        };
         let mut intermediate = None;
         for cand in intermediates {
-            if vek.is_signed_by(&cand).map_err(chain_err)? {
+            if vek.is_signed_by(&cand).map_err(chain_err(role))? {
                 intermediate = Some(cand);
                 break;
             }
         }
-        let intermediate = intermediate.ok_or_else(|| {
-            VerifyError::Chain(format!(
-                "{role} is not signed by {} of {product} (nor by a supplied one)",
-                if signer == SigningKey::Vlek {
-                    "the ASVK"
-                } else {
-                    "the ASK"
-                }
-            ))
+        let intermediate = intermediate.ok_or(VerifyError::Chain {
+            cert: role,
+            why: ChainFailure::NotSignedBy {
+                issuer: inter_role,
+                product,
+            },
         })?;
         let mut root = None;
         for r in candidates {
-            if intermediate.is_signed_by(&r.ark).map_err(chain_err)? {
+            if intermediate
+                .is_signed_by(&r.ark)
+                .map_err(chain_err(inter_role))?
+            {
                 root = Some(r);
                 break;
             }
@@ -539,44 +550,31 @@ impl Verifier {
             None => {
                 if let Some(ark) = &e.ark {
                     if intermediate.is_signed_by(ark).unwrap_or(false) {
-                        return Err(VerifyError::UnknownRoot(format!(
-                            "{} (SHA-256 {}) is not a pinned AMD root",
-                            ark.subject_cn(),
-                            hex::encode(ark.fingerprint())
-                        )));
+                        return Err(unknown_root(ark));
                     }
                 }
-                return Err(VerifyError::Chain(format!(
-                    "{} is not signed by ARK-{product}",
-                    intermediate.subject_cn()
-                )));
+                return Err(VerifyError::Chain {
+                    cert: inter_role,
+                    why: ChainFailure::NotSignedBy {
+                        issuer: CertRole::Ark,
+                        product,
+                    },
+                });
             }
         };
         if let Some(ark) = &e.ark {
             if ark.fingerprint() != root.ark.fingerprint() {
-                return Err(VerifyError::UnknownRoot(format!(
-                    "the supplied chain ends in {} (SHA-256 {}), which is not a pinned root",
-                    ark.subject_cn(),
-                    hex::encode(ark.fingerprint())
-                )));
+                return Err(unknown_root(ark));
             }
         }
-        let key = vek
-            .public_key()?
-            .ec_key()
-            .map_err(|e| VerifyError::Malformed(format!("{role} key is not EC: {e}")))?;
+        let key = vek.public_key()?.ec_key().map_err(|_| key_err())?;
         let p384 = key.group().curve_name() == Some(openssl::nid::Nid::SECP384R1);
         if !p384 {
-            return Err(VerifyError::Malformed(format!("{role} key is not P-384")));
+            return Err(key_err());
         }
         let (vn, va) = vek.validity();
         let (inb, ina) = intermediate.validity();
         let (anb, ana) = root.ark.validity();
-        let inter_role = if signer == SigningKey::Vlek {
-            "ASVK"
-        } else {
-            "ASK"
-        };
         Ok(CachedChain {
             key,
             comb: OnceLock::new(),
@@ -584,8 +582,19 @@ impl Verifier {
             product,
             signer,
             ext,
-            windows: vec![(role, vn, va), (inter_role, inb, ina), ("ARK", anb, ana)],
+            windows: vec![
+                (role, vn, va),
+                (inter_role, inb, ina),
+                (CertRole::Ark, anb, ana),
+            ],
         })
+    }
+}
+
+fn unknown_root(ark: &Certificate) -> VerifyError {
+    VerifyError::UnknownRoot {
+        subject: ark.subject_cn().to_string(),
+        sha256: hex::encode(ark.fingerprint()),
     }
 }
 
@@ -598,19 +607,22 @@ fn check_product(
 ) -> Result<Product, VerifyError> {
     let from_cpuid = fields.product_from_cpuid();
     let sources = [
-        ("report CPUID", from_cpuid),
-        ("VCEK productName", from_name),
-        ("verified chain", known),
-        ("--product", requested),
+        (ProductSource::ReportCpuid, from_cpuid),
+        (ProductSource::VekProductName, from_name),
+        (ProductSource::VerifiedChain, known),
+        (ProductSource::Requested, requested),
     ];
-    let mut chosen: Option<(&str, Product)> = None;
+    let mut chosen: Option<(ProductSource, Product)> = None;
     for (src, p) in sources {
         if let Some(p) = p {
             match chosen {
                 Some((first, q)) if q != p => {
-                    return Err(VerifyError::ProductMismatch(format!(
-                        "{first} says {q}, {src} says {p}"
-                    )))
+                    return Err(VerifyError::ProductMismatch {
+                        first,
+                        first_product: q,
+                        second: src,
+                        second_product: p,
+                    })
                 }
                 None => chosen = Some((src, p)),
                 _ => {}
@@ -619,15 +631,15 @@ fn check_product(
     }
     if let (Some(c), None) = (fields.cpuid, from_cpuid) {
         if chosen.is_none() {
-            return Err(VerifyError::UnknownProduct(format!(
-                "CPUID family {:#x} model {:#x} is unknown",
-                c.fam_id, c.mod_id
-            )));
+            return Err(VerifyError::UnknownProduct(ProductUnknown::Cpuid {
+                family: c.fam_id,
+                model: c.mod_id,
+            }));
         }
     }
     chosen
         .map(|(_, p)| p)
-        .ok_or_else(|| VerifyError::UnknownProduct("VCEK has no productName".into()))
+        .ok_or(VerifyError::UnknownProduct(ProductUnknown::NoProductName))
 }
 
 fn check_tcb(
@@ -646,13 +658,13 @@ fn check_tcb(
         let spl = spl.ok_or_else(|| {
             VerifyError::Cert(CertError::Extension {
                 oid: "1.3.6.1.4.1.3704.1.3".into(),
-                reason: format!("{} has no {} SPL extension", role_name(signer), c.name()),
+                reason: format!("{} has no {} SPL extension", roles(signer).0, c.name()),
             })
         })?;
         let rep = reported.get(c).unwrap_or(0);
         if spl != rep {
             return Err(VerifyError::TcbMismatch {
-                signer: role_name(signer),
+                signer: roles(signer).0.name(),
                 component: c.name(),
                 cert: spl,
                 report: rep,
@@ -666,10 +678,10 @@ fn check_chip_id(
     fields: &AttestationReport,
     ext: &AmdExtensions,
     product: Product,
-    warnings: &mut Vec<String>,
+    warnings: &mut Vec<Warning>,
 ) -> Result<(), VerifyError> {
     if fields.chip_id.iter().all(|&b| b == 0) {
-        warnings.push("CHIP_ID is masked (all zero): hwID not compared".into());
+        warnings.push(Warning::ChipIdMasked);
         return Ok(());
     }
     let hw_id = ext.hw_id.as_deref().ok_or_else(|| {

@@ -47,7 +47,7 @@ pub(crate) struct VerifyArgs {
     no_crl: bool,
 }
 
-fn parse_time(s: &str) -> Result<u64, String> {
+fn parse_time(s: &str) -> Result<u64, coffer_dcap::time::TimeError> {
     coffer_dcap::time::parse_rfc3339(s)
 }
 

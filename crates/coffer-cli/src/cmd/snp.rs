@@ -93,7 +93,7 @@ pub(crate) struct EmulateArgs {
     certs_out: Option<PathBuf>,
 }
 
-pub(crate) fn parse_time(s: &str) -> Result<u64, String> {
+pub(crate) fn parse_time(s: &str) -> Result<u64, coffer_snp::TimeError> {
     coffer_snp::time::parse_rfc3339(s)
 }
 
@@ -115,7 +115,8 @@ pub(crate) fn run(cmd: SnpCommand) -> Result<ExitCode> {
 
 fn show(a: ShowArgs) -> Result<ExitCode> {
     let bytes = crate::cmd::read_input(&a.report)?;
-    let mut report = Report::decode(&bytes).with_context(|| a.report.display().to_string())?;
+    let raw = report_bytes(&bytes).with_context(|| a.report.display().to_string())?;
+    let mut report = Report::from_bytes(&raw).with_context(|| a.report.display().to_string())?;
     if let (None, Some(p)) = (report.fields().cpuid, a.product) {
         report.set_tcb_layout(p.tcb_layout());
     }
@@ -142,18 +143,26 @@ pub(crate) fn verifier(home: &Path, allow_emulated: bool) -> Result<Verifier> {
 }
 
 fn failure(err: &VerifyError) -> ExitCode {
+    failed(err.check(), err)
+}
+
+fn failed(check: &str, err: &dyn std::fmt::Display) -> ExitCode {
     println!(
         "{}",
-        json!({"valid": false, "check": err.check(), "error": err.to_string()})
+        json!({"valid": false, "check": check, "error": err.to_string()})
     );
-    eprintln!("coffer: verification failed ({}): {err}", err.check());
+    eprintln!("coffer: verification failed ({check}): {err}");
     ExitCode::from(1)
 }
 
 fn verify(a: VerifyArgs) -> Result<ExitCode> {
     let home = coffer_home()?;
     let bytes = crate::cmd::read_input(&a.report)?;
-    let report = match Report::decode(&bytes) {
+    let raw = match report_bytes(&bytes) {
+        Ok(r) => r,
+        Err(e) => return Ok(failed("malformed", &e)),
+    };
+    let report = match Report::from_bytes(&raw) {
         Ok(r) => r,
         Err(e) => return Ok(failure(&VerifyError::Report(e))),
     };
@@ -224,6 +233,71 @@ fn endorsements(
         })),
         None => bail!(none),
     }
+}
+
+/// Turn what a user hands in (1184 raw bytes, or the same as hex or base64 text, whitespace
+/// allowed) into the report's bytes. The library takes bytes only; guessing spellings is done
+/// here, at the edge.
+fn report_bytes(input: &[u8]) -> Result<Vec<u8>> {
+    const LEN: usize = coffer_snp::REPORT_LEN;
+    let not_a_report = |what: String| {
+        anyhow::anyhow!(
+            "not an attestation report: expected {LEN} bytes as binary, hex or base64, got {what}"
+        )
+    };
+    if input.len() == LEN {
+        return Ok(input.to_vec());
+    }
+    let text = match std::str::from_utf8(input) {
+        Ok(t)
+            if !t
+                .chars()
+                .any(|c| c.is_control() && !c.is_ascii_whitespace()) =>
+        {
+            t
+        }
+        _ => {
+            return Err(not_a_report(format!(
+                "{} bytes of binary data",
+                input.len()
+            )))
+        }
+    };
+    let compact: String = text.chars().filter(|c| !c.is_ascii_whitespace()).collect();
+    if compact.is_empty() {
+        return Err(not_a_report("empty input".into()));
+    }
+    // Base64 of 1184 bytes is 1578 to 1580 characters; anything else made of hex digits is hex.
+    let base64_len = (LEN * 4).div_ceil(3)..=LEN.div_ceil(3) * 4;
+    if compact.bytes().all(|c| c.is_ascii_hexdigit()) && !base64_len.contains(&compact.len()) {
+        let bytes = hex::decode(&compact).map_err(|e| not_a_report(format!("invalid hex: {e}")))?;
+        if bytes.len() == LEN {
+            return Ok(bytes);
+        }
+        return Err(not_a_report(format!("hex text of {} bytes", bytes.len())));
+    }
+    use base64::Engine as _;
+    let engines = [
+        &base64::engine::general_purpose::STANDARD,
+        &base64::engine::general_purpose::URL_SAFE,
+        &base64::engine::general_purpose::STANDARD_NO_PAD,
+        &base64::engine::general_purpose::URL_SAFE_NO_PAD,
+    ];
+    for engine in engines {
+        if let Ok(bytes) = engine.decode(&compact) {
+            if bytes.len() == LEN {
+                return Ok(bytes);
+            }
+            return Err(not_a_report(format!(
+                "base64 text of {} bytes",
+                bytes.len()
+            )));
+        }
+    }
+    Err(not_a_report(format!(
+        "{} characters of text that is neither hex nor base64",
+        compact.len()
+    )))
 }
 
 fn hex_field<const N: usize>(name: &str, hex_text: &str, pad: bool) -> Result<[u8; N]> {

@@ -27,7 +27,14 @@ fn tcb_layouts_decode_per_product() {
     // THIM's tcbm is the raw bytes reversed.
     let t = TcbVersion::from_tcbm("7308000000000003", TcbLayout::MilanGenoa).unwrap();
     assert_eq!(t, TcbVersion::milan_genoa(3, 0, 8, 115));
-    assert!(TcbVersion::from_tcbm("73", TcbLayout::MilanGenoa).is_err());
+    assert!(matches!(
+        TcbVersion::from_tcbm("73", TcbLayout::MilanGenoa),
+        Err(crate::error::TcbmError::Length { .. })
+    ));
+    assert!(matches!(
+        TcbVersion::from_tcbm("zz08000000000003", TcbLayout::MilanGenoa),
+        Err(crate::error::TcbmError::NotHex { .. })
+    ));
 }
 
 #[test]
@@ -69,7 +76,12 @@ fn products_from_cpuid_and_names() {
     assert_eq!(Product::from_cpuid(0x17, 0x01), None);
     assert_eq!(Product::from_product_name("Milan-B0"), Some(Product::Milan));
     assert_eq!(Product::from_product_name("Siena"), None);
-    assert!("venice".parse::<Product>().is_err());
+    assert_eq!(
+        "venice".parse::<Product>(),
+        Err(crate::error::ProductNameError {
+            name: "venice".into()
+        })
+    );
 }
 
 #[test]
