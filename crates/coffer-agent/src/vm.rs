@@ -68,15 +68,7 @@ fn boot_and_serve() -> Result<(), AgentError> {
     let _sp = coffer_mux::unix::Forward::start(mux.clone(), &io_dir.join("sp.sock"), "sp")?;
     let _egress =
         coffer_mux::unix::Forward::start(mux.clone(), &io_dir.join("egress.sock"), "egress")?;
-    let policy = {
-        let s = mux.open("policy")?;
-        s.shutdown_write().map_err(io("asking for the policy"))?;
-        let mut p = Vec::new();
-        (&s).take(MAX_POLICY)
-            .read_to_end(&mut p)
-            .map_err(io("reading the policy"))?;
-        p
-    };
+    let policy = ask(&mux, "policy", MAX_POLICY)?;
     let _ = std::fs::write(io_dir.join("policy.rego"), &policy);
     if let Err(e) = guest_network(&mux, &io_dir) {
         // Host data that does not parse: the group runs with loopback only.
@@ -127,17 +119,23 @@ fn boot_and_serve() -> Result<(), AgentError> {
     result
 }
 
+/// What the host answers on the guest -> host stream `service`, at most `limit` bytes.
+fn ask(mux: &Mux, service: &str, limit: u64) -> Result<Vec<u8>, AgentError> {
+    let s = mux.open(service)?;
+    s.shutdown_write()
+        .map_err(io(format!("asking the host for '{service}'")))?;
+    let mut bytes = Vec::new();
+    (&s).take(limit)
+        .read_to_end(&mut bytes)
+        .map_err(io(format!("reading the host's '{service}'")))?;
+    Ok(bytes)
+}
+
 /// Which virtio serial holds which encrypted volume (`volumes` stream: a JSON object of
 /// volume name -> serial). Host data: a wrong entry opens nothing (see
 /// `Agent::with_volume_disks`).
 fn volume_disks(mux: &Mux) -> Result<std::collections::BTreeMap<String, String>, AgentError> {
-    let s = mux.open("volumes")?;
-    s.shutdown_write()
-        .map_err(io("asking for the volume disks"))?;
-    let mut bytes = Vec::new();
-    (&s).take(64 << 10)
-        .read_to_end(&mut bytes)
-        .map_err(io("reading the volume disks"))?;
+    let bytes = ask(mux, "volumes", 64 << 10)?;
     serde_json::from_slice(&bytes).map_err(|e| AgentError::Agent(format!("the volume disks: {e}")))
 }
 
@@ -145,12 +143,7 @@ fn volume_disks(mux: &Mux) -> Result<std::collections::BTreeMap<String, String>,
 /// as `net.json` for the containers' /etc files, and the NIC configured with its address, the
 /// gateway as default route. No address: loopback only.
 fn guest_network(mux: &Mux, io_dir: &Path) -> Result<(), AgentError> {
-    let s = mux.open("net")?;
-    s.shutdown_write().map_err(io("asking for the network"))?;
-    let mut bytes = Vec::new();
-    (&s).take(2 * coffer_proto::MAX_RESOLV_CONF as u64 + 1)
-        .read_to_end(&mut bytes)
-        .map_err(io("reading the network"))?;
+    let bytes = ask(mux, "net", 2 * coffer_proto::MAX_RESOLV_CONF as u64 + 1)?;
     if bytes.len() > 2 * coffer_proto::MAX_RESOLV_CONF {
         return Err(AgentError::Agent(
             "the network description is too large".into(),

@@ -45,6 +45,21 @@ fn prerequisites(test: &str) -> Option<PathBuf> {
     }
 }
 
+/// What a group test needs (QEMU, the kernel package, runc, umoci), or None after a note.
+fn group_prerequisites(test: &str) -> bool {
+    prerequisites(test).is_some()
+        && coffer_testkit::tool("runc", test)
+        && coffer_testkit::tool("umoci", test)
+}
+
+/// A fresh home with the example image imported and the guest image built.
+fn home_with_hello(test: &str) -> (tempfile::TempDir, coffer_host::image::GuestImage) {
+    let tmp = tempfile::tempdir().unwrap();
+    common::import_example(tmp.path(), test);
+    let image = build(tmp.path());
+    (tmp, image)
+}
+
 fn build(home: &Path) -> coffer_host::image::GuestImage {
     coffer_host::image::build(&coffer_host::image::BuildOptions {
         home: home.to_path_buf(),
@@ -185,16 +200,11 @@ fn time_to_console_line(mut cmd: Command, needle: &str, limit: Duration) -> Opti
 #[test]
 fn the_hello_group_runs_in_a_vm_and_a_wrong_host_data_is_refused() {
     let _serial = one_at_a_time();
-    if prerequisites("hello_in_a_vm").is_none()
-        || !coffer_testkit::tool("runc", "hello_in_a_vm")
-        || !coffer_testkit::tool("umoci", "hello_in_a_vm")
-    {
+    if !group_prerequisites("hello_in_a_vm") {
         return;
     }
-    let tmp = tempfile::tempdir().unwrap();
+    let (tmp, image) = home_with_hello("hello_in_a_vm");
     let home = tmp.path();
-    common::import_example(home, "hello_in_a_vm");
-    let image = build(home);
 
     // The floor: the same kernel, a one-line initramfs (busybox sh printing a line).
     let busybox = std::fs::read("/bin/busybox").unwrap();
@@ -226,16 +236,7 @@ fn the_hello_group_runs_in_a_vm_and_a_wrong_host_data_is_refused() {
     eprintln!("bench: bare QEMU boot to a one-line init: {floor:?}");
 
     // The hello group in a VM, exiting 3 after its output.
-    let pod = home.join("pod.yaml");
-    let yaml = std::fs::read_to_string(
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/hello/pod.yaml"),
-    )
-    .unwrap()
-    .replace(
-        "      image: hello:latest\n",
-        "      image: hello:latest\n      command: [\"/bin/sh\", \"-c\", \"/bin/sh /app/hello.sh; exit 3\"]\n",
-    );
-    std::fs::write(&pod, yaml).unwrap();
+    let pod = hello_pod(home, "/bin/sh /app/hello.sh; exit 3");
     let t0 = Instant::now();
     let mut child = Command::new(env!("CARGO_BIN_EXE_coffer"))
         .args(["run", pod.to_str().unwrap(), "--isolation", "vm"])
@@ -387,10 +388,7 @@ fn run_vm(home: &Path, pod: &Path) -> (Option<i32>, String, String) {
 #[test]
 fn layer_disks_are_verified_by_dm_verity_in_the_guest() {
     let _serial = one_at_a_time();
-    if prerequisites("layer_disks_dm_verity").is_none()
-        || !coffer_testkit::tool("runc", "layer_disks_dm_verity")
-        || !coffer_testkit::tool("umoci", "layer_disks_dm_verity")
-    {
+    if !group_prerequisites("layer_disks_dm_verity") {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();
@@ -418,16 +416,10 @@ fn layer_disks_are_verified_by_dm_verity_in_the_guest() {
         String::from_utf8_lossy(&out.stderr)
     );
     build(home);
-    let pod = home.join("pod.yaml");
-    let yaml = std::fs::read_to_string(
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/hello/pod.yaml"),
-    )
-    .unwrap()
-    .replace(
-        "      image: hello:latest\n",
-        "      image: hello:latest\n      command: [\"/bin/sh\", \"-c\", \"if cat /data/big > /dev/null 2> /tmp/err; then echo read-ok; else echo read-failed: $(cat /tmp/err); fi; /bin/sh /app/hello.sh\"]\n",
+    let pod = hello_pod(
+        home,
+        "if cat /data/big > /dev/null 2> /tmp/err; then echo read-ok; else echo read-failed: $(cat /tmp/err); fi; /bin/sh /app/hello.sh",
     );
-    std::fs::write(&pod, yaml).unwrap();
     // The policy (and the layer images) as `coffer run` makes them; the data layer is the one
     // whose image holds the pattern.
     let out = common::coffer(home, &["policy", "gen", pod.to_str().unwrap()]);
@@ -512,16 +504,11 @@ fn hello_pod(home: &Path, command: &str) -> PathBuf {
 #[test]
 fn a_killed_launcher_takes_its_vm_along_and_the_next_run_starts_clean() {
     let _serial = one_at_a_time();
-    if prerequisites("killed_launcher_vm").is_none()
-        || !coffer_testkit::tool("runc", "killed_launcher_vm")
-        || !coffer_testkit::tool("umoci", "killed_launcher_vm")
-    {
+    if !group_prerequisites("killed_launcher_vm") {
         return;
     }
-    let tmp = tempfile::tempdir().unwrap();
+    let (tmp, _) = home_with_hello("killed_launcher_vm");
     let home = tmp.path();
-    common::import_example(home, "killed_launcher_vm");
-    build(home);
     let pod = hello_pod(home, "echo started; sleep 600");
     let mut child = Command::new(env!("CARGO_BIN_EXE_coffer"))
         .args(["run", pod.to_str().unwrap(), "--isolation", "vm"])
@@ -559,16 +546,11 @@ fn a_killed_launcher_takes_its_vm_along_and_the_next_run_starts_clean() {
 #[test]
 fn a_vm_group_reaches_out_and_serves_on_its_published_port() {
     let _serial = one_at_a_time();
-    if prerequisites("vm_network").is_none()
-        || !coffer_testkit::tool("runc", "vm_network")
-        || !coffer_testkit::tool("umoci", "vm_network")
-    {
+    if !group_prerequisites("vm_network") {
         return;
     }
-    let tmp = tempfile::tempdir().unwrap();
+    let (tmp, _) = home_with_hello("vm_network");
     let home = tmp.path();
-    common::import_example(home, "vm_network");
-    build(home);
     // A server on the host's loopback: the guest reaches it through its gateway (outbound NAT).
     let outside = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let outside_port = outside.local_addr().unwrap().port();
