@@ -62,6 +62,34 @@ impl Output {
 }
 
 /// Read `s` line by line (lines longer than [`MAX_LINE`] split) into `out`.
+/// `runc run` returns only when the container ends; it writes its pid file once the container
+/// exists and its process runs. Waiting for that (or for runc to end: a process that cannot start
+/// is reported through its exit status, as before) means a request that follows the create reply
+/// (exec, signal) finds the container.
+fn wait_started(child: &mut Child, pid_file: &Path) -> Result<(), String> {
+    const LIMIT: std::time::Duration = std::time::Duration::from_secs(120);
+    let start = std::time::Instant::now();
+    let mut pause = std::time::Duration::from_micros(500);
+    loop {
+        if pid_file.exists() {
+            return Ok(());
+        }
+        match child.try_wait() {
+            Ok(Some(_)) => return Ok(()),
+            Ok(None) => {}
+            Err(e) => return Err(format!("waiting for runc: {e}")),
+        }
+        if start.elapsed() > LIMIT {
+            return Err(format!(
+                "runc did not start the container within {} s",
+                LIMIT.as_secs()
+            ));
+        }
+        std::thread::sleep(pause);
+        pause = (pause * 2).min(std::time::Duration::from_millis(10));
+    }
+}
+
 fn collect_output(s: impl Read, name: &str, out: &(Mutex<Output>, Condvar)) {
     let mut r = BufReader::new(s);
     let mut buf = Vec::new();
@@ -745,6 +773,12 @@ impl Agent {
         if let Err(e) = spec.save(bundle.join("config.json")) {
             return failed(format!("writing the OCI spec: {e}"));
         }
+        let pid_file = bundle.join("runc.pid");
+        if let Err(e) = std::fs::remove_file(&pid_file) {
+            if e.kind() != std::io::ErrorKind::NotFound {
+                return failed(format!("removing {}: {e}", pid_file.display()));
+            }
+        }
         let child = Command::new(&self.runc)
             .args([
                 "--root",
@@ -753,6 +787,8 @@ impl Agent {
                 "--bundle",
             ])
             .arg(&bundle)
+            .arg("--pid-file")
+            .arg(&pid_file)
             .arg("--")
             .arg(id)
             .stdin(Stdio::null())
@@ -784,6 +820,11 @@ impl Agent {
                 let out = output.clone();
                 std::thread::spawn(move || collect_output(s, name, &out));
             }
+        }
+        if let Err(e) = wait_started(&mut child, &pid_file) {
+            let _ = child.kill();
+            let _ = child.wait();
+            return failed(e);
         }
         lock(&self.state).containers.insert(
             id.to_string(),

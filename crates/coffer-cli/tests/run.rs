@@ -374,7 +374,6 @@ fn exec_in_a_running_group_follows_exec_processes() {
         volumes: volumes(),
     })
     .unwrap();
-    std::thread::sleep(std::time::Duration::from_millis(200));
     let ok = coffer(
         home,
         &["exec", "hello", "hello", "--cwd", "/app", "--", "/bin/true"],
@@ -440,6 +439,38 @@ fn exec_in_a_running_group_follows_exec_processes() {
     let status = group.client().unwrap().attach("hello", |_, _| {}).unwrap();
     assert_eq!(status, 7, "the container's TERM handler ran");
     group.shutdown().unwrap();
+}
+
+/// The create reply means the container exists: an exec sent at once finds it (the shim's
+/// `ctr run -d` then `ctr task exec` raced runc's start before).
+#[test]
+fn exec_sent_right_after_create_finds_the_container() {
+    let _serial = one_at_a_time();
+    let Some((tmp, policy)) = setup("exec_right_after_create") else {
+        return;
+    };
+    let home = tmp.path();
+    let main = ["/bin/sh", "-c", "while true; do sleep 0.05; done"];
+    let policy = policy.replace(
+        r#""command":["/bin/sh","/app/hello.sh"]"#,
+        &format!(r#""command":{}"#, serde_json::json!(main)),
+    );
+    let group = launch(home, "hello", &policy).unwrap();
+    let mut c = prepare(&group, home);
+    let mut p = hello_process();
+    p.args = main.iter().map(|s| s.to_string()).collect();
+    c.create_container("hello", p, volumes()).unwrap();
+    let mut probe = hello_process();
+    probe.args = vec!["/bin/true".into()];
+    let done = c.exec("hello", probe);
+    if done.is_ok() {
+        group.shutdown().unwrap();
+    } else {
+        // An agent that lost the race may not stop what it never saw start: fail, do not hang.
+        let mut group = group;
+        let _ = group.sandbox.kill();
+    }
+    assert_eq!(done.map(|r| r.exit).map_err(|e| e.to_string()), Ok(0));
 }
 
 #[test]
