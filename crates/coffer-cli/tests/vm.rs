@@ -1,8 +1,8 @@
-//! The VM backend under QEMU (TCG here): the guest image is deterministic, the hello group runs
-//! in a VM with its output streamed and its exit status passed through, an agent whose policy is
-//! not HOST_DATA refuses, and nothing is left behind. Three boots in all, one of them a bare
-//! kernel with a one-line initramfs for the benchmark's floor. Skipped (with a note) without
-//! qemu-system-x86_64 or the kernel package.
+//! The VM backend under QEMU (TCG here): the guest image is deterministic; the hello group runs
+//! in a VM with its output streamed and its exit status passed through; an agent whose policy is
+//! not HOST_DATA refuses; layer disks are read through dm-verity, and disks that lie are not
+//! mounted; a killed launcher takes its VM along; a group reaches out and serves on its port;
+//! nothing is left behind. Skipped (with a note) without qemu-system-x86_64 or the kernel package.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -445,7 +445,6 @@ fn layer_disks_are_verified_by_dm_verity_in_the_guest() {
         })
         .expect("the data layer's image");
     let mut bytes = std::fs::read(&data_layer).unwrap();
-    let original = bytes.clone();
 
     // One byte of the file's data flipped in the cached image: the root (read from the hash
     // tree) still matches the policy, the layer mounts, and dm-verity fails the read of that
@@ -465,22 +464,6 @@ fn layer_disks_are_verified_by_dm_verity_in_the_guest() {
         stdout.contains("hello from a confidential container"),
         "{stdout}"
     );
-    assert_nothing_left(home, "hello");
-
-    // One byte of the top hash block flipped: the image's root is no layer of the policy, so the
-    // agent never maps or mounts it.
-    let mut bytes = original;
-    let size = {
-        let sb = &bytes[1024..2048];
-        let blocks = u32::from_le_bytes(sb[4..8].try_into().unwrap()) as usize;
-        blocks * (1024 << u32::from_le_bytes(sb[0x18..0x1c].try_into().unwrap()))
-    };
-    bytes[size + 4096 + 5] ^= 0x01;
-    std::fs::write(&data_layer, &bytes).unwrap();
-    let (code, stdout, stderr) = run_vm(home, &pod);
-    assert_ne!(code, Some(0), "{stdout}\n{stderr}");
-    assert!(stderr.contains("mount_device"), "{stderr}");
-    assert!(!stdout.contains("read-"), "{stdout}");
     assert_nothing_left(home, "hello");
 }
 
@@ -641,4 +624,119 @@ fn a_vm_group_reaches_out_and_serves_on_its_published_port() {
         std::net::TcpListener::bind(("127.0.0.1", port)).is_ok(),
         "the published port is free again"
     );
+}
+
+/// A host that lies about the layer disks it attached: a serial that names no disk, a disk
+/// whose superblock claims another size (the hash tree moved to match), a disk whose top hash
+/// block is altered, and a disk cut short before its hash tree. The agent mounts none of them,
+/// each attempt leaves the target free (the policy state forgets it), and the real layer then
+/// mounts at that same target. One boot for all the lies: VM boots are the suite's cost.
+#[test]
+fn layer_disks_that_lie_are_not_mounted_and_leave_the_target_free() {
+    let _serial = one_at_a_time();
+    if !group_prerequisites("layer_disks_that_lie") {
+        return;
+    }
+    let (tmp, image) = home_with_hello("layer_disks_that_lie");
+    let home = tmp.path();
+    let pod = hello_pod(home, "/bin/sh /app/hello.sh");
+    let rego = home.join("p.rego");
+    let out = common::coffer(
+        home,
+        &[
+            "policy",
+            "gen",
+            pod.to_str().unwrap(),
+            "-o",
+            rego.to_str().unwrap(),
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let policy = std::fs::read(&rego).unwrap();
+    let store = coffer_image::Store::open(home).unwrap();
+    let img = store
+        .resolve(&coffer_image::ImageRef::Stored("hello:latest".into()))
+        .unwrap();
+    let layers: Vec<PathBuf> = (0..img.image.layers.len())
+        .map(|i| store.layer_image(&img, i).unwrap())
+        .collect();
+    let real = std::fs::read(&layers[0]).unwrap();
+    let fs_size = {
+        let sb = &real[1024..2048];
+        let blocks = u32::from_le_bytes(sb[4..8].try_into().unwrap()) as usize;
+        blocks * (1024 << u32::from_le_bytes(sb[0x18..0x1c].try_into().unwrap()))
+    };
+    let lies = home.join("lies");
+    std::fs::create_dir_all(&lies).unwrap();
+    // The superblock claims one 4 KiB block fewer; the verity superblock and tree follow that
+    // size, so the unverified root read from the disk is the approved one.
+    let mut claimed = real[..fs_size - 4096].to_vec();
+    let blocks = u32::from_le_bytes(claimed[1028..1032].try_into().unwrap());
+    let log = u32::from_le_bytes(claimed[1024 + 0x18..1024 + 0x1c].try_into().unwrap());
+    let fewer = blocks - (4096 >> (10 + log)).max(1);
+    claimed[1028..1032].copy_from_slice(&fewer.to_le_bytes());
+    claimed.extend_from_slice(&real[fs_size..]);
+    let mut top_flipped = real.clone();
+    top_flipped[fs_size + 4096 + 5] ^= 0x01;
+    let cut = real[..fs_size + 4096].to_vec();
+    let mut disks = layers.clone();
+    for (name, bytes) in [
+        ("claimed.img", &claimed),
+        ("top-flipped.img", &top_flipped),
+        ("cut.img", &cut),
+    ] {
+        let p = lies.join(name);
+        std::fs::write(&p, bytes).unwrap();
+        disks.push(p);
+    }
+    let group = coffer_host::qemu::launch(
+        LaunchSpec {
+            home: home.to_path_buf(),
+            name: "lies".into(),
+            policy: policy.clone(),
+            host_data: coffer_policy::digest(&policy),
+            agent_exe: common::agent_exe(),
+            volumes: vec![],
+            network: coffer_host::net::NetworkMode::None,
+        },
+        &coffer_host::qemu::VmConfig {
+            image,
+            memory_mib: 512,
+            vcpus: 1,
+            snp: None,
+            disks: disks.clone(),
+        },
+    )
+    .unwrap();
+    let serial = |p: &Path| group.stage_layer(p).unwrap();
+    let mut c = group.client().unwrap();
+    let target = "/run/coffer/layers/l0";
+    let err = |r: Result<coffer_proto::reply::LayerMounted, coffer_host::HostError>| {
+        r.err().map(|e| e.to_string()).unwrap_or_default()
+    };
+    let no_disk = err(c.mount_layer(target, "l99"));
+    assert!(no_disk.contains("no layer disk with serial"), "{no_disk}");
+    let sized = err(c.mount_layer(target, &serial(&lies.join("claimed.img"))));
+    assert!(sized.contains("not mounted"), "{sized}");
+    let flipped = err(c.mount_layer(target, &serial(&lies.join("top-flipped.img"))));
+    assert!(flipped.contains("mount_device"), "{flipped}");
+    let short = err(c.mount_layer(target, &serial(&lies.join("cut.img"))));
+    assert!(short.contains("hash tree"), "{short}");
+    eprintln!("refusals:\n  {no_disk}\n  {sized}\n  {flipped}\n  {short}");
+    // After every lie the target is free and the real layers mount, the first one where the
+    // lies were offered.
+    let mut paths = vec![];
+    for (i, layer) in layers.iter().enumerate() {
+        let t = format!("/run/coffer/layers/l{i}");
+        c.mount_layer(&t, &serial(layer)).unwrap();
+        paths.push(t);
+    }
+    paths.reverse();
+    c.mount_overlay("hello", paths).unwrap();
+    group.shutdown().unwrap();
+    assert_nothing_left(home, "lies");
 }
