@@ -135,8 +135,7 @@ fn ask(mux: &Mux, service: &str, limit: u64) -> Result<Vec<u8>, AgentError> {
 /// volume name -> serial). Host data: a wrong entry opens nothing (see
 /// `Agent::with_volume_disks`).
 fn volume_disks(mux: &Mux) -> Result<std::collections::BTreeMap<String, String>, AgentError> {
-    let bytes = ask(mux, "volumes", 64 << 10)?;
-    serde_json::from_slice(&bytes).map_err(|e| AgentError::Agent(format!("the volume disks: {e}")))
+    parse_volume_disks(&ask(mux, "volumes", 64 << 10)?)
 }
 
 /// The group's network as the host describes it (`net` stream, host data like the rest): kept
@@ -144,13 +143,7 @@ fn volume_disks(mux: &Mux) -> Result<std::collections::BTreeMap<String, String>,
 /// gateway as default route. No address: loopback only.
 fn guest_network(mux: &Mux, io_dir: &Path) -> Result<(), AgentError> {
     let bytes = ask(mux, "net", 2 * coffer_proto::MAX_RESOLV_CONF as u64 + 1)?;
-    if bytes.len() > 2 * coffer_proto::MAX_RESOLV_CONF {
-        return Err(AgentError::Agent(
-            "the network description is too large".into(),
-        ));
-    }
-    let net: coffer_proto::GroupNet = serde_json::from_slice(&bytes)
-        .map_err(|e| AgentError::Agent(format!("the network description: {e}")))?;
+    let net = parse_net(&bytes)?;
     std::fs::write(io_dir.join(coffer_proto::GROUP_FILE), &bytes)
         .map_err(io("writing net.json"))?;
     let Some(address) = net.address else {
@@ -178,6 +171,24 @@ fn guest_network(mux: &Mux, io_dir: &Path) -> Result<(), AgentError> {
         }
     }
     Ok(())
+}
+
+/// The host's network description: bounded, every field typed, nothing unknown.
+fn parse_net(bytes: &[u8]) -> Result<coffer_proto::GroupNet, AgentError> {
+    if bytes.len() > 2 * coffer_proto::MAX_RESOLV_CONF {
+        return Err(AgentError::Agent(
+            "the network description is too large".into(),
+        ));
+    }
+    serde_json::from_slice(bytes)
+        .map_err(|e| AgentError::Agent(format!("the network description: {e}")))
+}
+
+/// The host's map of encrypted volume name -> disk serial.
+fn parse_volume_disks(
+    bytes: &[u8],
+) -> Result<std::collections::BTreeMap<String, String>, AgentError> {
+    serde_json::from_slice(bytes).map_err(|e| AgentError::Agent(format!("the volume disks: {e}")))
 }
 
 /// Move the initramfs's files onto a tmpfs and make it the root.
@@ -309,5 +320,56 @@ fn find_port(timeout: Duration) -> Result<PathBuf, AgentError> {
             });
         }
         std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_network_description_larger_than_the_bound_is_refused() {
+        let big = vec![b' '; 2 * coffer_proto::MAX_RESOLV_CONF + 1];
+        let e = parse_net(&big).unwrap_err().to_string();
+        assert!(e.contains("too large"), "{e}");
+    }
+
+    #[test]
+    fn a_network_description_that_is_not_json_is_refused() {
+        let e = parse_net(b"address=10.0.2.15").unwrap_err().to_string();
+        assert!(e.contains("the network description"), "{e}");
+    }
+
+    #[test]
+    fn a_network_description_with_an_unknown_field_is_refused() {
+        let e = parse_net(br#"{"name":"g","resolv_conf":"","routes":["0.0.0.0/0"]}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("unknown field"), "{e}");
+    }
+
+    #[test]
+    fn a_network_address_that_is_not_ipv4_is_refused() {
+        let e = parse_net(br#"{"name":"g","resolv_conf":"","address":"10.0.2.15; reboot"}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("the network description"), "{e}");
+    }
+
+    #[test]
+    fn a_well_formed_network_description_is_read() {
+        let net = parse_net(
+            br#"{"name":"g","resolv_conf":"nameserver 10.0.2.3\n","address":"10.0.2.15"}"#,
+        )
+        .unwrap();
+        assert_eq!(net.address, Some(std::net::Ipv4Addr::new(10, 0, 2, 15)));
+    }
+
+    #[test]
+    fn a_volume_disk_map_that_is_not_names_to_serials_is_refused() {
+        let e = parse_volume_disks(br#"{"data":7}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("the volume disks"), "{e}");
     }
 }
