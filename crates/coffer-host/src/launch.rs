@@ -336,33 +336,9 @@ pub fn launch(spec: LaunchSpec) -> Result<Group, HostError> {
     let emu = coffer_snp_emu::EmulatedSp::open_or_create(&spec.home)
         .map_err(|e| HostError::SecureProcessor(e.to_string()))?;
     let sp = EmulatedService::start(&io_dir.join("sp.sock"), emu, spec.host_data, measurement)?;
-    // The relay goes only where the policy sends the group (its attestation services and key
-    // brokers) and to the remote volume images the host itself serves.
-    let text = std::str::from_utf8(&spec.policy)
-        .map_err(|_| HostError::Agent("the policy is not UTF-8".into()))?;
-    let settings = coffer_policy::Settings::of(&mut coffer_policy::Enforcer::new(text)?)?;
-    let mut allowed = settings.egress_destinations();
-    for (name, src) in &spec.volumes {
-        let text = src.to_string_lossy();
-        if text.starts_with("http://") || text.starts_with("https://") {
-            allowed.push(
-                coffer_encfs::source::url_host_port(&text)
-                    .map_err(|e| HostError::Agent(format!("encrypted volume {name}: {e}")))?,
-            );
-        }
-    }
-    let egress = Egress::start(&io_dir.join("egress.sock"), allowed)?;
-    // The ports the policy publishes are held before anything starts: a conflict fails here.
-    let published = match crate::net::reserve(&spec.network, &settings.ports) {
-        Ok(p) => p,
-        Err(e) => {
-            let _ = std::fs::remove_dir_all(&dir);
-            return Err(e);
-        }
-    };
     let mut unshare = Command::new("unshare");
     crate::die_with_launcher(&mut unshare);
-    let sandbox = unshare
+    let mut sandbox = unshare
         .args([
             "--fork",
             "--kill-child",
@@ -385,8 +361,20 @@ pub fn launch(spec: LaunchSpec) -> Result<Group, HostError> {
         )
         .spawn()
         .map_err(crate::io("starting the sandbox (unshare)"))?;
-    std::fs::write(dir.join("pid"), sandbox.id().to_string())
-        .map_err(crate::io("writing the pid file"))?;
+    // The host's own part is read from the policy while the agent starts (reading a policy
+    // takes milliseconds): a port conflict ends the group before any container runs.
+    let host_part = std::fs::write(dir.join("pid"), sandbox.id().to_string())
+        .map_err(crate::io("writing the pid file"))
+        .and_then(|()| egress_and_ports(&spec, &io_dir));
+    let (egress, published) = match host_part {
+        Ok(x) => x,
+        Err(e) => {
+            let _ = sandbox.kill();
+            let _ = sandbox.wait();
+            let _ = std::fs::remove_dir_all(&dir);
+            return Err(e);
+        }
+    };
     let mut group = Group {
         name: spec.name,
         dir,
@@ -396,26 +384,104 @@ pub fn launch(spec: LaunchSpec) -> Result<Group, HostError> {
         measurement,
         net: None,
     };
+    // The network is wired while the agent starts: both take tens of milliseconds, and the
+    // agent reads the network's description only when it creates the first container.
+    let wiring = match spec.network {
+        crate::net::NetworkMode::None => None,
+        crate::net::NetworkMode::Bridge { .. } => {
+            let (name, dir, pid) = (group.name.clone(), group.dir.clone(), group.sandbox.id());
+            match own_netns(&mut group.sandbox) {
+                Ok(true) => Some(std::thread::spawn(move || {
+                    crate::net::Network::connect(&name, &dir, pid, published)
+                })),
+                // The sandbox ended already: the wait below reports why, from the agent's log.
+                Ok(false) => None,
+                Err(e) => return Err(group.abandon(None, e)),
+            }
+        }
+    };
     let socket = io_dir.join("agent.sock");
     let started = Instant::now();
-    loop {
+    let served = loop {
         if socket.exists() && UnixStream::connect(&socket).is_ok() {
-            return group.connect_network(&spec.network, published);
+            break Ok(());
         }
         if let Ok(Some(status)) = group.sandbox.try_wait() {
             let log = std::fs::read_to_string(group.dir.join("agent.log")).unwrap_or_default();
-            return Err(HostError::Agent(format!(
+            break Err(HostError::Agent(format!(
                 "the agent exited ({status}): {}",
                 log.trim()
             )));
         }
         if started.elapsed() > Duration::from_secs(30) {
-            let _ = group.sandbox.kill();
-            return Err(HostError::Agent(
+            break Err(HostError::Agent(
                 "the agent did not start within 30 s".into(),
             ));
         }
         std::thread::sleep(Duration::from_millis(2));
+    };
+    let wired = match wiring {
+        None => Ok(None),
+        Some(t) => t
+            .join()
+            .unwrap_or_else(|_| Err(crate::net::net_err("the network set-up panicked")))
+            .map(Some),
+    };
+    match (served, wired) {
+        (Ok(()), Ok(net)) => group.tell_network(net),
+        (Err(e), Ok(net)) => Err(group.abandon(net, e)),
+        (_, Err(e)) => Err(group.abandon(None, e)),
+    }
+}
+
+/// The egress relay, open only to where the policy sends the group (its attestation services
+/// and key brokers) and to the remote volume images the host itself serves; and the ports the
+/// policy publishes, held.
+fn egress_and_ports(
+    spec: &LaunchSpec,
+    io_dir: &Path,
+) -> Result<(Egress, Vec<crate::net::Published>), HostError> {
+    let text = std::str::from_utf8(&spec.policy)
+        .map_err(|_| HostError::Agent("the policy is not UTF-8".into()))?;
+    let settings = coffer_policy::Settings::of(&mut coffer_policy::Enforcer::new(text)?)?;
+    let mut allowed = settings.egress_destinations();
+    for (name, src) in &spec.volumes {
+        let text = src.to_string_lossy();
+        if text.starts_with("http://") || text.starts_with("https://") {
+            allowed.push(
+                coffer_encfs::source::url_host_port(&text)
+                    .map_err(|e| HostError::Agent(format!("encrypted volume {name}: {e}")))?,
+            );
+        }
+    }
+    let egress = Egress::start(&io_dir.join("egress.sock"), allowed)?;
+    let published = crate::net::reserve(&spec.network, &settings.ports)?;
+    Ok((egress, published))
+}
+
+/// Wait until `unshare` has made the sandbox's network namespace (a moment after it starts),
+/// so that the network is not wired into the host's own: true once it has, false when the
+/// sandbox ended first.
+fn own_netns(sandbox: &mut Child) -> Result<bool, HostError> {
+    use std::os::unix::fs::MetadataExt as _;
+    let own = std::fs::metadata("/proc/self/ns/net").map_err(crate::io("/proc/self/ns/net"))?;
+    let path = format!("/proc/{}/ns/net", sandbox.id());
+    let started = Instant::now();
+    loop {
+        if let Ok(m) = std::fs::metadata(&path) {
+            if (m.dev(), m.ino()) != (own.dev(), own.ino()) {
+                return Ok(true);
+            }
+        }
+        if let Ok(Some(_)) = sandbox.try_wait() {
+            return Ok(false);
+        }
+        if started.elapsed() > Duration::from_secs(10) {
+            return Err(HostError::Agent(
+                "the sandbox made no network namespace within 10 s".into(),
+            ));
+        }
+        std::thread::sleep(Duration::from_micros(200));
     }
 }
 
@@ -440,39 +506,32 @@ impl Group {
 
     /// Wire the running sandbox ([`crate::net`]) and tell the agent its address; on failure the
     /// group is ended and nothing stays behind.
-    fn connect_network(
-        mut self,
-        mode: &crate::net::NetworkMode,
-        published: Vec<crate::net::Published>,
-    ) -> Result<Group, HostError> {
-        let wired = match mode {
-            crate::net::NetworkMode::None => Ok(None),
-            crate::net::NetworkMode::Bridge { .. } => {
-                crate::net::Network::connect(&self.name, &self.dir, self.sandbox.id(), published)
-                    .map(Some)
-            }
+    /// Tell the agent about its network (the group file); on failure the group goes.
+    fn tell_network(mut self, net: Option<crate::net::Network>) -> Result<Group, HostError> {
+        let file = crate::net::GroupNet {
+            name: self.name.clone(),
+            address: net.as_ref().map(|n| n.info().address),
+            resolv_conf: crate::net::host_resolv_conf(),
         };
-        let told = wired.and_then(|net| {
-            let file = crate::net::GroupNet {
-                name: self.name.clone(),
-                address: net.as_ref().map(|n| n.info().address),
-                resolv_conf: crate::net::host_resolv_conf(),
-            };
-            self.net = net;
-            crate::net::write_group_file(&self.dir.join("io"), &file)
-        });
-        match told {
+        self.net = net;
+        match crate::net::write_group_file(&self.dir.join("io"), &file) {
             Ok(()) => Ok(self),
             Err(e) => {
-                let _ = self.sandbox.kill();
-                let _ = self.sandbox.wait();
-                if let Some(n) = self.net.take() {
-                    let _ = n.teardown();
-                }
-                let _ = std::fs::remove_dir_all(&self.dir);
-                Err(e)
+                let net = self.net.take();
+                Err(self.abandon(net, e))
             }
         }
+    }
+
+    /// End a group that failed to start: its sandbox, its network, its directory. Returns `e`.
+    fn abandon(mut self, net: Option<crate::net::Network>, e: HostError) -> HostError {
+        let _ = self.sandbox.kill();
+        let _ = self.sandbox.wait();
+        if let Some(n) = net {
+            let _ = n.teardown();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+        e
     }
 
     /// The group's network (none with [`crate::net::NetworkMode::None`]).

@@ -104,7 +104,7 @@ impl std::fmt::Display for Published {
     }
 }
 
-fn net_err(m: impl Into<String>) -> HostError {
+pub(crate) fn net_err(m: impl Into<String>) -> HostError {
     HostError::Agent(format!("group network: {}", m.into()))
 }
 
