@@ -1588,6 +1588,208 @@ mod exec_in_container {
         let d = allow(&mut e, "exec_in_container", input);
         assert_eq!(d.result["env_list"], json!([]));
     }
+
+    #[test]
+    fn a_denied_exec_does_not_blame_a_required_variable_exec_does_not_require() {
+        // The only thing wrong is the process: the reason says so and nothing else.
+        let mut e = created(&Policy::new());
+        let mut input = exec_input();
+        input["argList"] = json!(["/bin/sh"]);
+        input["envList"] = json!([]);
+        deny(
+            &mut e,
+            "exec_in_container",
+            input,
+            "process not in the container's exec_processes",
+        );
+    }
+}
+
+// ---------------------------------------------------------------- exec_external
+
+mod exec_external {
+    use super::*;
+
+    fn shell() -> Value {
+        json!({
+            "command": ["bash"],
+            "working_dir": "/",
+            "env_rules": [
+                {"pattern": "PATH=/usr/bin:/bin", "strategy": "string", "required": true},
+                {"pattern": "TERM=.+", "strategy": "re2", "required": false},
+            ],
+            "allow_stdio_access": true,
+        })
+    }
+
+    fn input() -> Value {
+        json!({"argList": ["bash"], "envList": ["PATH=/usr/bin:/bin", "TERM=xterm"], "workingDir": "/"})
+    }
+
+    #[test]
+    fn a_listed_process_is_allowed_with_its_environment_and_stdio() {
+        let mut e = Policy::new().external(shell()).enforcer();
+        let d = allow(&mut e, "exec_external", input());
+        assert_eq!(d.result["env_list"], input()["envList"]);
+        assert_eq!(d.result["allow_stdio_access"], true);
+    }
+
+    #[test]
+    fn stdio_access_defaults_to_off() {
+        let mut p = shell();
+        p.as_object_mut().unwrap().remove("allow_stdio_access");
+        let mut e = Policy::new().external(p).enforcer();
+        let d = allow(&mut e, "exec_external", input());
+        assert_eq!(d.result["allow_stdio_access"], false);
+    }
+
+    #[test]
+    fn a_policy_without_external_processes_denies_every_one() {
+        let mut e = Policy::new().enforcer();
+        deny(
+            &mut e,
+            "exec_external",
+            input(),
+            "process not in external_processes",
+        );
+    }
+
+    #[test]
+    fn a_process_not_listed_is_denied() {
+        let mut e = Policy::new().external(shell()).enforcer();
+        let mut i = input();
+        i["argList"] = json!(["sh"]);
+        deny(
+            &mut e,
+            "exec_external",
+            i,
+            "process not in external_processes",
+        );
+    }
+
+    #[test]
+    fn a_listed_process_with_an_extra_argument_is_denied() {
+        let mut e = Policy::new().external(shell()).enforcer();
+        let mut i = input();
+        i["argList"] = json!(["bash", "-c", "id"]);
+        deny(
+            &mut e,
+            "exec_external",
+            i,
+            "process not in external_processes",
+        );
+    }
+
+    #[test]
+    fn another_working_directory_is_denied() {
+        let mut e = Policy::new().external(shell()).enforcer();
+        let mut i = input();
+        i["workingDir"] = json!("/tmp");
+        deny(&mut e, "exec_external", i, "invalid working directory");
+    }
+
+    #[test]
+    fn a_process_without_a_working_directory_runs_in_any() {
+        let mut p = shell();
+        p.as_object_mut().unwrap().remove("working_dir");
+        let mut e = Policy::new().external(p).enforcer();
+        let mut i = input();
+        i["workingDir"] = json!("/tmp");
+        allow(&mut e, "exec_external", i);
+    }
+
+    /// Issue #16: the framework ignored an external process's `env_rules` (hcsshim checks them):
+    /// any environment, e.g. LD_PRELOAD, was passed on.
+    #[test]
+    fn a_variable_outside_the_processs_rules_is_denied_without_dropping() {
+        let mut e = Policy::new().external(shell()).enforcer();
+        let mut i = input();
+        i["envList"] = json!(["PATH=/usr/bin:/bin", "LD_PRELOAD=/x.so"]);
+        deny(
+            &mut e,
+            "exec_external",
+            i,
+            "environment variable not allowed: LD_PRELOAD",
+        );
+    }
+
+    #[test]
+    fn a_variable_outside_the_processs_rules_is_dropped_with_dropping() {
+        let p = Policy::new()
+            .external(shell())
+            .on("allow_environment_variable_dropping");
+        let mut e = p.enforcer();
+        let mut i = input();
+        i["envList"] = json!(["LD_PRELOAD=/x.so", "PATH=/usr/bin:/bin"]);
+        let d = allow(&mut e, "exec_external", i);
+        assert_eq!(d.result["env_list"], json!(["PATH=/usr/bin:/bin"]));
+    }
+
+    #[test]
+    fn a_required_variable_missing_is_denied() {
+        let mut e = Policy::new().external(shell()).enforcer();
+        let mut i = input();
+        i["envList"] = json!(["TERM=xterm"]);
+        deny(
+            &mut e,
+            "exec_external",
+            i,
+            "required environment variable missing: PATH=/usr/bin:/bin",
+        );
+    }
+
+    #[test]
+    fn a_re2_rule_of_a_process_is_anchored() {
+        let mut e = Policy::new().external(shell()).enforcer();
+        let mut i = input();
+        i["envList"] = json!(["PATH=/usr/bin:/bin", "XTERM=xterm"]);
+        deny(
+            &mut e,
+            "exec_external",
+            i,
+            "environment variable not allowed: XTERM",
+        );
+    }
+
+    #[test]
+    fn a_process_without_env_rules_gets_no_environment() {
+        let mut p = shell();
+        p.as_object_mut().unwrap().remove("env_rules");
+        let mut e = Policy::new().external(p).enforcer();
+        let mut i = input();
+        i["envList"] = json!([]);
+        allow(&mut e, "exec_external", i);
+        let mut i = input();
+        i["envList"] = json!(["PATH=/usr/bin:/bin"]);
+        deny(
+            &mut e,
+            "exec_external",
+            i,
+            "environment variable not allowed: PATH",
+        );
+    }
+
+    #[test]
+    fn the_container_rules_do_not_apply_to_external_processes() {
+        // The fixture container allows MODE=prod; the external process does not.
+        let mut e = Policy::new().external(shell()).enforcer();
+        let mut i = input();
+        i["envList"] = json!(["PATH=/usr/bin:/bin", "MODE=prod"]);
+        deny(
+            &mut e,
+            "exec_external",
+            i,
+            "environment variable not allowed: MODE",
+        );
+    }
+
+    #[test]
+    fn an_external_process_changes_no_state() {
+        let mut e = created(&Policy::new().external(shell()));
+        let before = e.state();
+        allow(&mut e, "exec_external", input());
+        assert_eq!(e.state(), before);
+    }
 }
 
 // ---------------------------------------------------------------- shutdown_container
