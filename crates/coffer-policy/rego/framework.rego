@@ -531,6 +531,7 @@ errors contains "invalid working directory" if {
 errors contains "privileged (elevated) containers are not allowed" if {
 	rule_is({"create_container"})
 	input.privileged
+	count(container_candidates) > 0
 	every c in container_candidates {
 		not c.allow_elevated
 	}

@@ -629,6 +629,19 @@ mod create_container {
     }
 
     #[test]
+    fn a_privileged_container_without_an_overlay_is_denied_for_the_overlay_only() {
+        let mut e = layers_mounted(&Policy::new());
+        let mut input = create_input();
+        input["privileged"] = json!(true);
+        deny(
+            &mut e,
+            "create_container",
+            input,
+            "the container has no overlay (mount_overlay must come first)",
+        );
+    }
+
+    #[test]
     fn a_container_created_twice_is_denied() {
         let mut e = created(&Policy::new());
         deny(
@@ -1296,6 +1309,16 @@ mod environment {
             env(&["PATH=/bin", "TOKEN="]),
             "environment variable not allowed: TOKEN",
         );
+    }
+
+    #[test]
+    fn a_re2_rule_that_does_not_compile_denies() {
+        let p = Policy::new().with(|c| c["env_rules"][2]["pattern"] = json!("TOKEN=(["));
+        let (mut e, input) = create(&p, |_| {});
+        let before = e.state();
+        let d = e.decide("create_container", &input).unwrap();
+        assert!(!d.allowed, "{}", d.result);
+        assert_eq!(e.state(), before);
     }
 
     #[test]
