@@ -378,12 +378,22 @@ exec_in_container := {"allowed": true, "env_list": exec_matches[0].env, "allow_s
 	count(exec_matches) > 0
 }
 
+external_command_matches := [p | some p in policy_external_processes; p.command == input.argList]
+
+external_working_dir_ok(p) if object.get(p, "working_dir", input.workingDir) == input.workingDir
+
+# An external process gets its own environment rules, as a container's process does (required
+# variables included): a process without rules gets no environment.
+external_matches := [{"process": p, "env": env} |
+	some p in external_command_matches
+	external_working_dir_ok(p)
+	env := env_result(p)
+]
+
 default exec_external := {"allowed": false}
 
-exec_external := {"allowed": true, "env_list": object.get(input, "envList", []), "allow_stdio_access": object.get(p, "allow_stdio_access", false)} if {
-	some p in policy_external_processes
-	p.command == input.argList
-	object.get(p, "working_dir", input.workingDir) == input.workingDir
+exec_external := {"allowed": true, "env_list": external_matches[0].env, "allow_stdio_access": object.get(external_matches[0].process, "allow_stdio_access", false)} if {
+	count(external_matches) > 0
 }
 
 default shutdown_container := {"allowed": false}
@@ -521,6 +531,7 @@ errors contains "invalid working directory" if {
 errors contains "privileged (elevated) containers are not allowed" if {
 	rule_is({"create_container"})
 	input.privileged
+	count(container_candidates) > 0
 	every c in container_candidates {
 		not c.allow_elevated
 	}
@@ -586,8 +597,9 @@ errors contains sprintf("environment variable not allowed: %s", [name]) if {
 	name := split(e, "=")[0]
 }
 
+# An exec'd process need not repeat the container's required variables (exec_env_result).
 errors contains sprintf("required environment variable missing: %s", [rule.pattern]) if {
-	rule_is({"create_container", "exec_in_container"})
+	rule_is({"create_container"})
 	some c in container_candidates
 	some rule in c.env_rules
 	rule.required
@@ -615,9 +627,34 @@ errors contains "process not in the container's exec_processes" if {
 
 errors contains "process not in external_processes" if {
 	rule_is({"exec_external"})
-	every p in policy_external_processes {
-		p.command != input.argList
+	count(external_command_matches) == 0
+}
+
+errors contains "invalid working directory" if {
+	rule_is({"exec_external"})
+	count(external_command_matches) > 0
+	every p in external_command_matches {
+		not external_working_dir_ok(p)
 	}
+}
+
+errors contains sprintf("environment variable not allowed: %s", [name]) if {
+	rule_is({"exec_external"})
+	not allow_environment_variable_dropping
+	some e in input_env
+	count(external_command_matches) > 0
+	every p in external_command_matches {
+		not env_allowed(p, e)
+	}
+	name := split(e, "=")[0]
+}
+
+errors contains sprintf("required environment variable missing: %s", [rule.pattern]) if {
+	rule_is({"exec_external"})
+	some p in external_command_matches
+	some rule in p.env_rules
+	rule.required
+	not rule_satisfied(rule, allowed_env(p))
 }
 
 errors contains sprintf("signal %v not allowed for this process", [input.signal]) if {
