@@ -740,3 +740,49 @@ fn layer_disks_that_lie_are_not_mounted_and_leave_the_target_free() {
     group.shutdown().unwrap();
     assert_nothing_left(home, "lies");
 }
+
+/// A guest whose init dies: the kernel panics, QEMU ends (`panic=-1`, `-no-reboot`), and the
+/// launch fails with the console's panic line, leaving no QEMU, socket or directory. (busybox
+/// stands in for an agent that crashes: run as `coffer-agent` it finds no such applet and exits.)
+#[test]
+fn a_guest_panic_ends_the_launch_with_its_reason_and_leaves_nothing() {
+    let _serial = one_at_a_time();
+    if prerequisites("guest_panic").is_none() || !coffer_testkit::tool("busybox", "guest_panic") {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let home = tmp.path();
+    let image = coffer_host::image::build(&coffer_host::image::BuildOptions {
+        home: home.to_path_buf(),
+        agent: PathBuf::from("/bin/busybox"),
+        kernel_deb: None,
+    })
+    .unwrap();
+    let policy = b"package policy\n".to_vec();
+    let t0 = Instant::now();
+    let err = coffer_host::qemu::launch(
+        LaunchSpec {
+            home: home.to_path_buf(),
+            name: "panicked".into(),
+            policy: policy.clone(),
+            host_data: coffer_policy::digest(&policy),
+            agent_exe: PathBuf::from("/bin/busybox"),
+            volumes: vec![],
+            network: coffer_host::net::NetworkMode::None,
+        },
+        &coffer_host::qemu::VmConfig {
+            image,
+            memory_mib: 512,
+            vcpus: 1,
+            snp: None,
+            disks: vec![],
+        },
+    )
+    .err()
+    .expect("a guest without a working init cannot start a group");
+    let msg = err.to_string();
+    eprintln!("guest panic reported after {:?}: {msg}", t0.elapsed());
+    assert!(msg.contains("Kernel panic"), "{msg}");
+    assert!(msg.contains("Attempted to kill init"), "{msg}");
+    assert_nothing_left(home, "panicked");
+}
