@@ -286,6 +286,7 @@ fn run_group(
         }
     };
     eprintln!("coffer: isolation {isolation}");
+    crate::cmd::snp::emulated_sp(&home)?;
     let group = backend.launch(LaunchSpec {
         home: home.clone(),
         name: pod.metadata.name.clone(),

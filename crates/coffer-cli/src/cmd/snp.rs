@@ -124,12 +124,32 @@ fn show(a: ShowArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// This home's emulated secure processor; its development root is made on first use, which
+/// takes seconds (two RSA-4096 keys): say so rather than sit silent.
+pub(crate) fn emulated_sp(home: &Path) -> Result<EmulatedSp> {
+    if EmulatedSp::existing_root(home)?.is_none() {
+        eprintln!(
+            "coffer: creating the emulated secure processor's development root in {} \
+             (two RSA-4096 keys, once per COFFER_HOME; this takes a few seconds)",
+            EmulatedSp::state_dir(home).display()
+        );
+        let t0 = std::time::Instant::now();
+        let sp = EmulatedSp::open_or_create(home)?;
+        eprintln!(
+            "coffer: development root made in {:.1} s",
+            t0.elapsed().as_secs_f64()
+        );
+        return Ok(sp);
+    }
+    Ok(EmulatedSp::open_or_create(home)?)
+}
+
 /// Roots for this machine: AMD's, plus the local development root if one exists (created when
 /// emulation is allowed, so that a fresh home can verify its own emulated evidence).
 pub(crate) fn roots(home: &Path, allow_emulated: bool) -> Result<Roots> {
     let mut roots = Roots::amd().context("embedded AMD roots")?;
     if allow_emulated {
-        EmulatedSp::open_or_create(home)?;
+        emulated_sp(home)?;
     }
     if let Some((ark, ask, asvk)) = EmulatedSp::existing_root(home)? {
         roots = roots.with_emulated(ark, ask, asvk)?;
@@ -335,13 +355,7 @@ fn emulate(a: EmulateArgs) -> Result<ExitCode> {
         ..Default::default()
     };
     let home = coffer_home()?;
-    if EmulatedSp::existing_root(&home)?.is_none() {
-        eprintln!(
-            "coffer: creating the emulated secure processor's development root in {} (RSA-4096, once)",
-            EmulatedSp::state_dir(&home).display()
-        );
-    }
-    let sp = EmulatedSp::open_or_create(&home)?;
+    let sp = emulated_sp(&home)?;
     let made = sp.report(&req)?;
     std::fs::write(&a.out, made.report.bytes())
         .with_context(|| format!("cannot write {}", a.out.display()))?;
