@@ -286,7 +286,7 @@ fn run_group(
         }
     };
     eprintln!("coffer: isolation {isolation}");
-    crate::cmd::snp::emulated_sp(&home)?;
+    crate::cmd::snp::ensure_development_root(&home)?;
     let group = backend.launch(LaunchSpec {
         home: home.clone(),
         name: pod.metadata.name.clone(),

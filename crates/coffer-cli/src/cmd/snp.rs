@@ -127,21 +127,27 @@ fn show(a: ShowArgs) -> Result<ExitCode> {
 /// This home's emulated secure processor; its development root is made on first use, which
 /// takes seconds (two RSA-4096 keys): say so rather than sit silent.
 pub(crate) fn emulated_sp(home: &Path) -> Result<EmulatedSp> {
-    if EmulatedSp::existing_root(home)?.is_none() {
-        eprintln!(
-            "coffer: creating the emulated secure processor's development root in {} \
-             (two RSA-4096 keys, once per COFFER_HOME; this takes a few seconds)",
-            EmulatedSp::state_dir(home).display()
-        );
-        let t0 = std::time::Instant::now();
-        let sp = EmulatedSp::open_or_create(home)?;
-        eprintln!(
-            "coffer: development root made in {:.1} s",
-            t0.elapsed().as_secs_f64()
-        );
-        return Ok(sp);
-    }
+    ensure_development_root(home)?;
     Ok(EmulatedSp::open_or_create(home)?)
+}
+
+/// Make this home's development root if it has none, saying so (see [`emulated_sp`]).
+pub(crate) fn ensure_development_root(home: &Path) -> Result<()> {
+    if EmulatedSp::existing_root(home)?.is_some() {
+        return Ok(());
+    }
+    eprintln!(
+        "coffer: creating the emulated secure processor's development root in {} \
+         (two RSA-4096 keys, once per COFFER_HOME; this takes a few seconds)",
+        EmulatedSp::state_dir(home).display()
+    );
+    let t0 = std::time::Instant::now();
+    EmulatedSp::open_or_create(home)?;
+    eprintln!(
+        "coffer: development root made in {:.1} s",
+        t0.elapsed().as_secs_f64()
+    );
+    Ok(())
 }
 
 /// Roots for this machine: AMD's, plus the local development root if one exists (created when
