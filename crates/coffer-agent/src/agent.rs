@@ -1469,21 +1469,23 @@ mod layer_image {
 
     /// Loop-mount the first `size` bytes read-only (`noload`: no journal replay, nothing written).
     pub(super) fn mount(image: &Path, size: u64, target: &Path) -> Result<(), String> {
-        let out = std::process::Command::new("mount")
-            .args(["-t", "ext4", "-o"])
-            .arg(format!("ro,loop,noload,sizelimit={size}"))
-            .arg(image)
-            .arg(target)
-            .output()
-            .map_err(|e| format!("mount: {e}"))?;
-        if out.status.success() {
-            Ok(())
-        } else {
-            Err(format!(
-                "mount: {}",
-                String::from_utf8_lossy(&out.stderr).trim()
-            ))
-        }
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(nix::fcntl::OFlag::O_NOFOLLOW.bits())
+            .open(image)
+            .map_err(|e| format!("{}: {e}", image.display()))?;
+        let (dev, path) = crate::loopdev::attach_read_only(&file, size)?;
+        let mounted = nix::mount::mount(
+            Some(&path),
+            target,
+            Some("ext4"),
+            nix::mount::MsFlags::MS_RDONLY,
+            Some("noload"),
+        )
+        .map_err(|e| format!("mount {} on {}: {e}", path.display(), target.display()));
+        // The mount holds the device now; on failure, closing it detaches it (autoclear).
+        drop(dev);
+        mounted
     }
 }
 

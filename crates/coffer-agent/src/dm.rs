@@ -3,7 +3,8 @@
 //!
 //! Why not the `devicemapper` crate: it generates its bindings with bindgen at build time (libclang
 //! on every build machine and in the guest image's build) for three ioctls whose ABI is a 312-byte
-//! header, stable since dm-ioctl 4.0. `unsafe` in the agent is confined to this module.
+//! header, stable since dm-ioctl 4.0. `unsafe` in the agent is confined to this module and
+//! `loopdev`, the two block-device ioctl interfaces it uses.
 #![allow(unsafe_code)]
 
 use std::fs::{File, OpenOptions};

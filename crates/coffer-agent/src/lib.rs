@@ -16,6 +16,7 @@
 
 pub mod agent;
 mod dm;
+mod loopdev;
 pub mod sandbox;
 pub mod skr;
 pub mod vm;
