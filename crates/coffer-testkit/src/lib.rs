@@ -53,6 +53,9 @@ pub enum Need {
     Python(&'static [&'static str]),
     /// Anything else: what it is, and a check that says why it is missing.
     Check(&'static str, fn() -> Result<(), String>),
+    /// A need CI does not install either: unmet, the test is ignored even under
+    /// `COFFER_REQUIRE_VECTORS=1`.
+    Optional(&'static Need),
 }
 
 /// The example image ([`build_example_image`]) can be built: umoci is on `PATH`.
@@ -66,6 +69,7 @@ impl Need {
     fn key(&self) -> String {
         match self {
             Need::Check(what, _) => format!("Check({what})"),
+            Need::Optional(need) => need.key(),
             other => format!("{other:?}"),
         }
     }
@@ -121,6 +125,7 @@ impl Need {
                 }
             }
             Need::Check(what, check) => check().map_err(|why| format!("needs {what}: {why}")),
+            Need::Optional(need) => need.check(),
         }
     }
 
@@ -187,8 +192,14 @@ impl Test {
     fn trial(self) -> Trial {
         let Test { name, body, needs } = self;
         Trial::ignorable_test(name, move || {
-            if let Some(why) = needs.iter().find_map(|n| n.met().err()) {
-                return unmet(why);
+            for need in &needs {
+                match (need.met(), need) {
+                    (Ok(()), _) => {}
+                    (Err(why), Need::Optional(_)) => {
+                        return Ok(Completion::ignored_with(format!("{why} (optional)")))
+                    }
+                    (Err(why), _) => return unmet(why),
+                }
             }
             match catch_unwind(AssertUnwindSafe(body)) {
                 Ok(()) => Ok(Completion::Completed),
