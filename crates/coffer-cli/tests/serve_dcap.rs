@@ -6,8 +6,8 @@
 
 use std::process::Command;
 
-use coffer_testkit::Need;
 use base64::Engine as _;
+use coffer_testkit::Need;
 use serde_json::{json, Value};
 
 mod common;
