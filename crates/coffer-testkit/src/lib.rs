@@ -27,7 +27,10 @@
 //! panics fail it; a condition only found out while running (a service that cannot start here) is
 //! reported with [`skip`], which follows the same rule.
 //!
-//! Vectors are read from `$COFFER_VECTORS`, else `../shared/vectors` beside the workspace.
+//! Vectors are read from `$COFFER_VECTORS`, else `../shared/vectors` beside the workspace. Unit tests
+//! (inside a library, on libtest's own harness) cannot be ignored at run time; those that read
+//! the vectors carry `#[cfg_attr(coffer_no_vectors, ignore = ...)]`, set by their crate's build
+//! script under the same rule.
 
 use std::collections::HashMap;
 use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
