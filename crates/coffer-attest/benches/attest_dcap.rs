@@ -22,7 +22,8 @@ use openssl::nid::Nid;
 const AT: u64 = 1752919277;
 
 fn bench(c: &mut Criterion) {
-    let Some(dir) = coffer_testkit::vectors("bench attest dcap") else {
+    let Some(dir) = coffer_testkit::vectors_dir() else {
+        eprintln!("bench attest dcap: skipped, no test vectors (set COFFER_VECTORS)");
         return;
     };
     let quote_bytes = coffer_testkit::read(&dir, "intel-dcap/dcap-qvl-sgx-v3/quote.bin");

@@ -667,10 +667,12 @@ mod tests {
     }
 
     #[test]
+    #[cfg_attr(
+        coffer_no_vectors,
+        ignore = "needs the test vectors (set COFFER_VECTORS)"
+    )]
     fn tdx_reference_values_pin_mrtd_rtmrs_and_mrconfigid() {
-        let Some(dir) = coffer_testkit::vectors("tdx_reference_values") else {
-            return;
-        };
+        let dir = coffer_testkit::vectors();
         let q = Quote::decode(&coffer_testkit::read(&dir, TDX_V5)).unwrap();
         let td = q.body.td().unwrap().clone();
         assert!(!td.debug);
@@ -752,10 +754,12 @@ mod tests {
     }
 
     #[test]
+    #[cfg_attr(
+        coffer_no_vectors,
+        ignore = "needs the test vectors (set COFFER_VECTORS)"
+    )]
     fn tdx_claims_carry_azure_names() {
-        let Some(dir) = coffer_testkit::vectors("tdx_claims") else {
-            return;
-        };
+        let dir = coffer_testkit::vectors();
         let q = Quote::decode(&coffer_testkit::read(&dir, TDX_V4)).unwrap();
         let td = q.body.td().unwrap();
         // The claims need a verdict; the TD part is what is checked here.
@@ -799,10 +803,12 @@ mod tests {
     }
 
     #[test]
+    #[cfg_attr(
+        coffer_no_vectors,
+        ignore = "needs the test vectors (set COFFER_VECTORS)"
+    )]
     fn collateral_set_picks_by_tee_fmspc_and_window() {
-        let Some(dir) = coffer_testkit::vectors("collateral_set") else {
-            return;
-        };
+        let dir = coffer_testkit::vectors();
         let col = coffer_testkit::read(&dir, "intel-dcap/dcap-qvl-sgx-v3/collateral.json");
         let mut set = CollateralSet::new();
         assert!(set.is_empty());

@@ -3,15 +3,20 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
+use coffer_testkit::Need;
 use common::coffer;
 
 use std::process::Command;
 
-#[test]
+fn main() -> std::process::ExitCode {
+    coffer_testkit::run(coffer_testkit::tests![
+        measure_tar_prints_azures_layer_hash_for_every_vector: Need::Vectors;
+        measure_tar_refuses_what_is_not_a_tar;
+    ])
+}
+
 fn measure_tar_prints_azures_layer_hash_for_every_vector() {
-    let Some(dir) = coffer_testkit::vectors("measure_tar_prints_azures_layer_hash") else {
-        return;
-    };
+    let dir = coffer_testkit::vectors();
     let tmp = tempfile::tempdir().unwrap();
     let out = Command::new("python3")
         .arg(dir.join("tar2ext4/gen_tars.py"))
@@ -52,7 +57,6 @@ fn measure_tar_prints_azures_layer_hash_for_every_vector() {
     assert_eq!(cases, 10);
 }
 
-#[test]
 fn measure_tar_refuses_what_is_not_a_tar() {
     let tmp = tempfile::tempdir().unwrap();
     let junk = tmp.path().join("junk");

@@ -20,13 +20,17 @@ fn ok(out: Output) -> String {
     String::from_utf8(out.stdout).unwrap()
 }
 
-#[test]
+fn main() -> std::process::ExitCode {
+    coffer_testkit::run(coffer_testkit::tests![
+        generated_policy_round_trip_on_the_example_image: coffer_testkit::EXAMPLE_IMAGE;
+        arm_format_is_the_base64_of_the_policy_host_data_binds;
+    ])
+}
+
 fn generated_policy_round_trip_on_the_example_image() {
     let tmp = tempfile::tempdir().unwrap();
     let oci = tmp.path().join("hello");
-    if !coffer_testkit::build_example_image(&oci, "generated_policy_round_trip") {
-        return;
-    }
+    coffer_testkit::build_example_image(&oci);
     let home = tmp.path().join("home");
     ok(coffer(
         &home,
@@ -227,7 +231,6 @@ fn generated_policy_round_trip_on_the_example_image() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("allows EVERYTHING"));
 }
 
-#[test]
 fn arm_format_is_the_base64_of_the_policy_host_data_binds() {
     let home = tempfile::tempdir().unwrap();
     let pod = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/hello/pod.yaml");

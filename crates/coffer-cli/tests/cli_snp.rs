@@ -3,6 +3,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
+use coffer_testkit::Need;
 use common::coffer;
 
 use std::process::Output;
@@ -17,7 +18,23 @@ fn json(out: &Output) -> serde_json::Value {
     })
 }
 
-#[test]
+fn main() -> std::process::ExitCode {
+    coffer_testkit::run(coffer_testkit::tests![
+        emulate_then_verify_round_trips_and_needs_the_flag;
+        bad_input_is_a_clear_error;
+        real_evidence_through_the_cli: Need::Vectors;
+        demo_runs_to_the_end:
+            Need::Tool("umoci"),
+            Need::Tool("cryptsetup"),
+            Need::Tool("runc"),
+            Need::Tool("unshare"),
+            Need::Tool("mkfs.ext4"),
+            Need::Root;
+        uvm_measure_prints_every_vectors_launch_digest: Need::Vectors;
+        show_and_verify_read_raw_hex_and_base64_alike;
+    ])
+}
+
 fn emulate_then_verify_round_trips_and_needs_the_flag() {
     let home = tempfile::tempdir().unwrap();
     let h = home.path();
@@ -121,7 +138,6 @@ fn emulate_then_verify_round_trips_and_needs_the_flag() {
     assert_eq!(json(&out)["check"], "signature");
 }
 
-#[test]
 fn bad_input_is_a_clear_error() {
     let home = tempfile::tempdir().unwrap();
     let h = home.path();
@@ -177,11 +193,8 @@ fn bad_input_is_a_clear_error() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("RFC 3339"));
 }
 
-#[test]
 fn real_evidence_through_the_cli() {
-    let Some(dir) = coffer_testkit::vectors("real_evidence_through_the_cli") else {
-        return;
-    };
+    let dir = coffer_testkit::vectors();
     let home = tempfile::tempdir().unwrap();
     let h = home.path();
     let aci = dir.join("sev-snp/aci-milan-v2");
@@ -257,14 +270,7 @@ fn real_evidence_through_the_cli() {
     assert_eq!(v["reported_tcb"]["microcode"], 115);
 }
 
-#[test]
 fn demo_runs_to_the_end() {
-    let t = "demo_runs_to_the_end";
-    for tool in ["umoci", "cryptsetup", "runc", "unshare", "mkfs.ext4"] {
-        if !coffer_testkit::tool(tool, t) {
-            return;
-        }
-    }
     let home = tempfile::tempdir().unwrap();
     let out = coffer(home.path(), &["demo"]);
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -292,12 +298,8 @@ fn demo_runs_to_the_end() {
     );
 }
 
-#[test]
 fn uvm_measure_prints_every_vectors_launch_digest() {
-    let Some(dir) = coffer_testkit::vectors("uvm_measure_prints_every_vectors_launch_digest")
-    else {
-        return;
-    };
+    let dir = coffer_testkit::vectors();
     let v: serde_json::Value =
         serde_json::from_slice(&coffer_testkit::read(&dir, "snp-measure/expected.json")).unwrap();
     let home = tempfile::tempdir().unwrap();
@@ -343,7 +345,6 @@ fn uvm_measure_prints_every_vectors_launch_digest() {
 
 /// Hex and base64 spellings of a report are the CLI's business (the library takes bytes): all
 /// three read as the same report, and text of the wrong size says what it was.
-#[test]
 fn show_and_verify_read_raw_hex_and_base64_alike() {
     use base64::Engine as _;
     let home = tempfile::tempdir().unwrap();

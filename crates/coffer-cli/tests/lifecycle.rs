@@ -7,21 +7,26 @@ use common::coffer;
 
 use std::path::Path;
 
+use coffer_testkit::Need;
+
 fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
     static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
     SERIAL.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-fn setup(t: &str, script: &str) -> Option<tempfile::TempDir> {
-    for tool in ["runc", "unshare", "umoci"] {
-        if !coffer_testkit::tool(tool, t) {
-            return None;
-        }
-    }
+/// What a group needs: root (namespaces, mounts), runc, unshare, umoci (the example image).
+const GROUP: &[Need] = &[
+    Need::Root,
+    Need::Tool("runc"),
+    Need::Tool("unshare"),
+    Need::Tool("umoci"),
+];
+
+fn setup(script: &str) -> tempfile::TempDir {
     let home = tempfile::tempdir().unwrap();
-    common::import_example(home.path(), t);
+    common::import_example(home.path());
     write_pod(home.path(), None, script);
-    Some(home)
+    home
 }
 
 /// The group `ticker`: one container `tick` running `script`, with `restartPolicy` if given.
@@ -76,13 +81,21 @@ fn row(home: &Path) -> Option<String> {
         .map(str::to_string)
 }
 
-#[test]
+fn main() -> std::process::ExitCode {
+    coffer_testkit::run(coffer_testkit::tests![
+        a_detached_group_runs_logs_stops_through_the_policy_and_is_removed: GROUP;
+        stop_kills_what_ignores_sigterm_after_the_grace_period: GROUP;
+        a_running_group_is_not_removed_or_started_twice: GROUP;
+        a_failing_container_is_restarted_with_backoff_and_a_fresh_root_and_ps_counts_it: GROUP;
+        the_restart_policy_decides_which_exits_restart: GROUP;
+        a_group_in_the_foreground_runs_once_whatever_its_restart_policy: GROUP;
+    ])
+}
+
 fn a_detached_group_runs_logs_stops_through_the_policy_and_is_removed() {
     let _serial = one_at_a_time();
     let script = "trap 'echo got TERM; exit 3' TERM; i=0; while true; do echo tick $i; i=$((i+1)); sleep 0.1; done";
-    let Some(home) = setup("a_detached_group_runs", script) else {
-        return;
-    };
+    let home = setup(script);
     let h = home.path();
     let _cleanup = Cleanup(h);
     let pod = h.join("pod.yaml");
@@ -108,13 +121,10 @@ fn a_detached_group_runs_logs_stops_through_the_policy_and_is_removed() {
     );
 }
 
-#[test]
 fn stop_kills_what_ignores_sigterm_after_the_grace_period() {
     let _serial = one_at_a_time();
     let script = "trap '' TERM; while true; do sleep 0.1; done";
-    let Some(home) = setup("stop_kills_what_ignores_sigterm", script) else {
-        return;
-    };
+    let home = setup(script);
     let h = home.path();
     let _cleanup = Cleanup(h);
     out(h, &["run", "-d", h.join("pod.yaml").to_str().unwrap()]);
@@ -125,15 +135,9 @@ fn stop_kills_what_ignores_sigterm_after_the_grace_period() {
     assert!(row(h).unwrap().contains("\t137\t"), "{:?}", row(h));
 }
 
-#[test]
 fn a_running_group_is_not_removed_or_started_twice() {
     let _serial = one_at_a_time();
-    let Some(home) = setup(
-        "a_running_group_is_not_removed",
-        "while true; do sleep 0.1; done",
-    ) else {
-        return;
-    };
+    let home = setup("while true; do sleep 0.1; done");
     let h = home.path();
     let _cleanup = Cleanup(h);
     let pod = h.join("pod.yaml");
@@ -170,15 +174,12 @@ fn wait_ended(home: &Path) -> String {
     }
 }
 
-#[test]
 fn a_failing_container_is_restarted_with_backoff_and_a_fresh_root_and_ps_counts_it() {
     let _serial = one_at_a_time();
     // A restarted container gets a fresh writable layer, as in Kubernetes: the marker it leaves
     // in its root is gone the next time.
     let script = "[ -e /app/marker ] && echo dirty; echo x > /app/marker; echo run; exit 1";
-    let Some(home) = setup("a_failing_container_is_restarted", script) else {
-        return;
-    };
+    let home = setup(script);
     let h = home.path();
     let _cleanup = Cleanup(h);
     write_pod(h, Some("OnFailure"), script);
@@ -217,12 +218,9 @@ fn a_failing_container_is_restarted_with_backoff_and_a_fresh_root_and_ps_counts_
     );
 }
 
-#[test]
 fn the_restart_policy_decides_which_exits_restart() {
     let _serial = one_at_a_time();
-    let Some(home) = setup("the_restart_policy_decides", "sleep 0.3; exit 0") else {
-        return;
-    };
+    let home = setup("sleep 0.3; exit 0");
     let h = home.path();
     let _cleanup = Cleanup(h);
     let pod = h.join("pod.yaml");
@@ -251,12 +249,9 @@ fn the_restart_policy_decides_which_exits_restart() {
     }
 }
 
-#[test]
 fn a_group_in_the_foreground_runs_once_whatever_its_restart_policy() {
     let _serial = one_at_a_time();
-    let Some(home) = setup("a_group_in_the_foreground_runs_once", "echo once; exit 1") else {
-        return;
-    };
+    let home = setup("echo once; exit 1");
     let h = home.path();
     let _cleanup = Cleanup(h);
     write_pod(h, Some("Always"), "echo once; exit 1");

@@ -13,26 +13,40 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use coffer_host::launch::{self as host, LaunchSpec};
+use coffer_testkit::Need;
 
-fn tools(t: &str) -> bool {
-    let found = [
-        "runc",
-        "unshare",
-        "umoci",
-        "ip",
-        "iptables",
-        "iptables-save",
-    ]
-    .iter()
-    .all(|tool| coffer_testkit::tool(tool, t));
-    if found && !coffer_host::net::available() {
-        if std::env::var("COFFER_REQUIRE_VECTORS").as_deref() == Ok("1") {
-            panic!("{t}: the CNI plugins are required (containernetworking-plugins)");
-        }
-        eprintln!("{t}: SKIPPED: the CNI plugins (containernetworking-plugins) are not installed");
-        return false;
+/// What a group with a network needs: root, runc, unshare, umoci, ip, iptables, the CNI plugins.
+const NET: &[Need] = &[
+    Need::Root,
+    Need::Tool("runc"),
+    Need::Tool("unshare"),
+    Need::Tool("umoci"),
+    Need::Tool("ip"),
+    Need::Tool("iptables"),
+    Need::Tool("iptables-save"),
+    Need::Check("the CNI plugins", cni_plugins),
+];
+
+fn cni_plugins() -> Result<(), String> {
+    if coffer_host::net::available() {
+        Ok(())
+    } else {
+        Err("containernetworking-plugins is not installed".into())
     }
-    found
+}
+
+/// Port 80 is privileged here (the test checks that only root may publish it).
+fn port_80_is_privileged() -> Result<(), String> {
+    let unprivileged_start: u32 =
+        std::fs::read_to_string("/proc/sys/net/ipv4/ip_unprivileged_port_start")
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(1024);
+    if unprivileged_start <= 80 {
+        Err("net.ipv4.ip_unprivileged_port_start lets anyone bind port 80".into())
+    } else {
+        Ok(())
+    }
 }
 
 /// One group at a time (the checks for leftovers would see another test's group).
@@ -42,13 +56,10 @@ fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
 }
 
 /// A home with the example image imported as hello:latest.
-fn setup(t: &str) -> Option<tempfile::TempDir> {
-    if !tools(t) {
-        return None;
-    }
+fn setup() -> tempfile::TempDir {
     let tmp = tempfile::tempdir().unwrap();
-    common::import_example(tmp.path(), t);
-    Some(tmp)
+    common::import_example(tmp.path());
+    tmp
 }
 
 /// A Pod `name` with one container `main` of the example image running `sh -c script`.
@@ -194,12 +205,33 @@ fn run_lines(home: &Path, pod: &Path) -> (bool, Vec<String>, String) {
     )
 }
 
-#[test]
+fn main() -> std::process::ExitCode {
+    coffer_testkit::run(coffer_testkit::tests![
+        a_group_reaches_a_server_outside_it: NET;
+        a_published_port_answers_on_the_host: NET;
+        a_group_has_its_name_hosts_resolver_and_file_limit: NET;
+        teardown_leaves_no_veth_rule_or_lease: NET;
+        a_port_already_in_use_is_a_clear_error: NET;
+        a_host_port_below_1024_needs_root:
+            Need::Tool("setpriv"),
+            Need::Check("port 80 to be privileged", port_80_is_privileged),
+            NET;
+        a_debian_nginx_serves_a_file_through_a_published_port: NET, Need::Tool("curl"), NGINX;
+        network_none_leaves_a_group_loopback_only: NET;
+        a_killed_launchers_network_is_deleted_by_the_next_launch: NET;
+        a_debian_redis_answers_ping_through_a_published_port_without_rlimit_warnings: NET, REDIS;
+        a_debian_python_app_fetches_from_a_server_outside_the_group: NET, PYTHON;
+        a_debian_postgres_stores_and_returns_rows_for_psql_on_the_host:
+            NET,
+            Need::Tool("psql"),
+            POSTGRES;
+        a_udp_port_is_published_end_to_end: Need::Tool("cc"), NET;
+    ])
+}
+
 fn a_group_reaches_a_server_outside_it() {
     let _serial = one_at_a_time();
-    let Some(tmp) = setup("a_group_reaches_a_server_outside_it") else {
-        return;
-    };
+    let tmp = setup();
     let home = tmp.path();
     let outside = Outside::new();
     let server = outside.serve_once(7777, "pong from outside");
@@ -254,12 +286,9 @@ impl Drop for Interrupted {
     }
 }
 
-#[test]
 fn a_published_port_answers_on_the_host() {
     let _serial = one_at_a_time();
-    let Some(tmp) = setup("a_published_port_answers_on_the_host") else {
-        return;
-    };
+    let tmp = setup();
     let home = tmp.path();
     let port = free_port();
     let pod = pod(
@@ -363,12 +392,9 @@ fn expected_nofile() -> u64 {
     max
 }
 
-#[test]
 fn a_group_has_its_name_hosts_resolver_and_file_limit() {
     let _serial = one_at_a_time();
-    let Some(tmp) = setup("a_group_has_its_name_hosts_resolver_and_file_limit") else {
-        return;
-    };
+    let tmp = setup();
     let home = tmp.path();
     let pod = pod(
         home,
@@ -424,12 +450,9 @@ fn launch(home: &Path, name: &str, policy: &str) -> Result<host::Group, coffer_h
     })
 }
 
-#[test]
 fn teardown_leaves_no_veth_rule_or_lease() {
     let _serial = one_at_a_time();
-    let Some(tmp) = setup("teardown_leaves_no_veth_rule_or_lease") else {
-        return;
-    };
+    let tmp = setup();
     let home = tmp.path();
     let port = free_port();
     let pod = pod(
@@ -476,12 +499,9 @@ fn teardown_leaves_no_veth_rule_or_lease() {
     assert!(!dir.exists());
 }
 
-#[test]
 fn a_port_already_in_use_is_a_clear_error() {
     let _serial = one_at_a_time();
-    let Some(tmp) = setup("a_port_already_in_use_is_a_clear_error") else {
-        return;
-    };
+    let tmp = setup();
     let home = tmp.path();
     let taken = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
     let port = taken.local_addr().unwrap().port();
@@ -515,25 +535,9 @@ fn a_port_already_in_use_is_a_clear_error() {
     drop(taken);
 }
 
-#[test]
 fn a_host_port_below_1024_needs_root() {
     let _serial = one_at_a_time();
-    let t = "a_host_port_below_1024_needs_root";
-    if !coffer_testkit::tool("setpriv", t) {
-        return;
-    }
-    let unprivileged_start: u32 =
-        std::fs::read_to_string("/proc/sys/net/ipv4/ip_unprivileged_port_start")
-            .ok()
-            .and_then(|s| s.trim().parse().ok())
-            .unwrap_or(1024);
-    if unprivileged_start <= 80 {
-        eprintln!("{t}: SKIPPED: net.ipv4.ip_unprivileged_port_start lets anyone bind port 80");
-        return;
-    }
-    let Some(tmp) = setup(t) else {
-        return;
-    };
+    let tmp = setup();
     let home = tmp.path();
     let pod = pod(home, "low", "true", "[{containerPort: 80, hostPort: 80}]");
     sh(&["chown", "-R", "65534:65534", home.to_str().unwrap()]);
@@ -553,17 +557,32 @@ fn a_host_port_below_1024_needs_root() {
     assert!(!host::group_dir(home, "low").exists());
 }
 
-/// A Debian application image built by `examples/<app>/build-image.sh` (mmdebstrap + umoci),
-/// cached under target/coffer-apps; `None` (after a notice) when it cannot be built here (no
-/// mmdebstrap, or no package mirror).
-fn app_image(t: &str, app: &str) -> Option<PathBuf> {
-    let cache =
-        Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("../coffer-apps/{app}-bookworm"));
-    if cache.join("index.json").exists() {
-        return Some(cache);
+/// Where the Debian application image `app` is cached.
+fn app_cache(app: &str) -> PathBuf {
+    Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("../coffer-apps/{app}-bookworm"))
+}
+
+/// The image `app` is cached, or mmdebstrap is here to build it.
+fn app_buildable(app: &str) -> Result<(), String> {
+    if app_cache(app).join("index.json").exists() || coffer_testkit::on_path("mmdebstrap") {
+        Ok(())
+    } else {
+        Err("mmdebstrap is not on PATH".into())
     }
-    if !coffer_testkit::tool("mmdebstrap", t) {
-        return None;
+}
+
+const NGINX: Need = Need::Check("the nginx image", || app_buildable("nginx"));
+const REDIS: Need = Need::Check("the redis image", || app_buildable("redis"));
+const PYTHON: Need = Need::Check("the python image", || app_buildable("python"));
+const POSTGRES: Need = Need::Check("the postgres image", || app_buildable("postgres"));
+
+/// A Debian application image built by `examples/<app>/build-image.sh` (mmdebstrap + umoci),
+/// cached under target/coffer-apps. When no package mirror can be reached the test cannot run
+/// here: it is reported as ignored (a failure under `COFFER_REQUIRE_VECTORS=1`).
+fn app_image(app: &str) -> PathBuf {
+    let cache = app_cache(app);
+    if cache.join("index.json").exists() {
+        return cache;
     }
     std::fs::create_dir_all(cache.parent().unwrap()).unwrap();
     let building = cache.with_extension(format!("building-{}", std::process::id()));
@@ -577,26 +596,17 @@ fn app_image(t: &str, app: &str) -> Option<PathBuf> {
     if !out.status.success() {
         let _ = std::fs::remove_dir_all(&building);
         let why = String::from_utf8_lossy(&out.stderr);
-        if std::env::var("COFFER_REQUIRE_VECTORS").as_deref() == Ok("1") {
-            panic!("{t}: building the {app} image failed: {why}");
-        }
-        eprintln!("{t}: SKIPPED: mmdebstrap could not build the image (no package mirror?): {why}");
-        return None;
+        coffer_testkit::skip(format!(
+            "mmdebstrap could not build the {app} image (no package mirror?): {why}"
+        ));
     }
     std::fs::rename(&building, &cache).unwrap();
-    Some(cache)
+    cache
 }
 
-#[test]
 fn a_debian_nginx_serves_a_file_through_a_published_port() {
     let _serial = one_at_a_time();
-    let t = "a_debian_nginx_serves_a_file_through_a_published_port";
-    if !tools(t) || !coffer_testkit::tool("curl", t) {
-        return;
-    }
-    let Some(image) = app_image(t, "nginx") else {
-        return;
-    };
+    let image = app_image("nginx");
     let tmp = tempfile::tempdir().unwrap();
     let home = tmp.path();
     let o = coffer(
@@ -664,12 +674,9 @@ fn a_debian_nginx_serves_a_file_through_a_published_port() {
     assert!(left.is_empty(), "{left:?}");
 }
 
-#[test]
 fn network_none_leaves_a_group_loopback_only() {
     let _serial = one_at_a_time();
-    let Some(tmp) = setup("network_none_leaves_a_group_loopback_only") else {
-        return;
-    };
+    let tmp = setup();
     let home = tmp.path();
     let pod = pod(
         home,
@@ -712,12 +719,9 @@ fn network_none_leaves_a_group_loopback_only() {
     );
 }
 
-#[test]
 fn a_killed_launchers_network_is_deleted_by_the_next_launch() {
     let _serial = one_at_a_time();
-    let Some(tmp) = setup("a_killed_launchers_network_is_deleted_by_the_next_launch") else {
-        return;
-    };
+    let tmp = setup();
     let home = tmp.path();
     let port = free_port();
     let ports = format!("[{{containerPort: 80, hostPort: {port}}}]");
@@ -773,16 +777,9 @@ fn a_killed_launchers_network_is_deleted_by_the_next_launch() {
     host::sweep_cgroups();
 }
 
-#[test]
 fn a_debian_redis_answers_ping_through_a_published_port_without_rlimit_warnings() {
     let _serial = one_at_a_time();
-    let t = "a_debian_redis_answers_ping";
-    if !tools(t) {
-        return;
-    }
-    let Some(image) = app_image(t, "redis") else {
-        return;
-    };
+    let image = app_image("redis");
     let tmp = tempfile::tempdir().unwrap();
     let home = tmp.path();
     let o = coffer(
@@ -844,16 +841,10 @@ fn a_debian_redis_answers_ping_through_a_published_port_without_rlimit_warnings(
     assert!(o.status.success());
 }
 
-#[test]
 fn a_debian_python_app_fetches_from_a_server_outside_the_group() {
     let _serial = one_at_a_time();
-    let t = "a_debian_python_app_fetches";
-    let Some(tmp) = setup(t) else {
-        return;
-    };
-    let Some(image) = app_image(t, "python") else {
-        return;
-    };
+    let tmp = setup();
+    let image = app_image("python");
     let home = tmp.path();
     let o = coffer(
         home,
@@ -889,16 +880,9 @@ fn a_debian_python_app_fetches_from_a_server_outside_the_group() {
     assert!(common::network_leftovers(&host::group_dir(home, "app")).is_empty());
 }
 
-#[test]
 fn a_debian_postgres_stores_and_returns_rows_for_psql_on_the_host() {
     let _serial = one_at_a_time();
-    let t = "a_debian_postgres_stores_and_returns_rows";
-    if !tools(t) || !coffer_testkit::tool("psql", t) {
-        return;
-    }
-    let Some(image) = app_image(t, "postgres") else {
-        return;
-    };
+    let image = app_image("postgres");
     let tmp = tempfile::tempdir().unwrap();
     let home = tmp.path();
     let o = coffer(
@@ -987,15 +971,9 @@ int main(int argc, char **argv) {
 }
 "#;
 
-#[test]
 fn a_udp_port_is_published_end_to_end() {
     let _serial = one_at_a_time();
-    if !coffer_testkit::tool("cc", "a_udp_port_is_published_end_to_end") {
-        return;
-    }
-    let Some(tmp) = setup("a_udp_port_is_published_end_to_end") else {
-        return;
-    };
+    let tmp = setup();
     let home = tmp.path();
     // The example image with the echo server added as a layer (umoci, as the example is built).
     let src = home.join("udpecho.c");

@@ -13,12 +13,15 @@ use coffer_host::launch::{self as host, LaunchSpec};
 use coffer_host::HostError;
 use coffer_image::{ImageRef, Store};
 use coffer_proto::{reply, ProcessSpec, Request};
+use coffer_testkit::Need;
 
-fn tools(t: &str) -> bool {
-    coffer_testkit::tool("runc", t)
-        && coffer_testkit::tool("unshare", t)
-        && coffer_testkit::tool("umoci", t)
-}
+/// What a group needs: root (namespaces, mounts), runc, unshare, umoci (the example image).
+const GROUP: &[Need] = &[
+    Need::Root,
+    Need::Tool("runc"),
+    Need::Tool("unshare"),
+    Need::Tool("umoci"),
+];
 
 fn pod_path() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/hello/pod.yaml")
@@ -32,12 +35,9 @@ fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
 }
 
 /// A home with the example image imported as hello:latest, and the generated policy.
-fn setup(t: &str) -> Option<(tempfile::TempDir, String)> {
-    if !tools(t) {
-        return None;
-    }
+fn setup() -> (tempfile::TempDir, String) {
     let tmp = tempfile::tempdir().unwrap();
-    common::import_example(tmp.path(), t);
+    common::import_example(tmp.path());
     let policy = tmp.path().join("p.rego");
     let out = coffer(
         tmp.path(),
@@ -55,7 +55,7 @@ fn setup(t: &str) -> Option<(tempfile::TempDir, String)> {
         String::from_utf8_lossy(&out.stderr)
     );
     let text = std::fs::read_to_string(&policy).unwrap();
-    Some((tmp, text))
+    (tmp, text)
 }
 
 fn mountinfo() -> String {
@@ -189,12 +189,29 @@ fn assert_clean(before_mounts: &str, group_dir: &Path) {
     );
 }
 
-#[test]
+fn main() -> std::process::ExitCode {
+    coffer_testkit::run(coffer_testkit::tests![
+        coffer_run_prints_the_output_and_leaves_nothing_behind: GROUP;
+        every_forbidden_request_is_denied_with_its_reason: GROUP;
+        exec_in_a_running_group_follows_exec_processes: GROUP;
+        exec_sent_right_after_create_finds_the_container: GROUP;
+        ctrl_c_stops_the_group_through_the_policy: GROUP;
+        stdio_reaches_the_host_only_when_the_policy_allows_it: GROUP;
+        a_hash_block_of_an_approved_layer_image_is_not_mounted: GROUP;
+        ids_that_look_like_runc_flags_are_refused: GROUP;
+        each_capability_set_is_applied_as_the_policy_decided: GROUP;
+        the_default_capabilities_reach_the_container: GROUP;
+        a_container_the_policy_keeps_running_is_not_stopped_by_the_agent: GROUP;
+        whiteouts_and_opaque_directories_work_and_stay_inside_their_layer: GROUP;
+        a_read_only_root_file_system_refuses_writes_and_volumes_still_take_them: GROUP;
+        supplemental_groups_and_fs_group_reach_the_process_and_fs_group_owns_volumes: GROUP;
+        the_host_cannot_ask_for_a_writable_root_or_other_groups_than_the_policy_pins: GROUP;
+    ])
+}
+
 fn coffer_run_prints_the_output_and_leaves_nothing_behind() {
     let _serial = one_at_a_time();
-    let Some((tmp, _)) = setup("coffer_run_prints_the_output") else {
-        return;
-    };
+    let (tmp, _) = setup();
     let before = mountinfo();
     let out = coffer(tmp.path(), &["run", pod_path().to_str().unwrap()]);
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -211,12 +228,9 @@ fn coffer_run_prints_the_output_and_leaves_nothing_behind() {
     assert_clean(&before, &host::group_dir(tmp.path(), "hello"));
 }
 
-#[test]
 fn every_forbidden_request_is_denied_with_its_reason() {
     let _serial = one_at_a_time();
-    let Some((tmp, policy)) = setup("every_forbidden_request_is_denied") else {
-        return;
-    };
+    let (tmp, policy) = setup();
     let home = tmp.path();
     let before = mountinfo();
 
@@ -342,12 +356,9 @@ fn every_forbidden_request_is_denied_with_its_reason() {
     assert_eq!(mountinfo(), before);
 }
 
-#[test]
 fn exec_in_a_running_group_follows_exec_processes() {
     let _serial = one_at_a_time();
-    let Some((tmp, policy)) = setup("exec_in_a_running_group") else {
-        return;
-    };
+    let (tmp, policy) = setup();
     let home = tmp.path();
     // A long-running main process, with /bin/true as an allowed exec (the Pod's liveness probe).
     let main = [
@@ -443,12 +454,9 @@ fn exec_in_a_running_group_follows_exec_processes() {
 
 /// The create reply means the container exists: an exec sent at once finds it (the shim's
 /// `ctr run -d` then `ctr task exec` raced runc's start before).
-#[test]
 fn exec_sent_right_after_create_finds_the_container() {
     let _serial = one_at_a_time();
-    let Some((tmp, policy)) = setup("exec_right_after_create") else {
-        return;
-    };
+    let (tmp, policy) = setup();
     let home = tmp.path();
     let main = ["/bin/sh", "-c", "while true; do sleep 0.05; done"];
     let policy = policy.replace(
@@ -473,13 +481,10 @@ fn exec_sent_right_after_create_finds_the_container() {
     assert_eq!(done.map(|r| r.exit).map_err(|e| e.to_string()), Ok(0));
 }
 
-#[test]
 fn ctrl_c_stops_the_group_through_the_policy() {
     let _serial = one_at_a_time();
     use std::io::BufRead as _;
-    let Some((tmp, _)) = setup("ctrl_c_stops_the_group") else {
-        return;
-    };
+    let (tmp, _) = setup();
     let home = tmp.path();
     let pod = home.join("long.yaml");
     std::fs::write(
@@ -510,12 +515,9 @@ fn ctrl_c_stops_the_group_through_the_policy() {
     assert_clean(&before, &host::group_dir(home, "long"));
 }
 
-#[test]
 fn stdio_reaches_the_host_only_when_the_policy_allows_it() {
     let _serial = one_at_a_time();
-    let Some((tmp, _)) = setup("stdio_reaches_the_host_only") else {
-        return;
-    };
+    let (tmp, _) = setup();
     let home = tmp.path();
     let quiet = home.join("quiet.rego");
     let out = coffer(
@@ -574,12 +576,9 @@ fn top_hash_block(data: &[u8]) -> Vec<u8> {
     }
 }
 
-#[test]
 fn a_hash_block_of_an_approved_layer_image_is_not_mounted() {
     let _serial = one_at_a_time();
-    let Some((tmp, policy)) = setup("a_hash_block_of_an_approved_layer_image") else {
-        return;
-    };
+    let (tmp, policy) = setup();
     let home = tmp.path();
     let group = launch(home, "g5", &policy).unwrap();
     let mut c = group.client().unwrap();
@@ -616,12 +615,9 @@ fn a_hash_block_of_an_approved_layer_image_is_not_mounted() {
     group.shutdown().unwrap();
 }
 
-#[test]
 fn ids_that_look_like_runc_flags_are_refused() {
     let _serial = one_at_a_time();
-    let Some((tmp, policy)) = setup("ids_that_look_like_runc_flags_are_refused") else {
-        return;
-    };
+    let (tmp, policy) = setup();
     let group = launch(tmp.path(), "g6", &policy).unwrap();
     let mut c = group.client().unwrap();
     // `runc exec --process=FILE` would run a process spec the host wrote.
@@ -697,12 +693,9 @@ fn cap_mask(lines: &[String], field: &str) -> u64 {
     u64::from_str_radix(l.split_whitespace().nth(1).unwrap(), 16).unwrap()
 }
 
-#[test]
 fn each_capability_set_is_applied_as_the_policy_decided() {
     let _serial = one_at_a_time();
-    let Some((tmp, policy)) = setup("each_capability_set_is_applied") else {
-        return;
-    };
+    let (tmp, policy) = setup();
     let script =
         "grep ^Cap /proc/self/status; touch /scratch/f && chown 1234 /scratch/f && echo chowned";
     // The policy narrows every set; the host asks for the default set and gets the part the
@@ -723,12 +716,9 @@ fn each_capability_set_is_applied_as_the_policy_decided() {
     assert!(lines.iter().any(|l| l == "chowned"), "{lines:?}");
 }
 
-#[test]
 fn the_default_capabilities_reach_the_container() {
     let _serial = one_at_a_time();
-    let Some((tmp, policy)) = setup("the_default_capabilities_reach_the_container") else {
-        return;
-    };
+    let (tmp, policy) = setup();
     let script = "grep ^Cap /proc/self/status";
     let policy = with_container(&policy, |c| {
         c["command"] = serde_json::json!(["/bin/sh", "-c", script]);
@@ -742,12 +732,9 @@ fn the_default_capabilities_reach_the_container() {
     );
 }
 
-#[test]
 fn a_container_the_policy_keeps_running_is_not_stopped_by_the_agent() {
     let _serial = one_at_a_time();
-    let Some((tmp, policy)) = setup("a_container_the_policy_keeps_running") else {
-        return;
-    };
+    let (tmp, policy) = setup();
     let home = tmp.path();
     let before = mountinfo();
     let policy = policy.replace(
@@ -842,17 +829,12 @@ fn append_layers(oci: &Path, layers: &[Vec<u8>]) {
     std::fs::write(oci.join("index.json"), serde_json::to_vec(&index).unwrap()).unwrap();
 }
 
-#[test]
 fn whiteouts_and_opaque_directories_work_and_stay_inside_their_layer() {
     let _serial = one_at_a_time();
-    let t = "whiteouts_and_opaque_directories_work";
-    if !tools(t) {
-        return;
-    }
     let tmp = tempfile::tempdir().unwrap();
     let home = tmp.path();
     let oci = home.join("wh");
-    assert!(coffer_testkit::build_example_image(&oci, t));
+    coffer_testkit::build_example_image(&oci);
     let lower = raw_tar(&[
         ("d/", b'5', b""),
         ("d/a", b'0', b"a"),
@@ -938,12 +920,9 @@ fn run_secure_pod(home: &Path, pod_sc: &str, container_sc: &str, script: &str) -
         .collect()
 }
 
-#[test]
 fn a_read_only_root_file_system_refuses_writes_and_volumes_still_take_them() {
     let _serial = one_at_a_time();
-    let Some((tmp, _)) = setup("a_read_only_root_file_system") else {
-        return;
-    };
+    let (tmp, _) = setup();
     let before = mountinfo();
     // Root could write anywhere in a writable root: only the read-only mount stops it.
     let script =
@@ -956,12 +935,9 @@ fn a_read_only_root_file_system_refuses_writes_and_volumes_still_take_them() {
     assert_clean(&before, &host::group_dir(tmp.path(), "secure"));
 }
 
-#[test]
 fn supplemental_groups_and_fs_group_reach_the_process_and_fs_group_owns_volumes() {
     let _serial = one_at_a_time();
-    let Some((tmp, _)) = setup("supplemental_groups_and_fs_group") else {
-        return;
-    };
+    let (tmp, _) = setup();
     let before = mountinfo();
     let script = "cat /proc/self/status; echo x > /data/f && echo volume-writable; ls -ln /data/f";
     let status = |lines: &[String], field: &str| -> Vec<String> {
@@ -1046,12 +1022,9 @@ fn process_from_policy(policy: &str) -> ProcessSpec {
     }
 }
 
-#[test]
 fn the_host_cannot_ask_for_a_writable_root_or_other_groups_than_the_policy_pins() {
     let _serial = one_at_a_time();
-    let Some((tmp, _)) = setup("the_host_cannot_ask_for_a_writable_root") else {
-        return;
-    };
+    let (tmp, _) = setup();
     let home = tmp.path();
     let before = mountinfo();
     let pod = home.join("pinned.yaml");

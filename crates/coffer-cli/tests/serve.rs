@@ -7,6 +7,7 @@ use std::path::Path;
 use std::process::Command;
 
 use base64::Engine as _;
+use coffer_testkit::Need;
 use serde_json::{json, Value};
 
 mod common;
@@ -96,11 +97,22 @@ fn released_jwe(
     .unwrap()
 }
 
-#[test]
+fn main() -> std::process::ExitCode {
+    coffer_testkit::run(coffer_testkit::tests![
+        real_aci_report_gets_a_token_with_azure_claims: Need::Vectors;
+        azure_token_from_a_pinned_external_authority_drives_release: Need::Vectors;
+        emulated_group_gets_its_key_and_others_do_not;
+        acknowledged_keys_survive_kill_9;
+        python_pyjwt_and_jwcrypto_interoperate: Need::Python(&["jwt", "jwcrypto"]);
+        debug_guest_is_refused_unless_allowed;
+        vmpl_above_0_is_refused_unless_allowed;
+        empty_admin_token_file_is_refused_at_start;
+        start_without_reference_measurements_warns;
+    ])
+}
+
 fn real_aci_report_gets_a_token_with_azure_claims() {
-    let Some(dir) = coffer_testkit::vectors("real_aci_report_gets_a_token") else {
-        return;
-    };
+    let dir = coffer_testkit::vectors();
     let home = tempfile::tempdir().unwrap();
     let s = serve(home.path(), &["--now", "2024-06-01T00:00:00Z"]);
     let aci = "sev-snp/aci-milan-v2";
@@ -193,11 +205,8 @@ fn real_aci_report_gets_a_token_with_azure_claims() {
     assert_eq!(r.json::<Value>().unwrap()["error"]["code"], "expired");
 }
 
-#[test]
 fn azure_token_from_a_pinned_external_authority_drives_release() {
-    let Some(dir) = coffer_testkit::vectors("azure_token_external_authority") else {
-        return;
-    };
+    let dir = coffer_testkit::vectors();
     let home = tempfile::tempdir().unwrap();
     let jwks = dir.join("maa/azurevm-sharedeus2/jwks_partial.json");
     let iss = "https://sharedeus2.eus2.attest.azure.net";
@@ -367,7 +376,6 @@ fn emulated_token(s: &Server, home: &Path, host_data: &str, runtime: &[u8]) -> (
     (resp.status().as_u16(), resp.json().unwrap())
 }
 
-#[test]
 fn emulated_group_gets_its_key_and_others_do_not() {
     let home = tempfile::tempdir().unwrap();
     let h = home.path();
@@ -465,7 +473,6 @@ fn emulated_group_gets_its_key_and_others_do_not() {
     );
 }
 
-#[test]
 fn acknowledged_keys_survive_kill_9() {
     let home = tempfile::tempdir().unwrap();
     let h = home.path();
@@ -517,23 +524,7 @@ fn acknowledged_keys_survive_kill_9() {
     assert!(names.len() >= acked.len());
 }
 
-#[test]
 fn python_pyjwt_and_jwcrypto_interoperate() {
-    let t = "python_pyjwt_and_jwcrypto_interoperate";
-    let have = Command::new("python3")
-        .args(["-c", "import jwt, jwcrypto"])
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false);
-    if !have {
-        assert_ne!(
-            std::env::var("COFFER_REQUIRE_VECTORS").as_deref(),
-            Ok("1"),
-            "{t}: python3 with PyJWT and jwcrypto is required"
-        );
-        eprintln!("{t}: SKIPPED: python3 with PyJWT and jwcrypto not found");
-        return;
-    }
     let home = tempfile::tempdir().unwrap();
     let h = home.path();
     let s = serve(h, &["--allow-emulated"]);
@@ -614,7 +605,6 @@ fn emulated_attest(s: &Server, home: &Path, extra: &[&str]) -> (u16, Value) {
     (resp.status().as_u16(), resp.json().unwrap())
 }
 
-#[test]
 fn debug_guest_is_refused_unless_allowed() {
     let home = tempfile::tempdir().unwrap();
     let h = home.path();
@@ -637,7 +627,6 @@ fn debug_guest_is_refused_unless_allowed() {
     );
 }
 
-#[test]
 fn vmpl_above_0_is_refused_unless_allowed() {
     let home = tempfile::tempdir().unwrap();
     let h = home.path();
@@ -689,7 +678,6 @@ fn serve_until_exit(home: &Path, args: &[&str]) -> (bool, String) {
     )
 }
 
-#[test]
 fn empty_admin_token_file_is_refused_at_start() {
     let home = tempfile::tempdir().unwrap();
     let token = home.path().join("serve/admin-token");
@@ -705,7 +693,6 @@ fn empty_admin_token_file_is_refused_at_start() {
 
 /// Without reference measurements the operator is told, at start, that any launch measurement
 /// is accepted.
-#[test]
 fn start_without_reference_measurements_warns() {
     use std::io::{BufRead, BufReader};
     let home = tempfile::tempdir().unwrap();

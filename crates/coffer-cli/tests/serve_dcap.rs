@@ -7,6 +7,7 @@
 use std::process::Command;
 
 use base64::Engine as _;
+use coffer_testkit::Need;
 use serde_json::{json, Value};
 
 mod common;
@@ -24,11 +25,16 @@ fn post(url: &str, body: &Value) -> (u16, Value) {
     (r.status().as_u16(), r.json().unwrap_or(Value::Null))
 }
 
-#[test]
+fn main() -> std::process::ExitCode {
+    coffer_testkit::run(coffer_testkit::tests![
+        sgx_vector_attests_through_coffer_serve: Need::Vectors;
+        dcap_routes_without_collateral_answer_not_configured;
+        missing_collateral_directory_stops_the_start;
+    ])
+}
+
 fn sgx_vector_attests_through_coffer_serve() {
-    let Some(dir) = coffer_testkit::vectors("sgx_vector_attests_through_coffer_serve") else {
-        return;
-    };
+    let dir = coffer_testkit::vectors();
     let home = tempfile::tempdir().unwrap();
     let collateral = home.path().join("collateral");
     // A PCS-style subdirectory would do as well; here the dcap-qvl JSON file.
@@ -83,7 +89,6 @@ fn sgx_vector_attests_through_coffer_serve() {
     );
 }
 
-#[test]
 fn dcap_routes_without_collateral_answer_not_configured() {
     let home = tempfile::tempdir().unwrap();
     let s = serve(home.path(), &[]);
@@ -98,7 +103,6 @@ fn dcap_routes_without_collateral_answer_not_configured() {
     );
 }
 
-#[test]
 fn missing_collateral_directory_stops_the_start() {
     let home = tempfile::tempdir().unwrap();
     let missing = home.path().join("no-such-dir");

@@ -2,7 +2,7 @@
 //! in a VM with its output streamed and its exit status passed through; an agent whose policy is
 //! not HOST_DATA refuses; layer disks are read through dm-verity, and disks that lie are not
 //! mounted; a killed launcher takes its VM along; a group reaches out and serves on its port;
-//! nothing is left behind. Skipped (with a note) without qemu-system-x86_64 or the kernel package.
+//! nothing is left behind. Reported as ignored without qemu-system-x86_64 or the kernel package.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 
 use coffer_host::cpio::{Archive, Node};
 use coffer_host::launch::LaunchSpec;
+use coffer_testkit::Need;
 
 /// One VM at a time: the CI machine has two cores, and each test checks for leftover QEMUs.
 fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
@@ -29,33 +30,32 @@ fn kernels() -> PathBuf {
     std::env::temp_dir().join("coffer-uvm-kernels")
 }
 
-/// The kernel package, or None (after a note) when QEMU or the package is unavailable.
-fn prerequisites(test: &str) -> Option<PathBuf> {
-    if !coffer_testkit::tool("qemu-system-x86_64", test) {
-        return None;
-    }
-    std::env::set_var("COFFER_UVM_KERNELS", kernels());
-    let home = tempfile::tempdir().unwrap();
-    match coffer_host::image::kernel_deb(home.path(), None) {
-        Ok(deb) => Some(deb),
-        Err(e) => {
-            eprintln!("{test}: SKIPPED: no kernel package ({e})");
-            None
-        }
-    }
-}
+/// QEMU and the kernel package.
+const VM: &[Need] = &[Need::Tool("qemu-system-x86_64"), KERNEL];
 
-/// What a group test needs (QEMU, the kernel package, runc, umoci), or None after a note.
-fn group_prerequisites(test: &str) -> bool {
-    prerequisites(test).is_some()
-        && coffer_testkit::tool("runc", test)
-        && coffer_testkit::tool("umoci", test)
+/// What a group test needs: a VM, and root, runc, umoci.
+const VM_GROUP: &[Need] = &[
+    Need::Tool("qemu-system-x86_64"),
+    KERNEL,
+    Need::Root,
+    Need::Tool("runc"),
+    Need::Tool("umoci"),
+];
+
+/// The kernel package, downloaded into `kernels()` once (`COFFER_UVM_KERNELS`, set by `main`).
+const KERNEL: Need = Need::Check("the kernel package", kernel_package);
+
+fn kernel_package() -> Result<(), String> {
+    let home = tempfile::tempdir().map_err(|e| e.to_string())?;
+    coffer_host::image::kernel_deb(home.path(), None)
+        .map(drop)
+        .map_err(|e| e.to_string())
 }
 
 /// A fresh home with the example image imported and the guest image built.
-fn home_with_hello(test: &str) -> (tempfile::TempDir, coffer_host::image::GuestImage) {
+fn home_with_hello() -> (tempfile::TempDir, coffer_host::image::GuestImage) {
     let tmp = tempfile::tempdir().unwrap();
-    common::import_example(tmp.path(), test);
+    common::import_example(tmp.path());
     let image = build(tmp.path());
     (tmp, image)
 }
@@ -89,12 +89,22 @@ fn assert_nothing_left(home: &Path, name: &str) {
     assert!(q.is_empty(), "QEMU left running: {q:?}");
 }
 
-#[test]
+fn main() -> std::process::ExitCode {
+    // The kernel package, shared with the volume test, kept across runs.
+    std::env::set_var("COFFER_UVM_KERNELS", kernels());
+    coffer_testkit::run(coffer_testkit::tests![
+        uvm_build_twice_gives_identical_bytes: VM, Need::Vectors;
+        the_hello_group_runs_in_a_vm_and_a_wrong_host_data_is_refused: VM_GROUP;
+        layer_disks_are_verified_by_dm_verity_in_the_guest: VM_GROUP;
+        a_killed_launcher_takes_its_vm_along_and_the_next_run_starts_clean: VM_GROUP;
+        a_vm_group_reaches_out_and_serves_on_its_published_port: VM_GROUP;
+        layer_disks_that_lie_are_not_mounted_and_leave_the_target_free: VM_GROUP;
+        a_guest_panic_ends_the_launch_with_its_reason_and_leaves_nothing: VM, Need::Root, Need::Tool("busybox");
+    ])
+}
+
 fn uvm_build_twice_gives_identical_bytes() {
     let _serial = one_at_a_time();
-    if prerequisites("uvm_build_twice").is_none() {
-        return;
-    }
     let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let t0 = Instant::now();
     let out = common::coffer(a.path(), &["uvm", "build"]);
@@ -123,9 +133,7 @@ fn uvm_build_twice_gives_identical_bytes() {
 
     // `uvm measure --guest` is the launch digest of exactly this kernel, initramfs and command
     // line (the vectors' AmdSev firmware stands in for a real OVMF build).
-    let Some(vectors) = coffer_testkit::vectors("uvm_build_twice (measure --guest)") else {
-        return;
-    };
+    let vectors = coffer_testkit::vectors();
     let ovmf = vectors.join("snp-measure/ovmf_AmdSev_suffix.bin");
     let ovmf = ovmf.to_str().unwrap();
     let digest = |args: &[&str]| {
@@ -197,13 +205,9 @@ fn time_to_console_line(mut cmd: Command, needle: &str, limit: Duration) -> Opti
     reader.join().unwrap()
 }
 
-#[test]
 fn the_hello_group_runs_in_a_vm_and_a_wrong_host_data_is_refused() {
     let _serial = one_at_a_time();
-    if !group_prerequisites("hello_in_a_vm") {
-        return;
-    }
-    let (tmp, image) = home_with_hello("hello_in_a_vm");
+    let (tmp, image) = home_with_hello();
     let home = tmp.path();
 
     // The floor: the same kernel, a one-line initramfs (busybox sh printing a line).
@@ -385,19 +389,12 @@ fn run_vm(home: &Path, pod: &Path) -> (Option<i32>, String, String) {
     )
 }
 
-#[test]
 fn layer_disks_are_verified_by_dm_verity_in_the_guest() {
     let _serial = one_at_a_time();
-    if !group_prerequisites("layer_disks_dm_verity") {
-        return;
-    }
     let tmp = tempfile::tempdir().unwrap();
     let home = tmp.path();
     let oci = home.join("hello");
-    assert!(coffer_testkit::build_example_image(
-        &oci,
-        "layer_disks_dm_verity"
-    ));
+    coffer_testkit::build_example_image(&oci);
     let pattern = b"coffer-verity-pattern-0123456789";
     add_data_layer(&oci, pattern);
     let out = common::coffer(
@@ -484,13 +481,9 @@ fn hello_pod(home: &Path, command: &str) -> PathBuf {
     pod
 }
 
-#[test]
 fn a_killed_launcher_takes_its_vm_along_and_the_next_run_starts_clean() {
     let _serial = one_at_a_time();
-    if !group_prerequisites("killed_launcher_vm") {
-        return;
-    }
-    let (tmp, _) = home_with_hello("killed_launcher_vm");
+    let (tmp, _) = home_with_hello();
     let home = tmp.path();
     let pod = hello_pod(home, "echo started; sleep 600");
     let mut child = Command::new(env!("CARGO_BIN_EXE_coffer"))
@@ -526,13 +519,9 @@ fn a_killed_launcher_takes_its_vm_along_and_the_next_run_starts_clean() {
     assert_nothing_left(home, "hello");
 }
 
-#[test]
 fn a_vm_group_reaches_out_and_serves_on_its_published_port() {
     let _serial = one_at_a_time();
-    if !group_prerequisites("vm_network") {
-        return;
-    }
-    let (tmp, _) = home_with_hello("vm_network");
+    let (tmp, _) = home_with_hello();
     let home = tmp.path();
     // A server on the host's loopback: the guest reaches it through its gateway (outbound NAT).
     let outside = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -631,13 +620,9 @@ fn a_vm_group_reaches_out_and_serves_on_its_published_port() {
 /// block is altered, and a disk cut short before its hash tree. The agent mounts none of them,
 /// each attempt leaves the target free (the policy state forgets it), and the real layer then
 /// mounts at that same target. One boot for all the lies: VM boots are the suite's cost.
-#[test]
 fn layer_disks_that_lie_are_not_mounted_and_leave_the_target_free() {
     let _serial = one_at_a_time();
-    if !group_prerequisites("layer_disks_that_lie") {
-        return;
-    }
-    let (tmp, image) = home_with_hello("layer_disks_that_lie");
+    let (tmp, image) = home_with_hello();
     let home = tmp.path();
     let pod = hello_pod(home, "/bin/sh /app/hello.sh");
     let rego = home.join("p.rego");
@@ -744,12 +729,8 @@ fn layer_disks_that_lie_are_not_mounted_and_leave_the_target_free() {
 /// A guest whose init dies: the kernel panics, QEMU ends (`panic=-1`, `-no-reboot`), and the
 /// launch fails with the console's panic line, leaving no QEMU, socket or directory. (busybox
 /// stands in for an agent that crashes: run as `coffer-agent` it finds no such applet and exits.)
-#[test]
 fn a_guest_panic_ends_the_launch_with_its_reason_and_leaves_nothing() {
     let _serial = one_at_a_time();
-    if prerequisites("guest_panic").is_none() || !coffer_testkit::tool("busybox", "guest_panic") {
-        return;
-    }
     let tmp = tempfile::tempdir().unwrap();
     let home = tmp.path();
     let image = coffer_host::image::build(&coffer_host::image::BuildOptions {

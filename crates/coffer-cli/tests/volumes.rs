@@ -7,6 +7,7 @@ mod common;
 use common::{admin, coffer, http, serve, Server};
 
 use base64::Engine as _;
+use coffer_testkit::Need;
 use serde_json::{json, Value};
 
 /// One group at a time (each runs a whole group; see run.rs).
@@ -24,15 +25,32 @@ struct Setup {
     plaintext_root: String,
 }
 
-fn setup(t: &str) -> Option<Setup> {
-    for tool in ["runc", "unshare", "umoci", "mkfs.ext4"] {
-        if !coffer_testkit::tool(tool, t) {
-            return None;
-        }
-    }
+/// What a group with an encrypted volume needs: root, runc, unshare, umoci, mkfs.ext4.
+const GROUP: &[Need] = &[
+    Need::Root,
+    Need::Tool("runc"),
+    Need::Tool("unshare"),
+    Need::Tool("umoci"),
+    Need::Tool("mkfs.ext4"),
+];
+
+/// In a VM, also QEMU and the kernel package (kept with the VM tests', see `main`).
+const VM: &[Need] = &[
+    Need::Tool("qemu-system-x86_64"),
+    Need::Check("the kernel package", kernel_package),
+];
+
+fn kernel_package() -> Result<(), String> {
+    let home = tempfile::tempdir().map_err(|e| e.to_string())?;
+    coffer_host::image::kernel_deb(home.path(), None)
+        .map(drop)
+        .map_err(|e| e.to_string())
+}
+
+fn setup() -> Setup {
     let home = tempfile::tempdir().unwrap();
     let h = home.path();
-    common::import_example(h, t);
+    common::import_example(h);
     let server = serve(h, &["--allow-emulated"]);
     let bk: Value = http()
         .get(format!("{}/broker-key", server.url))
@@ -81,13 +99,13 @@ fn setup(t: &str) -> Option<Setup> {
         .next()
         .unwrap()
         .to_string();
-    Some(Setup {
+    Setup {
         broker_key: bk["thumbprint"].as_str().unwrap().to_string(),
         home,
         server,
         image,
         plaintext_root,
-    })
+    }
 }
 
 fn pod(s: &Setup, script: &str, pinned_root: Option<&str>) -> String {
@@ -190,12 +208,24 @@ fn run_with(s: &Setup, pod_yaml: &str, extra: &[&str]) -> (bool, String, String)
     )
 }
 
-#[test]
+fn main() -> std::process::ExitCode {
+    // The kernel package, shared with the VM tests, kept across runs.
+    std::env::set_var(
+        "COFFER_UVM_KERNELS",
+        std::env::temp_dir().join("coffer-uvm-kernels"),
+    );
+    coffer_testkit::run(coffer_testkit::tests![
+        an_encrypted_volume_is_mounted_nosuid_and_nodev: GROUP;
+        a_volume_with_the_pinned_plaintext_opens: GROUP;
+        a_volume_whose_plaintext_is_not_the_pinned_one_stays_closed: GROUP;
+        the_skr_api_refuses_endpoints_outside_the_policy: GROUP;
+        an_encrypted_volume_opens_through_dm_crypt_in_a_vm: GROUP, VM;
+    ])
+}
+
 fn an_encrypted_volume_is_mounted_nosuid_and_nodev() {
     let _serial = one_at_a_time();
-    let Some(s) = setup("an_encrypted_volume_is_mounted_nosuid") else {
-        return;
-    };
+    let s = setup();
     let (ok, out, err) = run(
         &s,
         &pod(
@@ -213,12 +243,9 @@ fn an_encrypted_volume_is_mounted_nosuid_and_nodev() {
     assert!(opts.split(',').any(|o| o == "nodev"), "{line}");
 }
 
-#[test]
 fn a_volume_with_the_pinned_plaintext_opens() {
     let _serial = one_at_a_time();
-    let Some(s) = setup("a_volume_with_the_pinned_plaintext_opens") else {
-        return;
-    };
+    let s = setup();
     let (ok, out, err) = run(
         &s,
         &pod(&s, "cat /secret/secret.txt", Some(&s.plaintext_root)),
@@ -227,12 +254,9 @@ fn a_volume_with_the_pinned_plaintext_opens() {
     assert!(out.contains("[app] the-secret"), "{out}");
 }
 
-#[test]
 fn a_volume_whose_plaintext_is_not_the_pinned_one_stays_closed() {
     let _serial = one_at_a_time();
-    let Some(s) = setup("a_volume_whose_plaintext_is_not_the_pinned_one") else {
-        return;
-    };
+    let s = setup();
     // The right key, another file system: what a host that holds an old image could offer.
     let other = "ab".repeat(32);
     let (ok, out, err) = run(&s, &pod(&s, "cat /secret/secret.txt", Some(&other)));
@@ -242,12 +266,9 @@ fn a_volume_whose_plaintext_is_not_the_pinned_one_stays_closed() {
 }
 
 /// The SKR API sends the group's evidence and key requests only to the policy's endpoints.
-#[test]
 fn the_skr_api_refuses_endpoints_outside_the_policy() {
     let _serial = one_at_a_time();
-    let Some(s) = setup("the_skr_api_refuses_endpoints_outside_the_policy") else {
-        return;
-    };
+    let s = setup();
     let other = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     other.set_nonblocking(true).unwrap();
     let port = other.local_addr().unwrap().port();
@@ -289,25 +310,9 @@ fn the_skr_api_refuses_endpoints_outside_the_policy() {
     );
 }
 
-#[test]
 fn an_encrypted_volume_opens_through_dm_crypt_in_a_vm() {
-    let t = "encrypted_volume_in_a_vm";
     let _serial = one_at_a_time();
-    if !coffer_testkit::tool("qemu-system-x86_64", t) {
-        return;
-    }
-    // The kernel package, shared with the VM tests.
-    std::env::set_var(
-        "COFFER_UVM_KERNELS",
-        std::env::temp_dir().join("coffer-uvm-kernels"),
-    );
-    let Some(s) = setup(t) else {
-        return;
-    };
-    if let Err(e) = coffer_host::image::kernel_deb(s.home.path(), None) {
-        eprintln!("{t}: SKIPPED: no kernel package ({e})");
-        return;
-    }
+    let s = setup();
     let (ok, out, err) = run_with(
         &s,
         &pod(

@@ -20,7 +20,8 @@ use coffer_dcap::{Collateral, Quote, Roots, Verifier, VerifyOptions};
 const AT: u64 = 1752919277;
 
 fn bench(c: &mut Criterion) {
-    let Some(dir) = coffer_testkit::vectors("bench dcap verify") else {
+    let Some(dir) = coffer_testkit::vectors_dir() else {
+        eprintln!("bench dcap verify: skipped, no test vectors (set COFFER_VECTORS)");
         return;
     };
     let quote_bytes = coffer_testkit::read(&dir, "intel-dcap/dcap-qvl-sgx-v3/quote.bin");

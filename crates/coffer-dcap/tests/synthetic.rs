@@ -8,6 +8,7 @@
 use coffer_dcap::{
     Collateral, Quote, Roots, TcbStatus, Verified, Verifier, VerifyError, VerifyOptions,
 };
+use coffer_testkit::Need;
 use der::asn1::{BitString, ObjectIdentifier};
 use der::{Decode, Encode};
 use openssl::asn1::{Asn1Integer, Asn1Object, Asn1OctetString, Asn1Time};
@@ -159,8 +160,8 @@ struct World {
 const PCK_CA_SERIAL: u32 = 0x20;
 const PCK_SERIAL: u32 = 0x300;
 
-fn world() -> Option<World> {
-    let dir = coffer_testkit::vectors("synthetic pki")?;
+fn world() -> World {
+    let dir = coffer_testkit::vectors();
     let quote = coffer_testkit::read(&dir, "intel-dcap/dcap-qvl-sgx-v3/quote.bin");
     let collateral: serde_json::Value = serde_json::from_slice(&coffer_testkit::read(
         &dir,
@@ -199,14 +200,14 @@ fn world() -> Option<World> {
     let signing = issue("Test SGX TCB Signing", 0x21, Some(&root), false, None);
     let chain = pem(&[&pck.cert, &pck_ca.cert, &root.cert]);
     let quote = recertify(&quote, chain.as_bytes(), &pck.key);
-    Some(World {
+    World {
         root,
         pck_ca,
         pck,
         signing,
         quote,
         collateral,
-    })
+    }
 }
 
 impl World {
@@ -263,9 +264,17 @@ fn check_of(r: Result<Verified, VerifyError>) -> String {
     }
 }
 
-#[test]
+fn main() -> std::process::ExitCode {
+    coffer_testkit::run(coffer_testkit::tests![
+        the_test_pki_verifies_like_intel_s: Need::Vectors;
+        a_chain_ending_at_a_root_that_is_not_pinned_is_unknown_root: Need::Vectors, Need::Vectors;
+        revoked_serials_are_refused: Need::Vectors;
+        crl_signatures_and_windows_are_checked: Need::Vectors;
+    ])
+}
+
 fn the_test_pki_verifies_like_intel_s() {
-    let Some(w) = world() else { return };
+    let w = world();
     let v = w.verifier();
     let r = run(
         &v,
@@ -280,9 +289,8 @@ fn the_test_pki_verifies_like_intel_s() {
     assert_eq!(r.crl, "checked");
 }
 
-#[test]
 fn a_chain_ending_at_a_root_that_is_not_pinned_is_unknown_root() {
-    let Some(w) = world() else { return };
+    let w = world();
     let intel_only = Verifier::intel().unwrap();
     let col = w.collateral(&[], &[], WIDE);
     assert!(check_of(run(&intel_only, &w.quote, &col, SGX_NOW)).starts_with("unknown-root"));
@@ -292,7 +300,7 @@ fn a_chain_ending_at_a_root_that_is_not_pinned_is_unknown_root() {
     assert!(check_of(run(&intel_only, &short, &col, SGX_NOW)).starts_with("unknown-root"));
     assert_eq!(check_of(run(&w.verifier(), &short, &col, SGX_NOW)), "valid");
     // Real quote, collateral signed under the test root: the TCB info chain is unknown to Intel.
-    let dir = coffer_testkit::vectors("synthetic pki").unwrap();
+    let dir = coffer_testkit::vectors();
     let real = coffer_testkit::read(&dir, "intel-dcap/dcap-qvl-sgx-v3/quote.bin");
     assert!(check_of(run(&intel_only, &real, &col, SGX_NOW)).starts_with("unknown-root"));
     // Trusting both roots: an Intel PCK chain with collateral signed under the test root is not
@@ -301,9 +309,8 @@ fn a_chain_ending_at_a_root_that_is_not_pinned_is_unknown_root() {
     assert!(got.starts_with("chain"), "{got}");
 }
 
-#[test]
 fn revoked_serials_are_refused() {
-    let Some(w) = world() else { return };
+    let w = world();
     let v = w.verifier();
     let cases: [(&[u32], &[u32], &str); 3] = [
         (&[], &[PCK_SERIAL], "crl"),
@@ -338,9 +345,8 @@ fn revoked_serials_are_refused() {
     assert_eq!(r.crl, "skipped");
 }
 
-#[test]
 fn crl_signatures_and_windows_are_checked() {
-    let Some(w) = world() else { return };
+    let w = world();
     let v = w.verifier();
     // A PCK CRL signed by the root instead of the PCK CA.
     let mut j: serde_json::Value = serde_json::from_slice(&w.collateral(&[], &[], WIDE)).unwrap();

@@ -10,6 +10,7 @@ use coffer_dcap::{
     Body, Collateral, Quote, Roots, TcbStatus, Tee, Verified, Verifier, VerifyError, VerifyOptions,
     INTEL_ROOT_SHA256,
 };
+use coffer_testkit::Need;
 
 const SGX_DIR: &str = "intel-dcap/dcap-qvl-sgx-v3";
 /// dcap-qvl's `now` for the SGX collateral: the end of the shared window minus one second.
@@ -61,7 +62,21 @@ fn check_of(r: Result<Verified, VerifyError>) -> &'static str {
     }
 }
 
-#[test]
+fn main() -> std::process::ExitCode {
+    coffer_testkit::run(coffer_testkit::tests![
+        embedded_root_is_the_pinned_intel_root: Need::Vectors;
+        sgx_v3_with_collateral_is_valid_with_the_documented_status: Need::Vectors;
+        the_collateral_window_is_inclusive_and_enforced: Need::Vectors;
+        signature_only_quotes_verify_to_the_intel_root: Need::Vectors;
+        signature_only_quote_fields: Need::Vectors;
+        a_tdx_quote_with_sgx_collateral_is_not_supported: Need::Vectors;
+        every_bit_flip_in_the_signed_region_fails: Need::Vectors;
+        tampering_fails_with_the_named_check: Need::Vectors;
+        encodings_and_trailing_bytes: Need::Vectors;
+        a_verifier_without_the_intel_root_refuses_intel_chains: Need::Vectors;
+    ])
+}
+
 fn embedded_root_is_the_pinned_intel_root() {
     let roots = Roots::intel().unwrap();
     let root = roots.iter().next().unwrap();
@@ -71,20 +86,15 @@ fn embedded_root_is_the_pinned_intel_root() {
         "44a0196b2b99f889b8e149e95b807a350e7424964399e885a7cbb8ccfab674d3"
     );
     assert_eq!(root.subject_cn(), "Intel SGX Root CA");
-    let Some(dir) = coffer_testkit::vectors("embedded_root_is_the_pinned_intel_root") else {
-        return;
-    };
+    let dir = coffer_testkit::vectors();
     assert_eq!(
         root.der(),
         coffer_testkit::read(&dir, "intel-dcap/intel_sgx_root_ca.der")
     );
 }
 
-#[test]
 fn sgx_v3_with_collateral_is_valid_with_the_documented_status() {
-    let Some(dir) = coffer_testkit::vectors("sgx_v3_with_collateral") else {
-        return;
-    };
+    let dir = coffer_testkit::vectors();
     let (quote, collateral) = sgx(&dir);
     let v = run(&verifier(), &quote, &collateral, opts(SGX_NOW)).unwrap();
     assert!(v.valid);
@@ -134,11 +144,8 @@ fn sgx_v3_with_collateral_is_valid_with_the_documented_status() {
     assert_eq!(j["quote"]["body"]["type"], "sgx");
 }
 
-#[test]
 fn the_collateral_window_is_inclusive_and_enforced() {
-    let Some(dir) = coffer_testkit::vectors("the_collateral_window") else {
-        return;
-    };
+    let dir = coffer_testkit::vectors();
     let (quote, collateral) = sgx(&dir);
     let v = verifier();
     for at in [WINDOW_START, WINDOW_END] {
@@ -173,11 +180,8 @@ fn the_collateral_window_is_inclusive_and_enforced() {
     assert_eq!(check_of(run(&v, &quote, &collateral, no_crl)), "expired");
 }
 
-#[test]
 fn signature_only_quotes_verify_to_the_intel_root() {
-    let Some(dir) = coffer_testkit::vectors("signature_only_quotes") else {
-        return;
-    };
+    let dir = coffer_testkit::vectors();
     let v = verifier();
     let at = parse_rfc3339("2025-01-01T00:00:00Z").unwrap();
     for (file, tee, fmspc) in SIGNATURE_ONLY {
@@ -192,11 +196,8 @@ fn signature_only_quotes_verify_to_the_intel_root() {
     }
 }
 
-#[test]
 fn signature_only_quote_fields() {
-    let Some(dir) = coffer_testkit::vectors("signature_only_quote_fields") else {
-        return;
-    };
+    let dir = coffer_testkit::vectors();
     let read = |f: &str| {
         Quote::decode(&coffer_testkit::read(
             &dir,
@@ -272,11 +273,8 @@ fn signature_only_quote_fields() {
 
 /// The TDX quote from dcap-qvl with the SGX collateral: everything of the quote verifies, and the
 /// collateral is not for it.
-#[test]
 fn a_tdx_quote_with_sgx_collateral_is_not_supported() {
-    let Some(dir) = coffer_testkit::vectors("tdx_quote_with_sgx_collateral") else {
-        return;
-    };
+    let dir = coffer_testkit::vectors();
     let (_, collateral) = sgx(&dir);
     let quote = coffer_testkit::read(&dir, "intel-dcap/signature-only/dcapqvl_tdx_v4_quote.hex");
     let o = VerifyOptions {
@@ -290,11 +288,8 @@ fn a_tdx_quote_with_sgx_collateral_is_not_supported() {
 }
 
 /// Every single-bit flip in the signed region of every quote fails.
-#[test]
 fn every_bit_flip_in_the_signed_region_fails() {
-    let Some(dir) = coffer_testkit::vectors("every_bit_flip") else {
-        return;
-    };
+    let dir = coffer_testkit::vectors();
     let v = verifier();
     let at = parse_rfc3339("2025-01-01T00:00:00Z").unwrap();
     let mut files: Vec<String> = SIGNATURE_ONLY
@@ -328,11 +323,8 @@ fn flip(bytes: &[u8], at: usize) -> Vec<u8> {
     b
 }
 
-#[test]
 fn tampering_fails_with_the_named_check() {
-    let Some(dir) = coffer_testkit::vectors("tampering") else {
-        return;
-    };
+    let dir = coffer_testkit::vectors();
     let (quote, collateral) = sgx(&dir);
     let v = verifier();
     let q = Quote::decode(&quote).unwrap();
@@ -436,11 +428,8 @@ fn tampering_fails_with_the_named_check() {
     assert!(!r.warnings.is_empty());
 }
 
-#[test]
 fn encodings_and_trailing_bytes() {
-    let Some(dir) = coffer_testkit::vectors("encodings") else {
-        return;
-    };
+    let dir = coffer_testkit::vectors();
     let (quote, collateral) = sgx(&dir);
     let v = verifier();
     use base64::Engine as _;
@@ -476,11 +465,8 @@ fn encodings_and_trailing_bytes() {
     );
 }
 
-#[test]
 fn a_verifier_without_the_intel_root_refuses_intel_chains() {
-    let Some(dir) = coffer_testkit::vectors("unknown_root") else {
-        return;
-    };
+    let dir = coffer_testkit::vectors();
     let (quote, collateral) = sgx(&dir);
     let v = Verifier::new(Roots::empty());
     assert_eq!(

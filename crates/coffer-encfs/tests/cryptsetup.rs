@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use coffer_encfs::{open_ext4, Luks2, LuksError};
+use coffer_testkit::Need;
 
 /// ext4 with /secret.txt, encrypted in place by `cryptsetup reencrypt --encrypt`.
 pub fn make_image(dir: &Path, secret: &str) -> (PathBuf, Vec<u8>) {
@@ -59,9 +60,13 @@ fn make_image_with(dir: &Path, secret: &str, kdf: &[&str]) -> (PathBuf, Vec<u8>)
 }
 
 /// cryptsetup makes the images, debugfs reads what they hold.
-fn luks_tools(t: &str) -> bool {
-    coffer_testkit::tool("cryptsetup", t) && coffer_testkit::tool("debugfs", t)
-}
+const LUKS_TOOLS: &[Need] = &[Need::Tool("cryptsetup"), Need::Tool("debugfs")];
+/// cryptsetup makes the images, FUSE serves them, root loop-mounts them.
+const LUKS_FUSE: &[Need] = &[
+    Need::Tool("cryptsetup"),
+    Need::Path("/dev/fuse"),
+    Need::Root,
+];
 
 fn decrypt(img: &Path, key: &[u8], out: &Path) -> Result<u64, LuksError> {
     let mut f = std::fs::File::open(img)?;
@@ -70,12 +75,18 @@ fn decrypt(img: &Path, key: &[u8], out: &Path) -> Result<u64, LuksError> {
     luks.decrypt_to(&mut f, &vk, &mut std::fs::File::create(out)?)
 }
 
-#[test]
+fn main() -> std::process::ExitCode {
+    coffer_testkit::run(coffer_testkit::tests![
+        real_cryptsetup_image_opens_and_damage_is_refused: LUKS_TOOLS;
+        images_written_by_coffer_are_accepted_by_cryptsetup: LUKS_TOOLS;
+        argon2id_keyslots_open: LUKS_TOOLS;
+        fuse_block_file_mounts_read_only_and_read_write: LUKS_FUSE;
+        images_read_over_http_range_requests: LUKS_FUSE;
+        images_read_over_https: LUKS_TOOLS;
+    ])
+}
+
 fn real_cryptsetup_image_opens_and_damage_is_refused() {
-    let t = "real_cryptsetup_image_opens";
-    if !luks_tools(t) {
-        return;
-    }
     let dir = tempfile::tempdir().unwrap();
     let (img, key) = make_image(dir.path(), "the secret\n");
     let before = std::fs::read(&img).unwrap();
@@ -141,12 +152,7 @@ fn real_cryptsetup_image_opens_and_damage_is_refused() {
     ));
 }
 
-#[test]
 fn images_written_by_coffer_are_accepted_by_cryptsetup() {
-    let t = "images_written_by_coffer_are_accepted_by_cryptsetup";
-    if !luks_tools(t) {
-        return;
-    }
     let dir = tempfile::tempdir().unwrap();
     let src = dir.path().join("src");
     std::fs::create_dir_all(&src).unwrap();
@@ -210,12 +216,7 @@ fn images_written_by_coffer_are_accepted_by_cryptsetup() {
     );
 }
 
-#[test]
 fn argon2id_keyslots_open() {
-    let t = "argon2id_keyslots_open";
-    if !luks_tools(t) {
-        return;
-    }
     let dir = tempfile::tempdir().unwrap();
     let (img, key) = make_image_with(
         dir.path(),
@@ -268,12 +269,7 @@ fn run(cmd: &mut Command) -> std::process::Output {
     out
 }
 
-#[test]
 fn fuse_block_file_mounts_read_only_and_read_write() {
-    let t = "fuse_block_file_mounts";
-    if !coffer_testkit::tool("cryptsetup", t) || !Path::new("/dev/fuse").exists() {
-        return;
-    }
     let dir = tempfile::tempdir().unwrap();
     let (img, key) = make_image(dir.path(), "through fuse\n");
     let before = std::fs::read(&img).unwrap();
@@ -384,12 +380,7 @@ fn range_server(
     (url, count)
 }
 
-#[test]
 fn images_read_over_http_range_requests() {
-    let t = "images_read_over_http_range_requests";
-    if !coffer_testkit::tool("cryptsetup", t) || !Path::new("/dev/fuse").exists() {
-        return;
-    }
     let dir = tempfile::tempdir().unwrap();
     let (img, key) = make_image(dir.path(), "over http\n");
     let (url, count) = range_server(std::fs::read(&img).unwrap(), true);
@@ -460,12 +451,7 @@ fn tls_acceptor(dir: &Path) -> openssl::ssl::SslAcceptor {
     acc.build()
 }
 
-#[test]
 fn images_read_over_https() {
-    let t = "images_read_over_https";
-    if !luks_tools(t) {
-        return;
-    }
     let dir = tempfile::tempdir().unwrap();
     let (img, key) = make_image(dir.path(), "over https\n");
     let data = std::fs::read(&img).unwrap();

@@ -9,6 +9,7 @@ use std::io::{Seek, SeekFrom};
 use std::process::Command;
 
 use coffer_ext4::{Ext4Error, Options};
+use coffer_testkit::Need;
 use common::{write_tar, Entry};
 
 fn file(name: &str, data: &[u8]) -> Entry {
@@ -43,7 +44,32 @@ fn sample_layer() -> Vec<u8> {
     ])
 }
 
-#[test]
+fn main() -> std::process::ExitCode {
+    let mut tests = coffer_testkit::tests![
+        the_written_image_is_what_root_digest_hashes;
+        e2fsck_finds_only_the_unset_inode_bitmap_padding: Need::Tool("e2fsck");
+        debugfs_reads_back_files_links_and_xattrs: Need::Tool("debugfs");
+        appended_hash_tree_verifies_with_veritysetup: Need::Tool("veritysetup");
+        converting_with_verity_writes_what_append_writes;
+        a_path_fifty_thousand_directories_deep_converts;
+        empty_input_is_an_empty_layer;
+        a_file_listed_twice_is_refused;
+        a_whiteout_of_a_written_file_is_refused;
+        an_empty_file_listed_again_is_replaced;
+        a_hard_link_to_nothing_is_refused;
+        a_hard_link_to_a_directory_is_refused;
+        a_name_over_255_bytes_is_refused;
+        an_entry_under_a_file_is_refused;
+        a_directory_replaced_by_a_file_is_refused;
+        an_oversized_xattr_is_refused;
+        a_layer_over_the_maximum_disk_size_is_refused;
+        a_tar_cut_inside_file_data_is_refused;
+        a_header_with_a_bad_checksum_is_refused;
+    ];
+    tests.extend(garbled::tests());
+    coffer_testkit::run(tests)
+}
+
 fn the_written_image_is_what_root_digest_hashes() {
     let tar = common::write_tar(&common::random_layer(11));
     let (img, info) = image_of(&tar);
@@ -56,11 +82,7 @@ fn the_written_image_is_what_root_digest_hashes() {
     );
 }
 
-#[test]
 fn e2fsck_finds_only_the_unset_inode_bitmap_padding() {
-    if !coffer_testkit::tool("e2fsck", "e2fsck_finds_only_the_unset_inode_bitmap_padding") {
-        return;
-    }
     for seed in [3, 5, 8] {
         let (img, _) = image_of(&write_tar(&common::random_layer(seed)));
         let out = Command::new("e2fsck")
@@ -97,11 +119,7 @@ fn debugfs(img: &std::path::Path, cmd: &str) -> Vec<u8> {
     out.stdout
 }
 
-#[test]
 fn debugfs_reads_back_files_links_and_xattrs() {
-    if !coffer_testkit::tool("debugfs", "debugfs_reads_back_files_links_and_xattrs") {
-        return;
-    }
     let mut rng = common::Rng::new(7);
     let app = rng.bytes(3 * 4096 + 100);
     let (img, _) = image_of(&sample_layer());
@@ -117,7 +135,6 @@ fn debugfs_reads_back_files_links_and_xattrs() {
     assert!(lpf.contains("lost+found"), "{lpf}");
 }
 
-#[test]
 fn appended_hash_tree_verifies_with_veritysetup() {
     let tar = sample_layer();
     let (mut img, info) = image_of(&tar);
@@ -138,24 +155,19 @@ fn appended_hash_tree_verifies_with_veritysetup() {
     salted.extend_from_slice(root_block);
     assert_eq!(openssl::sha::sha256(&salted), v.root);
 
-    if coffer_testkit::tool(
-        "veritysetup",
-        "appended_hash_tree_verifies_with_veritysetup",
-    ) {
-        let out = Command::new("veritysetup")
-            .arg("verify")
-            .arg(img.path())
-            .arg(img.path())
-            .arg(hex::encode(v.root))
-            .arg(format!("--hash-offset={}", info.size))
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
+    let out = Command::new("veritysetup")
+        .arg("verify")
+        .arg(img.path())
+        .arg(img.path())
+        .arg(hex::encode(v.root))
+        .arg(format!("--hash-offset={}", info.size))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     // Not block-aligned input is refused.
     img.as_file_mut().seek(SeekFrom::End(0)).unwrap();
     std::io::Write::write_all(img.as_file_mut(), b"x").unwrap();
@@ -165,7 +177,6 @@ fn appended_hash_tree_verifies_with_veritysetup() {
     ));
 }
 
-#[test]
 fn converting_with_verity_writes_what_append_writes() {
     let tar = write_tar(&common::random_layer(21));
     let uuid = [9u8; 16];
@@ -186,7 +197,6 @@ fn converting_with_verity_writes_what_append_writes() {
     );
 }
 
-#[test]
 fn a_path_fifty_thousand_directories_deep_converts() {
     // Implicit parents are created from their known parent, not looked up from the root each
     // time, and directories are written without recursion: no quadratic time, no stack overflow.
@@ -197,7 +207,6 @@ fn a_path_fifty_thousand_directories_deep_converts() {
     assert!(t.elapsed().as_secs() < 20, "took {:?}", t.elapsed());
 }
 
-#[test]
 fn empty_input_is_an_empty_layer() {
     assert_eq!(
         coffer_ext4::root_digest(&[][..]).unwrap(),
@@ -209,13 +218,11 @@ fn refused(entries: &[Entry]) -> Ext4Error {
     coffer_ext4::root_digest(&write_tar(entries)[..]).unwrap_err()
 }
 
-#[test]
 fn a_file_listed_twice_is_refused() {
     let e = refused(&[file("a", b"one"), file("a", b"two")]);
     assert!(matches!(e, Ext4Error::Overwrite(ref p) if p == "a"), "{e}");
 }
 
-#[test]
 fn a_whiteout_of_a_written_file_is_refused() {
     let e = refused(&[file("d/a", b"data"), file("d/.wh.a", b"")]);
     assert!(
@@ -224,7 +231,6 @@ fn a_whiteout_of_a_written_file_is_refused() {
     );
 }
 
-#[test]
 fn an_empty_file_listed_again_is_replaced() {
     let twice = write_tar(&[file("a", b""), file("a", b"two")]);
     let once = write_tar(&[file("a", b"two")]);
@@ -234,14 +240,12 @@ fn an_empty_file_listed_again_is_replaced() {
     );
 }
 
-#[test]
 fn a_hard_link_to_nothing_is_refused() {
     let mut l = Entry::new("b", b'1');
     l.link = "missing".into();
     assert!(matches!(refused(&[l]), Ext4Error::FileNotFound(ref p) if p == "missing"));
 }
 
-#[test]
 fn a_hard_link_to_a_directory_is_refused() {
     let mut l = Entry::new("b", b'1');
     l.link = "d".into();
@@ -251,7 +255,6 @@ fn a_hard_link_to_a_directory_is_refused() {
     ));
 }
 
-#[test]
 fn a_name_over_255_bytes_is_refused() {
     let name = "n".repeat(256);
     assert!(matches!(
@@ -260,7 +263,6 @@ fn a_name_over_255_bytes_is_refused() {
     ));
 }
 
-#[test]
 fn an_entry_under_a_file_is_refused() {
     assert!(matches!(
         refused(&[file("f", b""), file("f/g", b"x")]),
@@ -268,7 +270,6 @@ fn an_entry_under_a_file_is_refused() {
     ));
 }
 
-#[test]
 fn a_directory_replaced_by_a_file_is_refused() {
     assert!(matches!(
         refused(&[Entry::new("d", b'5'), file("d", b"x")]),
@@ -276,7 +277,6 @@ fn a_directory_replaced_by_a_file_is_refused() {
     ));
 }
 
-#[test]
 fn an_oversized_xattr_is_refused() {
     let mut f = file("f", b"x");
     f.pax
@@ -284,7 +284,6 @@ fn an_oversized_xattr_is_refused() {
     assert!(matches!(refused(&[f]), Ext4Error::XattrTooBig { .. }));
 }
 
-#[test]
 fn a_layer_over_the_maximum_disk_size_is_refused() {
     let tar = write_tar(&[file("f", &vec![1u8; 2 << 20])]);
     let opts = Options {
@@ -297,14 +296,12 @@ fn a_layer_over_the_maximum_disk_size_is_refused() {
     ));
 }
 
-#[test]
 fn a_tar_cut_inside_file_data_is_refused() {
     let tar = write_tar(&[file("f", &vec![1u8; 10_000])]);
     let e = coffer_ext4::root_digest(&tar[..512 + 5000]).unwrap_err();
     assert!(matches!(e, Ext4Error::Tar(_)), "{e}");
 }
 
-#[test]
 fn a_header_with_a_bad_checksum_is_refused() {
     let mut tar = write_tar(&[file("f", b"x")]);
     tar[0] ^= 1;
@@ -313,20 +310,32 @@ fn a_header_with_a_bad_checksum_is_refused() {
 }
 
 mod garbled {
+    use coffer_testkit::Test;
     use proptest::prelude::*;
+
+    pub(super) fn tests() -> Vec<Test> {
+        vec![
+            Test::new(
+                "garbled::arbitrary_bytes_never_panic",
+                arbitrary_bytes_never_panic,
+            ),
+            Test::new(
+                "garbled::garbled_layers_never_panic",
+                garbled_layers_never_panic,
+            ),
+        ]
+    }
 
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(256))]
 
         /// Arbitrary bytes: an error or a root, never a panic.
-        #[test]
         fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..4096)) {
             let _ = coffer_ext4::root_digest(&bytes[..]);
         }
 
         /// A real layer with bytes overwritten (headers included, checksums then fixed so the
         /// garbled fields get decoded): an error or a root, never a panic.
-        #[test]
         fn garbled_layers_never_panic(
             seed in 0u64..50,
             edits in proptest::collection::vec((any::<u32>(), any::<u8>()), 1..24),

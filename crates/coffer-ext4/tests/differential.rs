@@ -5,14 +5,17 @@
 
 mod common;
 
+use coffer_testkit::Need;
 use std::process::Command;
 
-#[test]
+fn main() -> std::process::ExitCode {
+    coffer_testkit::run(coffer_testkit::tests![
+        random_layers_match_hcsshim: Need::Vectors, coffer_testkit::TAR2EXT4;
+    ])
+}
+
 fn random_layers_match_hcsshim() {
-    let test = "random_layers_match_hcsshim";
-    let Some(tool) = coffer_testkit::tar2ext4_reference(test) else {
-        return;
-    };
+    let tool = coffer_testkit::tar2ext4_reference();
     let dir = tempfile::tempdir().unwrap();
     let seeds: u64 = std::env::var("COFFER_EXT4_SEEDS")
         .ok()
@@ -59,7 +62,7 @@ fn random_layers_match_hcsshim() {
         }
     }
     eprintln!(
-        "{test}: {accepted} of {seeds} random layers converted, all roots equal to hcsshim's"
+        "random_layers_match_hcsshim: {accepted} of {seeds} random layers converted, all roots equal to hcsshim's"
     );
     assert!(
         accepted * 4 >= seeds * 3,

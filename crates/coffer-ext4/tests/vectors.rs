@@ -3,13 +3,17 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use coffer_testkit::Need;
 use std::process::Command;
 
-#[test]
+fn main() -> std::process::ExitCode {
+    coffer_testkit::run(coffer_testkit::tests![
+        every_vector_case_matches_hcsshim: Need::Vectors;
+    ])
+}
+
 fn every_vector_case_matches_hcsshim() {
-    let Some(vectors) = coffer_testkit::vectors("every_vector_case_matches_hcsshim") else {
-        return;
-    };
+    let vectors = coffer_testkit::vectors();
     let dir = vectors.join("tar2ext4");
     let out = tempfile::tempdir().unwrap();
     let status = Command::new("python3")

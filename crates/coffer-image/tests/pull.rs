@@ -5,6 +5,7 @@
 use std::process::{Child, Command, Stdio};
 
 use coffer_image::{ImageRef, Store};
+use coffer_testkit::Need;
 
 struct Registry(Child);
 
@@ -43,17 +44,16 @@ fn start_registry(dir: &std::path::Path) -> (Registry, u16) {
     panic!("docker-registry did not start");
 }
 
-#[test]
+fn main() -> std::process::ExitCode {
+    coffer_testkit::run(coffer_testkit::tests![
+        pull_from_a_loopback_registry_matches_the_layout: Need::Tool("docker-registry"), Need::Tool("skopeo"), coffer_testkit::EXAMPLE_IMAGE;
+    ])
+}
+
 fn pull_from_a_loopback_registry_matches_the_layout() {
-    let t = "pull_from_a_loopback_registry";
-    if !coffer_testkit::tool("docker-registry", t) || !coffer_testkit::tool("skopeo", t) {
-        return;
-    }
     let tmp = tempfile::tempdir().unwrap();
     let oci = tmp.path().join("hello");
-    if !coffer_testkit::build_example_image(&oci, t) {
-        return;
-    }
+    coffer_testkit::build_example_image(&oci);
     let (_reg, port) = start_registry(tmp.path());
     let reference = format!("127.0.0.1:{port}/coffer/hello:latest");
     let st = Command::new("skopeo")

@@ -6,6 +6,7 @@ use std::path::Path;
 use std::process::Command;
 
 use coffer_image::{Digest, ImageError, ImageRef, Store};
+use coffer_testkit::Need;
 use serde_json::json;
 
 fn veritysetup_root(padded: &[u8]) -> String {
@@ -99,16 +100,24 @@ fn hand_layout(dir: &Path, tamper_diff_id: bool) -> Vec<u8> {
     layer
 }
 
-#[test]
+fn main() -> std::process::ExitCode {
+    coffer_testkit::run(coffer_testkit::tests![
+        umoci_image_imports_and_measures_as_azure_does:
+            coffer_testkit::EXAMPLE_IMAGE,
+            Need::Tool("veritysetup"),
+            Need::Vectors,
+            coffer_testkit::TAR2EXT4;
+        uncompressed_layers_import_and_measure;
+        corrupted_blobs_are_refused_and_the_store_is_unchanged;
+        files_are_read_from_the_images_root_file_system;
+        measurements_and_account_files_are_cached;
+    ])
+}
+
 fn umoci_image_imports_and_measures_as_azure_does() {
     let tmp = tempfile::tempdir().unwrap();
     let oci = tmp.path().join("hello");
-    if !coffer_testkit::build_example_image(
-        &oci,
-        "umoci_image_imports_and_measures_like_veritysetup",
-    ) {
-        return;
-    }
+    coffer_testkit::build_example_image(&oci);
     let home = tmp.path().join("home");
     let store = Store::open(&home).unwrap();
     let src = ImageRef::parse(&format!("oci:{}:latest", oci.display())).unwrap();
@@ -140,20 +149,17 @@ fn umoci_image_imports_and_measures_as_azure_does() {
         std::io::Seek::rewind(&mut &f).unwrap();
         std::io::Read::read_to_end(&mut &f, &mut fs).unwrap();
         assert_eq!(&image[..fs.len()], &fs[..]);
-        if coffer_testkit::tool("veritysetup", "umoci measure") {
-            assert_eq!(hex::encode(meas.root_hash), veritysetup_root(&fs));
-        }
+        assert_eq!(hex::encode(meas.root_hash), veritysetup_root(&fs));
         // And what hcsshim's own code (Azure's policy tooling) computes for this layer.
-        if let Some(reference) = coffer_testkit::tar2ext4_reference("umoci measure") {
-            let t = tmp.path().join("layer.tar");
-            std::fs::write(&t, &tar).unwrap();
-            let out = Command::new(reference).arg(&t).output().unwrap();
-            assert!(out.status.success());
-            assert_eq!(
-                String::from_utf8_lossy(&out.stdout).trim(),
-                hex::encode(meas.root_hash)
-            );
-        }
+        let reference = coffer_testkit::tar2ext4_reference();
+        let t = tmp.path().join("layer.tar");
+        std::fs::write(&t, &tar).unwrap();
+        let out = Command::new(reference).arg(&t).output().unwrap();
+        assert!(out.status.success());
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout).trim(),
+            hex::encode(meas.root_hash)
+        );
     }
     // Importing the same image again under another name reuses blobs.
     let again = store.import(&src, Some("hello:v2"), None).unwrap();
@@ -161,7 +167,6 @@ fn umoci_image_imports_and_measures_as_azure_does() {
     assert_eq!(store.list().unwrap().len(), 2);
 }
 
-#[test]
 fn uncompressed_layers_import_and_measure() {
     let tmp = tempfile::tempdir().unwrap();
     let layer = hand_layout(tmp.path(), false);
@@ -188,7 +193,6 @@ fn uncompressed_layers_import_and_measure() {
     assert!(err.to_string().contains("tags: v1"), "{err}");
 }
 
-#[test]
 fn corrupted_blobs_are_refused_and_the_store_is_unchanged() {
     let tmp = tempfile::tempdir().unwrap();
     let layer = hand_layout(tmp.path(), false);
@@ -230,7 +234,6 @@ fn corrupted_blobs_are_refused_and_the_store_is_unchanged() {
     assert!(err.to_string().contains("not an OCI image layout"), "{err}");
 }
 
-#[test]
 fn files_are_read_from_the_images_root_file_system() {
     let tmp = tempfile::tempdir().unwrap();
     hand_layout(tmp.path(), false);
@@ -247,7 +250,6 @@ fn files_are_read_from_the_images_root_file_system() {
     );
 }
 
-#[test]
 fn measurements_and_account_files_are_cached() {
     let tmp = tempfile::tempdir().unwrap();
     hand_layout(tmp.path(), false);

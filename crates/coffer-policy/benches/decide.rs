@@ -8,7 +8,8 @@ use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
 use serde_json::{json, Value};
 
 fn bench(c: &mut Criterion) {
-    let Some(dir) = coffer_testkit::vectors("bench decide") else {
+    let Some(dir) = coffer_testkit::vectors_dir() else {
+        eprintln!("bench decide: skipped, no test vectors (set COFFER_VECTORS)");
         return;
     };
     let text = String::from_utf8(coffer_testkit::read(

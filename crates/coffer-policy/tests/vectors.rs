@@ -3,6 +3,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use coffer_policy::Enforcer;
+use coffer_testkit::Need;
 use serde_json::{json, Value};
 
 fn containers(policy: &str) -> Vec<Value> {
@@ -17,11 +18,18 @@ fn errors(d: &coffer_policy::Decision) -> String {
     d.reason.as_ref().map(|r| r.to_string()).unwrap_or_default()
 }
 
-#[test]
+fn main() -> std::process::ExitCode {
+    coffer_testkit::run(coffer_testkit::tests![
+        aci_attestation_example_enforces_layers_overlay_command_env: Need::Vectors;
+        env_outside_rules_is_denied_without_dropping: Need::Vectors;
+        allow_all_allows_every_point_and_has_the_known_digest: Need::Vectors;
+        unknown_rules_and_bad_policies_are_errors;
+        policy_values_are_optional;
+    ])
+}
+
 fn aci_attestation_example_enforces_layers_overlay_command_env() {
-    let Some(dir) = coffer_testkit::vectors("aci_attestation_example") else {
-        return;
-    };
+    let dir = coffer_testkit::vectors();
     let text = String::from_utf8(coffer_testkit::read(
         &dir,
         "policies/aci-attestation-example.rego",
@@ -187,11 +195,8 @@ fn aci_attestation_example_enforces_layers_overlay_command_env() {
     );
 }
 
-#[test]
 fn env_outside_rules_is_denied_without_dropping() {
-    let Some(dir) = coffer_testkit::vectors("env_outside_rules_is_denied_without_dropping") else {
-        return;
-    };
+    let dir = coffer_testkit::vectors();
     let text = String::from_utf8(coffer_testkit::read(
         &dir,
         "policies/aci-attestation-example.rego",
@@ -260,11 +265,8 @@ fn env_outside_rules_is_denied_without_dropping() {
     );
 }
 
-#[test]
 fn allow_all_allows_every_point_and_has_the_known_digest() {
-    let Some(dir) = coffer_testkit::vectors("allow_all") else {
-        return;
-    };
+    let dir = coffer_testkit::vectors();
     let bytes = coffer_testkit::read(&dir, "policies/aci-allow_all.rego");
     assert_eq!(
         hex::encode(coffer_policy::digest(&bytes)),
@@ -285,7 +287,6 @@ fn allow_all_allows_every_point_and_has_the_known_digest() {
     Enforcer::new(std::str::from_utf8(&strict).unwrap()).unwrap();
 }
 
-#[test]
 fn unknown_rules_and_bad_policies_are_errors() {
     assert!(Enforcer::new("package other\nx := 1\n")
         .unwrap_err()
@@ -300,7 +301,6 @@ fn unknown_rules_and_bad_policies_are_errors() {
         .contains("unknown enforcement point"));
 }
 
-#[test]
 fn policy_values_are_optional() {
     let mut e = Enforcer::new(&format!(
         "{}\ncoffer_skr_port := 8080\n",

@@ -150,10 +150,12 @@ fn sgx_vector(dir: &Path) -> (Vec<u8>, Vec<u8>) {
 }
 
 #[tokio::test]
+#[cfg_attr(
+    coffer_no_vectors,
+    ignore = "needs the test vectors (set COFFER_VECTORS)"
+)]
 async fn sgx_vector_gets_a_token_with_azure_claims() {
-    let Some(dir) = coffer_testkit::vectors("sgx_vector_gets_a_token_with_azure_claims") else {
-        return;
-    };
+    let dir = coffer_testkit::vectors();
     let (quote, collateral) = sgx_vector(&dir);
     let s = dcap_server(SGX_NOW, &[("sgx.json", &collateral)], None, None);
     let (st, v) = s.attest("SgxEnclave", &quote, None).await;
@@ -181,10 +183,12 @@ async fn sgx_vector_gets_a_token_with_azure_claims() {
 }
 
 #[tokio::test]
+#[cfg_attr(
+    coffer_no_vectors,
+    ignore = "needs the test vectors (set COFFER_VECTORS)"
+)]
 async fn sgx_vector_does_not_bind_other_runtime_data() {
-    let Some(dir) = coffer_testkit::vectors("sgx_vector_does_not_bind_other_runtime_data") else {
-        return;
-    };
+    let dir = coffer_testkit::vectors();
     let (quote, collateral) = sgx_vector(&dir);
     let s = dcap_server(SGX_NOW, &[("sgx.json", &collateral)], None, None);
     // REPORT_DATA is "Hello, world!" and zeros: the SHA-256 of no runtime data.
@@ -197,10 +201,12 @@ async fn sgx_vector_does_not_bind_other_runtime_data() {
 }
 
 #[tokio::test]
+#[cfg_attr(
+    coffer_no_vectors,
+    ignore = "needs the test vectors (set COFFER_VECTORS)"
+)]
 async fn collateral_outside_its_window_is_expired() {
-    let Some(dir) = coffer_testkit::vectors("collateral_outside_its_window_is_expired") else {
-        return;
-    };
+    let dir = coffer_testkit::vectors();
     let (quote, collateral) = sgx_vector(&dir);
     for (now, want) in [
         (WINDOW_START - 1, "expired"),
@@ -215,10 +221,12 @@ async fn collateral_outside_its_window_is_expired() {
 }
 
 #[tokio::test]
+#[cfg_attr(
+    coffer_no_vectors,
+    ignore = "needs the test vectors (set COFFER_VECTORS)"
+)]
 async fn quotes_without_collateral_are_genuine_but_refused_with_no_collateral() {
-    let Some(dir) = coffer_testkit::vectors("quotes_without_collateral") else {
-        return;
-    };
+    let dir = coffer_testkit::vectors();
     let (_, collateral) = sgx_vector(&dir);
     let s = dcap_server(SGX_NOW, &[("sgx.json", &collateral)], None, None);
     for (file, route, fmspc) in SIGNATURE_ONLY {
@@ -237,10 +245,12 @@ async fn quotes_without_collateral_are_genuine_but_refused_with_no_collateral() 
 }
 
 #[tokio::test]
+#[cfg_attr(
+    coffer_no_vectors,
+    ignore = "needs the test vectors (set COFFER_VECTORS)"
+)]
 async fn flipped_bytes_fail() {
-    let Some(dir) = coffer_testkit::vectors("flipped_bytes_fail") else {
-        return;
-    };
+    let dir = coffer_testkit::vectors();
     let (sgx, collateral) = sgx_vector(&dir);
     let s = dcap_server(SGX_NOW, &[("sgx.json", &collateral)], None, None);
     let mut quotes = vec![("quote.bin".to_string(), "SgxEnclave", sgx)];
@@ -275,10 +285,12 @@ async fn flipped_bytes_fail() {
 }
 
 #[tokio::test]
+#[cfg_attr(
+    coffer_no_vectors,
+    ignore = "needs the test vectors (set COFFER_VECTORS)"
+)]
 async fn quote_sent_to_the_other_route_is_refused() {
-    let Some(dir) = coffer_testkit::vectors("quote_sent_to_the_other_route") else {
-        return;
-    };
+    let dir = coffer_testkit::vectors();
     let (sgx, collateral) = sgx_vector(&dir);
     let s = dcap_server(SGX_NOW, &[("sgx.json", &collateral)], None, None);
     let (st, v) = s.attest("TdxVm", &sgx, None).await;
@@ -345,10 +357,12 @@ async fn without_collateral_the_routes_answer_not_configured() {
 }
 
 #[tokio::test]
+#[cfg_attr(
+    coffer_no_vectors,
+    ignore = "needs the test vectors (set COFFER_VECTORS)"
+)]
 async fn collateral_directory_is_reread_when_it_changes() {
-    let Some(dir) = coffer_testkit::vectors("collateral_directory_is_reread") else {
-        return;
-    };
+    let dir = coffer_testkit::vectors();
     let (quote, collateral) = sgx_vector(&dir);
     let s = dcap_server(SGX_NOW, &[], None, None);
     let (_, v) = s.attest("SgxEnclave", &quote, None).await;
@@ -371,10 +385,12 @@ async fn collateral_directory_is_reread_when_it_changes() {
 }
 
 #[tokio::test]
+#[cfg_attr(
+    coffer_no_vectors,
+    ignore = "needs the test vectors (set COFFER_VECTORS)"
+)]
 async fn sgx_reference_values_pin_mrenclave_mrsigner_product_and_svn() {
-    let Some(dir) = coffer_testkit::vectors("sgx_reference_values") else {
-        return;
-    };
+    let dir = coffer_testkit::vectors();
     let (quote, collateral) = sgx_vector(&dir);
     let other = "11".repeat(32);
     let cases = [
@@ -593,10 +609,12 @@ fn runtime_with_wrapping_key() -> Vec<u8> {
 }
 
 #[tokio::test]
+#[cfg_attr(
+    coffer_no_vectors,
+    ignore = "needs the test vectors (set COFFER_VECTORS)"
+)]
 async fn release_policy_on_sgx_mrenclave_grants_and_denies() {
-    let Some(dir) = coffer_testkit::vectors("release_policy_on_sgx_mrenclave") else {
-        return;
-    };
+    let dir = coffer_testkit::vectors();
     let runtime = runtime_with_wrapping_key();
     let (quote, collateral, root) = synthetic_sgx(&dir, &runtime);
     let s = dcap_server(
@@ -658,10 +676,12 @@ async fn release_policy_on_sgx_mrenclave_grants_and_denies() {
 }
 
 #[tokio::test]
+#[cfg_attr(
+    coffer_no_vectors,
+    ignore = "needs the test vectors (set COFFER_VECTORS)"
+)]
 async fn synthetic_quote_with_other_runtime_data_is_not_bound() {
-    let Some(dir) = coffer_testkit::vectors("synthetic_quote_binding") else {
-        return;
-    };
+    let dir = coffer_testkit::vectors();
     let runtime = runtime_with_wrapping_key();
     let (quote, collateral, root) = synthetic_sgx(&dir, &runtime);
     let s = dcap_server(SGX_NOW, &[("test-pki.json", &collateral)], None, None);

@@ -4,14 +4,17 @@
 //!
 //! Needs root, `containerd` and `ctr` (scripts/setup.sh), `umoci`, and the `coffer` and
 //! `coffer-agent` binaries next to the shim (`cargo test --workspace` builds them; alone:
-//! `cargo build -p coffer-cli -p coffer-agent`). When containerd cannot start here the test
-//! prints that it was skipped, and says why.
+//! `cargo build -p coffer-cli -p coffer-agent`). Without root, containerd, ctr or umoci the test is
+//! reported as ignored, and so it is, with the reason, when containerd cannot start here (both
+//! failures under `COFFER_REQUIRE_VECTORS=1`).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
+
+use coffer_testkit::Need;
 
 const SHIM: &str = env!("CARGO_BIN_EXE_containerd-shim-coffer-v2");
 
@@ -33,14 +36,8 @@ struct Containerd {
 }
 
 impl Containerd {
-    /// Start it, or print why the test is skipped and return `None`.
-    fn start(test: &str, home: &Path) -> Option<Self> {
-        for tool in ["containerd", "ctr"] {
-            if Command::new(tool).arg("--version").output().is_err() {
-                eprintln!("{test}: SKIPPED: `{tool}` is not installed (scripts/setup.sh installs containerd)");
-                return None;
-            }
-        }
+    /// Start it; when it cannot start here, the test ends as unable to run ([`coffer_testkit::skip`]).
+    fn start(home: &Path) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let socket = dir.path().join("containerd.sock");
         let config = dir.path().join("config.toml");
@@ -77,21 +74,19 @@ impl Containerd {
         let started = Instant::now();
         while started.elapsed() < Duration::from_secs(30) {
             if c.ctr(&["version"]).status.success() {
-                return Some(c);
+                return c;
             }
             if let Ok(Some(status)) = c.child.try_wait() {
                 let log = std::fs::read_to_string(c.dir.path().join("containerd.log"))
                     .unwrap_or_default();
-                eprintln!(
-                    "{test}: SKIPPED: containerd cannot start here ({status}):\n{}",
+                coffer_testkit::skip(format!(
+                    "containerd cannot start here ({status}):\n{}",
                     log.lines().rev().take(10).collect::<Vec<_>>().join("\n")
-                );
-                return None;
+                ));
             }
             std::thread::sleep(Duration::from_millis(100));
         }
-        eprintln!("{test}: SKIPPED: containerd did not serve within 30 s");
-        None
+        coffer_testkit::skip("containerd did not serve within 30 s")
     }
 
     fn ctr(&self, args: &[&str]) -> Output {
@@ -220,19 +215,25 @@ fn assert_nothing_left(home: &Path, id: &str) {
     }
 }
 
-#[test]
+fn main() -> std::process::ExitCode {
+    coffer_testkit::run(coffer_testkit::tests![
+        ctr_run_through_the_shim_runs_the_policy_and_denies_a_changed_one:
+            Need::Root,
+            Need::Tool("containerd"),
+            Need::Tool("ctr"),
+            coffer_testkit::EXAMPLE_IMAGE;
+    ])
+}
+
 fn ctr_run_through_the_shim_runs_the_policy_and_denies_a_changed_one() {
-    let test = "ctr_run_through_the_shim";
     let tmp = tempfile::tempdir().expect("tempdir");
     let home = tmp.path().join("home");
     std::fs::create_dir_all(&home).expect("mkdir");
-    let Some(ctrd) = Containerd::start(test, &home) else {
-        return;
-    };
+    let ctrd = Containerd::start(&home);
     sibling("coffer-agent");
     // The example image, into coffer's store (for the policy) and containerd's (to run).
     let oci = tmp.path().join("hello");
-    assert!(coffer_testkit::build_example_image(&oci, test));
+    coffer_testkit::build_example_image(&oci);
     coffer(
         &home,
         &[
@@ -319,7 +320,7 @@ fn ctr_run_through_the_shim_runs_the_policy_and_denies_a_changed_one() {
         "hello from a confidential container\nGREETING=bonjour\n"
     );
     eprintln!(
-        "{test}: ctr run through the shim took {:.0} ms",
+        "ctr_run_through_the_shim: ctr run through the shim took {:.0} ms",
         took.as_secs_f64() * 1e3
     );
     assert_nothing_left(&home, &id);

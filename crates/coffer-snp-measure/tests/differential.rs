@@ -1,9 +1,9 @@
 //! Differential test against virtee's `sev-snp-measure` (PyPI), run as a program: `$SEV_SNP_MEASURE`
-//! or `sev-snp-measure` on PATH. Without it the test prints a skip note and passes, even in CI
-//! (which need not install it).
+//! or `sev-snp-measure` on PATH. Without it the test is reported as ignored, even in CI (which need
+//! not install it).
 //!
-//! Firmware: synthetic images (1 to 16 pages, with and without kernel hashes support), and when the
-//! shared vectors are present, their two OVMF suffixes, also padded in front to 64 KiB. Inputs:
+//! Firmware: synthetic images (1 to 16 pages, with and without kernel hashes support), and the
+//! shared vectors' two OVMF suffixes, also padded in front to 64 KiB. Inputs:
 //! vCPU counts 1/2/4/7, several EPYC models and a raw signature, guest features 0x1/0x21/0x5,
 //! with and without kernel, initrd and command line (small generated files).
 
@@ -15,6 +15,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use coffer_snp_measure::{launch_digest, ovmf_hash, KernelHashes, LaunchInputs, VcpuType};
+use coffer_testkit::Need;
 use common::SyntheticOvmf;
 
 fn tool() -> Option<PathBuf> {
@@ -117,15 +118,23 @@ fn pseudo_random(len: usize, seed: u64) -> Vec<u8> {
         .collect()
 }
 
-#[test]
+fn main() -> std::process::ExitCode {
+    coffer_testkit::run(coffer_testkit::tests![
+        matches_sev_snp_measure: SEV_SNP_MEASURE, Need::Vectors;
+    ])
+}
+
+/// virtee's `sev-snp-measure`, which CI does not install.
+const SEV_SNP_MEASURE: Need = Need::Optional(&Need::Check("sev-snp-measure", found));
+
+fn found() -> Result<(), String> {
+    tool()
+        .map(drop)
+        .ok_or_else(|| "not found (pip install sev-snp-measure, or set SEV_SNP_MEASURE)".into())
+}
+
 fn matches_sev_snp_measure() {
-    let Some(tool) = tool() else {
-        eprintln!(
-            "matches_sev_snp_measure: SKIPPED: sev-snp-measure not found (pip install \
-             sev-snp-measure, or set SEV_SNP_MEASURE)"
-        );
-        return;
-    };
+    let tool = tool().unwrap();
     let dir = tempfile::tempdir().unwrap();
     let write = |name: &str, bytes: &[u8]| {
         let p = dir.path().join(name);
@@ -148,17 +157,16 @@ fn matches_sev_snp_measure() {
             false,
         ),
     ];
-    if let Some(vectors) = coffer_testkit::vectors("matches_sev_snp_measure") {
-        for (name, hashes) in [
-            ("ovmf_AmdSev_suffix.bin", true),
-            ("ovmf_OvmfX64_suffix.bin", false),
-        ] {
-            let suffix = coffer_testkit::read(&vectors, &format!("snp-measure/{name}"));
-            let mut padded = pseudo_random(64 * 1024 - suffix.len(), 99);
-            padded.extend_from_slice(&suffix);
-            firmware.push((write(name, &suffix), hashes));
-            firmware.push((write(&format!("padded_{name}"), &padded), hashes));
-        }
+    let vectors = coffer_testkit::vectors();
+    for (name, hashes) in [
+        ("ovmf_AmdSev_suffix.bin", true),
+        ("ovmf_OvmfX64_suffix.bin", false),
+    ] {
+        let suffix = coffer_testkit::read(&vectors, &format!("snp-measure/{name}"));
+        let mut padded = pseudo_random(64 * 1024 - suffix.len(), 99);
+        padded.extend_from_slice(&suffix);
+        firmware.push((write(name, &suffix), hashes));
+        firmware.push((write(&format!("padded_{name}"), &padded), hashes));
     }
 
     let kernel = write("vmlinuz", &pseudo_random(300_001, 1));

@@ -5,6 +5,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use coffer_snp_measure::{launch_digest, KernelHashes, LaunchInputs, VcpuType};
+use coffer_testkit::Need;
 use serde_json::Value;
 
 fn str_field<'a>(case: &'a Value, key: &str) -> Option<&'a str> {
@@ -44,11 +45,14 @@ fn inputs(dir: &std::path::Path, case: &Value) -> LaunchInputs {
     }
 }
 
-#[test]
+fn main() -> std::process::ExitCode {
+    coffer_testkit::run(coffer_testkit::tests![
+        sev_snp_measure_vectors: Need::Vectors;
+    ])
+}
+
 fn sev_snp_measure_vectors() {
-    let Some(dir) = coffer_testkit::vectors("sev_snp_measure_vectors") else {
-        return;
-    };
+    let dir = coffer_testkit::vectors();
     let expected: Value =
         serde_json::from_slice(&coffer_testkit::read(&dir, "snp-measure/expected.json")).unwrap();
     let cases = expected["cases"].as_array().unwrap();

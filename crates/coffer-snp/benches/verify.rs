@@ -13,7 +13,8 @@ use openssl::ecdsa::EcdsaSig;
 use coffer_snp::{Endorsements, Report, Roots, Verifier, VerifyOptions};
 
 fn bench(c: &mut Criterion) {
-    let Some(dir) = coffer_testkit::vectors("bench verify") else {
+    let Some(dir) = coffer_testkit::vectors_dir() else {
+        eprintln!("bench verify: skipped, no test vectors (set COFFER_VECTORS)");
         return;
     };
     let report_bytes = coffer_testkit::read(&dir, "sev-snp/trustee-milan-v2/report.bin");

@@ -10,6 +10,7 @@ use coffer_snp::{
     CertRole, Endorsements, Product, Report, Roots, SigningKey, Tee, Verified, Verifier,
     VerifyError, VerifyOptions,
 };
+use coffer_testkit::Need;
 
 fn verifier() -> Verifier {
     Verifier::new(Roots::amd().unwrap(), false)
@@ -72,11 +73,20 @@ fn load(dir: &Path, c: &Case) -> (Vec<u8>, Endorsements) {
     (report, Endorsements::from_vek(&vcek, c.vcek).unwrap())
 }
 
-#[test]
+fn main() -> std::process::ExitCode {
+    coffer_testkit::run(coffer_testkit::tests![
+        embedded_roots_match_the_published_ones: Need::Vectors;
+        real_reports_verify_with_expected_values: Need::Vectors;
+        aci_report_verifies_with_pem_chain_and_thim: Need::Vectors;
+        upstream_negatives_fail_for_the_right_reason: Need::Vectors;
+        time_wrong_chip_and_wrong_product_are_refused: Need::Vectors;
+        every_bit_of_the_signed_area_matters: Need::Vectors;
+        every_bit_of_the_signature_matters_on_both_paths: Need::Vectors;
+    ])
+}
+
 fn embedded_roots_match_the_published_ones() {
-    let Some(dir) = coffer_testkit::vectors("embedded_roots_match_the_published_ones") else {
-        return;
-    };
+    let dir = coffer_testkit::vectors();
     let roots = Roots::amd().unwrap();
     for p in ["milan", "genoa", "turin"] {
         let ark = coffer_snp::Certificate::from_der_or_pem(
@@ -91,11 +101,8 @@ fn embedded_roots_match_the_published_ones() {
     }
 }
 
-#[test]
 fn real_reports_verify_with_expected_values() {
-    let Some(dir) = coffer_testkit::vectors("real_reports_verify_with_expected_values") else {
-        return;
-    };
+    let dir = coffer_testkit::vectors();
     let v = verifier();
     for c in &CASES {
         let (report, e) = load(&dir, c);
@@ -150,11 +157,8 @@ fn real_reports_verify_with_expected_values() {
     );
 }
 
-#[test]
 fn aci_report_verifies_with_pem_chain_and_thim() {
-    let Some(dir) = coffer_testkit::vectors("aci_report_verifies_with_pem_chain_and_thim") else {
-        return;
-    };
+    let dir = coffer_testkit::vectors();
     let report = coffer_testkit::read(&dir, "sev-snp/aci-milan-v2/report.bin");
     let pem = coffer_testkit::read(&dir, "sev-snp/aci-milan-v2/vcek_ask_ark_chain.pem");
     let thim = coffer_testkit::read(&dir, "sev-snp/aci-milan-v2/thim_certificate_response.json");
@@ -219,11 +223,8 @@ fn aci_report_verifies_with_pem_chain_and_thim() {
     );
 }
 
-#[test]
 fn upstream_negatives_fail_for_the_right_reason() {
-    let Some(dir) = coffer_testkit::vectors("upstream_negatives_fail_for_the_right_reason") else {
-        return;
-    };
+    let dir = coffer_testkit::vectors();
     let v = verifier();
 
     // virtee: report[21] ^= 0x80 changes POLICY -> signature.
@@ -283,11 +284,8 @@ fn upstream_negatives_fail_for_the_right_reason() {
     }
 }
 
-#[test]
 fn time_wrong_chip_and_wrong_product_are_refused() {
-    let Some(dir) = coffer_testkit::vectors("time_wrong_chip_and_wrong_product_are_refused") else {
-        return;
-    };
+    let dir = coffer_testkit::vectors();
     let (report, e) = load(&dir, &CASES[0]);
     // VCEK valid 2023-04-03 .. 2030-04-03.
     for when in ["2023-04-02T00:00:00Z", "2030-04-04T00:00:00Z"] {
@@ -350,11 +348,8 @@ fn coffer_testkit_other_ark(dir: &Path) -> coffer_snp::Certificate {
     .unwrap()
 }
 
-#[test]
 fn every_bit_of_the_signed_area_matters() {
-    let Some(dir) = coffer_testkit::vectors("every_bit_of_the_signed_area_matters") else {
-        return;
-    };
+    let dir = coffer_testkit::vectors();
     let (report, e) = load(&dir, &CASES[2]);
     let original = Report::from_bytes(&report).unwrap().bytes().to_vec();
     let v = verifier();
@@ -376,12 +371,8 @@ fn every_bit_of_the_signed_area_matters() {
     check(&v, &original, &e, CASES[2].when).unwrap();
 }
 
-#[test]
 fn every_bit_of_the_signature_matters_on_both_paths() {
-    let Some(dir) = coffer_testkit::vectors("every_bit_of_the_signature_matters_on_both_paths")
-    else {
-        return;
-    };
+    let dir = coffer_testkit::vectors();
     let (report, e) = load(&dir, &CASES[0]);
     let original = Report::from_bytes(&report).unwrap().bytes().to_vec();
     let warm = verifier();

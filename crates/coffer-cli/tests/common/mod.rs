@@ -75,9 +75,9 @@ pub(crate) fn http() -> reqwest::blocking::Client {
 }
 
 /// Build the example image and import it into `home` as hello:latest.
-pub(crate) fn import_example(home: &Path, test: &str) {
+pub(crate) fn import_example(home: &Path) {
     let oci = home.join("hello");
-    assert!(coffer_testkit::build_example_image(&oci, test));
+    coffer_testkit::build_example_image(&oci);
     let out = coffer(
         home,
         &[
