@@ -50,7 +50,7 @@ fn bench(c: &mut Criterion) {
     };
     attest();
 
-    let q = Quote::decode(&quote_bytes).unwrap();
+    let q = Quote::from_bytes(quote_bytes.clone()).unwrap();
     let group = EcGroup::from_curve_name(Nid::X9_62_PRIME256V1).unwrap();
     let mut sec1 = vec![4u8];
     sec1.extend(q.attestation_key);

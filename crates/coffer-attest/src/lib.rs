@@ -488,7 +488,7 @@ impl AttestationService {
         now: u64,
     ) -> Result<Claims, AttestError> {
         let dcap = self.dcap.as_ref().ok_or(AttestError::NotConfigured)?;
-        let quote = coffer_dcap::Quote::decode(&req.quote_bytes()?)
+        let quote = coffer_dcap::Quote::from_bytes(req.quote_bytes()?)
             .map_err(coffer_dcap::VerifyError::from)?;
         let runtime = req.runtime_bytes()?;
         let is_tdx = quote.is_tdx();
@@ -673,7 +673,7 @@ mod tests {
     )]
     fn tdx_reference_values_pin_mrtd_rtmrs_and_mrconfigid() {
         let dir = coffer_testkit::vectors();
-        let q = Quote::decode(&coffer_testkit::read(&dir, TDX_V5)).unwrap();
+        let q = Quote::from_bytes(coffer_testkit::read(&dir, TDX_V5)).unwrap();
         let td = q.body.td().unwrap().clone();
         assert!(!td.debug);
         let hex48 = |b: &[u8; 48]| hex::encode(b);
@@ -760,7 +760,7 @@ mod tests {
     )]
     fn tdx_claims_carry_azure_names() {
         let dir = coffer_testkit::vectors();
-        let q = Quote::decode(&coffer_testkit::read(&dir, TDX_V4)).unwrap();
+        let q = Quote::from_bytes(coffer_testkit::read(&dir, TDX_V4)).unwrap();
         let td = q.body.td().unwrap();
         // The claims need a verdict; the TD part is what is checked here.
         let sgx = coffer_testkit::read(&dir, "intel-dcap/dcap-qvl-sgx-v3/quote.bin");
@@ -768,7 +768,7 @@ mod tests {
         let verified = coffer_dcap::Verifier::intel()
             .unwrap()
             .verify(
-                &Quote::decode(&sgx).unwrap(),
+                &Quote::from_bytes(sgx).unwrap(),
                 &coffer_dcap::Collateral::from_qvl_json(&col).unwrap(),
                 &coffer_dcap::VerifyOptions {
                     at: 1752919277,

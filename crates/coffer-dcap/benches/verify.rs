@@ -41,18 +41,18 @@ fn bench(c: &mut Criterion) {
     g.bench_function("cold_chain_and_collateral", |b| {
         b.iter(|| {
             let v = Verifier::new(roots.clone());
-            let q = Quote::decode(&quote_bytes).unwrap();
+            let q = Quote::from_bytes(quote_bytes.clone()).unwrap();
             v.verify(&q, &collateral, &opts).unwrap()
         })
     });
     let warm = Verifier::new(roots.clone());
     let cached = || {
-        let q = Quote::decode(&quote_bytes).unwrap();
+        let q = Quote::from_bytes(quote_bytes.clone()).unwrap();
         warm.verify(&q, &collateral, &opts).unwrap()
     };
     g.bench_function("cached_collateral", |b| b.iter(cached));
 
-    let q = Quote::decode(&quote_bytes).unwrap();
+    let q = Quote::from_bytes(quote_bytes.clone()).unwrap();
     let group = EcGroup::from_curve_name(Nid::X9_62_PRIME256V1).unwrap();
     let mut sec1 = vec![4u8];
     sec1.extend(q.attestation_key);

@@ -4,12 +4,6 @@
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum QuoteError {
-    /// The input was none of: raw quote bytes, hex (`0x` optional), base64.
-    #[error("not a DCAP quote: expected raw bytes, hex or base64 of a quote, got {what}")]
-    UnrecognisedEncoding {
-        /// What the input looked like.
-        what: String,
-    },
     /// The quote ends before a field does.
     #[error("quote truncated: {field} needs bytes {start}..{end}, the {container} has {len}")]
     Truncated {

@@ -5,7 +5,7 @@
 //! verification time is always an argument.
 //!
 //! ```text
-//! Quote::decode(bytes) -> Quote                        (raw, hex with optional 0x, or base64)
+//! Quote::from_bytes(bytes) -> Quote                    (the raw quote; spellings are the caller's)
 //! Collateral::from_qvl_json(json) | Collateral::from_pcs(&PcsFiles{..})
 //! Verifier::new(Roots::intel()?).verify(&quote, &collateral, &VerifyOptions{at, check_crl})
 //!     -> Verified { tcb_status, advisory_ids, .. } | VerifyError (check(): "signature", ...)

@@ -352,49 +352,6 @@ impl TdReport {
 }
 
 impl Quote {
-    /// Decode raw bytes, hex (optionally `0x`-prefixed, whitespace ignored) or base64.
-    pub fn decode(input: &[u8]) -> Result<Self, QuoteError> {
-        if input.len() >= 2
-            && le16(input, 0) >= 3
-            && le16(input, 0) <= 5
-            && input.len() > HEADER_LEN
-        {
-            return Self::from_bytes(input.to_vec());
-        }
-        let text: String = match std::str::from_utf8(input) {
-            Ok(t) => t.chars().filter(|c| !c.is_ascii_whitespace()).collect(),
-            Err(_) => {
-                return Err(QuoteError::UnrecognisedEncoding {
-                    what: format!("{} bytes of binary that is not a v3-v5 quote", input.len()),
-                })
-            }
-        };
-        let hex_text = text
-            .strip_prefix("0x")
-            .or_else(|| text.strip_prefix("0X"))
-            .unwrap_or(&text);
-        if !hex_text.is_empty() && hex_text.bytes().all(|c| c.is_ascii_hexdigit()) {
-            if let Ok(bytes) = hex::decode(hex_text) {
-                return Self::from_bytes(bytes);
-            }
-        }
-        use base64::Engine as _;
-        let b64 = base64::engine::general_purpose::STANDARD
-            .decode(&text)
-            .or_else(|_| {
-                base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(text.trim_end_matches('='))
-            });
-        match b64 {
-            Ok(bytes) if bytes.len() > HEADER_LEN => Self::from_bytes(bytes),
-            _ => Err(QuoteError::UnrecognisedEncoding {
-                what: format!(
-                    "{} bytes of text that is neither hex nor base64",
-                    input.len()
-                ),
-            }),
-        }
-    }
-
     /// Parse a raw quote.
     pub fn from_bytes(bytes: Vec<u8>) -> Result<Self, QuoteError> {
         let mut r = Reader::new(&bytes, 0, "quote");

@@ -104,7 +104,6 @@ proptest! {
     #![proptest_config(ProptestConfig { cases: 1500, ..ProptestConfig::default() })]
 
     fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..3000)) {
-        let _ = Quote::decode(&bytes);
         let _ = Quote::from_bytes(bytes.clone());
         let _ = Certificate::pem_chain(&bytes, "fuzz");
         let _ = Certificate::from_der_or_pem(&bytes, "fuzz");
@@ -164,7 +163,7 @@ proptest! {
         if let Some(c) = cut {
             q.truncate(c.index(q.len()));
         }
-        if let Ok(parsed) = Quote::decode(&q) {
+        if let Ok(parsed) = Quote::from_bytes(q.clone()) {
             let _ = verifier().verify_evidence(&parsed, 1_752_919_277);
             if let Ok(c) = Collateral::from_qvl_json(&real.collateral) {
                 let _ = verifier().verify(&parsed, &c, &VerifyOptions { at: 1_752_919_277, check_crl: true });
@@ -196,7 +195,7 @@ proptest! {
         let _ = Certificate::pem_chain(&bytes, "fuzz");
         json[key] = serde_json::Value::String(text);
         let col = serde_json::to_vec(&json).unwrap();
-        if let (Ok(c), Ok(q)) = (Collateral::from_qvl_json(&col), Quote::decode(&real.quotes[0])) {
+        if let (Ok(c), Ok(q)) = (Collateral::from_qvl_json(&col), Quote::from_bytes(real.quotes[0].clone())) {
             let r = verifier().verify(&q, &c, &VerifyOptions { at: 1_752_919_277, check_crl: true });
             // A changed signed text or signature never verifies.
             // (Signatures are hex: a change of letter case is the same signature.)

@@ -245,7 +245,7 @@ impl World {
 const WIDE: (u64, u64) = (1_700_000_000, 1_800_000_000);
 
 fn run(v: &Verifier, quote: &[u8], collateral: &[u8], at: u64) -> Result<Verified, VerifyError> {
-    let q = Quote::decode(quote)?;
+    let q = Quote::from_bytes(quote.to_vec())?;
     let c = Collateral::from_qvl_json(collateral)?;
     v.verify(
         &q,
@@ -330,7 +330,7 @@ fn revoked_serials_are_refused() {
     assert_eq!(check_of(run(&v, &w.quote, &col, SGX_NOW)), "valid");
     // With --no-crl the revoked PCK passes (and the output says CRLs were skipped).
     let col = w.collateral(&[], &[PCK_SERIAL], WIDE);
-    let q = Quote::decode(&w.quote).unwrap();
+    let q = Quote::from_bytes(w.quote.clone()).unwrap();
     let c = Collateral::from_qvl_json(&col).unwrap();
     let r = v
         .verify(

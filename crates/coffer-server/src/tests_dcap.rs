@@ -255,8 +255,7 @@ async fn flipped_bytes_fail() {
     let s = dcap_server(SGX_NOW, &[("sgx.json", &collateral)], None, None);
     let mut quotes = vec![("quote.bin".to_string(), "SgxEnclave", sgx)];
     for (file, route, _) in SIGNATURE_ONLY {
-        let bytes = coffer_testkit::read(&dir, &format!("intel-dcap/signature-only/{file}"));
-        let raw = coffer_dcap::Quote::decode(&bytes).unwrap().bytes().to_vec();
+        let raw = coffer_testkit::read_bytes(&dir, &format!("intel-dcap/signature-only/{file}"));
         quotes.push((file.to_string(), route, raw));
     }
     for (file, route, quote) in quotes {

@@ -289,6 +289,24 @@ pub fn read(dir: &Path, rel: &str) -> Vec<u8> {
     std::fs::read(&path).unwrap_or_else(|e| panic!("vector {}: {e}", path.display()))
 }
 
+/// The bytes a vector file holds: [`read`], hex-decoded for a `.hex` file (`0x` optional,
+/// whitespace ignored). The libraries take bytes only; the vectors' spelling is known here.
+///
+/// # Panics
+/// When the file cannot be read, or a `.hex` file is not hex.
+pub fn read_bytes(dir: &Path, rel: &str) -> Vec<u8> {
+    let bytes = read(dir, rel);
+    if !rel.ends_with(".hex") {
+        return bytes;
+    }
+    let text: String = String::from_utf8_lossy(&bytes)
+        .chars()
+        .filter(|c| !c.is_ascii_whitespace())
+        .collect();
+    hex::decode(text.trim_start_matches("0x"))
+        .unwrap_or_else(|e| panic!("vector {rel}: not hex: {e}"))
+}
+
 /// Whether an executable of that name is on `PATH`.
 pub fn on_path(name: &str) -> bool {
     std::env::var_os("PATH")

@@ -59,10 +59,56 @@ pub(crate) fn run(cmd: DcapCommand) -> Result<ExitCode> {
 }
 
 fn show(a: ShowArgs) -> Result<ExitCode> {
-    let quote = Quote::decode(&crate::cmd::read_input(&a.quote)?)
-        .with_context(|| a.quote.display().to_string())?;
+    let bytes = quote_bytes(&crate::cmd::read_input(&a.quote)?)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", a.quote.display()))?;
+    let quote = Quote::from_bytes(bytes).with_context(|| a.quote.display().to_string())?;
     println!("{}", serde_json::to_string_pretty(&quote.fields())?);
     Ok(ExitCode::SUCCESS)
+}
+
+/// Turn what a user hands in (a raw quote, or the same as hex with an optional `0x` or as
+/// base64, whitespace allowed) into the quote's bytes. The library takes bytes only; guessing
+/// spellings is done here, at the edge.
+fn quote_bytes(input: &[u8]) -> Result<Vec<u8>, String> {
+    let unrecognised = |what: String| {
+        format!("not a DCAP quote: expected raw bytes, hex or base64 of a quote, got {what}")
+    };
+    // A raw quote starts with its version, 3 (SGX) to 5 (TDX 1.5), little-endian.
+    let version = input.get(..2).map(|v| u16::from_le_bytes([v[0], v[1]]));
+    if matches!(version, Some(3..=5)) && input.len() > coffer_dcap::quote::HEADER_LEN {
+        return Ok(input.to_vec());
+    }
+    let text: String = match std::str::from_utf8(input) {
+        Ok(t) => t.chars().filter(|c| !c.is_ascii_whitespace()).collect(),
+        Err(_) => {
+            return Err(unrecognised(format!(
+                "{} bytes of binary that is not a v3-v5 quote",
+                input.len()
+            )))
+        }
+    };
+    let hex_text = text
+        .strip_prefix("0x")
+        .or_else(|| text.strip_prefix("0X"))
+        .unwrap_or(&text);
+    if !hex_text.is_empty() && hex_text.bytes().all(|c| c.is_ascii_hexdigit()) {
+        if let Ok(bytes) = hex::decode(hex_text) {
+            return Ok(bytes);
+        }
+    }
+    use base64::Engine as _;
+    let b64 = base64::engine::general_purpose::STANDARD
+        .decode(&text)
+        .or_else(|_| {
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(text.trim_end_matches('='))
+        });
+    match b64 {
+        Ok(bytes) if bytes.len() > coffer_dcap::quote::HEADER_LEN => Ok(bytes),
+        _ => Err(unrecognised(format!(
+            "{} bytes of text that is neither hex nor base64",
+            input.len()
+        ))),
+    }
 }
 
 fn failure(err: &VerifyError) -> ExitCode {
@@ -89,8 +135,18 @@ fn collateral(path: &Path) -> Result<Result<Collateral, VerifyError>> {
 }
 
 fn verify(a: VerifyArgs) -> Result<ExitCode> {
-    let bytes = crate::cmd::read_input(&a.quote)?;
-    let quote = match Quote::decode(&bytes) {
+    let bytes = match quote_bytes(&crate::cmd::read_input(&a.quote)?) {
+        Ok(b) => b,
+        Err(e) => {
+            println!(
+                "{}",
+                json!({"valid": false, "check": "malformed", "error": e})
+            );
+            eprintln!("coffer: verification failed (malformed): {e}");
+            return Ok(ExitCode::from(1));
+        }
+    };
+    let quote = match Quote::from_bytes(bytes) {
         Ok(q) => q,
         Err(e) => return Ok(failure(&VerifyError::Quote(e))),
     };
