@@ -576,32 +576,84 @@ const REDIS: Need = Need::Check("the redis image", || app_buildable("redis"));
 const PYTHON: Need = Need::Check("the python image", || app_buildable("python"));
 const POSTGRES: Need = Need::Check("the postgres image", || app_buildable("postgres"));
 
+/// The Debian application images the tests use.
+const APPS: [&str; 4] = ["nginx", "redis", "python", "postgres"];
+
 /// A Debian application image built by `examples/<app>/build-image.sh` (mmdebstrap + umoci),
-/// cached under target/coffer-apps. When no package mirror can be reached the test cannot run
-/// here: it is reported as ignored (a failure under `COFFER_REQUIRE_VECTORS=1`).
+/// cached under target/coffer-apps. The first call starts building every missing one, two at a
+/// time (mmdebstrap mostly waits on one core and on the mirror), so the app tests wait for the
+/// builds in pairs rather than one after another. When no package mirror can be reached the test
+/// cannot run here: it is reported as ignored (a failure under `COFFER_REQUIRE_VECTORS=1`).
 fn app_image(app: &str) -> PathBuf {
+    type Build = std::sync::mpsc::Receiver<Result<PathBuf, String>>;
+    static BUILDS: std::sync::OnceLock<
+        std::sync::Mutex<std::collections::BTreeMap<String, Build>>,
+    > = std::sync::OnceLock::new();
+    let builds = BUILDS.get_or_init(|| {
+        let queue: Vec<&str> = APPS
+            .into_iter()
+            .filter(|a| !app_cache(a).join("index.json").exists())
+            .collect();
+        let mut receivers = std::collections::BTreeMap::new();
+        let mut senders = std::collections::VecDeque::new();
+        for a in &queue {
+            let (tx, rx) = std::sync::mpsc::channel();
+            receivers.insert(a.to_string(), rx);
+            senders.push_back((a.to_string(), tx));
+        }
+        let senders = std::sync::Arc::new(std::sync::Mutex::new(senders));
+        for _ in 0..2 {
+            let senders = senders.clone();
+            std::thread::spawn(move || loop {
+                let Some((a, tx)) = senders.lock().unwrap().pop_front() else {
+                    return;
+                };
+                let _ = tx.send(build_app_image(&a));
+            });
+        }
+        std::sync::Mutex::new(receivers)
+    });
     let cache = app_cache(app);
     if cache.join("index.json").exists() {
         return cache;
     }
+    let pending = builds.lock().unwrap().remove(app);
+    let built = match pending {
+        Some(rx) => rx
+            .recv()
+            .unwrap_or_else(|_| Err(format!("the build of the {app} image ended early"))),
+        // Its build already failed for an earlier test: try once more.
+        None => build_app_image(app),
+    };
+    built.unwrap_or_else(|why| coffer_testkit::skip(why))
+}
+
+/// Build the `app` image into its cache directory (renamed into place when complete).
+fn build_app_image(app: &str) -> Result<PathBuf, String> {
+    let cache = app_cache(app);
     std::fs::create_dir_all(cache.parent().unwrap()).unwrap();
     let building = cache.with_extension(format!("building-{}", std::process::id()));
     let script =
         Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("../../examples/{app}/build-image.sh"));
+    let t0 = Instant::now();
     let out = Command::new("bash")
         .arg(&script)
         .arg(&building)
         .output()
-        .unwrap();
+        .map_err(|e| format!("running {}: {e}", script.display()))?;
     if !out.status.success() {
         let _ = std::fs::remove_dir_all(&building);
         let why = String::from_utf8_lossy(&out.stderr);
-        coffer_testkit::skip(format!(
+        return Err(format!(
             "mmdebstrap could not build the {app} image (no package mirror?): {why}"
         ));
     }
-    std::fs::rename(&building, &cache).unwrap();
-    cache
+    std::fs::rename(&building, &cache).map_err(|e| format!("{}: {e}", cache.display()))?;
+    eprintln!(
+        "built the {app} image in {:.0} s",
+        t0.elapsed().as_secs_f64()
+    );
+    Ok(cache)
 }
 
 fn a_debian_nginx_serves_a_file_through_a_published_port() {
