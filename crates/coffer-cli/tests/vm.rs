@@ -228,7 +228,8 @@ fn the_hello_group_runs_in_a_vm_and_a_wrong_host_data_is_refused() {
     ])
     .args(["-nodefaults", "-no-user-config", "-display", "none"])
     .args(["-no-reboot", "-serial", "stdio", "-kernel"])
-    .arg(&image.kernel)
+    // The kernel as groups boot it: the bzImage's payload, uncompressed, when there is one.
+    .arg(image.vmlinux.as_ref().unwrap_or(&image.kernel))
     .arg("-initrd")
     .arg(&bare)
     .arg("-append")

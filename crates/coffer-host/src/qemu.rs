@@ -136,7 +136,11 @@ pub fn qemu_command(
         .arg("-serial")
         .arg(format!("file:{}", dir.join("console.log").display()))
         .arg("-kernel")
-        .arg(&cfg.image.kernel)
+        .arg(match (&cfg.snp, &cfg.image.vmlinux) {
+            // Outside SNP, the bzImage's payload, uncompressed at build time (PVH entry).
+            (None, Some(elf)) => elf,
+            _ => &cfg.image.kernel,
+        })
         .arg("-initrd")
         .arg(&cfg.image.initrd)
         .arg("-append")
