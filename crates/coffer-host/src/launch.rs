@@ -581,6 +581,22 @@ impl Group {
     }
 }
 
+/// A group dropped without [`Group::shutdown`] (an error or a panic on the way) does not outlive
+/// its handle: its sandbox is killed, its cgroups swept, its network and directory removed.
+impl Drop for Group {
+    fn drop(&mut self) {
+        if matches!(self.sandbox.try_wait(), Ok(None)) {
+            let _ = self.sandbox.kill();
+            let _ = self.sandbox.wait();
+            sweep_cgroups();
+        }
+        if let Some(net) = self.net.take() {
+            let _ = net.teardown();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
 /// Remove the container cgroups (`/coffer/...` under every controller) that no process uses any
 /// more: what an agent that did not stop its containers itself leaves behind. Cgroups still in
 /// use (other groups') cannot be removed and are not.
