@@ -1254,10 +1254,30 @@ impl Agent {
         for c in st.containers.values() {
             let _ = std::fs::remove_dir_all(&c.bundle);
         }
-        // runc removes each container's cgroup; remove the (now empty) parent it leaves.
+        // runc removes each container's cgroup, but a killed process takes a moment to leave
+        // it: remove what is left of this group's own (for up to a second), then the parent if
+        // no other group uses it.
+        let own = format!("{}-", self.cgroup_prefix);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(1);
         if let Ok(controllers) = std::fs::read_dir("/sys/fs/cgroup") {
             for c in controllers.flatten() {
-                let _ = std::fs::remove_dir(c.path().join("coffer"));
+                let parent = c.path().join("coffer");
+                loop {
+                    let left: Vec<PathBuf> = std::fs::read_dir(&parent)
+                        .map(|d| {
+                            d.flatten()
+                                .filter(|e| e.file_name().to_string_lossy().starts_with(&own))
+                                .map(|e| e.path())
+                                .collect()
+                        })
+                        .unwrap_or_default();
+                    let removed = left.iter().all(|p| std::fs::remove_dir(p).is_ok());
+                    if removed || std::time::Instant::now() > deadline {
+                        break;
+                    }
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                let _ = std::fs::remove_dir(&parent);
             }
         }
         (Ok(reply::ShutDown { problems }), true)

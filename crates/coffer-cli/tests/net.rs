@@ -1129,7 +1129,9 @@ fn a_udp_port_is_published_end_to_end() {
     // Only UDP is published on that port: TCP finds nothing.
     assert!(TcpStream::connect((Ipv4Addr::LOCALHOST, port)).is_err());
     child.interrupt();
-    for _ in stderr {}
+    for l in stderr {
+        eprintln!("coffer: {}", l.unwrap_or_default());
+    }
     assert!(child.0.wait().unwrap().success());
     let dir = host::group_dir(home, "echo");
     assert!(!dir.exists());

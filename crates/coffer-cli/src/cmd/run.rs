@@ -522,9 +522,50 @@ fn drive(
     restart: Restart,
 ) -> Result<i32> {
     let mut client = group.client()?;
+    // Ctrl-C or `coffer stop` (SIGTERM): SIGTERM through the policy, SIGKILL after the grace
+    // period; the group is torn down when the main container exits (and is not restarted).
+    // Installed before any container starts: a container runs (and can be seen running) a
+    // moment before its create reply arrives, and a Ctrl-C then must stop the group, not kill
+    // this process.
+    let interrupted = Arc::new(AtomicBool::new(false));
+    let ending = Arc::new(AtomicBool::new(false));
+    {
+        let socket = group.socket();
+        let names: Vec<String> = pod.spec.containers.iter().map(|c| c.name.clone()).collect();
+        let flag = interrupted.clone();
+        let ending = ending.clone();
+        let grace_file = lifecycle::group_dir(home, &pod.metadata.name).join("grace");
+        let default_grace = status.grace_seconds;
+        let _ = ctrlc::set_handler(move || {
+            ending.store(true, Ordering::Relaxed);
+            if flag.swap(true, Ordering::Relaxed) {
+                return;
+            }
+            signal_all(&socket, &names, 15);
+            let grace = std::fs::read_to_string(&grace_file)
+                .ok()
+                .and_then(|g| g.trim().parse().ok())
+                .unwrap_or(default_grace);
+            let socket = socket.clone();
+            std::thread::spawn(move || {
+                std::thread::sleep(std::time::Duration::from_secs(grace));
+                // Policies allow a container its stop signal, not SIGKILL: the hard stop is
+                // shutdown_container, which ends every container and the agent.
+                if let Ok(mut c) = AgentClient::connect(&socket) {
+                    if let Err(e) = c.shutdown() {
+                        eprintln!("coffer: shutting the group down: {e}");
+                    }
+                }
+            });
+        });
+    }
     let mut mounted: BTreeMap<String, String> = BTreeMap::new();
     let mut launches = Vec::new();
     for (i, c) in pod.spec.containers.iter().enumerate() {
+        // Interrupted while starting: no further container starts (those started get SIGTERM).
+        if interrupted.load(Ordering::Relaxed) {
+            break;
+        }
         let img = store.resolve(&ImageRef::parse(&c.image)?)?;
         let mut paths = Vec::new();
         for (li, layer) in img.image.layers.iter().enumerate() {
@@ -562,40 +603,6 @@ fn drive(
     }
     status.state = State::Running;
     status.write(home)?;
-    // Ctrl-C or `coffer stop` (SIGTERM): SIGTERM through the policy, SIGKILL after the grace
-    // period; the group is torn down when the main container exits (and is not restarted).
-    let interrupted = Arc::new(AtomicBool::new(false));
-    let ending = Arc::new(AtomicBool::new(false));
-    {
-        let socket = group.socket();
-        let names: Vec<String> = pod.spec.containers.iter().map(|c| c.name.clone()).collect();
-        let flag = interrupted.clone();
-        let ending = ending.clone();
-        let grace_file = lifecycle::group_dir(home, &pod.metadata.name).join("grace");
-        let default_grace = status.grace_seconds;
-        let _ = ctrlc::set_handler(move || {
-            ending.store(true, Ordering::Relaxed);
-            if flag.swap(true, Ordering::Relaxed) {
-                return;
-            }
-            signal_all(&socket, &names, 15);
-            let grace = std::fs::read_to_string(&grace_file)
-                .ok()
-                .and_then(|g| g.trim().parse().ok())
-                .unwrap_or(default_grace);
-            let socket = socket.clone();
-            std::thread::spawn(move || {
-                std::thread::sleep(std::time::Duration::from_secs(grace));
-                // Policies allow a container its stop signal, not SIGKILL: the hard stop is
-                // shutdown_container, which ends every container and the agent.
-                if let Ok(mut c) = AgentClient::connect(&socket) {
-                    if let Err(e) = c.shutdown() {
-                        eprintln!("coffer: shutting the group down: {e}");
-                    }
-                }
-            });
-        });
-    }
     let sup = Arc::new(Supervision {
         socket: group.socket(),
         restart,
@@ -622,6 +629,10 @@ fn drive(
                 }
             }
         }));
+    }
+    if launches.is_empty() && interrupted.load(Ordering::Relaxed) {
+        eprintln!("coffer: interrupted before any container started; group stopped");
+        return Ok(130);
     }
     let main = launches.first().context("the Pod has no container")?;
     let mut first = true;
