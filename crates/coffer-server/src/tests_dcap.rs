@@ -230,7 +230,7 @@ async fn quotes_without_collateral_are_genuine_but_refused_with_no_collateral() 
     let (_, collateral) = sgx_vector(&dir);
     let s = dcap_server(SGX_NOW, &[("sgx.json", &collateral)], None, None);
     for (file, route, fmspc) in SIGNATURE_ONLY {
-        let quote = coffer_testkit::read(&dir, &format!("intel-dcap/signature-only/{file}"));
+        let quote = coffer_testkit::read_bytes(&dir, &format!("intel-dcap/signature-only/{file}"));
         let (st, v) = s.attest(route, &quote, None).await;
         // The evidence is checked before collateral is looked for: no-collateral says the
         // signatures, the QE binding and the PCK chain to Intel's root all hold.
