@@ -89,6 +89,35 @@ fn assert_nothing_left(home: &Path, name: &str) {
     assert!(q.is_empty(), "QEMU left running: {q:?}");
 }
 
+/// Launch group `name` in a VM of `image` (512 MiB, one vCPU, no network) with `disks` attached.
+fn launch_vm(
+    home: &Path,
+    name: &str,
+    policy: &[u8],
+    host_data: [u8; 32],
+    image: coffer_host::image::GuestImage,
+    disks: Vec<PathBuf>,
+) -> Result<coffer_host::qemu::VmGroup, coffer_host::HostError> {
+    coffer_host::qemu::launch(
+        LaunchSpec {
+            home: home.to_path_buf(),
+            name: name.into(),
+            policy: policy.to_vec(),
+            host_data,
+            agent_exe: common::agent_exe(),
+            volumes: vec![],
+            network: coffer_host::net::NetworkMode::None,
+        },
+        &coffer_host::qemu::VmConfig {
+            image,
+            memory_mib: 512,
+            vcpus: 1,
+            snp: None,
+            disks,
+        },
+    )
+}
+
 fn main() -> std::process::ExitCode {
     // The kernel package, shared with the volume test, kept across runs.
     std::env::set_var("COFFER_UVM_KERNELS", kernels());
@@ -327,26 +356,9 @@ fn the_hello_group_runs_in_a_vm_and_a_wrong_host_data_is_refused() {
     );
     assert!(out.status.success());
     let policy = std::fs::read(&rego).unwrap();
-    let err = coffer_host::qemu::launch(
-        LaunchSpec {
-            home: home.to_path_buf(),
-            name: "refused".into(),
-            policy: policy.clone(),
-            host_data: [7u8; 32],
-            agent_exe: common::agent_exe(),
-            volumes: vec![],
-            network: coffer_host::net::NetworkMode::None,
-        },
-        &coffer_host::qemu::VmConfig {
-            image,
-            memory_mib: 512,
-            vcpus: 1,
-            snp: None,
-            disks: vec![],
-        },
-    )
-    .err()
-    .expect("the agent must refuse a policy that is not HOST_DATA");
+    let err = launch_vm(home, "refused", &policy, [7u8; 32], image, vec![])
+        .err()
+        .expect("the agent must refuse a policy that is not HOST_DATA");
     let msg = err.to_string();
     assert!(msg.contains("refusing to serve"), "{msg}");
     assert!(msg.contains(&hex::encode([7u8; 32])), "{msg}");
@@ -679,23 +691,13 @@ fn layer_disks_that_lie_are_not_mounted_and_leave_the_target_free() {
         std::fs::write(&p, bytes).unwrap();
         disks.push(p);
     }
-    let group = coffer_host::qemu::launch(
-        LaunchSpec {
-            home: home.to_path_buf(),
-            name: "lies".into(),
-            policy: policy.clone(),
-            host_data: coffer_policy::digest(&policy),
-            agent_exe: common::agent_exe(),
-            volumes: vec![],
-            network: coffer_host::net::NetworkMode::None,
-        },
-        &coffer_host::qemu::VmConfig {
-            image,
-            memory_mib: 512,
-            vcpus: 1,
-            snp: None,
-            disks: disks.clone(),
-        },
+    let group = launch_vm(
+        home,
+        "lies",
+        &policy,
+        coffer_policy::digest(&policy),
+        image,
+        disks.clone(),
     )
     .unwrap();
     let serial = |p: &Path| group.stage_layer(p).unwrap();
@@ -742,23 +744,13 @@ fn a_guest_panic_ends_the_launch_with_its_reason_and_leaves_nothing() {
     .unwrap();
     let policy = b"package policy\n".to_vec();
     let t0 = Instant::now();
-    let err = coffer_host::qemu::launch(
-        LaunchSpec {
-            home: home.to_path_buf(),
-            name: "panicked".into(),
-            policy: policy.clone(),
-            host_data: coffer_policy::digest(&policy),
-            agent_exe: PathBuf::from("/bin/busybox"),
-            volumes: vec![],
-            network: coffer_host::net::NetworkMode::None,
-        },
-        &coffer_host::qemu::VmConfig {
-            image,
-            memory_mib: 512,
-            vcpus: 1,
-            snp: None,
-            disks: vec![],
-        },
+    let err = launch_vm(
+        home,
+        "panicked",
+        &policy,
+        coffer_policy::digest(&policy),
+        image,
+        vec![],
     )
     .err()
     .expect("a guest without a working init cannot start a group");
