@@ -214,7 +214,7 @@ pub fn root_digest_with<R: Read>(
     opts: &Options,
 ) -> Result<([u8; 32], ImageInfo), Ext4Error> {
     let (sink, info) = run(tar, sink::HashSink::new(), opts)?;
-    Ok((verity::root_from_level0(&sink.hashes)?, info))
+    Ok((coffer_verity::root_from_level0(&sink.hashes)?, info))
 }
 
 const WHITEOUT_PREFIX: &[u8] = b".wh.";

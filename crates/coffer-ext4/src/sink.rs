@@ -3,8 +3,6 @@
 
 use std::io::{self, BufWriter, Seek, SeekFrom, Write};
 
-use openssl::sha::Sha256;
-
 use crate::format::BLOCK_SIZE;
 use crate::writer::Sink;
 
@@ -68,13 +66,7 @@ impl<W: Write + Seek> Sink for FileSink<W> {
     }
 }
 
-/// `SHA-256(salt ‖ block)` with the 32 zero bytes of salt tar2ext4's hash tree uses.
-pub(crate) fn hash_block(block: &[u8]) -> [u8; 32] {
-    let mut h = Sha256::new();
-    h.update(&[0u8; 32]);
-    h.update(block);
-    h.finish()
-}
+pub(crate) use coffer_verity::block_hash as hash_block;
 
 /// Keeps the level-0 dm-verity hash of every image block (32 bytes per 4 KiB written) instead
 /// of the image: the superblock and descriptors arrive last but only replace their blocks'

@@ -5,8 +5,6 @@
 
 use std::io::{Read, Seek, SeekFrom, Write};
 
-use coffer_verity::VerityHasher;
-
 use crate::format::BLOCK_SIZE;
 use crate::sink::hash_block;
 use crate::Ext4Error;
@@ -22,52 +20,6 @@ pub struct VerityInfo {
     pub superblock_offset: u64,
     /// Bytes appended: superblock block plus tree.
     pub appended: u64,
-}
-
-/// The root over data whose level-0 (per data block) hashes are `hashes`.
-///
-/// The tree above level 0 is the tree of the level-0 hash bytes taken as data, so the root
-/// over the hashes is the root over the data: computed by `coffer-verity`.
-pub(crate) fn root_from_level0(hashes: &[[u8; 32]]) -> Result<[u8; 32], Ext4Error> {
-    let mut v = VerityHasher::new().threads(1);
-    let mut buf = Vec::with_capacity(BLOCK_SIZE);
-    for chunk in hashes.chunks(BLOCK_SIZE / 32) {
-        buf.clear();
-        for h in chunk {
-            buf.extend_from_slice(h);
-        }
-        v.update(&buf);
-    }
-    Ok(v.finish()?)
-}
-
-/// The 512-byte verity superblock (format version 1, "normal" hash type).
-fn superblock(uuid: [u8; 16], data_blocks: u64) -> [u8; 512] {
-    let mut b = [0u8; 512];
-    b[0..6].copy_from_slice(b"verity");
-    b[8..12].copy_from_slice(&1u32.to_le_bytes());
-    b[12..16].copy_from_slice(&1u32.to_le_bytes());
-    b[16..32].copy_from_slice(&uuid);
-    b[32..38].copy_from_slice(b"sha256");
-    b[64..68].copy_from_slice(&(BLOCK_SIZE as u32).to_le_bytes());
-    b[68..72].copy_from_slice(&(BLOCK_SIZE as u32).to_le_bytes());
-    b[72..80].copy_from_slice(&data_blocks.to_le_bytes());
-    b[80..82].copy_from_slice(&32u16.to_le_bytes());
-    // Salt: 32 zero bytes at 88, already zero.
-    b
-}
-
-/// Hash bytes of one level, zero-padded to whole blocks.
-fn level_bytes(hashes: impl Iterator<Item = [u8; 32]>) -> Vec<u8> {
-    let mut out = Vec::new();
-    for h in hashes {
-        out.extend_from_slice(&h);
-    }
-    let rem = out.len() % BLOCK_SIZE;
-    if rem != 0 {
-        out.resize(out.len() + BLOCK_SIZE - rem, 0);
-    }
-    out
 }
 
 /// Compute the hash tree of the whole of `image` (an ext4 image, a multiple of 4096 bytes)
@@ -101,31 +53,15 @@ pub(crate) fn write_tree<W: Write>(
     level0: Vec<[u8; 32]>,
     uuid: [u8; 16],
 ) -> Result<VerityInfo, Ext4Error> {
-    let blocks = level0.len() as u64;
-    if blocks == 0 {
+    if level0.is_empty() {
         return Err(Ext4Error::NotBlockAligned(0));
     }
-    // Levels bottom-up until one fits a single block.
-    let mut levels = vec![level_bytes(level0.into_iter())];
-    while let Some(last) = levels.last().filter(|l| l.len() > BLOCK_SIZE) {
-        let next = level_bytes(last.chunks_exact(BLOCK_SIZE).map(hash_block));
-        levels.push(next);
-    }
-    let root = hash_block(levels.last().map_or(&[][..], |l| &l[..]));
-    let mut sb = vec![0u8; BLOCK_SIZE];
-    sb[..512].copy_from_slice(&superblock(uuid, blocks));
-    out.write_all(&sb)?;
-    let mut appended = BLOCK_SIZE as u64;
-    for level in levels.iter().rev() {
-        out.write_all(level)?;
-        appended += level.len() as u64;
-    }
-    out.flush()?;
+    let d = coffer_verity::write_hash_device(out, &level0, uuid)?;
     Ok(VerityInfo {
-        root,
-        data_blocks: blocks,
-        superblock_offset: blocks * BLOCK_SIZE as u64,
-        appended,
+        root: d.root,
+        data_blocks: d.data_blocks,
+        superblock_offset: d.data_blocks * BLOCK_SIZE as u64,
+        appended: d.bytes,
     })
 }
 

@@ -13,7 +13,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
-use std::io::Read;
+use std::io::{Read, Write};
 
 use openssl::sha::Sha256;
 
@@ -213,6 +213,114 @@ pub fn root_hash<R: Read>(mut reader: R) -> Result<[u8; DIGEST], VerityError> {
     h.finish()
 }
 
+/// The SHA-256 hash of one 4096-byte block with the 32 zero bytes of salt Coffer and hcsshim
+/// use: a level-0 entry of the tree.
+pub fn block_hash(block: &[u8]) -> [u8; DIGEST] {
+    hash_block(&[0; 32], block)
+}
+
+/// The root over data whose level-0 hashes (one per data block, [`block_hash`]) are `level0`.
+///
+/// The tree above level 0 is the tree of the level-0 hash bytes taken as data, so the root over
+/// the hashes is the root over the data.
+pub fn root_from_level0(level0: &[[u8; DIGEST]]) -> Result<[u8; DIGEST], VerityError> {
+    if let [only] = level0 {
+        return Ok(*only);
+    }
+    let mut v = VerityHasher::new().threads(1);
+    let mut buf = Vec::with_capacity(BLOCK);
+    for chunk in level0.chunks(BLOCK / DIGEST) {
+        buf.clear();
+        for h in chunk {
+            buf.extend_from_slice(h);
+        }
+        v.update(&buf);
+    }
+    v.finish()
+}
+
+/// A hash device as [`write_hash_device`] wrote it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HashDevice {
+    /// The root hash.
+    pub root: [u8; DIGEST],
+    /// Data blocks the tree covers.
+    pub data_blocks: u64,
+    /// Bytes written: the superblock block, then the tree.
+    pub bytes: u64,
+}
+
+/// The 512-byte verity superblock (format version 1, "normal" hash type, SHA-256, 4096-byte
+/// blocks, 32 zero bytes of salt).
+fn superblock(uuid: [u8; 16], data_blocks: u64) -> [u8; 512] {
+    let mut b = [0u8; 512];
+    b[0..6].copy_from_slice(b"verity");
+    b[8..12].copy_from_slice(&1u32.to_le_bytes());
+    b[12..16].copy_from_slice(&1u32.to_le_bytes());
+    b[16..32].copy_from_slice(&uuid);
+    b[32..38].copy_from_slice(b"sha256");
+    b[64..68].copy_from_slice(&(BLOCK as u32).to_le_bytes());
+    b[68..72].copy_from_slice(&(BLOCK as u32).to_le_bytes());
+    b[72..80].copy_from_slice(&data_blocks.to_le_bytes());
+    b[80..82].copy_from_slice(&(DIGEST as u16).to_le_bytes());
+    // Salt: 32 zero bytes at 88, already zero.
+    b
+}
+
+/// Hash bytes of one level, zero-padded to whole blocks.
+fn level_bytes(hashes: impl Iterator<Item = [u8; DIGEST]>) -> Vec<u8> {
+    let mut out = Vec::new();
+    for h in hashes {
+        out.extend_from_slice(&h);
+    }
+    let rem = out.len() % BLOCK;
+    if rem != 0 {
+        out.resize(out.len() + BLOCK - rem, 0);
+    }
+    out
+}
+
+/// Write what dm-verity reads as its hash device for data whose level-0 hashes are `level0`:
+/// a verity superblock (one block; `uuid` goes into it), then the levels from the top down, as
+/// `veritysetup format` and hcsshim's `tar2ext4 --append-dm-verity` lay them out. The tree
+/// then starts at hash block 1 of this output.
+pub fn write_hash_device<W: Write>(
+    out: &mut W,
+    level0: &[[u8; DIGEST]],
+    uuid: [u8; 16],
+) -> Result<HashDevice, VerityError> {
+    if level0.is_empty() {
+        return Err(VerityError::Empty);
+    }
+    // Levels bottom-up until one fits a single block; one data block needs no level at all
+    // (its hash is the root).
+    let mut levels = Vec::new();
+    let root = if let [only] = level0 {
+        *only
+    } else {
+        levels.push(level_bytes(level0.iter().copied()));
+        while let Some(last) = levels.last().filter(|l| l.len() > BLOCK) {
+            let next = level_bytes(last.chunks_exact(BLOCK).map(block_hash));
+            levels.push(next);
+        }
+        block_hash(levels.last().map_or(&[][..], |l| &l[..]))
+    };
+    let mut sb = vec![0u8; BLOCK];
+    sb[..512].copy_from_slice(&superblock(uuid, level0.len() as u64));
+    out.write_all(&sb)?;
+    let mut bytes = BLOCK as u64;
+    for level in levels.iter().rev() {
+        out.write_all(level)?;
+        bytes += level.len() as u64;
+    }
+    out.flush()?;
+    Ok(HashDevice {
+        root,
+        data_blocks: level0.len() as u64,
+        bytes,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -263,6 +371,34 @@ mod tests {
             one,
             "an extra block changes the root"
         );
+    }
+
+    #[test]
+    fn the_hash_device_root_is_the_data_root() {
+        for blocks in [1usize, 2, 128, 129, 300] {
+            let data: Vec<u8> = (0..blocks * BLOCK).map(|i| (i % 253) as u8).collect();
+            let level0: Vec<_> = data.chunks(BLOCK).map(block_hash).collect();
+            let mut out = Vec::new();
+            let dev = write_hash_device(&mut out, &level0, [0; 16]).unwrap();
+            let root = root_hash(&data[..]).unwrap();
+            assert_eq!(dev.root, root, "{blocks} blocks");
+            assert_eq!(root_from_level0(&level0).unwrap(), root, "{blocks} blocks");
+            assert_eq!(dev.bytes, out.len() as u64);
+            assert_eq!(dev.data_blocks, blocks as u64);
+            assert_eq!(&out[..6], b"verity");
+            // The block after the superblock is the top level: its hash is the root.
+            if blocks > 1 {
+                assert_eq!(block_hash(&out[BLOCK..2 * BLOCK]), root);
+            }
+        }
+    }
+
+    #[test]
+    fn a_hash_device_over_nothing_is_an_error() {
+        assert!(matches!(
+            write_hash_device(&mut Vec::new(), &[], [0; 16]),
+            Err(VerityError::Empty)
+        ));
     }
 
     #[test]
