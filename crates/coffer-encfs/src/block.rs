@@ -25,6 +25,9 @@ pub struct Volume {
     sector: u64,
     tweak: u64,
     writable: bool,
+    /// The level-0 dm-verity hash of every 4096-byte plaintext block, once pinned: each read
+    /// is checked against them, so what the image holds cannot change after it was measured.
+    pinned: Option<Vec<[u8; 32]>>,
 }
 
 impl Volume {
@@ -59,6 +62,7 @@ impl Volume {
             sector: u64::from(seg.sector_size),
             tweak: seg.iv_tweak,
             writable,
+            pinned: None,
         })
     }
 
@@ -86,15 +90,14 @@ impl Volume {
     /// when it opens with the right key. `len` must be a non-zero multiple of 4096 within the
     /// volume (e.g. the size its ext4 file system says it has).
     pub fn plaintext_verity_root(&self, len: u64) -> Result<[u8; 32], LuksError> {
-        self.plaintext_verity_root_salted(len, [0; 32])
+        let level0 = self.plaintext_hashes(len)?;
+        coffer_verity::root_from_level0(&level0).map_err(|e| LuksError::Verity(e.to_string()))
     }
 
-    /// [`Volume::plaintext_verity_root`] with another salt (`veritysetup --salt`).
-    pub fn plaintext_verity_root_salted(
-        &self,
-        len: u64,
-        salt: [u8; 32],
-    ) -> Result<[u8; 32], LuksError> {
+    /// The level-0 dm-verity hashes (one per 4096-byte block) of the first `len` bytes of the
+    /// plaintext: what [`Volume::plaintext_verity_root`] is computed from, and what
+    /// [`Volume::pin`] and a dm-verity hash device are made of. 32 bytes per block are kept.
+    pub fn plaintext_hashes(&self, len: u64) -> Result<Vec<[u8; 32]>, LuksError> {
         let block = coffer_verity::BLOCK as u64;
         if len == 0 || !len.is_multiple_of(block) || len > self.size {
             return Err(LuksError::Verity(format!(
@@ -102,7 +105,7 @@ impl Volume {
                 self.size
             )));
         }
-        let mut h = coffer_verity::VerityHasher::with_salt(salt);
+        let mut hashes = Vec::with_capacity((len / block) as usize);
         let mut off = 0u64;
         while off < len {
             let n = (len - off).min(1 << 20) as usize;
@@ -110,10 +113,35 @@ impl Volume {
             if chunk.len() != n {
                 return Err(LuksError::Truncated(format!("plaintext at {off}")));
             }
-            h.update(&chunk);
+            hashes.extend(
+                chunk
+                    .chunks_exact(coffer_verity::BLOCK)
+                    .map(coffer_verity::block_hash),
+            );
             off += n as u64;
         }
-        h.finish().map_err(|e| LuksError::Verity(e.to_string()))
+        Ok(hashes)
+    }
+
+    /// From now on, expose only the blocks `level0` covers and check each block read against
+    /// its hash: a block the image's owner changes after the measurement reads as an error,
+    /// never as other data. Only for read-only volumes.
+    pub fn pin(&mut self, level0: Vec<[u8; 32]>) -> Result<(), LuksError> {
+        let len = level0.len() as u64 * coffer_verity::BLOCK as u64;
+        if self.writable {
+            return Err(LuksError::Unsupported(
+                "a writable volume cannot be pinned".into(),
+            ));
+        }
+        if len == 0 || len > self.size {
+            return Err(LuksError::Verity(format!(
+                "{len} pinned bytes: must be non-zero and within the volume's {} bytes",
+                self.size
+            )));
+        }
+        self.size = len;
+        self.pinned = Some(level0);
+        Ok(())
     }
 
     /// Plaintext size.
@@ -128,12 +156,34 @@ impl Volume {
         (first, last)
     }
 
-    /// Read plaintext at `off`.
+    /// Read plaintext at `off`; on a pinned volume, whole blocks are read and checked.
     pub fn read_at(&self, off: u64, len: usize) -> Result<Vec<u8>, LuksError> {
         if off >= self.size {
             return Ok(Vec::new());
         }
         let len = (len as u64).min(self.size - off);
+        let Some(pinned) = &self.pinned else {
+            return self.decrypt(off, len);
+        };
+        let block = coffer_verity::BLOCK as u64;
+        let first = off / block;
+        let end = (off + len).div_ceil(block);
+        let data = self.decrypt(first * block, (end - first) * block)?;
+        for (i, b) in data.chunks(coffer_verity::BLOCK).enumerate() {
+            let want = pinned.get(first as usize + i);
+            if want.is_none_or(|h| !openssl::memcmp::eq(h, &coffer_verity::block_hash(b))) {
+                return Err(LuksError::Verity(format!(
+                    "block {} of the plaintext is not the one measured",
+                    first + i as u64
+                )));
+            }
+        }
+        let start = (off - first * block) as usize;
+        Ok(data[start..start + len as usize].to_vec())
+    }
+
+    /// Decrypt `len` bytes at `off` (within the volume).
+    fn decrypt(&self, off: u64, len: u64) -> Result<Vec<u8>, LuksError> {
         let (first, last) = self.sectors(off, len);
         let mut buf = vec![0u8; ((last - first) * self.sector) as usize];
         self.image

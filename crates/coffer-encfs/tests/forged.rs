@@ -492,3 +492,98 @@ fn the_plaintext_verity_root_pins_what_a_volume_holds() {
         assert!(err.contains("dm-verity"), "{len}: {err}");
     }
 }
+
+/// A pinned volume in a file its owner (the host) can still write: the image as `make` wrote
+/// it, opened read-only and pinned to its plaintext's level-0 hashes.
+fn pinned_file(plain: &[u8]) -> (tempfile::NamedTempFile, coffer_encfs::block::Volume) {
+    let mut out = Vec::new();
+    coffer_encfs::create(
+        &mut Cursor::new(plain.to_vec()),
+        plain.len() as u64,
+        PASS,
+        &mut out,
+        &Default::default(),
+    )
+    .unwrap();
+    let f = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(f.path(), &out).unwrap();
+    let mut vol = coffer_encfs::block::Volume::open(f.path(), PASS, false).unwrap();
+    let level0 = vol.plaintext_hashes(plain.len() as u64).unwrap();
+    assert_eq!(
+        coffer_verity::root_from_level0(&level0).unwrap(),
+        coffer_verity::root_hash(plain).unwrap()
+    );
+    vol.pin(level0).unwrap();
+    (f, vol)
+}
+
+#[test]
+fn a_block_changed_after_pinning_reads_as_an_error() {
+    let plain: Vec<u8> = (0..64u32 << 10).map(|i| (i * 3 + i / 4096) as u8).collect();
+    let (f, vol) = pinned_file(&plain);
+    assert_eq!(
+        vol.read_at(5 * 4096 + 10, 100).unwrap(),
+        &plain[5 * 4096 + 10..][..100]
+    );
+    // The host rewrites one ciphertext byte of block 5 (the data segment starts at 16 MiB).
+    use std::os::unix::fs::FileExt as _;
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .open(f.path())
+        .unwrap();
+    file.write_at(&[0x5a], (16 << 20) + 5 * 4096 + 7).unwrap();
+    let err = vol.read_at(5 * 4096 + 10, 100).unwrap_err().to_string();
+    assert!(
+        err.contains("block 5 of the plaintext is not the one measured"),
+        "{err}"
+    );
+    // A read that only touches the block, at its end, fails too; the other blocks still read.
+    assert!(vol.read_at(6 * 4096 - 1, 2).is_err());
+    assert_eq!(
+        vol.read_at(6 * 4096, 4096).unwrap(),
+        &plain[6 * 4096..7 * 4096]
+    );
+}
+
+#[test]
+fn a_pinned_volume_exposes_only_what_was_measured() {
+    let mut plain: Vec<u8> = (0..64u32 << 10).map(|i| (i % 251) as u8).collect();
+    plain.resize(96 << 10, 0);
+    let mut out = Vec::new();
+    coffer_encfs::create(
+        &mut Cursor::new(plain.clone()),
+        plain.len() as u64,
+        PASS,
+        &mut out,
+        &Default::default(),
+    )
+    .unwrap();
+    let mut vol =
+        coffer_encfs::block::Volume::open_source(Box::new(Mem(Arc::new(out))), PASS, false)
+            .unwrap();
+    let level0 = vol.plaintext_hashes(64 << 10).unwrap();
+    vol.pin(level0).unwrap();
+    assert_eq!(vol.size(), 64 << 10);
+    assert!(vol.read_at(64 << 10, 4096).unwrap().is_empty());
+    assert_eq!(vol.read_at((64 << 10) - 4, 100).unwrap().len(), 4);
+}
+
+#[test]
+fn a_writable_volume_cannot_be_pinned() {
+    let plain = vec![1u8; 16 << 10];
+    let mut out = Vec::new();
+    coffer_encfs::create(
+        &mut Cursor::new(plain.clone()),
+        plain.len() as u64,
+        PASS,
+        &mut out,
+        &Default::default(),
+    )
+    .unwrap();
+    let f = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(f.path(), &out).unwrap();
+    let mut vol = coffer_encfs::block::Volume::open(f.path(), PASS, true).unwrap();
+    let level0 = vol.plaintext_hashes(16 << 10).unwrap();
+    let err = vol.pin(level0).unwrap_err().to_string();
+    assert!(err.contains("writable volume cannot be pinned"), "{err}");
+}
