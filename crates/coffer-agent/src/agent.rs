@@ -901,11 +901,21 @@ impl Agent {
             }
             None => return Err("the volume does not hold an ext4 file system".into()),
         }
-        if !policy.verity_root.is_empty() {
-            // Pinned content: the whole plaintext file system is read and hashed once, here.
+        // Pinned content: the whole plaintext file system is read and hashed once, here, and
+        // every later read is checked against those hashes (dm-verity in a VM, the FUSE block
+        // file otherwise), so the host cannot change the image after this check.
+        let mut vol = vol;
+        let pinned = if policy.verity_root.is_empty() {
+            None
+        } else {
+            if !*read_only {
+                return Err("a volume whose plaintext the policy pins must be read-only".into());
+            }
             let fs = coffer_encfs::ext4_size(&start).unwrap_or(0).div_ceil(4096) * 4096;
-            let root = vol
-                .plaintext_verity_root(fs)
+            let level0 = vol
+                .plaintext_hashes(fs)
+                .map_err(|e| format!("hashing the volume's plaintext: {e}"))?;
+            let root = coffer_verity::root_from_level0(&level0)
                 .map_err(|e| format!("hashing the volume's plaintext: {e}"))?;
             let pinned = hex::decode(&policy.verity_root)
                 .map_err(|_| "the policy's verity_root is not hex".to_string())?;
@@ -916,14 +926,20 @@ impl Agent {
                     policy.verity_root
                 ));
             }
-        }
+            if disk.is_none() {
+                vol.pin(level0).map_err(|e| e.to_string())?;
+                None
+            } else {
+                Some((level0, root))
+            }
+        };
         let dir = self.work.join("volumes").join(name);
         if let Some(dev) = disk {
             // A block device in a VM: the guest kernel's dm-crypt with the key unlocked above.
             std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
             let dm_name = format!("coffer-vol-{name}");
             let (sectors, params) = vol.dm_crypt(&dev.to_string_lossy());
-            let mapped = crate::dm::create(
+            let mut mapped = crate::dm::create(
                 &dm_name,
                 &crate::dm::Target {
                     sectors,
@@ -933,6 +949,20 @@ impl Agent {
                 },
             )?;
             drop(vol);
+            let mut verity_name = None;
+            if let Some((level0, root)) = &pinned {
+                let v = format!("{dm_name}-verity");
+                match self.verity_over(&mapped, &v, name, level0, root) {
+                    Ok(dev) => {
+                        mapped = dev;
+                        verity_name = Some(v);
+                    }
+                    Err(e) => {
+                        let _ = crate::dm::remove(&dm_name);
+                        return Err(e);
+                    }
+                }
+            }
             // The file system comes from outside the TEE: no setuid binaries, no devices.
             let mut flags = nix::mount::MsFlags::MS_NOSUID | nix::mount::MsFlags::MS_NODEV;
             if *read_only {
@@ -946,6 +976,9 @@ impl Agent {
                 read_only.then_some("noload"),
             );
             if let Err(e) = mounted {
+                if let Some(v) = verity_name {
+                    let _ = crate::dm::remove(&v);
+                }
                 let _ = crate::dm::remove(&dm_name);
                 return Err(format!("mounting {}: {e}", mapped.display()));
             }
@@ -982,6 +1015,53 @@ impl Agent {
         lock(&self.state).blocks.push(block);
         lock(&self.state).opened.insert(name.to_string(), dir);
         Ok(())
+    }
+
+    /// Map dm-verity over `data` (a decrypted volume in a VM) with a hash device the agent
+    /// writes itself from the `level0` hashes it measured: a file in the guest's own memory,
+    /// attached read-only to a loop device. Every block the file system reads is then checked
+    /// against the pinned plaintext.
+    fn verity_over(
+        &self,
+        data: &Path,
+        dm_name: &str,
+        volume: &str,
+        level0: &[[u8; 32]],
+        root: &[u8; 32],
+    ) -> Result<PathBuf, String> {
+        let tree_path = self.work.join("volumes").join(format!(".{volume}.verity"));
+        let mut tree = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(true)
+            .read(true)
+            .write(true)
+            .open(&tree_path)
+            .map_err(|e| format!("{}: {e}", tree_path.display()))?;
+        let _ = std::fs::remove_file(&tree_path);
+        let written = coffer_verity::write_hash_device(&mut tree, level0, [0; 16])
+            .map_err(|e| format!("the volume's hash tree: {e}"))?;
+        if written.root != *root {
+            return Err("the volume's hash tree does not have the pinned root".into());
+        }
+        // The mapping holds the loop device; closing it detaches it once unmapped (autoclear).
+        let (_dev, hash) = crate::loopdev::attach_read_only(&tree, written.bytes)?;
+        let blocks = level0.len() as u64;
+        let params = crate::dm::verity_params(
+            &data.to_string_lossy(),
+            &hash.to_string_lossy(),
+            blocks,
+            1,
+            root,
+        );
+        crate::dm::create(
+            dm_name,
+            &crate::dm::Target {
+                sectors: blocks * 8,
+                kind: "verity",
+                params,
+                read_only: true,
+            },
+        )
     }
 
     fn attach<W: Write>(&self, id: &str, conn: &mut W) {
@@ -1441,7 +1521,8 @@ mod layer_image {
         target: &Path,
     ) -> Result<(), String> {
         let blocks = m.size / 4096;
-        let params = crate::dm::verity_params(&dev.to_string_lossy(), blocks, blocks + 1, &m.root);
+        let dev = dev.to_string_lossy();
+        let params = crate::dm::verity_params(&dev, &dev, blocks, blocks + 1, &m.root);
         let mapped = crate::dm::create(
             dm_name,
             &crate::dm::Target {

@@ -153,17 +153,19 @@ pub(crate) fn remove(name: &str) -> Result<(), String> {
     call(&ctl, DM_DEV_REMOVE, &mut r, "remove")
 }
 
-/// The `verity` target's parameters: format 1, data and hash on one device, 4096-byte blocks,
-/// the hash tree starting at block `hash_start`, SHA-256 with 32 zero bytes of salt (the
-/// layout hcsshim and `coffer-ext4` write). Corruption makes reads fail with EIO (the default).
+/// The `verity` target's parameters: format 1, 4096-byte blocks, `data_blocks` of data on
+/// `data`, the hash tree on `hash` from block `hash_start` (after the verity superblock), SHA-256
+/// with 32 zero bytes of salt (the layout hcsshim, `coffer-ext4` and `coffer-verity` write).
+/// Corruption makes reads fail with EIO (the default).
 pub(crate) fn verity_params(
-    device: &str,
+    data: &str,
+    hash: &str,
     data_blocks: u64,
     hash_start: u64,
     root: &[u8; 32],
 ) -> String {
     format!(
-        "1 {device} {device} 4096 4096 {data_blocks} {hash_start} sha256 {} {}",
+        "1 {data} {hash} 4096 4096 {data_blocks} {hash_start} sha256 {} {}",
         hex::encode(root),
         "0".repeat(64)
     )
@@ -182,7 +184,7 @@ mod tests {
         let t = Target {
             sectors: 16,
             kind: "verity",
-            params: verity_params("/dev/vda", 2, 3, &[0xab; 32]),
+            params: verity_params("/dev/vda", "/dev/vda", 2, 3, &[0xab; 32]),
             read_only: true,
         };
         let b = table_load("coffer-l0", &t).unwrap();

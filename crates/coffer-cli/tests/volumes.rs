@@ -62,6 +62,7 @@ fn setup() -> Setup {
     let content = h.join("content");
     std::fs::create_dir_all(&content).unwrap();
     std::fs::write(content.join("secret.txt"), "the-secret\n").unwrap();
+    std::fs::write(content.join("other.bin"), other_bin()).unwrap();
     std::fs::write(content.join("suid"), "#!/bin/sh\n").unwrap();
     use std::os::unix::fs::PermissionsExt as _;
     std::fs::set_permissions(
@@ -155,8 +156,30 @@ fn run(s: &Setup, pod_yaml: &str) -> (bool, String, String) {
     run_with(s, pod_yaml, &[])
 }
 
+/// A 1 MiB file whose 4096-byte blocks say which they are (`COFFER-BLOCK-000123` first), so
+/// a test can find one in the volume's plaintext.
+fn other_bin() -> Vec<u8> {
+    (0..256)
+        .flat_map(|i| {
+            let mut b = format!("COFFER-BLOCK-{i:06}").into_bytes();
+            b.resize(4096, b'x');
+            b
+        })
+        .collect()
+}
+
 /// [`run`] with more `coffer run` arguments.
 fn run_with(s: &Setup, pod_yaml: &str, extra: &[&str]) -> (bool, String, String) {
+    run_watching(s, pod_yaml, extra, |_| {})
+}
+
+/// [`run_with`], handing each line of the group's output to `on_line` as it comes.
+fn run_watching(
+    s: &Setup,
+    pod_yaml: &str,
+    extra: &[&str],
+    mut on_line: impl FnMut(&str),
+) -> (bool, String, String) {
     let h = s.home.path();
     std::fs::write(h.join("pod.yaml"), pod_yaml).unwrap();
     let out = coffer(
@@ -189,23 +212,30 @@ fn run_with(s: &Setup, pod_yaml: &str, extra: &[&str]) -> (bool, String, String)
         .send()
         .unwrap();
     assert_eq!(r.status(), 201);
-    let out = coffer(
-        h,
-        &[
-            "run",
-            h.join("pod.yaml").to_str().unwrap(),
-            "--policy",
-            h.join("p.rego").to_str().unwrap(),
-        ]
-        .into_iter()
-        .chain(extra.iter().copied())
-        .collect::<Vec<_>>(),
-    );
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_coffer"))
+        .args(["run", h.join("pod.yaml").to_str().unwrap(), "--policy"])
+        .arg(h.join("p.rego"))
+        .args(extra)
+        .env("COFFER_HOME", h)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = child.stderr.take().unwrap();
+    let err = std::thread::spawn(move || {
+        let mut e = String::new();
+        let _ = std::io::Read::read_to_string(&mut stderr, &mut e);
+        e
+    });
+    let mut out = String::new();
+    for line in std::io::BufRead::lines(std::io::BufReader::new(child.stdout.take().unwrap())) {
+        let line = line.unwrap();
+        on_line(&line);
+        out.push_str(&line);
+        out.push('\n');
+    }
+    let ok = child.wait().unwrap().success();
+    (ok, out, err.join().unwrap())
 }
 
 fn main() -> std::process::ExitCode {
@@ -219,6 +249,7 @@ fn main() -> std::process::ExitCode {
         a_volume_with_the_pinned_plaintext_opens: GROUP;
         a_volume_whose_plaintext_is_not_the_pinned_one_stays_closed: GROUP;
         the_skr_api_refuses_endpoints_outside_the_policy: GROUP;
+        a_block_the_host_changes_after_the_pin_check_reads_as_an_error: GROUP;
         an_encrypted_volume_opens_through_dm_crypt_in_a_vm: GROUP, VM;
     ])
 }
@@ -310,27 +341,78 @@ fn the_skr_api_refuses_endpoints_outside_the_policy() {
     );
 }
 
+/// Run a group that reads the pinned volume, has the host rewrite one ciphertext byte of
+/// block 128 of `other.bin` once the volume is open, then reads the whole file again.
+fn change_a_block_while_the_group_runs(s: &Setup, extra: &[&str]) -> (bool, String, String) {
+    // Where that block lies in the image: the plaintext, found by its marker, is the LUKS2 data
+    // segment (16 MiB on, 4096-byte sectors).
+    let vol = coffer_encfs::block::Volume::open(&s.image, &[0x42; 32], false).unwrap();
+    let plain = vol.read_at(0, vol.size() as usize).unwrap();
+    let at = plain
+        .windows(19)
+        .position(|w| w == b"COFFER-BLOCK-000128")
+        .unwrap();
+    assert_eq!(at % 4096, 0);
+    drop(vol);
+    let script = "cat /secret/secret.txt; grep ' /secret ' /proc/self/mountinfo; \
+        head -c 19 /secret/other.bin; echo; echo ready; sleep 8; \
+        cat /secret/other.bin > /dev/null 2> /tmp/e; echo \"read exit $?: $(cat /tmp/e)\"; \
+        head -c 19 /secret/other.bin; echo";
+    let image = s.image.clone();
+    run_watching(s, &pod(s, script, Some(&s.plaintext_root)), extra, |line| {
+        if line.ends_with("] ready") {
+            use std::os::unix::fs::FileExt as _;
+            let f = std::fs::OpenOptions::new()
+                .write(true)
+                .open(&image)
+                .unwrap();
+            f.write_at(&[0x5a], (16 << 20) + at as u64 + 100).unwrap();
+            f.sync_all().unwrap();
+        }
+    })
+}
+
+/// What a reader sees after [`change_a_block_while_the_group_runs`]: an I/O error for the file
+/// with the changed block, the unchanged blocks still readable.
+fn assert_the_changed_block_is_an_error(out: &str) {
+    let read = out.lines().find(|l| l.contains("read exit")).unwrap();
+    assert!(!read.contains("read exit 0"), "{read}");
+    assert!(read.contains("Input/output error"), "{read}");
+    assert_eq!(
+        out.matches("[app] COFFER-BLOCK-000000").count(),
+        2,
+        "the unchanged blocks still read: {out}"
+    );
+}
+
+/// The namespace backend: the FUSE block file checks each block it reads against the hashes
+/// measured when the volume opened.
+fn a_block_the_host_changes_after_the_pin_check_reads_as_an_error() {
+    let _serial = one_at_a_time();
+    let s = setup();
+    let (ok, out, err) = change_a_block_while_the_group_runs(&s, &[]);
+    assert!(ok, "{out}\n{err}");
+    assert_the_changed_block_is_an_error(&out);
+}
+
+/// In a VM the volume is the guest kernel's dm-crypt, and with a pinned plaintext dm-verity
+/// over it checks every later read: a block the host changes after the volume opened reads as
+/// an I/O error, while the rest of the volume still reads.
 fn an_encrypted_volume_opens_through_dm_crypt_in_a_vm() {
     let _serial = one_at_a_time();
     let s = setup();
-    let (ok, out, err) = run_with(
-        &s,
-        &pod(
-            &s,
-            "cat /secret/secret.txt; grep ' /secret ' /proc/self/mountinfo",
-            Some(&s.plaintext_root),
-        ),
-        &["--isolation", "vm"],
-    );
+    let (ok, out, err) = change_a_block_while_the_group_runs(&s, &["--isolation", "vm"]);
     assert!(ok, "{out}\n{err}");
     assert!(err.contains("isolation vm"), "{err}");
     assert!(out.contains("[app] the-secret"), "{out}\n{err}");
     let line = out.lines().find(|l| l.contains(" /secret ")).unwrap();
     let line = line.strip_prefix("[app] ").unwrap();
-    // The guest kernel's dm-crypt, not the FUSE block file of the namespace backend.
+    // The guest kernel's dm-crypt (under dm-verity), not the FUSE block file of the namespace
+    // backend.
     assert!(line.contains(" - ext4 /dev/dm-"), "{line}");
     let opts = line.split_whitespace().nth(5).unwrap();
     for o in ["ro", "nosuid", "nodev"] {
         assert!(opts.split(',').any(|x| x == o), "{o}: {line}");
     }
+    assert_the_changed_block_is_an_error(&out);
 }

@@ -210,6 +210,25 @@ fn an_encrypted_volume_needs_a_well_formed_broker_key_and_endpoints() {
     assert!(err.contains("thumbprint"), "{err}");
 }
 
+#[test]
+fn a_plaintext_pin_must_be_a_root_on_a_read_only_volume() {
+    let pod = |read_only: bool, root: &str| {
+        format!(
+            "apiVersion: v1\nkind: Pod\nmetadata: {{name: x}}\nspec:\n  containers: [{{name: a, image: app:1}}]\n  volumes:\n  - name: v\n    csi:\n      driver: encfs.coffer.dev\n      readOnly: {read_only}\n      volumeAttributes: {{source: /x.img, keyName: k, attestationEndpoint: \"http://127.0.0.1:7070\", keyBrokerEndpoint: \"http://127.0.0.1:7070\", keyBrokerKey: NzbLsXh8uDCcd-6MNwXF4W_7noWXFZAfHkxZsRGC9Xs, verityRootHash: {root:?}}}\n"
+        )
+    };
+    let gen = |y: &str| generate(&parse_pod(y)?, &facts(), &GenOptions::default());
+    let root = "ab".repeat(32);
+    let ok = gen(&pod(true, &root)).unwrap();
+    assert!(ok.contains(&format!("\"verity_root\":\"{root}\"")), "{ok}");
+    let err = gen(&pod(false, &root)).unwrap_err().to_string();
+    assert!(err.contains("readOnly: false"), "{err}");
+    for bad in ["ab", "zz".repeat(32).as_str(), &"ab".repeat(33)] {
+        let err = gen(&pod(true, bad)).unwrap_err().to_string();
+        assert!(err.contains("is not 64 hex digits"), "{bad}: {err}");
+    }
+}
+
 mod missing_rules {
     use coffer_policy::Enforcer;
     use serde_json::json;
