@@ -568,8 +568,10 @@ impl Agent {
         layers_root: &Path,
         image: &Path,
     ) -> Result<reply::LayerMounted, Failure> {
-        let measured = match layer_image::measure(image) {
-            Ok(m) => m,
+        let opened =
+            layer_image::open(image).and_then(|f| layer_image::measure_file(&f).map(|m| (f, m)));
+        let (file, measured) = match opened {
+            Ok(x) => x,
             Err(e) => return failed(format!("layer {target}: {e}")),
         };
         let device_hash = hex::encode(measured.root);
@@ -582,7 +584,7 @@ impl Agent {
         }
         let mounted = std::fs::create_dir_all(target)
             .map_err(|e| format!("{}: {e}", layers_root.display()))
-            .and_then(|()| layer_image::mount(image, measured.size, Path::new(target)));
+            .and_then(|()| layer_image::mount(&file, measured.size, Path::new(target)));
         match mounted {
             Ok(()) => {
                 lock(&self.state).layers.push(PathBuf::from(target));
@@ -636,20 +638,22 @@ impl Agent {
         if !safe_id(id) {
             return failed("invalid container id");
         }
-        // A layer the policy already counts may still be unpacking: never overlay it half-done.
-        // (A layer that failed is forgotten by the policy state, which then denies the overlay.)
-        if let Some(l) = layer_paths
-            .iter()
-            .find(|l| lock(&self.state).pending.contains(l.as_str()))
-        {
-            return failed(format!("layer {l} is still being mounted"));
-        }
         let dir = self.work.join("containers").join(id);
         let rootfs = dir.join("rootfs");
-        let d = self.decide(
-            "mount_overlay",
-            json!({"containerID": id, "layerPaths": layer_paths, "target": rootfs}),
-        )?;
+        let input = json!({"containerID": id, "layerPaths": layer_paths, "target": rootfs});
+        // A layer the policy already counts may still be being mounted: never overlay it
+        // half-done. (A layer that failed is forgotten by the policy state, which then denies the
+        // overlay.) One lock for both, so no layer can be approved between the check and the
+        // decision.
+        let d = {
+            let mut st = lock(&self.state);
+            if let Some(l) = layer_paths.iter().find(|l| st.pending.contains(l.as_str())) {
+                return failed(format!("layer {l} is still being mounted"));
+            }
+            st.enforcer
+                .decide("mount_overlay", &input)
+                .map_err(failure)?
+        };
         if !d.allowed {
             return denied("mount_overlay", d.reason);
         }
@@ -1449,12 +1453,23 @@ mod layer_image {
     }
 
     /// Hash the image's file system bytes (length from its superblock).
+    #[cfg(test)]
     pub(super) fn measure(path: &Path) -> Result<Measured, String> {
-        let mut f = std::fs::OpenOptions::new()
+        measure_file(&open(path)?)
+    }
+
+    /// Open a layer image the host placed (never through a symbolic link).
+    pub(super) fn open(path: &Path) -> Result<std::fs::File, String> {
+        std::fs::OpenOptions::new()
             .read(true)
             .custom_flags(nix::fcntl::OFlag::O_NOFOLLOW.bits())
             .open(path)
-            .map_err(|e| format!("{}: {e}", path.display()))?;
+            .map_err(|e| format!("{}: {e}", path.display()))
+    }
+
+    /// [`measure`] an image already open: the one file that is then mounted, so the host cannot
+    /// put another in its place between the measurement and the mount.
+    pub(super) fn measure_file(mut f: &std::fs::File) -> Result<Measured, String> {
         let len = f.metadata().map_err(|e| e.to_string())?.len();
         let mut sb = [0u8; 1024];
         f.seek(SeekFrom::Start(1024))
@@ -1569,18 +1584,16 @@ mod layer_image {
     }
 
     /// Loop-mount the first `size` bytes read-only (`noload`: no journal replay, nothing written).
-    pub(super) fn mount(image: &Path, size: u64, target: &Path) -> Result<(), String> {
-        let file = std::fs::OpenOptions::new()
-            .read(true)
-            .custom_flags(nix::fcntl::OFlag::O_NOFOLLOW.bits())
-            .open(image)
-            .map_err(|e| format!("{}: {e}", image.display()))?;
-        let (dev, path) = crate::loopdev::attach_read_only(&file, size)?;
+    pub(super) fn mount(file: &std::fs::File, size: u64, target: &Path) -> Result<(), String> {
+        let (dev, path) = crate::loopdev::attach_read_only(file, size)?;
+        // A layer holds no device node or setuid binary the container could use.
         let mounted = nix::mount::mount(
             Some(&path),
             target,
             Some("ext4"),
-            nix::mount::MsFlags::MS_RDONLY,
+            nix::mount::MsFlags::MS_RDONLY
+                | nix::mount::MsFlags::MS_NODEV
+                | nix::mount::MsFlags::MS_NOSUID,
             Some("noload"),
         )
         .map_err(|e| format!("mount {} on {}: {e}", path.display(), target.display()));
@@ -1950,6 +1963,37 @@ pub(crate) mod oci {
             // The group shares the sandbox's UTS namespace: no host name in the spec.
             assert!(v.get("hostname").is_none(), "{v}");
         }
+
+        #[test]
+        fn limits_that_overflow_are_errors_not_wrapped_values() {
+            let spec_of = |cpu_millis: Option<u64>, memory_limit: Option<u64>| {
+                let p = ProcessSpec {
+                    args: vec!["/bin/true".into()],
+                    cwd: "/".into(),
+                    cpu_millis,
+                    memory_limit,
+                    ..Default::default()
+                };
+                spec(
+                    Path::new("/r"),
+                    &p,
+                    &[],
+                    &CapsList::default(),
+                    &[],
+                    "/coffer/x",
+                    None,
+                )
+            };
+            let v = serde_json::to_value(spec_of(Some(1500), Some(1 << 30)).unwrap()).unwrap();
+            assert_eq!(v["linux"]["resources"]["cpu"]["quota"], 150_000);
+            assert_eq!(v["linux"]["resources"]["memory"]["limit"], 1u64 << 30);
+            for c in [u64::MAX, u64::MAX / 100 + 1, i64::MAX as u64 / 100 + 1] {
+                let e = spec_of(Some(c), None).unwrap_err();
+                assert!(e.contains("cpu limit too large"), "{c}: {e}");
+            }
+            let e = spec_of(None, Some(u64::MAX)).unwrap_err();
+            assert!(e.contains("memory limit too large"), "{e}");
+        }
     }
 }
 
@@ -2027,6 +2071,69 @@ mod tests {
             coffer_ext4::convert_with_verity(&tar[..], f, &Default::default(), [1; 16]).unwrap();
         assert_eq!(v.root, coffer_ext4::root_digest(&tar[..]).unwrap());
         (dir, path, v.root)
+    }
+
+    /// Reports of zeros: these tests exercise request handling, not the evidence.
+    struct StubSp;
+
+    impl SecureProcessor for StubSp {
+        fn report(&self, _: &[u8; 64]) -> Result<coffer_sp::Evidence, coffer_sp::SpError> {
+            Ok(coffer_sp::Evidence {
+                report: vec![0; 1184],
+                cert_chain: None,
+            })
+        }
+    }
+
+    /// An agent under `policy`, working in `work`, built as `start` builds it but without the
+    /// HOST_DATA check (the stub's report has none).
+    fn agent(policy: &str, work: &Path) -> Agent {
+        Agent {
+            encrypted: Vec::new(),
+            sp: Arc::new(StubSp),
+            skr: None,
+            cgroup_prefix: "0".into(),
+            hostname: None,
+            fs_group: None,
+            group_files: std::sync::OnceLock::new(),
+            state: Mutex::new(State {
+                enforcer: Enforcer::new(policy).unwrap(),
+                overlays: BTreeMap::new(),
+                containers: BTreeMap::new(),
+                layers: Vec::new(),
+                pending: Default::default(),
+                opened: BTreeMap::new(),
+                blocks: Vec::new(),
+            }),
+            work: work.to_path_buf(),
+            runc: PathBuf::from("runc"),
+            report_summary: reply::ReportSummary {
+                host_data: String::new(),
+                measurement: String::new(),
+                report_id: String::new(),
+            },
+            layer_disks: false,
+            volume_disks: BTreeMap::new(),
+        }
+    }
+
+    #[test]
+    fn an_overlay_over_a_layer_still_being_mounted_is_refused() {
+        let work = tempfile::tempdir().unwrap();
+        // A policy that would allow any overlay: the agent itself must wait for the layer.
+        let a = agent(
+            "package policy\napi_version := \"0.10.0\"\nmount_overlay := {\"allowed\": true}\n",
+            work.path(),
+        );
+        let layer = work.path().join("layers/l0").display().to_string();
+        lock(&a.state).pending.insert(layer.clone());
+        let err = a.mount_overlay("c1", &[layer.clone()]).unwrap_err();
+        assert!(err.to_string().contains("is still being mounted"), "{err}");
+        assert!(!work.path().join("containers/c1").exists());
+        // Once it is no longer pending, the same request gets as far as the next decision.
+        lock(&a.state).pending.remove(&layer);
+        let err = a.mount_overlay("c1", &[layer]).unwrap_err();
+        assert!(err.to_string().contains("scratch_mount"), "{err}");
     }
 
     #[test]
