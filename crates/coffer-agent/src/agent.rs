@@ -2127,7 +2127,9 @@ mod tests {
         );
         let layer = work.path().join("layers/l0").display().to_string();
         lock(&a.state).pending.insert(layer.clone());
-        let err = a.mount_overlay("c1", std::slice::from_ref(&layer)).unwrap_err();
+        let err = a
+            .mount_overlay("c1", std::slice::from_ref(&layer))
+            .unwrap_err();
         assert!(err.to_string().contains("is still being mounted"), "{err}");
         assert!(!work.path().join("containers/c1").exists());
         // Once it is no longer pending, the same request gets as far as the next decision.

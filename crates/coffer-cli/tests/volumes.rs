@@ -4,7 +4,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
-use common::{admin, coffer, http, serve, Server};
+use common::{admin, coffer, http, serve, serve_on, Server};
 
 use base64::Engine as _;
 use coffer_testkit::Need;
@@ -178,8 +178,14 @@ fn run_watching(
     s: &Setup,
     pod_yaml: &str,
     extra: &[&str],
-    mut on_line: impl FnMut(&str),
+    on_line: impl FnMut(&str),
 ) -> (bool, String, String) {
+    prepare(s, pod_yaml);
+    run_prepared(s, extra, on_line)
+}
+
+/// Write the Pod, generate its policy, give the key to exactly that policy's groups.
+fn prepare(s: &Setup, pod_yaml: &str) {
     let h = s.home.path();
     std::fs::write(h.join("pod.yaml"), pod_yaml).unwrap();
     let out = coffer(
@@ -212,6 +218,15 @@ fn run_watching(
         .send()
         .unwrap();
     assert_eq!(r.status(), 201);
+}
+
+/// Run the group [`prepare`] made ready.
+fn run_prepared(
+    s: &Setup,
+    extra: &[&str],
+    mut on_line: impl FnMut(&str),
+) -> (bool, String, String) {
+    let h = s.home.path();
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_coffer"))
         .args(["run", h.join("pod.yaml").to_str().unwrap(), "--policy"])
         .arg(h.join("p.rego"))
@@ -250,6 +265,8 @@ fn main() -> std::process::ExitCode {
         a_volume_whose_plaintext_is_not_the_pinned_one_stays_closed: GROUP;
         the_skr_api_refuses_endpoints_outside_the_policy: GROUP;
         a_block_the_host_changes_after_the_pin_check_reads_as_an_error: GROUP;
+        a_volume_is_not_opened_with_a_key_the_host_answers_itself: GROUP;
+        the_skr_api_does_not_hand_out_a_key_the_host_answers_itself: GROUP;
         an_encrypted_volume_opens_through_dm_crypt_in_a_vm: GROUP, VM;
     ])
 }
@@ -415,4 +432,115 @@ fn an_encrypted_volume_opens_through_dm_crypt_in_a_vm() {
         assert!(opts.split(',').any(|x| x == o), "{o}: {line}");
     }
     assert_the_changed_block_is_an_error(&out);
+}
+
+/// The host answers the group's attestation and release calls itself, as its egress relay
+/// could: the broker the policy names stops, and on its address the host runs a `coffer serve`
+/// of its own that releases the host's key (`0x66` bytes) to the group's policy, signed with
+/// the host's own broker key; the volume image is replaced by one the host's key opens.
+fn the_host_answers_itself(s: &mut Setup) -> (tempfile::TempDir, Server) {
+    let _ = s.server.child.kill();
+    let _ = s.server.child.wait();
+    let listen = s.server.url.trim_start_matches("http://").to_string();
+    let home = tempfile::tempdir().unwrap();
+    // The host's broker trusts the host's own emulated secure processor (the group's).
+    let emu = coffer_snp_emu::EmulatedSp::state_dir(s.home.path());
+    let copied = std::process::Command::new("cp")
+        .arg("-a")
+        .arg(&emu)
+        .arg(coffer_snp_emu::EmulatedSp::state_dir(home.path()))
+        .status()
+        .unwrap();
+    assert!(copied.success());
+    let hostile = serve_on(home.path(), &listen, &["--allow-emulated"]);
+    // And the volume image is the host's own, which the host's key opens.
+    std::fs::write(home.path().join("key"), [0x66u8; 32]).unwrap();
+    std::fs::remove_file(&s.image).unwrap();
+    let out = coffer(
+        home.path(),
+        &[
+            "encfs",
+            "create",
+            "--from",
+            s.home.path().join("content").to_str().unwrap(),
+            "--key-file",
+            home.path().join("key").to_str().unwrap(),
+            "-o",
+            s.image.to_str().unwrap(),
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let policy = std::fs::read(s.home.path().join("p.rego")).unwrap();
+    let host_data = hex::encode(coffer_policy::digest(&policy));
+    let release = json!({"version": "1.0.0", "anyOf": [{"authority": hostile.url, "allOf": [
+        {"claim": "x-ms-sevsnpvm-hostdata", "equals": host_data}]}]});
+    let r = http()
+        .post(format!("{}/keys", hostile.url))
+        .bearer_auth(admin(home.path()))
+        .json(&json!({"name": "vol-key", "k": base64::engine::general_purpose::URL_SAFE_NO_PAD.encode([0x66u8; 32]), "release_policy": release}))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    (home, hostile)
+}
+
+fn a_volume_is_not_opened_with_a_key_the_host_answers_itself() {
+    let _serial = one_at_a_time();
+    let mut s = setup();
+    prepare(&s, &pod(&s, "cat /secret/secret.txt; echo started", None));
+    let _host = the_host_answers_itself(&mut s);
+    let (ok, out, err) = run_prepared(&s, &[], |_| {});
+    assert!(!ok, "{out}");
+    assert!(!out.contains("started"), "{out}");
+    assert!(
+        err.contains("not by the key broker the policy names"),
+        "{err}"
+    );
+    let home = s.home.path().display().to_string();
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(!mounts.contains(&home), "left mounted: {mounts}");
+}
+
+fn the_skr_api_does_not_hand_out_a_key_the_host_answers_itself() {
+    let _serial = one_at_a_time();
+    let mut s = setup();
+    let url = s.server.url.clone();
+    let pod_yaml = format!(
+        r#"apiVersion: v1
+kind: Pod
+metadata:
+  name: skr
+  annotations:
+    coffer.dev/skr-port: "8080"
+    coffer.dev/skr-attestation-endpoint: "{url}"
+    coffer.dev/skr-key-broker-endpoint: "{url}"
+    coffer.dev/skr-key-broker-key: "{key}"
+spec:
+  restartPolicy: Never
+  containers:
+    - name: app
+      image: hello:latest
+      command: ["/bin/sh", "-c", {script:?}]
+"#,
+        key = s.broker_key,
+        script = format!(
+            "r=$(wget -q -O - --header 'Content-Type: application/json' --post-data '{{\"maa_endpoint\":\"{url}\",\"akv_endpoint\":\"{url}\",\"kid\":\"vol-key\"}}' http://127.0.0.1:8080/key/release 2>&1); echo \"result: $r exit=$?\""
+        ),
+    );
+    prepare(&s, &pod_yaml);
+    let _host = the_host_answers_itself(&mut s);
+    let (ok, out, err) = run_prepared(&s, &[], |_| {});
+    assert!(ok, "{out}\n{err}");
+    let result = out.lines().find(|l| l.contains("result: ")).unwrap();
+    assert!(result.contains("502"), "{result}");
+    assert!(!result.contains("exit=0"), "{result}");
+    // Neither the host's key nor any key reaches the application.
+    assert!(
+        !result.contains("ZmZm") && !result.contains("kty"),
+        "{result}"
+    );
 }

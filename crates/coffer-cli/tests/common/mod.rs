@@ -41,8 +41,13 @@ impl Drop for Server {
 }
 
 pub(crate) fn serve(home: &Path, args: &[&str]) -> Server {
+    serve_on(home, "127.0.0.1:0", args)
+}
+
+/// [`serve`] on the address `listen`.
+pub(crate) fn serve_on(home: &Path, listen: &str, args: &[&str]) -> Server {
     let mut child = Command::new(env!("CARGO_BIN_EXE_coffer"))
-        .args(["serve", "--listen", "127.0.0.1:0"])
+        .args(["serve", "--listen", listen])
         .args(args)
         .env("COFFER_HOME", home)
         .stderr(Stdio::piped())
