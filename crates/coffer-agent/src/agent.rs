@@ -123,9 +123,9 @@ struct State {
     enforcer: Enforcer,
     overlays: BTreeMap<String, PathBuf>,
     containers: BTreeMap<String, ContainerState>,
-    /// Layers unpacked and in place, ready for overlays.
+    /// Layers mounted and in place, ready for overlays.
     layers: Vec<PathBuf>,
-    /// Layer targets being received or unpacked.
+    /// Layer targets being measured and mounted.
     pending: std::collections::BTreeSet<String>,
     opened: BTreeMap<String, PathBuf>,
     blocks: Vec<coffer_encfs::block::BlockMount>,

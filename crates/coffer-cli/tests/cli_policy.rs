@@ -24,6 +24,7 @@ fn main() -> std::process::ExitCode {
     coffer_testkit::run(coffer_testkit::tests![
         generated_policy_round_trip_on_the_example_image: coffer_testkit::EXAMPLE_IMAGE;
         arm_format_is_the_base64_of_the_policy_host_data_binds;
+        policy_gen_names_the_launch_measurement_a_release_policy_needs;
     ])
 }
 
@@ -259,5 +260,28 @@ fn arm_format_is_the_base64_of_the_policy_host_data_binds() {
     assert!(
         host_data.contains(&hex::encode(coffer_policy::digest(&decoded))),
         "{host_data}"
+    );
+}
+
+/// Next to host_data, `policy gen` names the launch measurement that groups launched with this
+/// agent report, the other value a release policy should require.
+fn policy_gen_names_the_launch_measurement_a_release_policy_needs() {
+    let tmp = tempfile::tempdir().unwrap();
+    let pod = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/hello/pod.yaml");
+    let out = coffer(
+        tmp.path(),
+        &["policy", "gen", "--allow-all", pod.to_str().unwrap()],
+    );
+    assert!(out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    let line = err
+        .lines()
+        .find(|l| l.starts_with("launch measurement: "))
+        .unwrap_or_else(|| panic!("{err}"));
+    let want = coffer_host::launch::expected_measurement(tmp.path(), &common::agent_exe()).unwrap();
+    assert_eq!(
+        line.split_whitespace().nth(2),
+        Some(hex::encode(want).as_str()),
+        "{line}"
     );
 }

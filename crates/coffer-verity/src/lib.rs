@@ -1,10 +1,11 @@
 //! dm-verity root hash of a byte stream (format 1, SHA-256, 4096-byte data and hash blocks, no
 //! superblock), as `veritysetup format --no-superblock` computes it.
 //!
-//! Coffer measures an image layer as the root hash of its uncompressed tar stream zero-padded to a
-//! whole number of blocks. The tree is built while the bytes stream past: each level keeps only its
-//! current partial hash block, so memory is constant whatever the input size. Data blocks arriving
-//! in large writes are hashed on several threads.
+//! Coffer measures an image layer as the root hash of its ext4 image (hcsshim's tar2ext4 layout,
+//! `coffer-ext4`), and pins encrypted volumes by the root of their plaintext. The tree is built
+//! while the bytes stream past: each level keeps only its current partial hash block, so memory is
+//! constant whatever the input size. Data blocks arriving in large writes are hashed on several
+//! threads. [`write_hash_device`] writes the tree itself, for dm-verity to read.
 //!
 //! Tree shape (cryptsetup `VERITY_create`): level 0 are the hashes `SHA-256(salt ‖ block)` of the
 //! data blocks; each next level hashes the previous one's hashes packed 128 to a zero-padded block.
@@ -327,7 +328,7 @@ mod tests {
 
     /// A root hash does not bind the data's length: any level of a tree, read as data, has the
     /// tree's root. Whoever checks a stream against a root must also check that the stream is
-    /// what it claims to be (the agent requires a complete tar; dm-verity, a data size).
+    /// what it claims to be (the agent takes the length from the ext4 superblock; dm-verity, a data size).
     #[test]
     fn a_hash_level_taken_as_data_has_the_same_root() {
         let data: Vec<u8> = (0..(200 * BLOCK)).map(|i| (i % 251) as u8).collect();

@@ -186,6 +186,19 @@ fn gen(a: GenArgs) -> Result<ExitCode> {
             eprintln!("host_data: {host_data}");
         }
     }
+    // The other value a release policy should require: HOST_DATA says which policy governs the
+    // group, the launch measurement which agent enforces it.
+    let home = coffer_home()?;
+    let measured = coffer_host::launch::agent_exe()
+        .and_then(|agent| coffer_host::launch::expected_measurement(&home, &agent));
+    match measured {
+        Ok(m) => eprintln!(
+            "launch measurement: {} (--isolation namespace, this coffer-agent; a release policy \
+             should require it with host_data)",
+            hex::encode(m)
+        ),
+        Err(e) => eprintln!("launch measurement: unknown ({e})"),
+    }
     Ok(ExitCode::SUCCESS)
 }
 
