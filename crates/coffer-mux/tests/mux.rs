@@ -131,10 +131,13 @@ fn a_dropped_pipe_fails_every_stream_without_hanging() {
     (&h).write_all(b"partial").unwrap();
     let mut buf = [0u8; 7];
     (&g).read_exact(&mut buf).unwrap();
-    // A writer blocked on a full window, and a reader waiting: both must wake with an error.
+    // A writer blocked on a full window (nobody reads `g`), and a reader waiting on another
+    // stream that gets no data: both must wake with an error. Separate streams, so the reader
+    // cannot drain the writer's data and let it finish before the pipe goes.
+    let (h2, g2) = (host.open("y").unwrap(), guest.accept().unwrap());
     let w = h.clone();
     let writer = std::thread::spawn(move || (&w).write_all(&vec![0u8; 8 << 20]));
-    let r = g.clone();
+    let r = g2.clone();
     let reader = std::thread::spawn(move || {
         let mut sink = Vec::new();
         (&r).read_to_end(&mut sink)
@@ -148,8 +151,8 @@ fn a_dropped_pipe_fails_every_stream_without_hanging() {
     assert!(reader.join().unwrap().is_err());
     assert!(t0.elapsed() < Duration::from_secs(5));
     assert!(host.accept().is_err());
-    assert!(host.open("y").is_err() || host.closed().is_some());
-    drop(a);
+    assert!(host.open("z").is_err() || host.closed().is_some());
+    drop((a, g, h2));
 }
 
 #[test]

@@ -170,6 +170,25 @@ fn unsupported_fields_are_named() {
 }
 
 #[test]
+fn an_unknown_capability_name_is_an_error_naming_it() {
+    let gen = |y: &str| generate(&parse_pod(y)?, &facts(), &GenOptions::default());
+    let err = gen(&POD.replace("add: [NET_ADMIN]", "add: [NET_ADMN]"))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("securityContext.capabilities.add") && err.contains("'NET_ADMN'"),
+        "{err}"
+    );
+    let err = gen(&POD.replace("drop: [NET_RAW]", "drop: [CAP_CAP_NET_RAW]"))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("unknown capability"), "{err}");
+    // Both spellings Kubernetes users write are taken.
+    let ok = gen(&POD.replace("add: [NET_ADMIN]", "add: [CAP_NET_ADMIN]")).unwrap();
+    assert!(ok.contains("\"CAP_NET_ADMIN\""), "{ok}");
+}
+
+#[test]
 fn pod_names_must_be_rfc1123_labels() {
     let pod = |name: &str| {
         format!("apiVersion: v1\nkind: Pod\nmetadata: {{name: {name:?}}}\nspec:\n  containers: [{{name: a, image: i}}]\n")
