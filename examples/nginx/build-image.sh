@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Build a real Debian application image: bookworm with nginx-light (mmdebstrap through the host's
-# apt mirror), packed by umoci into one layer, serving /var/www/html (with coffer.txt) on port 80.
+# apt mirror), packed by umoci into one layer, serving /var/www/html (with coffer.txt) on port 80,
+# its access and error logs linked to stdout and stderr (as Docker's nginx image does) for `coffer logs`.
 #
 #   examples/nginx/build-image.sh OUT_DIR      -> OCI layout at OUT_DIR, tag "latest"
 set -euo pipefail
@@ -12,6 +13,7 @@ work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 mmdebstrap --quiet --variant=apt --include=nginx-light \
   --customize-hook='echo "hello from nginx in a confidential group" > "$1/var/www/html/coffer.txt"' \
+  --customize-hook='ln -sf /dev/stdout "$1/var/log/nginx/access.log"; ln -sf /dev/stderr "$1/var/log/nginx/error.log"' \
   bookworm "$work/rootfs.tar"
 rm -rf "$out"
 umoci init --layout "$out"

@@ -103,13 +103,25 @@ fn a_detached_group_runs_logs_stops_through_the_policy_and_is_removed() {
         out(h, &["run", "--detach", pod.to_str().unwrap()]).trim(),
         "ticker"
     );
-    // The command that started it has returned; the group goes on.
+    // The command that started it has returned; the group goes on, its owner leading a session
+    // of its own (no hangup or Ctrl-C of the caller's terminal reaches it).
     assert!(row(h).unwrap().contains("\trunning\t"), "{:?}", row(h));
+    let status: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(h.join("groups/ticker/status.json")).unwrap())
+            .unwrap();
+    let owner = nix::unistd::Pid::from_raw(i32::try_from(status["pid"].as_i64().unwrap()).unwrap());
+    assert_eq!(nix::unistd::getsid(Some(owner)).unwrap(), owner);
     // `coffer ps` says how the group is isolated.
     assert!(row(h).unwrap().contains("\tnamespace\t"), "{:?}", row(h));
     std::thread::sleep(std::time::Duration::from_millis(500));
     assert!(out(h, &["logs", "ticker"]).contains("tick 1"));
+    // What the check after `stop` looks for is there while the group runs.
+    let live = common::group_leftovers(h, "ticker");
+    for kind in ["process", "cgroup", "veth", "directory", "lease"] {
+        assert!(live.iter().any(|l| l.starts_with(kind)), "{kind}: {live:?}");
+    }
     out(h, &["stop", "ticker"]);
+    assert_eq!(common::group_leftovers(h, "ticker"), Vec::<String>::new());
     let r = row(h).unwrap();
     assert!(r.contains("\texited\t") && r.contains("\t3\t"), "{r}");
     assert!(out(h, &["logs", "ticker", "tick"]).contains("got TERM"));
@@ -133,6 +145,7 @@ fn stop_kills_what_ignores_sigterm_after_the_grace_period() {
     // Two seconds of grace (the Pod's terminationGracePeriodSeconds), then SIGKILL.
     assert!(started.elapsed() >= std::time::Duration::from_secs(2));
     assert!(row(h).unwrap().contains("\t137\t"), "{:?}", row(h));
+    assert_eq!(common::group_leftovers(h, "ticker"), Vec::<String>::new());
 }
 
 fn a_running_group_is_not_removed_or_started_twice() {

@@ -134,7 +134,6 @@ pub(crate) fn run(a: RunArgs) -> Result<ExitCode> {
 
 /// Start `coffer run --monitor` in its own session and wait until the group runs (or failed).
 fn detach(a: &RunArgs, home: &std::path::Path, pod: &coffer_policy::Pod) -> Result<ExitCode> {
-    use std::os::unix::process::CommandExt as _;
     let dir = lifecycle::group_dir(home, &pod.metadata.name);
     std::fs::create_dir_all(&dir)?;
     let _ = std::fs::remove_file(dir.join("status.json"));
@@ -157,15 +156,12 @@ fn detach(a: &RunArgs, home: &std::path::Path, pod: &coffer_policy::Pod) -> Resu
             _ => "namespace",
         },
     ]);
-    let mut child = cmd
-        .env("COFFER_HOME", home)
+    cmd.env("COFFER_HOME", home)
         .stdin(std::process::Stdio::null())
         .stdout(std::fs::File::create(&log)?)
-        .stderr(std::fs::File::create(&log)?)
-        // Its own process group: the caller's Ctrl-C or exit does not reach it.
-        .process_group(0)
-        .spawn()
-        .context("starting the group's coffer run")?;
+        .stderr(std::fs::File::create(&log)?);
+    new_session(&mut cmd);
+    let mut child = cmd.spawn().context("starting the group's coffer run")?;
     loop {
         if let Ok(st) = Status::read(home, &pod.metadata.name) {
             match st.state {
@@ -720,5 +716,21 @@ mod tests {
             [500, 1000, 2000, 4000, 8000, 16000, 32000, 60000, 60000, 60000]
         );
         assert_eq!(b.delay(Duration::from_secs(10)), Duration::from_millis(500));
+    }
+}
+
+/// The detached owner leads a session of its own: the caller's Ctrl-C, exit or terminal hangup
+/// does not reach it.
+#[allow(unsafe_code)]
+fn new_session(cmd: &mut std::process::Command) {
+    use std::os::unix::process::CommandExt as _;
+    // SAFETY: the closure runs in the child between fork and exec and only calls setsid(2),
+    // which is async-signal-safe; it allocates nothing.
+    unsafe {
+        cmd.pre_exec(|| {
+            nix::unistd::setsid()
+                .map(drop)
+                .map_err(std::io::Error::from)
+        });
     }
 }

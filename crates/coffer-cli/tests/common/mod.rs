@@ -137,3 +137,80 @@ pub(crate) fn network_leftovers(group_dir: &Path) -> Vec<String> {
     }
     left
 }
+
+/// Everything of the group `name` under `home` still on the host after it stopped: its directory,
+/// processes started with this `COFFER_HOME` (the group's owner, its sandbox or VM), processes in
+/// and directories of Coffer's container cgroups, host mounts and loop devices under `home`,
+/// veths on the groups' bridge, and [`network_leftovers`]. Only meaningful with no other group
+/// running on the machine.
+pub(crate) fn group_leftovers(home: &Path, name: &str) -> Vec<String> {
+    let dir = coffer_host::launch::group_dir(home, name);
+    let mut left = network_leftovers(&dir);
+    if dir.exists() {
+        left.push(format!("directory: {}", dir.display()));
+    }
+    let home_s = home.to_string_lossy().into_owned();
+    let marker = format!("COFFER_HOME={home_s}");
+    let me = std::process::id().to_string();
+    for p in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let pid = p.file_name().to_string_lossy().into_owned();
+        if !pid.bytes().all(|b| b.is_ascii_digit()) || pid == me {
+            continue;
+        }
+        let environ = std::fs::read(p.path().join("environ")).unwrap_or_default();
+        if environ.split(|b| *b == 0).any(|v| v == marker.as_bytes()) {
+            let cmd = std::fs::read(p.path().join("cmdline")).unwrap_or_default();
+            let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+            left.push(format!("process {pid}: {cmd}"));
+        }
+    }
+    for c in std::fs::read_dir("/sys/fs/cgroup")
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        for g in std::fs::read_dir(c.path().join("coffer"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter(|g| g.path().is_dir())
+        {
+            let procs = std::fs::read_to_string(g.path().join("cgroup.procs")).unwrap_or_default();
+            left.push(format!(
+                "cgroup: {} (processes: {})",
+                g.path().display(),
+                procs.split_whitespace().collect::<Vec<_>>().join(" ")
+            ));
+        }
+    }
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    left.extend(
+        mounts
+            .lines()
+            .filter(|l| l.contains(&home_s))
+            .map(|l| format!("mount: {l}")),
+    );
+    for l in std::fs::read_dir("/sys/block")
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        let backing =
+            std::fs::read_to_string(l.path().join("loop/backing_file")).unwrap_or_default();
+        if backing.contains(&home_s) {
+            left.push(format!(
+                "loop: {} on {}",
+                l.path().display(),
+                backing.trim()
+            ));
+        }
+    }
+    for v in std::fs::read_dir(format!("/sys/class/net/{}/brif", coffer_host::net::BRIDGE))
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        left.push(format!("veth: {}", v.file_name().to_string_lossy()));
+    }
+    left
+}
