@@ -85,6 +85,7 @@ fn main() -> std::process::ExitCode {
     coffer_testkit::run(coffer_testkit::tests![
         a_detached_group_runs_logs_stops_through_the_policy_and_is_removed: GROUP;
         stop_kills_what_ignores_sigterm_after_the_grace_period: GROUP;
+        logs_follow_prints_new_lines_and_ends_when_the_group_stops: GROUP;
         a_running_group_is_not_removed_or_started_twice: GROUP;
         a_failing_container_is_restarted_with_backoff_and_a_fresh_root_and_ps_counts_it: GROUP;
         the_restart_policy_decides_which_exits_restart: GROUP;
@@ -111,8 +112,14 @@ fn a_detached_group_runs_logs_stops_through_the_policy_and_is_removed() {
             .unwrap();
     let owner = nix::unistd::Pid::from_raw(i32::try_from(status["pid"].as_i64().unwrap()).unwrap());
     assert_eq!(nix::unistd::getsid(Some(owner)).unwrap(), owner);
-    // `coffer ps` says how the group is isolated.
-    assert!(row(h).unwrap().contains("\tnamespace\t"), "{:?}", row(h));
+    // `coffer ps` says how the group is isolated and how long it has run.
+    let r = row(h).unwrap();
+    let cols: Vec<&str> = r.split('\t').collect();
+    assert_eq!(cols[2], "namespace", "{r}");
+    assert!(
+        cols[3].ends_with('s') && cols[3][..cols[3].len() - 1].parse::<u64>().is_ok(),
+        "uptime: {r}"
+    );
     std::thread::sleep(std::time::Duration::from_millis(500));
     assert!(out(h, &["logs", "ticker"]).contains("tick 1"));
     // What the check after `stop` looks for is there while the group runs.
@@ -146,6 +153,36 @@ fn stop_kills_what_ignores_sigterm_after_the_grace_period() {
     assert!(started.elapsed() >= std::time::Duration::from_secs(2));
     assert!(row(h).unwrap().contains("\t137\t"), "{:?}", row(h));
     assert_eq!(common::group_leftovers(h, "ticker"), Vec::<String>::new());
+}
+
+fn logs_follow_prints_new_lines_and_ends_when_the_group_stops() {
+    use std::io::BufRead as _;
+    let _serial = one_at_a_time();
+    let script = "trap 'echo got TERM; exit 3' TERM; i=0; while true; do echo tick $i; i=$((i+1)); sleep 0.1; done";
+    let home = setup(script);
+    let h = home.path();
+    let _cleanup = Cleanup(h);
+    out(h, &["run", "-d", h.join("pod.yaml").to_str().unwrap()]);
+    let mut follow = std::process::Command::new(env!("CARGO_BIN_EXE_coffer"))
+        .args(["logs", "-f", "ticker"])
+        .env("COFFER_HOME", h)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufReader::new(follow.stdout.take().unwrap()).lines();
+    // Lines written after `logs -f` started reach it: 30 ticks take 3 s.
+    let started = std::time::Instant::now();
+    assert!(lines.by_ref().map_while(Result::ok).any(|l| l == "tick 30"));
+    assert!(started.elapsed() >= std::time::Duration::from_secs(1));
+    out(h, &["stop", "ticker"]);
+    // It prints the container's last words, then ends by itself.
+    let rest: Vec<String> = lines.map_while(Result::ok).collect();
+    assert_eq!(
+        rest.last().map(String::as_str),
+        Some("got TERM"),
+        "{rest:?}"
+    );
+    assert!(follow.wait().unwrap().success());
 }
 
 fn a_running_group_is_not_removed_or_started_twice() {

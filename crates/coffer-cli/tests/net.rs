@@ -209,6 +209,7 @@ fn main() -> std::process::ExitCode {
     coffer_testkit::run(coffer_testkit::tests![
         a_group_reaches_a_server_outside_it: NET;
         a_published_port_answers_on_the_host: NET;
+        a_port_is_published_on_the_address_asked_for_and_ps_shows_it: NET;
         a_group_has_its_name_hosts_resolver_and_file_limit: NET;
         teardown_leaves_no_veth_rule_or_lease: NET;
         a_port_already_in_use_is_a_clear_error: NET;
@@ -361,6 +362,55 @@ fn a_published_port_answers_on_the_host() {
     assert!(left.is_empty(), "{left:?}");
     // The port is free again.
     TcpListener::bind((Ipv4Addr::LOCALHOST, port)).unwrap();
+}
+
+/// `--publish-address 127.0.0.2`: the port answers there, not on 127.0.0.1, and `coffer ps`
+/// shows the group's address and what it publishes.
+fn a_port_is_published_on_the_address_asked_for_and_ps_shows_it() {
+    let _serial = one_at_a_time();
+    let tmp = setup();
+    let home = tmp.path();
+    let port = free_port();
+    let pod = pod(
+        home,
+        "addr",
+        "trap 'exit 0' TERM; /bin/busybox httpd -f -p 8080 -h /app & wait",
+        &format!("[{{containerPort: 8080, hostPort: {port}}}]"),
+    );
+    let o = coffer(
+        home,
+        &[
+            "run",
+            "--detach",
+            "--publish-address",
+            "127.0.0.2",
+            pod.to_str().unwrap(),
+        ],
+    );
+    let _group = Detached(home, "addr");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let asked = std::net::SocketAddr::from(([127, 0, 0, 2], port));
+    let started = Instant::now();
+    while TcpStream::connect_timeout(&asked, Duration::from_secs(2)).is_err() {
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "nothing on {asked}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(TcpStream::connect((Ipv4Addr::LOCALHOST, port)).is_err());
+    let ps = String::from_utf8_lossy(&coffer(home, &["ps"]).stdout).into_owned();
+    let row = ps
+        .lines()
+        .find(|l| l.starts_with("addr\t"))
+        .unwrap_or_default();
+    assert!(
+        row.contains(&format!("127.0.0.2:{port} -> 8080/TCP")) && row.contains("10.88."),
+        "{ps}"
+    );
+    let o = coffer(home, &["stop", "addr"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(common::group_leftovers(home, "addr"), Vec::<String>::new());
 }
 
 /// RLIMIT_NOFILE containers get: 1048576, or the host's maximum where that is lower (the

@@ -182,6 +182,9 @@ pub(crate) fn logs(a: LogsArgs) -> Result<ExitCode> {
         names.into_iter().map(|n| (n, None)).collect();
     let mut out = std::io::stdout().lock();
     loop {
+        // Read whether the group runs before draining, so what it wrote before it ended is
+        // printed before `-f` returns.
+        let more = a.follow && Status::read(&home, &a.group)?.alive();
         for (name, reader) in readers.iter_mut() {
             if reader.is_none() {
                 *reader = std::fs::File::open(logs.path(name))
@@ -206,7 +209,7 @@ pub(crate) fn logs(a: LogsArgs) -> Result<ExitCode> {
             }
         }
         out.flush()?;
-        if !a.follow || !Status::read(&home, &a.group)?.alive() {
+        if !more {
             return Ok(ExitCode::SUCCESS);
         }
         std::thread::sleep(Duration::from_millis(100));
