@@ -678,6 +678,22 @@ pub(crate) fn exec(a: ExecArgs) -> Result<ExitCode> {
     ))
 }
 
+/// The detached owner leads a session of its own: the caller's Ctrl-C, exit or terminal hangup
+/// does not reach it.
+#[allow(unsafe_code)]
+fn new_session(cmd: &mut std::process::Command) {
+    use std::os::unix::process::CommandExt as _;
+    // SAFETY: the closure runs in the child between fork and exec and only calls setsid(2),
+    // which is async-signal-safe; it allocates nothing.
+    unsafe {
+        cmd.pre_exec(|| {
+            nix::unistd::setsid()
+                .map(drop)
+                .map_err(std::io::Error::from)
+        });
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -716,21 +732,5 @@ mod tests {
             [500, 1000, 2000, 4000, 8000, 16000, 32000, 60000, 60000, 60000]
         );
         assert_eq!(b.delay(Duration::from_secs(10)), Duration::from_millis(500));
-    }
-}
-
-/// The detached owner leads a session of its own: the caller's Ctrl-C, exit or terminal hangup
-/// does not reach it.
-#[allow(unsafe_code)]
-fn new_session(cmd: &mut std::process::Command) {
-    use std::os::unix::process::CommandExt as _;
-    // SAFETY: the closure runs in the child between fork and exec and only calls setsid(2),
-    // which is async-signal-safe; it allocates nothing.
-    unsafe {
-        cmd.pre_exec(|| {
-            nix::unistd::setsid()
-                .map(drop)
-                .map_err(std::io::Error::from)
-        });
     }
 }
