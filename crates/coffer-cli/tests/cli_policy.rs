@@ -118,7 +118,7 @@ fn generated_policy_round_trip_on_the_example_image() {
         .remove(0);
     let create = |argv: Value, env: Value| {
         json!({"containerID": "hello", "argList": argv, "envList": env, "workingDir": "/app",
-        "mounts": [{"destination": "/scratch", "options": ["rbind", "rshared", "rw"], "source": "sandbox:///volumes/scratch", "type": "bind"}],
+        "mounts": [{"destination": "/scratch", "options": ["rbind", "rshared", "rw"], "source": "sandbox:///tmp/atlas/emptydir/scratch", "type": "bind"}],
         "privileged": false, "noNewPrivileges": false, "user": {"id": "0", "name": "root"}, "groups": [{"id": "0", "name": "root"}],
         "umask": "0022", "capabilities": c["capabilities"].clone(),
         "resources": {"memory_limit": null, "cpu_millis": null}})

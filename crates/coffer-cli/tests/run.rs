@@ -14,6 +14,7 @@ use coffer_host::HostError;
 use coffer_image::{ImageRef, Store};
 use coffer_proto::{reply, ProcessSpec, Request};
 use coffer_testkit::Need;
+use serde_json::{json, Value};
 
 /// What a group needs: root (namespaces, mounts), runc, unshare, umoci (the example image).
 const GROUP: &[Need] = &[
@@ -206,7 +207,122 @@ fn main() -> std::process::ExitCode {
         a_read_only_root_file_system_refuses_writes_and_volumes_still_take_them: GROUP;
         supplemental_groups_and_fs_group_reach_the_process_and_fs_group_owns_volumes: GROUP;
         the_host_cannot_ask_for_a_writable_root_or_other_groups_than_the_policy_pins: GROUP;
+        a_policy_in_the_shape_azures_tooling_writes_governs_a_group: GROUP, Need::Vectors;
+        an_azure_shaped_policy_with_another_layer_hash_refuses_the_layer: GROUP, Need::Vectors;
     ])
+}
+
+/// The real policy `az confcom acipolicygen` wrote (`policies/aci-attestation-example.rego`), its
+/// first container turned into the example group's, as that tool writes one: Azure's field set,
+/// user and capability rules, its emptyDir and resolv.conf mounts, its platform variables; the
+/// layers are Coffer's hashes of the example image (`layers` given: these instead). The one rule
+/// changed is `allow_unencrypted_scratch`: Coffer's scratch is not encrypted (README).
+fn azure_shaped_policy(home: &Path, layers: Option<Vec<String>>) -> PathBuf {
+    let aci = String::from_utf8(coffer_testkit::read(
+        &coffer_testkit::vectors(),
+        "policies/aci-attestation-example.rego",
+    ))
+    .unwrap();
+    let layers = layers.unwrap_or_else(|| {
+        let measured = coffer(home, &["image", "measure", "hello:latest"]);
+        assert!(measured.status.success());
+        String::from_utf8_lossy(&measured.stdout)
+            .lines()
+            .map(|l| l.split(' ').nth(1).unwrap().to_string())
+            .collect()
+    });
+    let mut lines: Vec<String> = aci.lines().map(str::to_string).collect();
+    let at = lines
+        .iter()
+        .position(|l| l.starts_with("containers := "))
+        .unwrap();
+    let theirs: Vec<Value> = serde_json::from_str(&lines[at]["containers := ".len()..]).unwrap();
+    let mut c = theirs[0].clone();
+    c["id"] = json!("hello:latest");
+    c["name"] = json!("hello");
+    c["layers"] = json!(layers);
+    c["command"] = json!(["/bin/sh", "/app/hello.sh"]);
+    c["working_dir"] = json!("/app");
+    let mut env = vec![
+        json!({"pattern": "PATH=/bin", "required": false, "strategy": "string"}),
+        json!({"pattern": "GREETING=bonjour", "required": false, "strategy": "string"}),
+    ];
+    env.extend(c["env_rules"].as_array().unwrap().iter().cloned());
+    c["env_rules"] = json!(env);
+    let resolv = c["mounts"][1].clone();
+    assert_eq!(resolv["destination"], "/etc/resolv.conf");
+    c["mounts"] = json!([
+        {"destination": "/scratch", "options": ["rbind", "rshared", "rw"],
+         "source": "sandbox:///tmp/atlas/emptydir/.+", "type": "bind"},
+        resolv
+    ]);
+    c["exec_processes"] = json!([{"command": ["/bin/true"], "signals": []}]);
+    // Theirs and the pause container, as ACI's policy lists it.
+    lines[at] = format!("containers := {}", json!([c, theirs[2]]));
+    let text = lines.join("\n").replace(
+        "allow_unencrypted_scratch := false",
+        "allow_unencrypted_scratch := true",
+    );
+    let path = home.join("aci.rego");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+fn a_policy_in_the_shape_azures_tooling_writes_governs_a_group() {
+    let _serial = one_at_a_time();
+    let (tmp, _) = setup();
+    let policy = azure_shaped_policy(tmp.path(), None);
+    let out = coffer(
+        tmp.path(),
+        &[
+            "run",
+            "--policy",
+            policy.to_str().unwrap(),
+            pod_path().to_str().unwrap(),
+        ],
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("[hello] hello from a confidential container"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("[hello] GREETING=bonjour"), "{stdout}");
+}
+
+fn an_azure_shaped_policy_with_another_layer_hash_refuses_the_layer() {
+    let _serial = one_at_a_time();
+    let (tmp, _) = setup();
+    // The image's layers, with one digit of the top layer's hash changed.
+    let measured = coffer(tmp.path(), &["image", "measure", "hello:latest"]);
+    let mut layers: Vec<String> = String::from_utf8_lossy(&measured.stdout)
+        .lines()
+        .map(|l| l.split(' ').nth(1).unwrap().to_string())
+        .collect();
+    let top = layers.last_mut().unwrap();
+    let flipped = if top.starts_with('0') { "1" } else { "0" };
+    top.replace_range(0..1, flipped);
+    let policy = azure_shaped_policy(tmp.path(), Some(layers));
+    let out = coffer(
+        tmp.path(),
+        &[
+            "run",
+            "--policy",
+            policy.to_str().unwrap(),
+            pod_path().to_str().unwrap(),
+        ],
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("denied by policy (mount_device)"),
+        "{stderr}"
+    );
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("hello from"));
 }
 
 fn coffer_run_prints_the_output_and_leaves_nothing_behind() {

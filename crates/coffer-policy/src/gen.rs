@@ -119,9 +119,11 @@ const ALL_CAPS: [&str; 41] = [
     "CAP_WAKE_ALARM",
 ];
 
-/// Source of an emptyDir volume as the agent names it (the policy's mount `source`).
+/// Source of a group volume as the agent names it (the policy's mount `source`): ACI's name for
+/// an emptyDir, so a policy Azure's tooling wrote (`sandbox:///tmp/atlas/emptydir/.+`) allows
+/// Coffer's volumes. Coffer's own policies pin the volume's name.
 pub fn volume_source(name: &str) -> String {
-    format!("sandbox:///volumes/{name}")
+    format!("sandbox:///tmp/atlas/emptydir/{name}")
 }
 
 fn signal_number(s: &str) -> Option<u32> {
