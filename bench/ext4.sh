@@ -3,7 +3,7 @@
 # tar2ext4 (Go, built from /work/shared/reference by its build.sh), same tars, same run:
 #   (1) a Debian bookworm minbase rootfs (mmdebstrap; skipped if it cannot be built),
 #   (2) /usr/share and /usr/bin of this machine (many small files),
-#   (3) one 1 GiB random file (data-bound).
+#   (3) one 1 GiB random file (data-bound; peak RSS shows memory does not grow with the data).
 # Each tar is read once before timing (page cache warm for both); each tool runs 3 times and the
 # best time counts. Both must print the same root. BENCH_DIR keeps the tars between runs.
 set -euo pipefail
@@ -25,9 +25,9 @@ if [ ! -s "$work/big.tar" ]; then
   tar -C "$work/big" -cf "$work/big.tar" data.bin && rm -rf "$work/big"
 fi
 
-best() { # best wall time of 3 runs of "$@", prints "seconds root"
+best() { # best wall time of 3 runs of "$@" and their peak RSS, prints "seconds root MB"
   python3 - "$@" <<'PY'
-import subprocess, sys, time
+import resource, subprocess, sys, time
 best, root = None, None
 for _ in range(3):
     t = time.perf_counter()
@@ -35,7 +35,8 @@ for _ in range(3):
     dt = time.perf_counter() - t
     best = dt if best is None else min(best, dt)
     root = out
-print(f"{best:.3f} {root}")
+rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss // 1024
+print(f"{best:.3f} {root} {rss}")
 PY
 }
 
@@ -44,8 +45,8 @@ for t in rootfs usr big; do
   [ -s "$tar" ] || { echo "$t: skipped (no tar)"; continue; }
   cat "$tar" > /dev/null
   mb=$(( $(stat -c %s "$tar") / 1000000 ))
-  read -r gs groot < <(best "$go_tool" "$tar")
-  read -r cs croot < <(best "$ours" "$tar")
+  read -r gs groot grss < <(best "$go_tool" "$tar")
+  read -r cs croot crss < <(best "$ours" "$tar")
   [ "$groot" = "$croot" ] || { echo "$t: ROOTS DIFFER: hcsshim $groot coffer $croot"; exit 1; }
-  echo "$t.tar ($mb MB, $(tar -tf "$tar" | wc -l) entries): hcsshim ${gs}s ($(python3 -c "print(round($mb/$gs))") MB/s)  coffer-ext4 ${cs}s ($(python3 -c "print(round($mb/$cs))") MB/s)  speedup $(python3 -c "print(round($gs/$cs,1))")x  root $croot"
+  echo "$t.tar ($mb MB, $(tar -tf "$tar" | wc -l) entries): hcsshim ${gs}s ($(python3 -c "print(round($mb/$gs))") MB/s, peak RSS ${grss} MB)  coffer-ext4 ${cs}s ($(python3 -c "print(round($mb/$cs))") MB/s, peak RSS ${crss} MB)  speedup $(python3 -c "print(round($gs/$cs,1))")x  root $croot"
 done

@@ -12,6 +12,7 @@ fn main() -> std::process::ExitCode {
     coffer_testkit::run(coffer_testkit::tests![
         measure_tar_prints_azures_layer_hash_for_every_vector: Need::Vectors;
         measure_tar_refuses_what_is_not_a_tar;
+        measure_tar_dash_reads_the_layer_from_stdin: Need::Vectors;
     ])
 }
 
@@ -67,4 +68,35 @@ fn measure_tar_refuses_what_is_not_a_tar() {
     );
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("not a layer tar"));
+}
+
+fn measure_tar_dash_reads_the_layer_from_stdin() {
+    use std::io::Write as _;
+    let dir = coffer_testkit::vectors();
+    let tmp = tempfile::tempdir().unwrap();
+    let out = Command::new("python3")
+        .arg(dir.join("tar2ext4/gen_tars.py"))
+        .arg(tmp.path())
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let expected = String::from_utf8(coffer_testkit::read(&dir, "tar2ext4/expected.txt")).unwrap();
+    let case: Vec<&str> = expected
+        .lines()
+        .find(|l| !l.starts_with('#') && !l.trim().is_empty())
+        .unwrap()
+        .split_whitespace()
+        .collect();
+    let tar = std::fs::read(tmp.path().join(format!("{}.tar", case[0]))).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_coffer"))
+        .args(["image", "measure", "--tar", "-"])
+        .env("COFFER_HOME", tmp.path())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(&tar).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), case[2]);
 }

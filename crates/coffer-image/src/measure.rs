@@ -205,23 +205,29 @@ pub fn measure_layers(
                     loop {
                         let i = next.fetch_add(1, Ordering::Relaxed);
                         let Some(layer) = layers.get(i) else { break };
-                        let out = images.map(|d| d.join(format!("{}.partial", layer.digest.hex())));
+                        // Built under a name of this process's own (two launchers may build
+                        // the same layer at once), renamed into place when complete.
+                        let out = images.map(|d| {
+                            let hex = layer.digest.hex();
+                            let partial =
+                                d.join(format!("{hex}.{}-{i}.partial", std::process::id()));
+                            (partial, d.join(format!("{hex}.img")))
+                        });
                         let r = measure_blob(
                             &layout.blob_path(&layer.digest),
                             layer,
                             progress,
-                            out.as_deref(),
+                            out.as_ref().map(|(partial, _)| partial.as_path()),
                         )
                         .and_then(|m| {
-                            if let Some(out) = &out {
-                                let done = out.with_extension("img");
-                                std::fs::rename(out, &done).map_err(io_err(&done))?;
+                            if let Some((partial, done)) = &out {
+                                std::fs::rename(partial, done).map_err(io_err(done))?;
                             }
                             Ok(m)
                         });
                         if r.is_err() {
-                            if let Some(out) = &out {
-                                let _ = std::fs::remove_file(out);
+                            if let Some((partial, _)) = &out {
+                                let _ = std::fs::remove_file(partial);
                             }
                         }
                         mine.push((i, r));

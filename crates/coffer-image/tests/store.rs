@@ -111,6 +111,7 @@ fn main() -> std::process::ExitCode {
         corrupted_blobs_are_refused_and_the_store_is_unchanged;
         files_are_read_from_the_images_root_file_system;
         measurements_and_account_files_are_cached;
+        a_missing_layer_image_is_built_again_the_same;
     ])
 }
 
@@ -278,4 +279,37 @@ fn measurements_and_account_files_are_cached() {
         2,
         "both answers remembered"
     );
+}
+
+fn a_missing_layer_image_is_built_again_the_same() {
+    let tmp = tempfile::tempdir().unwrap();
+    let layer = hand_layout(tmp.path(), false);
+    let store = Store::open(&tmp.path().join("home")).unwrap();
+    let img = store
+        .import(
+            &ImageRef::parse(&format!("oci:{}:v1", tmp.path().join("oci").display())).unwrap(),
+            Some("hand:v1"),
+            None,
+        )
+        .unwrap();
+    let path = store.layer_image(&img, 0).unwrap();
+    let first = std::fs::read(&path).unwrap();
+    // The ext4 image of the layer, then its tree.
+    let f = tempfile::tempfile().unwrap();
+    coffer_ext4::convert(&layer[..], &f, &Default::default()).unwrap();
+    let fs_len = usize::try_from(f.metadata().unwrap().len()).unwrap();
+    assert!(first.len() > fs_len);
+    std::fs::remove_file(&path).unwrap();
+    assert_eq!(store.layer_image(&img, 0).unwrap(), path);
+    assert_eq!(std::fs::read(&path).unwrap(), first);
+    // Nothing half-built is left beside it.
+    let names: Vec<String> = std::fs::read_dir(path.parent().unwrap())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(names.iter().all(|n| n.ends_with(".img")), "{names:?}");
+    assert!(matches!(
+        store.layer_image(&img, 1),
+        Err(ImageError::NotFound(_))
+    ));
 }
