@@ -207,9 +207,46 @@ fn main() -> std::process::ExitCode {
         a_read_only_root_file_system_refuses_writes_and_volumes_still_take_them: GROUP;
         supplemental_groups_and_fs_group_reach_the_process_and_fs_group_owns_volumes: GROUP;
         the_host_cannot_ask_for_a_writable_root_or_other_groups_than_the_policy_pins: GROUP;
+        allow_privilege_escalation_false_reaches_the_process_as_no_new_privs: GROUP;
         a_policy_in_the_shape_azures_tooling_writes_governs_a_group: GROUP, Need::Vectors;
         an_azure_shaped_policy_with_another_layer_hash_refuses_the_layer: GROUP, Need::Vectors;
     ])
+}
+
+/// `allowPrivilegeEscalation: false` in the Pod: the policy pins it and the process runs with
+/// `NoNewPrivs: 1`; without it, 0.
+fn allow_privilege_escalation_false_reaches_the_process_as_no_new_privs() {
+    let _serial = one_at_a_time();
+    let tmp = tempfile::tempdir().unwrap();
+    common::import_example(tmp.path());
+    let run = |escalation: &str| {
+        let pod = tmp.path().join("nnp.yaml");
+        std::fs::write(
+            &pod,
+            format!(
+                "apiVersion: v1\nkind: Pod\nmetadata: {{name: nnp}}\nspec:\n  containers:\n  - name: c\n    \
+                 image: hello:latest\n    command: [/bin/sh, -c, \"grep ^NoNewPrivs /proc/self/status\"]\n{escalation}"
+            ),
+        )
+        .unwrap();
+        let out = coffer(tmp.path(), &["run", pod.to_str().unwrap()]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let pinned = run("    securityContext: {allowPrivilegeEscalation: false}\n");
+    assert!(
+        pinned.split_whitespace().collect::<Vec<_>>() == ["[c]", "NoNewPrivs:", "1"],
+        "{pinned}"
+    );
+    let default = run("");
+    assert!(
+        default.split_whitespace().collect::<Vec<_>>() == ["[c]", "NoNewPrivs:", "0"],
+        "{default}"
+    );
 }
 
 /// The real policy `az confcom acipolicygen` wrote (`policies/aci-attestation-example.rego`), its
