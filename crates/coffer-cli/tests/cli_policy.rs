@@ -25,6 +25,9 @@ fn main() -> std::process::ExitCode {
         generated_policy_round_trip_on_the_example_image: coffer_testkit::EXAMPLE_IMAGE;
         arm_format_is_the_base64_of_the_policy_host_data_binds;
         policy_gen_names_the_launch_measurement_a_release_policy_needs;
+        policy_gen_layer_hashes_are_what_hcsshim_computes:
+            coffer_testkit::EXAMPLE_IMAGE,
+            coffer_testkit::TAR2EXT4;
     ])
 }
 
@@ -284,4 +287,76 @@ fn policy_gen_names_the_launch_measurement_a_release_policy_needs() {
         Some(hex::encode(want).as_str()),
         "{line}"
     );
+}
+
+/// The layers `coffer policy gen` writes are the roots hcsshim's own `tar2ext4` code (Azure's
+/// policy tooling) computes for the same layer tars, in the same order.
+fn policy_gen_layer_hashes_are_what_hcsshim_computes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let oci = tmp.path().join("hello");
+    coffer_testkit::build_example_image(&oci);
+    let home = tmp.path().join("home");
+    ok(coffer(
+        &home,
+        &[
+            "image",
+            "import",
+            &format!("oci:{}:latest", oci.display()),
+            "--name",
+            "hello:latest",
+        ],
+    ));
+    let pod = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/hello/pod.yaml");
+    let policy_path = tmp.path().join("p.rego");
+    ok(coffer(
+        &home,
+        &[
+            "policy",
+            "gen",
+            pod.to_str().unwrap(),
+            "-o",
+            policy_path.to_str().unwrap(),
+        ],
+    ));
+    let policy = std::fs::read_to_string(&policy_path).unwrap();
+    let line = policy
+        .lines()
+        .find(|l| l.starts_with("containers := "))
+        .unwrap();
+    let containers: Value = serde_json::from_str(&line["containers := ".len()..]).unwrap();
+    let ours: Vec<String> = containers[0]["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l.as_str().unwrap().to_string())
+        .collect();
+    let store = coffer_image::Store::open(&home).unwrap();
+    let img = store
+        .resolve(&coffer_image::ImageRef::Stored("hello:latest".into()))
+        .unwrap();
+    let reference = coffer_testkit::tar2ext4_reference();
+    let theirs: Vec<String> = img
+        .image
+        .layers
+        .iter()
+        .map(|l| {
+            let tar = tmp.path().join(format!("{}.tar", l.digest.hex()));
+            let gz = std::fs::File::open(store.layout().blob_path(&l.digest)).unwrap();
+            let out = std::process::Command::new("gzip")
+                .arg("-dc")
+                .stdin(gz)
+                .stdout(std::fs::File::create(&tar).unwrap())
+                .status()
+                .unwrap();
+            assert!(out.success());
+            let out = std::process::Command::new(&reference)
+                .arg(&tar)
+                .output()
+                .unwrap();
+            assert!(out.status.success());
+            String::from_utf8_lossy(&out.stdout).trim().to_string()
+        })
+        .collect();
+    assert_eq!(ours.len(), 2);
+    assert_eq!(ours, theirs);
 }
