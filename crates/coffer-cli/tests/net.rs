@@ -607,16 +607,13 @@ fn a_host_port_below_1024_needs_root() {
     assert!(!host::group_dir(home, "low").exists());
 }
 
-/// Where the Debian application image `app` is cached.
-/// Where the `app` image is cached: named after its build script's content, so a changed script
-/// builds a new image.
+/// Where the `app` image is cached: named after its build script's SHA-256 (first 16 hex
+/// digits), so a changed script builds a new image; `scripts/app-images.sh` fills the same cache.
 fn app_cache(app: &str) -> PathBuf {
-    use std::hash::{Hash, Hasher};
     let script = std::fs::read(app_script(app)).unwrap_or_default();
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    script.hash(&mut h);
+    let hash = hex::encode(openssl::sha::sha256(&script));
     Path::new(env!("CARGO_TARGET_TMPDIR"))
-        .join(format!("../coffer-apps/{app}-bookworm-{:016x}", h.finish()))
+        .join(format!("../coffer-apps/{app}-bookworm-{}", &hash[..16]))
 }
 
 fn app_script(app: &str) -> PathBuf {
