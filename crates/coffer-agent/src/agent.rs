@@ -1057,7 +1057,7 @@ impl Agent {
             1,
             root,
         );
-        crate::dm::create(
+        Ok(crate::dm::create(
             dm_name,
             &crate::dm::Target {
                 sectors: blocks * 8,
@@ -1065,7 +1065,7 @@ impl Agent {
                 params,
                 read_only: true,
             },
-        )
+        )?)
     }
 
     fn attach<W: Write>(&self, id: &str, conn: &mut W) {

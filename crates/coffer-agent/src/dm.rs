@@ -11,6 +11,8 @@ use std::fs::{File, OpenOptions};
 use std::os::fd::AsRawFd as _;
 use std::path::PathBuf;
 
+use crate::DeviceError;
+
 /// `struct dm_ioctl`'s size.
 const DM_IOCTL_SIZE: usize = 312;
 /// `struct dm_target_spec`'s size (the target's parameter string follows it).
@@ -55,15 +57,15 @@ fn put_u32(b: &mut [u8], at: usize, v: u32) {
 }
 
 /// The ioctl header for device `name`, with room for `extra` bytes of data after it.
-fn header(name: &str, flags: u32, extra: usize) -> Result<Vec<u8>, String> {
+fn header(name: &str, flags: u32, extra: usize) -> Result<Vec<u8>, DeviceError> {
     if name.is_empty() || name.len() >= off::NAME_LEN || name.contains(['/', '\0']) {
-        return Err(format!("invalid device-mapper name '{name}'"));
+        return Err(DeviceError::Name(name.to_string()));
     }
     let mut b = vec![0u8; DM_IOCTL_SIZE + extra];
     for (i, v) in DM_VERSION.iter().enumerate() {
         put_u32(&mut b, off::VERSION + 4 * i, *v);
     }
-    let size = u32::try_from(b.len()).map_err(|_| "device-mapper request too large")?;
+    let size = u32::try_from(b.len()).map_err(|_| DeviceError::TooLarge)?;
     put_u32(&mut b, off::DATA_SIZE, size);
     put_u32(&mut b, off::DATA_START, DM_IOCTL_SIZE as u32);
     put_u32(&mut b, off::FLAGS, flags);
@@ -73,9 +75,9 @@ fn header(name: &str, flags: u32, extra: usize) -> Result<Vec<u8>, String> {
 
 /// The table-load request: the header, one `dm_target_spec`, its NUL-terminated parameters
 /// padded to 8 bytes.
-fn table_load(name: &str, t: &Target<'_>) -> Result<Vec<u8>, String> {
+fn table_load(name: &str, t: &Target<'_>) -> Result<Vec<u8>, DeviceError> {
     if t.kind.is_empty() || t.kind.len() >= 16 || t.params.contains('\0') {
-        return Err(format!("invalid device-mapper target '{}'", t.kind));
+        return Err(DeviceError::Target(t.kind.to_string()));
     }
     let params = t.params.len() + 1;
     let spec = DM_TARGET_SPEC_SIZE + params.div_ceil(8) * 8;
@@ -92,38 +94,38 @@ fn table_load(name: &str, t: &Target<'_>) -> Result<Vec<u8>, String> {
     Ok(b)
 }
 
-fn control() -> Result<File, String> {
+fn control() -> Result<File, DeviceError> {
     OpenOptions::new()
         .read(true)
         .write(true)
         .open("/dev/mapper/control")
-        .map_err(|e| format!("/dev/mapper/control: {e} (is dm_mod loaded?)"))
+        .map_err(DeviceError::Control)
 }
 
-fn call(ctl: &File, nr: u8, buf: &mut [u8], what: &str) -> Result<(), String> {
+fn call(ctl: &File, nr: u8, buf: &mut [u8], op: &'static str) -> Result<(), DeviceError> {
     let request = nix::request_code_readwrite!(0xfd, nr, DM_IOCTL_SIZE);
     // SAFETY: `buf` is a `struct dm_ioctl` followed by its data, `data_size` (set by `header`)
     // is `buf.len()`, so the kernel reads and writes only inside `buf`.
     let r = unsafe { nix::libc::ioctl(ctl.as_raw_fd(), request as _, buf.as_mut_ptr()) };
     if r < 0 {
-        return Err(format!(
-            "device-mapper {what}: {}",
-            std::io::Error::last_os_error()
-        ));
+        return Err(DeviceError::Ioctl {
+            op,
+            source: std::io::Error::last_os_error(),
+        });
     }
     Ok(())
 }
 
 /// Create device `name` with a table of one target and activate it; returns its
 /// block device (`/dev/dm-N`, created by devtmpfs).
-pub(crate) fn create(name: &str, target: &Target<'_>) -> Result<PathBuf, String> {
+pub(crate) fn create(name: &str, target: &Target<'_>) -> Result<PathBuf, DeviceError> {
     let ctl = control()?;
     let mut create = header(name, 0, 0)?;
     call(&ctl, DM_DEV_CREATE, &mut create, "create")?;
     let dev = u64::from_ne_bytes(
         create[off::DEV..off::DEV + 8]
             .try_into()
-            .map_err(|_| "device-mapper create: short answer")?,
+            .map_err(|_| DeviceError::ShortAnswer)?,
     );
     let loaded = table_load(name, target)
         .and_then(|mut t| call(&ctl, DM_TABLE_LOAD, &mut t, "table load"))
@@ -143,11 +145,11 @@ pub(crate) fn create(name: &str, target: &Target<'_>) -> Result<PathBuf, String>
         std::thread::sleep(std::time::Duration::from_millis(2));
     }
     let _ = remove(name);
-    Err(format!("{} did not appear", path.display()))
+    Err(DeviceError::NoNode(path))
 }
 
 /// Remove device `name`.
-pub(crate) fn remove(name: &str) -> Result<(), String> {
+pub(crate) fn remove(name: &str) -> Result<(), DeviceError> {
     let ctl = control()?;
     let mut r = header(name, 0, 0)?;
     call(&ctl, DM_DEV_REMOVE, &mut r, "remove")

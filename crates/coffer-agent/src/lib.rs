@@ -71,6 +71,53 @@ pub enum AgentError {
     },
 }
 
+/// Errors of the block-device ioctls (`dm`, `loopdev`).
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum DeviceError {
+    #[error("invalid device-mapper name '{0}'")]
+    Name(String),
+    #[error("invalid device-mapper target '{0}'")]
+    Target(String),
+    #[error("device-mapper request too large")]
+    TooLarge,
+    #[error("/dev/mapper/control: {0} (is dm_mod loaded?)")]
+    Control(#[source] std::io::Error),
+    #[error("device-mapper {op}: {source}")]
+    Ioctl {
+        op: &'static str,
+        source: std::io::Error,
+    },
+    #[error("device-mapper create: short answer")]
+    ShortAnswer,
+    #[error("{} did not appear", .0.display())]
+    NoNode(std::path::PathBuf),
+    #[error("/dev/loop-control: {0}")]
+    LoopControl(#[source] std::io::Error),
+    #[error("no free loop device: {0}")]
+    NoFreeLoop(#[source] std::io::Error),
+    #[error("no free loop device: every one was taken meanwhile")]
+    LoopsTaken,
+    #[error("a negative file descriptor")]
+    BadFd,
+    #[error("{}: {source}", path.display())]
+    Open {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    #[error("attaching {}: {source}", path.display())]
+    Attach {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+}
+
+/// The agent answers the host with a reason string.
+impl From<DeviceError> for String {
+    fn from(e: DeviceError) -> String {
+        e.to_string()
+    }
+}
+
 pub(crate) fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> AgentError {
     let what = what.into();
     move |source| AgentError::Io { what, source }

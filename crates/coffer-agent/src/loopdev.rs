@@ -10,6 +10,8 @@ use std::fs::{File, OpenOptions};
 use std::os::fd::AsRawFd as _;
 use std::path::PathBuf;
 
+use crate::DeviceError;
+
 /// `LOOP_CTL_GET_FREE` on `/dev/loop-control`: the number of a free loop device.
 const LOOP_CTL_GET_FREE: u64 = 0x4C82;
 /// `LOOP_CONFIGURE` on `/dev/loopN`: attach a file with its settings in one step.
@@ -48,13 +50,13 @@ struct LoopConfig {
 
 /// Attach the first `size` bytes of `file` to a free loop device, read-only and cleared when
 /// no longer used. Returns the device, open: keep it open until it is mounted.
-pub(crate) fn attach_read_only(file: &File, size: u64) -> Result<(File, PathBuf), String> {
+pub(crate) fn attach_read_only(file: &File, size: u64) -> Result<(File, PathBuf), DeviceError> {
     let ctl = OpenOptions::new()
         .read(true)
         .write(true)
         .open("/dev/loop-control")
-        .map_err(|e| format!("/dev/loop-control: {e}"))?;
-    let fd = u32::try_from(file.as_raw_fd()).map_err(|_| "a negative file descriptor")?;
+        .map_err(DeviceError::LoopControl)?;
+    let fd = u32::try_from(file.as_raw_fd()).map_err(|_| DeviceError::BadFd)?;
     let config = LoopConfig {
         fd,
         block_size: 0,
@@ -80,16 +82,16 @@ pub(crate) fn attach_read_only(file: &File, size: u64) -> Result<(File, PathBuf)
         // SAFETY: LOOP_CTL_GET_FREE takes no argument and returns a device number or -1.
         let n = unsafe { nix::libc::ioctl(ctl.as_raw_fd(), LOOP_CTL_GET_FREE as _) };
         if n < 0 {
-            return Err(format!(
-                "no free loop device: {}",
-                std::io::Error::last_os_error()
-            ));
+            return Err(DeviceError::NoFreeLoop(std::io::Error::last_os_error()));
         }
         let path = PathBuf::from(format!("/dev/loop{n}"));
         let dev = OpenOptions::new()
             .read(true)
             .open(&path)
-            .map_err(|e| format!("{}: {e}", path.display()))?;
+            .map_err(|source| DeviceError::Open {
+                path: path.clone(),
+                source,
+            })?;
         // SAFETY: `config` is a `struct loop_config` that outlives the call; the kernel only
         // reads it.
         let r = unsafe {
@@ -104,10 +106,10 @@ pub(crate) fn attach_read_only(file: &File, size: u64) -> Result<(File, PathBuf)
         }
         let e = std::io::Error::last_os_error();
         if e.raw_os_error() != Some(nix::libc::EBUSY) {
-            return Err(format!("attaching {}: {e}", path.display()));
+            return Err(DeviceError::Attach { path, source: e });
         }
     }
-    Err("no free loop device: every one was taken meanwhile".into())
+    Err(DeviceError::LoopsTaken)
 }
 
 #[cfg(test)]
