@@ -584,7 +584,7 @@ impl Agent {
         }
         let mounted = std::fs::create_dir_all(target)
             .map_err(|e| format!("{}: {e}", layers_root.display()))
-            .and_then(|()| layer_image::mount(&file, measured.size, Path::new(target)));
+            .and_then(|()| Ok(layer_image::mount(&file, measured.size, Path::new(target))?));
         match mounted {
             Ok(()) => {
                 lock(&self.state).layers.push(PathBuf::from(target));
@@ -620,7 +620,14 @@ impl Agent {
         let dm_name = format!("coffer-{serial}");
         let mounted = std::fs::create_dir_all(target)
             .map_err(|e| format!("{target}: {e}"))
-            .and_then(|()| layer_image::mount_verity(&dev, &dm_name, &measured, Path::new(target)));
+            .and_then(|()| {
+                Ok(layer_image::mount_verity(
+                    &dev,
+                    &dm_name,
+                    &measured,
+                    Path::new(target),
+                )?)
+            });
         match mounted {
             Ok(()) => {
                 lock(&self.state).layers.push(PathBuf::from(target));
@@ -1416,6 +1423,49 @@ mod layer_image {
     /// Largest layer image (tar2ext4's default maximum disk size for layers).
     const MAX_SIZE: u64 = 128 << 30;
 
+    /// Why a layer image or disk was not measured or mounted.
+    #[derive(Debug, thiserror::Error)]
+    pub(super) enum LayerError {
+        #[error("not an ext4 image (no superblock magic)")]
+        NoMagic,
+        #[error("not an ext4 image (shorter than its superblock)")]
+        Short,
+        #[error("ext4 block size 1024 << {0} is not supported")]
+        BlockSize(u32),
+        #[error("ext4 image of {blocks} blocks of {block_size} bytes: not a layer size")]
+        Size { blocks: u64, block_size: u64 },
+        #[error("the image is truncated: its file system needs {size} bytes, the file has {len}")]
+        Truncated { size: u64, len: u64 },
+        #[error(
+            "the verified file system is {verified} bytes, not the {covered} its table covers"
+        )]
+        VerifiedSize { verified: u64, covered: u64 },
+        #[error("no layer disk with serial '{0}'")]
+        NoDisk(String),
+        #[error("{what}: {source}")]
+        Io {
+            what: String,
+            source: std::io::Error,
+        },
+        #[error("{what}: {source}")]
+        Mount { what: String, source: nix::Error },
+        #[error("hashing the layer: {0}")]
+        Hash(#[source] coffer_verity::VerityError),
+        #[error(transparent)]
+        Device(#[from] crate::DeviceError),
+    }
+
+    impl From<LayerError> for String {
+        fn from(e: LayerError) -> String {
+            e.to_string()
+        }
+    }
+
+    fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> LayerError {
+        let what = what.into();
+        move |source| LayerError::Io { what, source }
+    }
+
     /// What was measured.
     pub(super) struct Measured {
         pub(super) root: [u8; 32],
@@ -1424,14 +1474,14 @@ mod layer_image {
     }
 
     /// The file system size an ext4 superblock (the 1024 bytes at offset 1024) states.
-    pub(super) fn ext4_size(sb: &[u8; 1024]) -> Result<u64, String> {
+    pub(super) fn ext4_size(sb: &[u8; 1024]) -> Result<u64, LayerError> {
         let le32 = |o: usize| u32::from_le_bytes([sb[o], sb[o + 1], sb[o + 2], sb[o + 3]]);
         if u16::from_le_bytes([sb[0x38], sb[0x39]]) != 0xEF53 {
-            return Err("not an ext4 image (no superblock magic)".into());
+            return Err(LayerError::NoMagic);
         }
         let log = le32(0x18);
         if log > 6 {
-            return Err(format!("ext4 block size 1024 << {log} is not supported"));
+            return Err(LayerError::BlockSize(log));
         }
         let incompat_64bit = le32(0x60) & 0x80 != 0;
         let blocks = u64::from(le32(0x04))
@@ -1443,54 +1493,50 @@ mod layer_image {
         let size = blocks
             .checked_mul(1024u64 << log)
             .filter(|s| *s > 0 && *s <= MAX_SIZE && s % 4096 == 0)
-            .ok_or_else(|| {
-                format!(
-                    "ext4 image of {blocks} blocks of {} bytes: not a layer size",
-                    1024u64 << log
-                )
+            .ok_or(LayerError::Size {
+                blocks,
+                block_size: 1024u64 << log,
             })?;
         Ok(size)
     }
 
     /// Hash the image's file system bytes (length from its superblock).
     #[cfg(test)]
-    pub(super) fn measure(path: &Path) -> Result<Measured, String> {
+    pub(super) fn measure(path: &Path) -> Result<Measured, LayerError> {
         measure_file(&open(path)?)
     }
 
     /// Open a layer image the host placed (never through a symbolic link).
-    pub(super) fn open(path: &Path) -> Result<std::fs::File, String> {
+    pub(super) fn open(path: &Path) -> Result<std::fs::File, LayerError> {
         std::fs::OpenOptions::new()
             .read(true)
             .custom_flags(nix::fcntl::OFlag::O_NOFOLLOW.bits())
             .open(path)
-            .map_err(|e| format!("{}: {e}", path.display()))
+            .map_err(io(path.display().to_string()))
     }
 
     /// [`measure`] an image already open: the one file that is then mounted, so the host cannot
     /// put another in its place between the measurement and the mount.
-    pub(super) fn measure_file(mut f: &std::fs::File) -> Result<Measured, String> {
-        let len = f.metadata().map_err(|e| e.to_string())?.len();
+    pub(super) fn measure_file(mut f: &std::fs::File) -> Result<Measured, LayerError> {
+        let len = f.metadata().map_err(io("the layer image"))?.len();
         let mut sb = [0u8; 1024];
         f.seek(SeekFrom::Start(1024))
             .and_then(|_| f.read_exact(&mut sb))
-            .map_err(|_| "not an ext4 image (shorter than its superblock)".to_string())?;
+            .map_err(|_| LayerError::Short)?;
         let size = ext4_size(&sb)?;
         if size > len {
-            return Err(format!(
-                "the image is truncated: its file system needs {size} bytes, the file has {len}"
-            ));
+            return Err(LayerError::Truncated { size, len });
         }
-        f.seek(SeekFrom::Start(0)).map_err(|e| e.to_string())?;
+        f.seek(SeekFrom::Start(0)).map_err(io("the layer image"))?;
         let root =
             coffer_verity::root_hash(std::io::BufReader::with_capacity(1 << 20, f.take(size)))
-                .map_err(|e| format!("hashing the layer: {e}"))?;
+                .map_err(LayerError::Hash)?;
         Ok(Measured { root, size })
     }
 
     /// The block device (`/dev/vdX`) whose virtio serial is `serial`.
-    pub(super) fn disk_by_serial(serial: &str) -> Result<std::path::PathBuf, String> {
-        let blocks = std::fs::read_dir("/sys/block").map_err(|e| format!("/sys/block: {e}"))?;
+    pub(super) fn disk_by_serial(serial: &str) -> Result<std::path::PathBuf, LayerError> {
+        let blocks = std::fs::read_dir("/sys/block").map_err(io("/sys/block"))?;
         for b in blocks.flatten() {
             let found = std::fs::read_to_string(b.path().join("serial"))
                 .is_ok_and(|s| s.trim_end_matches(['\n', '\0']) == serial);
@@ -1498,25 +1544,25 @@ mod layer_image {
                 return Ok(Path::new("/dev").join(b.file_name()));
             }
         }
-        Err(format!("no layer disk with serial '{serial}'"))
+        Err(LayerError::NoDisk(serial.to_string()))
     }
 
-    fn read_at(f: &std::fs::File, at: u64, buf: &mut [u8]) -> Result<(), String> {
+    fn read_at(f: &std::fs::File, at: u64, buf: &mut [u8], what: &str) -> Result<(), LayerError> {
         use std::os::unix::fs::FileExt as _;
         f.read_exact_at(buf, at)
-            .map_err(|e| format!("reading {} bytes at {at}: {e}", buf.len()))
+            .map_err(io(format!("{what}: reading {} bytes at {at}", buf.len())))
     }
 
     /// The layer's size from its (not yet verified) superblock and its root from the top hash
     /// block, which follows the data and one block of verity superblock. Nothing here is trusted
     /// yet: the root is checked against the policy, and [`mount_verity`] then checks the size.
-    pub(super) fn disk_root(dev: &Path) -> Result<Measured, String> {
-        let f = std::fs::File::open(dev).map_err(|e| format!("{}: {e}", dev.display()))?;
+    pub(super) fn disk_root(dev: &Path) -> Result<Measured, LayerError> {
+        let f = std::fs::File::open(dev).map_err(io(dev.display().to_string()))?;
         let mut sb = [0u8; 1024];
-        read_at(&f, 1024, &mut sb)?;
+        read_at(&f, 1024, &mut sb, "the superblock")?;
         let size = ext4_size(&sb)?;
         let mut top = vec![0u8; 4096];
-        read_at(&f, size + 4096, &mut top).map_err(|e| format!("the hash tree: {e}"))?;
+        read_at(&f, size + 4096, &mut top, "the hash tree")?;
         let mut h = openssl::sha::Sha256::new();
         h.update(&[0u8; 32]);
         h.update(&top);
@@ -1534,7 +1580,7 @@ mod layer_image {
         dm_name: &str,
         m: &Measured,
         target: &Path,
-    ) -> Result<(), String> {
+    ) -> Result<(), LayerError> {
         let blocks = m.size / 4096;
         let dev = dev.to_string_lossy();
         let params = crate::dm::verity_params(&dev, &dev, blocks, blocks + 1, &m.root);
@@ -1548,20 +1594,20 @@ mod layer_image {
             },
         )?;
         let checked = std::fs::File::open(&mapped)
-            .map_err(|e| format!("{}: {e}", mapped.display()))
+            .map_err(io(mapped.display().to_string()))
             .and_then(|f| {
                 let mut sb = [0u8; 1024];
-                read_at(&f, 1024, &mut sb)?;
+                read_at(&f, 1024, &mut sb, "the verified superblock")?;
                 ext4_size(&sb)
             })
             .and_then(|verified| {
                 if verified == m.size {
                     Ok(())
                 } else {
-                    Err(format!(
-                        "the verified file system is {verified} bytes, not the {} its table covers",
-                        m.size
-                    ))
+                    Err(LayerError::VerifiedSize {
+                        verified,
+                        covered: m.size,
+                    })
                 }
             })
             .and_then(|()| {
@@ -1574,7 +1620,10 @@ mod layer_image {
                         | nix::mount::MsFlags::MS_NOSUID,
                     Some("noload"),
                 )
-                .map_err(|e| format!("mount {}: {e}", mapped.display()))
+                .map_err(|source| LayerError::Mount {
+                    what: format!("mount {}", mapped.display()),
+                    source,
+                })
             });
         if let Err(e) = checked {
             let _ = crate::dm::remove(dm_name);
@@ -1584,7 +1633,7 @@ mod layer_image {
     }
 
     /// Loop-mount the first `size` bytes read-only (`noload`: no journal replay, nothing written).
-    pub(super) fn mount(file: &std::fs::File, size: u64, target: &Path) -> Result<(), String> {
+    pub(super) fn mount(file: &std::fs::File, size: u64, target: &Path) -> Result<(), LayerError> {
         let (dev, path) = crate::loopdev::attach_read_only(file, size)?;
         // A layer holds no device node or setuid binary the container could use.
         let mounted = nix::mount::mount(
@@ -1596,7 +1645,10 @@ mod layer_image {
                 | nix::mount::MsFlags::MS_NOSUID,
             Some("noload"),
         )
-        .map_err(|e| format!("mount {} on {}: {e}", path.display(), target.display()));
+        .map_err(|source| LayerError::Mount {
+            what: format!("mount {} on {}", path.display(), target.display()),
+            source,
+        });
         // The mount holds the device now; on failure, closing it detaches it (autoclear).
         drop(dev);
         mounted
@@ -2196,7 +2248,7 @@ mod tests {
         let forged = d.path().join("forged.img");
         std::fs::write(&forged, &top).unwrap();
         let e = layer_image::measure(&forged).err().unwrap();
-        assert!(e.contains("not an ext4 image"), "{e}");
+        assert!(e.to_string().contains("not an ext4 image"), "{e}");
     }
 
     #[test]
@@ -2216,7 +2268,10 @@ mod tests {
         sb[0x150..0x154].copy_from_slice(&0u32.to_le_bytes());
         assert!(layer_image::ext4_size(&sb).is_err(), "empty");
         sb[0x38] = 0;
-        assert!(layer_image::ext4_size(&sb).unwrap_err().contains("magic"));
+        assert!(layer_image::ext4_size(&sb)
+            .unwrap_err()
+            .to_string()
+            .contains("magic"));
     }
 
     #[test]
