@@ -53,8 +53,16 @@ fn boot_and_serve() -> Result<(), AgentError> {
     // The kernel gives init no PATH; the agent runs mount, ip and runc by name.
     std::env::set_var("PATH", "/usr/sbin:/usr/bin:/sbin:/bin");
     leave_initramfs()?;
+    let left = t0.elapsed();
     mount_basics()?;
+    // The kernel's own part of the start (uptime when init began), for the console's timing line.
+    let booted = std::fs::read_to_string("/proc/uptime")
+        .ok()
+        .and_then(|u| u.split_whitespace().next()?.parse::<f64>().ok())
+        .map_or(0, |s| (s * 1000.0) as u128)
+        .saturating_sub(t0.elapsed().as_millis());
     load_modules();
+    let loaded = t0.elapsed();
     let port = find_port(Duration::from_secs(20))?;
     let reader = std::fs::OpenOptions::new()
         .read(true)
@@ -90,8 +98,12 @@ fn boot_and_serve() -> Result<(), AgentError> {
         Ok(_) => {
             let _ = (&ready).write_all(b"ok");
             eprintln!(
-                "coffer agent: serving ({} ms after init)",
-                t0.elapsed().as_millis()
+                "coffer agent: serving {} ms after init ({} ms after boot; initramfs left at {}, \
+                 modules loaded at {} ms)",
+                t0.elapsed().as_millis(),
+                booted + t0.elapsed().as_millis(),
+                left.as_millis(),
+                loaded.as_millis()
             );
         }
         Err(e) => {
