@@ -41,7 +41,7 @@ enum Command {
     Run(cmd::run::RunArgs),
     /// Run a process in a running group's container, if the policy's exec_processes allow it.
     Exec(cmd::run::ExecArgs),
-    /// List groups: name, state, uptime, exit status, containers.
+    /// List groups: name, state, isolation, uptime, exit status, restarts, containers, network.
     Ps,
     /// Print a group's container output (kept when the policy lets the host read it).
     Logs(cmd::lifecycle::LogsArgs),
@@ -59,7 +59,7 @@ enum Command {
     Encfs(cmd::encfs::EncfsCommand),
     /// Run the end-to-end demonstration on embedded defaults (no setup, no outside files).
     Demo(cmd::demo::DemoArgs),
-    /// The utility VM of a group: its SEV-SNP launch measurement.
+    /// The utility VM of a group: build its guest image, compute its SEV-SNP launch measurement.
     #[command(subcommand)]
     Uvm(cmd::uvm::UvmCommand),
 }

@@ -42,7 +42,7 @@ pub(crate) struct RunArgs {
     /// How the group is isolated: `vm` (a QEMU VM per group: SEV-SNP where the host has it, else
     /// KVM, else TCG emulation), `namespace` (namespaces on this kernel: fast, but the host kernel
     /// is trusted), or `auto`: the strongest that starts in seconds here (`vm` with KVM or SNP,
-    /// else `namespace`, since a TCG VM takes 15-30 s to its first output).
+    /// else `namespace`, since a TCG VM takes 5-15 s to its first output).
     #[arg(long, value_enum, default_value = "auto", env = "COFFER_ISOLATION")]
     isolation: IsolationArg,
 }
