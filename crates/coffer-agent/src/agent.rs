@@ -707,7 +707,12 @@ impl Agent {
         if !safe_id(id) {
             return failed("invalid container id");
         }
-        if let Some(v) = volumes.iter().find(|v| !safe_id(&v.name)) {
+        // Volume names are the Pod's, DNS labels: never one of the agent's own entries under
+        // `volumes/` (`.NAME.block`, `.NAME.verity`), nor a path.
+        if let Some(v) = volumes
+            .iter()
+            .find(|v| !coffer_policy::is_dns_label(&v.name))
+        {
             return failed(format!("invalid volume name '{}'", v.name.escape_debug()));
         }
         let Some(rootfs) = lock(&self.state).overlays.get(id).cloned() else {
@@ -719,7 +724,8 @@ impl Agent {
         };
         let mounts: Vec<Value> = volumes
             .iter()
-            .map(|v| json!({"destination": v.destination, "source": coffer_policy::volume_source(&v.name),
+            .map(|v| json!({"destination": v.destination,
+                            "source": coffer_policy::volume_source(&v.name, self.encrypted.iter().any(|e| e.name == v.name)),
                             "options": ["rbind", "rshared", if v.read_only { "ro" } else { "rw" }], "type": "bind"}))
             .collect();
         let input = json!({

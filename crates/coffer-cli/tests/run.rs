@@ -208,6 +208,7 @@ fn main() -> std::process::ExitCode {
         supplemental_groups_and_fs_group_reach_the_process_and_fs_group_owns_volumes: GROUP;
         the_host_cannot_ask_for_a_writable_root_or_other_groups_than_the_policy_pins: GROUP;
         allow_privilege_escalation_false_reaches_the_process_as_no_new_privs: GROUP;
+        an_emptydir_rule_for_any_name_does_not_admit_an_encrypted_volume: GROUP;
         a_policy_in_the_shape_azures_tooling_writes_governs_a_group: GROUP, Need::Vectors;
         an_azure_shaped_policy_with_another_layer_hash_refuses_the_layer: GROUP, Need::Vectors;
     ])
@@ -247,6 +248,81 @@ fn allow_privilege_escalation_false_reaches_the_process_as_no_new_privs() {
         default.split_whitespace().collect::<Vec<_>>() == ["[c]", "NoNewPrivs:", "0"],
         "{default}"
     );
+}
+
+/// A container whose mount rule allows any emptyDir (`sandbox:///tmp/atlas/emptydir/.+`, as
+/// Azure's tooling writes), in a policy that also has an encrypted volume: the host cannot bind
+/// the decrypted volume (or the agent's own files beside it) where the rule means scratch space.
+fn an_emptydir_rule_for_any_name_does_not_admit_an_encrypted_volume() {
+    let _serial = one_at_a_time();
+    let tmp = tempfile::tempdir().unwrap();
+    let home = tmp.path();
+    common::import_example(home);
+    let pod = home.join("enc.yaml");
+    std::fs::write(
+        &pod,
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: enc}\nspec:\n  containers:\n  - name: hello\n    \
+         image: hello:latest\n    env: [{name: GREETING, value: bonjour}]\n    volumeMounts:\n    \
+         - {name: scratch, mountPath: /scratch}\n    - {name: secret, mountPath: /secret}\n  volumes:\n  \
+         - {name: scratch, emptyDir: {}}\n  - name: secret\n    csi:\n      driver: encfs.coffer.dev\n      \
+         volumeAttributes: {source: /nonexistent.img, keyName: k, attestationEndpoint: \"http://127.0.0.1:9\", \
+         keyBrokerEndpoint: \"http://127.0.0.1:9\", keyBrokerKey: NzbLsXh8uDCcd-6MNwXF4W_7noWXFZAfHkxZsRGC9Xs}\n",
+    )
+    .unwrap();
+    let out = home.join("enc.rego");
+    let o = coffer(
+        home,
+        &[
+            "policy",
+            "gen",
+            pod.to_str().unwrap(),
+            "-o",
+            out.to_str().unwrap(),
+        ],
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let policy = std::fs::read_to_string(&out).unwrap();
+    // Coffer's own policy names each volume's kind.
+    assert!(
+        policy.contains(r#""source":"sandbox:///coffer/encrypted/secret""#),
+        "{policy}"
+    );
+    assert!(
+        policy.contains(r#""source":"sandbox:///tmp/atlas/emptydir/scratch""#),
+        "{policy}"
+    );
+    let policy = with_container(&policy, |c| {
+        c["mounts"] = json!([{"destination": "/scratch", "options": ["rbind", "rshared", "rw"],
+                              "source": "sandbox:///tmp/atlas/emptydir/.+", "type": "bind"}]);
+    });
+    let group = launch(home, "enc", &policy).unwrap();
+    let mut c = prepare(&group, home);
+    let at_scratch = |name: &str| {
+        vec![coffer_proto::VolumeSpec {
+            name: name.into(),
+            destination: "/scratch".into(),
+            read_only: false,
+        }]
+    };
+    let create = |c: &mut coffer_host::launch::AgentClient, name: &str| {
+        c.call::<reply::Created>(&Request::CreateContainer {
+            container_id: "hello".into(),
+            process: hello_process(),
+            volumes: at_scratch(name),
+        })
+    };
+    denied(
+        create(&mut c, "secret"),
+        "create_container",
+        "mount not allowed: /scratch",
+    );
+    for own in [".secret.block", ".secret.verity", "Scratch"] {
+        let err = create(&mut c, own).unwrap_err().to_string();
+        assert!(err.contains("invalid volume name"), "{own}: {err}");
+    }
+    // What the rule is for still works.
+    create(&mut c, "scratch").unwrap();
+    group.shutdown().unwrap();
 }
 
 /// The real policy `az confcom acipolicygen` wrote (`policies/aci-attestation-example.rego`), its

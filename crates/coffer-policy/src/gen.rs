@@ -119,11 +119,17 @@ const ALL_CAPS: [&str; 41] = [
     "CAP_WAKE_ALARM",
 ];
 
-/// Source of a group volume as the agent names it (the policy's mount `source`): ACI's name for
-/// an emptyDir, so a policy Azure's tooling wrote (`sandbox:///tmp/atlas/emptydir/.+`) allows
-/// Coffer's volumes. Coffer's own policies pin the volume's name.
-pub fn volume_source(name: &str) -> String {
-    format!("sandbox:///tmp/atlas/emptydir/{name}")
+/// Source of a group volume as the agent names it (the policy's mount `source`). An emptyDir
+/// has ACI's name, so a policy Azure's tooling wrote (`sandbox:///tmp/atlas/emptydir/.+`) allows
+/// it; an encrypted volume has a prefix of its own, so such a rule can never let the host bind a
+/// decrypted volume where the policy means scratch space. Coffer's own policies pin the name
+/// (a DNS label: nothing in it is special to a regex).
+pub fn volume_source(name: &str, encrypted: bool) -> String {
+    if encrypted {
+        format!("sandbox:///coffer/encrypted/{name}")
+    } else {
+        format!("sandbox:///tmp/atlas/emptydir/{name}")
+    }
 }
 
 fn signal_number(s: &str) -> Option<u32> {
@@ -558,6 +564,12 @@ fn container_json(
         .iter()
         .map(|cmd| json!({"command": cmd, "signals": [], "allow_stdio_access": opts.allow_stdio_access}))
         .collect();
+    let encrypted = |name: &str| {
+        pod.spec
+            .volumes
+            .iter()
+            .any(|v| v.name == name && v.csi.is_some())
+    };
     let mounts: Vec<Value> = r
         .mounts
         .iter()
@@ -565,7 +577,7 @@ fn container_json(
             json!({
                 "destination": path,
                 "options": ["rbind", "rshared", if *ro { "ro" } else { "rw" }],
-                "source": volume_source(name),
+                "source": volume_source(name, encrypted(name)),
                 "type": "bind",
             })
         })
