@@ -98,7 +98,7 @@ fn boot_and_serve() -> Result<(), AgentError> {
         Ok(_) => {
             let _ = (&ready).write_all(b"ok");
             eprintln!(
-                "coffer agent: serving {} ms after init ({} ms after boot; initramfs left at {}, \
+                "coffer agent: serving {} ms after init ({} ms after boot; initramfs left at {} ms, \
                  modules loaded at {} ms)",
                 t0.elapsed().as_millis(),
                 booted + t0.elapsed().as_millis(),

@@ -124,7 +124,7 @@ fn a_detached_group_runs_logs_stops_through_the_policy_and_is_removed() {
     assert!(out(h, &["logs", "ticker"]).contains("tick 1"));
     // What the check after `stop` looks for is there while the group runs.
     let live = common::group_leftovers(h, "ticker");
-    for kind in ["process", "cgroup", "veth", "directory", "lease"] {
+    for kind in ["process", "cgroup", "loop", "veth", "directory", "lease"] {
         assert!(live.iter().any(|l| l.starts_with(kind)), "{kind}: {live:?}");
     }
     out(h, &["stop", "ticker"]);

@@ -475,7 +475,11 @@ pub fn ext4_size(start: &[u8]) -> Option<u64> {
     } else {
         0
     };
-    Some(((blocks_hi << 32) | blocks_lo) << (10 + log.min(6)))
+    // The host chooses these bytes: a block size past 64 KiB or a size past u64 is no ext4.
+    if log > 6 {
+        return None;
+    }
+    ((blocks_hi << 32) | blocks_lo).checked_mul(1u64 << (10 + log))
 }
 
 /// Open, unlock and decrypt an image holding ext4 into `out`; refuses a volume shorter than its
@@ -652,6 +656,23 @@ pub fn create<R: Read, W: Write>(
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+
+    #[test]
+    fn an_ext4_size_past_u64_or_a_huge_block_size_is_no_file_system() {
+        let mut start = vec![0u8; 2048];
+        start[1024 + 0x38..1024 + 0x3A].copy_from_slice(&[0x53, 0xEF]);
+        start[1024 + 0x04..1024 + 0x08].copy_from_slice(&8u32.to_le_bytes());
+        start[1024 + 0x18..1024 + 0x1C].copy_from_slice(&2u32.to_le_bytes());
+        assert_eq!(ext4_size(&start), Some(8 * 4096));
+        // 64-bit, every block count bit set: the size does not fit in u64.
+        start[1024 + 0x60..1024 + 0x64].copy_from_slice(&0x80u32.to_le_bytes());
+        start[1024 + 0x04..1024 + 0x08].copy_from_slice(&u32::MAX.to_le_bytes());
+        start[1024 + 0x150..1024 + 0x154].copy_from_slice(&u32::MAX.to_le_bytes());
+        assert_eq!(ext4_size(&start), None);
+        start[1024 + 0x60..1024 + 0x64].copy_from_slice(&0u32.to_le_bytes());
+        start[1024 + 0x18..1024 + 0x1C].copy_from_slice(&40u32.to_le_bytes());
+        assert_eq!(ext4_size(&start), None);
+    }
 
     #[test]
     fn xts_keys_are_32_or_64_bytes_with_unequal_halves() {

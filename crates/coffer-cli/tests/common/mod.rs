@@ -140,9 +140,10 @@ pub(crate) fn network_leftovers(group_dir: &Path) -> Vec<String> {
 
 /// Everything of the group `name` under `home` still on the host after it stopped: its directory,
 /// processes started with this `COFFER_HOME` (the group's owner, its sandbox or VM), processes in
-/// and directories of Coffer's container cgroups, host mounts and loop devices under `home`,
-/// veths on the groups' bridge, and [`network_leftovers`]. Only meaningful with no other group
-/// running on the machine.
+/// and directories of Coffer's container cgroups (cgroup v1 hierarchies, as on this machine),
+/// host mounts under `home` (the group's own mounts are in its sandbox's mount namespace and go
+/// with it), loop devices backed by a group's layer images, veths on the groups' bridge, and
+/// [`network_leftovers`]. Only meaningful with no other group running on the machine.
 pub(crate) fn group_leftovers(home: &Path, name: &str) -> Vec<String> {
     let dir = coffer_host::launch::group_dir(home, name);
     let mut left = network_leftovers(&dir);
@@ -197,7 +198,9 @@ pub(crate) fn group_leftovers(home: &Path, name: &str) -> Vec<String> {
     {
         let backing =
             std::fs::read_to_string(l.path().join("loop/backing_file")).unwrap_or_default();
-        if backing.contains(&home_s) {
+        // The agent opens layer images in its own mount namespace, where they are under the
+        // I/O directory.
+        if backing.contains(&home_s) || backing.starts_with(coffer_proto::IO_DIR) {
             left.push(format!(
                 "loop: {} on {}",
                 l.path().display(),
