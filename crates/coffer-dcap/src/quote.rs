@@ -98,7 +98,7 @@ pub struct EnclaveReport {
 /// A TD report body: TD 1.0, plus the two TD 1.5 fields when present.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct TdReport {
-    /// TEE_TCB_SVN: [0] TDX module SVN, [1] module major version, then TDX TCB components.
+    /// TEE_TCB_SVN: byte 0 the TDX module SVN, byte 1 its major version, then TDX TCB components.
     #[serde(serialize_with = "hex_ser")]
     pub tee_tcb_svn: [u8; 16],
     /// MRSEAM.

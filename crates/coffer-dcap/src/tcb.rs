@@ -3,11 +3,11 @@
 //! The algorithm is Intel QVL's (`getMatchingTcbLevel`, `TdxModuleCheck`, QE identity):
 //! * platform: the first level (highest first) whose PCESVN and all 16 SGX component SVNs are at
 //!   or below the PCK certificate's, and, for TDX, whose `tdxtcbcomponents` are at or below
-//!   TEE_TCB_SVN (from index 2 when TEE_TCB_SVN[1], the module's major version, is not 0: those
+//!   TEE_TCB_SVN (from index 2 when `TEE_TCB_SVN[1]`, the module's major version, is not 0: those
 //!   two bytes are the module's, graded by its identity);
-//! * TDX module: `tdxModuleIdentities` entry `TDX_%02X`(TEE_TCB_SVN[1]) (or `tdxModule` for major
+//! * TDX module: `tdxModuleIdentities` entry `TDX_%02X(TEE_TCB_SVN[1])` (or `tdxModule` for major
 //!   version 0): MRSIGNERSEAM and masked SEAMATTRIBUTES must match; status of the first level
-//!   with `isvsvn` <= TEE_TCB_SVN[0];
+//!   with `isvsvn` <= `TEE_TCB_SVN[0]`;
 //! * QE: the first level with `isvsvn` <= the QE's ISVSVN.
 //!
 //! Statuses combine as Intel's `convergeTcbStatus*` do, which is "the worse wins" on each axis:

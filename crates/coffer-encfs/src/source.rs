@@ -294,13 +294,13 @@ pub enum HttpError {
     /// The connection ended mid-response.
     #[error("the connection closed before the response ended")]
     Closed,
-    /// A status, header or chunk-size line over [`MAX_LINE`] bytes.
+    /// A status, header or chunk-size line over `MAX_LINE` bytes.
     #[error("a response line is longer than {MAX_LINE} bytes")]
     LineTooLong,
     /// The status line is not `HTTP/1.x CODE ...`.
     #[error("not an HTTP response")]
     NotHttp,
-    /// More than [`MAX_HEADERS`] header lines.
+    /// More than `MAX_HEADERS` header lines.
     #[error("more than {MAX_HEADERS} header lines")]
     TooManyHeaders,
     /// A header line without a colon.

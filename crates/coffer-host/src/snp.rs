@@ -17,7 +17,7 @@ use crate::HostError;
 /// Guest policy: bit 17 must be one, bit 16 allows SMT; debugging (bit 19) and migration agents
 /// (bit 18) stay off, so a debug guest never gets a key (`coffer serve` refuses debug reports).
 pub const GUEST_POLICY: u64 = 0x30000;
-/// The C-bit position of AMD EPYC Milan, Genoa and Turin (CPUID 0x8000001F EBX[5:0]).
+/// The C-bit position of AMD EPYC Milan, Genoa and Turin (CPUID 0x8000001F EBX bits 5:0).
 pub const CBITPOS: u32 = 51;
 /// The vCPU model the digest is computed for (its CPUID signature is in the VMSAs).
 pub const VCPU_TYPE: &str = "EPYC-v4";

@@ -444,7 +444,7 @@ impl Store {
     }
 
     /// Append to the audit log; returns once the row is on disk. Concurrent callers' rows share
-    /// a transaction ([`GroupCommit`]). Key, issuer and reason are stored through [`audit_text`]
+    /// a transaction (`GroupCommit`). Key, issuer and reason are stored through [`audit_text`]
     /// (bounded by [`AUDIT_MAX_KEY`], [`AUDIT_MAX_ISSUER`], [`AUDIT_MAX_REASON`]).
     pub fn audit(
         &self,

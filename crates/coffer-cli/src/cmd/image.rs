@@ -34,7 +34,7 @@ pub(crate) enum ImageCommand {
 
 #[derive(Args, Debug)]
 pub(crate) struct ImportArgs {
-    /// Source: oci:DIR[:TAG].
+    /// Source: `oci:DIR[:TAG]`.
     source: String,
     /// Name in the store (default: DIR's basename and TAG, e.g. hello:latest).
     #[arg(long)]
@@ -52,7 +52,7 @@ pub(crate) struct PullArgs {
 
 #[derive(Args, Debug)]
 pub(crate) struct MeasureArgs {
-    /// A stored image name, or oci:DIR[:TAG].
+    /// A stored image name, or `oci:DIR[:TAG]`.
     #[arg(required_unless_present = "tar", conflicts_with = "tar")]
     image: Option<String>,
     /// Instead: one uncompressed layer tar ("-" = standard input); prints its layer hash.

@@ -17,7 +17,7 @@ use crate::home::coffer_home;
 pub(crate) enum PolicyCommand {
     /// Generate the security policy for a Pod manifest, measuring every image layer.
     ///
-    /// Images are stored names (coffer image ls) or oci:DIR[:TAG]. Prints host_data: the SHA-256
+    /// Images are stored names (coffer image ls) or `oci:DIR[:TAG]`. Prints host_data: the SHA-256
     /// the TEE's HOST_DATA must hold for this policy.
     Gen(GenArgs),
     /// Print the SHA-256 of a policy file's exact bytes (its HOST_DATA).

@@ -20,7 +20,7 @@ pub(crate) struct ServeArgs {
     /// Address to listen on (loopback by default).
     #[arg(long, default_value = DEFAULT_LISTEN)]
     listen: SocketAddr,
-    /// Issuer URL in tokens (default: http://<listen address>).
+    /// Issuer URL in tokens (default: `http://<listen address>`).
     #[arg(long)]
     issuer: Option<String>,
     /// Accept evidence from coffer's emulated secure processor (and tokens that attest it).
