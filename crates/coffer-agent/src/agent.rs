@@ -869,7 +869,7 @@ impl Agent {
         if lock(&self.state).opened.contains_key(name) {
             return Ok(());
         }
-        let broker = crate::skr::Broker::from_policy(&policy.broker)?;
+        let broker = crate::skr::Broker::from_policy(&policy.broker).map_err(|e| e.to_string())?;
         let egress = PathBuf::from(coffer_proto::IO_DIR).join("egress.sock");
         let jwk =
             crate::skr::release_jwk(&self.sp, &egress, &broker, &policy.key).map_err(|(_, m)| m)?;

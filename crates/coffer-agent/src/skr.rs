@@ -48,13 +48,32 @@ pub struct Broker {
     pub signing_key: String,
 }
 
+/// Why the SKR API or a broker could not be set up from the policy.
+#[derive(Debug, thiserror::Error)]
+pub enum SkrSetupError {
+    /// The policy's broker settings are malformed.
+    #[error(transparent)]
+    Setting(#[from] coffer_policy::SettingError),
+    /// An endpoint does not parse.
+    #[error(transparent)]
+    Endpoint(#[from] coffer_release::ReleaseError),
+    /// The runtime or the listener.
+    #[error("SKR API on 127.0.0.1:{port}: {source}")]
+    Io {
+        /// The port of the group's localhost.
+        port: u16,
+        /// The error.
+        source: std::io::Error,
+    },
+}
+
 impl Broker {
     /// From the policy's strings, checked.
-    pub fn from_policy(p: &coffer_policy::KeyBrokerPolicy) -> Result<Self, String> {
-        p.check("key broker").map_err(|e| e.to_string())?;
+    pub fn from_policy(p: &coffer_policy::KeyBrokerPolicy) -> Result<Self, SkrSetupError> {
+        p.check("key broker")?;
         Ok(Broker {
-            maa: Endpoint::parse(&p.maa_endpoint).map_err(|e| e.to_string())?,
-            akv: Endpoint::parse(&p.akv_endpoint).map_err(|e| e.to_string())?,
+            maa: Endpoint::parse(&p.maa_endpoint)?,
+            akv: Endpoint::parse(&p.akv_endpoint)?,
             signing_key: p.broker_key.clone(),
         })
     }
@@ -77,15 +96,16 @@ fn internal(m: impl Into<String>) -> SkrError {
 }
 
 /// Serve on 127.0.0.1:`port` (blocks; run it on its own thread).
-pub fn serve(skr: Skr, port: u16) -> Result<(), String> {
+pub fn serve(skr: Skr, port: u16) -> Result<(), SkrSetupError> {
+    let io = |source| SkrSetupError::Io { port, source };
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-        .map_err(|e| e.to_string())?;
+        .map_err(io)?;
     rt.block_on(async move {
         let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
             .await
-            .map_err(|e| format!("SKR API on 127.0.0.1:{port}: {e}"))?;
+            .map_err(io)?;
         let app = Router::new()
             .route(
                 "/status",
@@ -95,7 +115,7 @@ pub fn serve(skr: Skr, port: u16) -> Result<(), String> {
             .route("/attest/maa", post(attest_maa))
             .route("/key/release", post(key_release))
             .with_state(Arc::new(skr));
-        axum::serve(listener, app).await.map_err(|e| e.to_string())
+        axum::serve(listener, app).await.map_err(io)
     })
 }
 

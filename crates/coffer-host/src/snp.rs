@@ -51,30 +51,56 @@ pub fn parse_qemu_version(text: &str) -> Option<(u32, u32)> {
     Some((it.next()?.parse().ok()?, it.next()?.parse().ok()?))
 }
 
+/// What keeps this host from launching SNP guests.
+#[derive(Debug, thiserror::Error)]
+pub enum NoSnp {
+    /// Not an SEV host.
+    #[error("no /dev/sev (not an SEV host)")]
+    NoDevice,
+    /// kvm_amd loaded without SNP.
+    #[error("kvm_amd has SNP disabled (sev_snp)")]
+    Disabled,
+    /// QEMU does not run.
+    #[error("qemu-system-x86_64: {0}")]
+    Qemu(std::io::Error),
+    /// QEMU older than 9.1.
+    #[error("QEMU {0}.{1} cannot launch SNP guests (needs 9.1)")]
+    QemuTooOld(u32, u32),
+    /// `--version` said nothing readable.
+    #[error("cannot read QEMU's version")]
+    QemuVersion,
+    /// No firmware configured.
+    #[error("no AmdSev OVMF configured (COFFER_OVMF)")]
+    NoFirmware,
+    /// The configured firmware is not a file.
+    #[error("COFFER_OVMF: {} is not a file", .0.display())]
+    FirmwareMissing(PathBuf),
+}
+
 /// SNP is usable when the host has it enabled (`/dev/sev`, kvm_amd's `sev_snp=Y`), QEMU is 9.1
 /// or newer, and an AmdSev OVMF is configured (`$COFFER_OVMF`). `Err` says what is missing.
-pub fn detect() -> Result<SnpConfig, String> {
+pub fn detect() -> Result<SnpConfig, NoSnp> {
     if !Path::new("/dev/sev").exists() {
-        return Err("no /dev/sev (not an SEV host)".into());
+        return Err(NoSnp::NoDevice);
     }
     let snp = std::fs::read_to_string("/sys/module/kvm_amd/parameters/sev_snp").unwrap_or_default();
     if snp.trim() != "Y" && snp.trim() != "1" {
-        return Err("kvm_amd has SNP disabled (sev_snp)".into());
+        return Err(NoSnp::Disabled);
     }
     let out = std::process::Command::new("qemu-system-x86_64")
         .arg("--version")
         .output()
-        .map_err(|e| format!("qemu-system-x86_64: {e}"))?;
+        .map_err(NoSnp::Qemu)?;
     match parse_qemu_version(&String::from_utf8_lossy(&out.stdout)) {
         Some(v) if v >= (9, 1) => {}
-        Some((a, b)) => return Err(format!("QEMU {a}.{b} cannot launch SNP guests (needs 9.1)")),
-        None => return Err("cannot read QEMU's version".into()),
+        Some((a, b)) => return Err(NoSnp::QemuTooOld(a, b)),
+        None => return Err(NoSnp::QemuVersion),
     }
     let ovmf = std::env::var_os("COFFER_OVMF")
         .map(PathBuf::from)
-        .ok_or("no AmdSev OVMF configured (COFFER_OVMF)")?;
+        .ok_or(NoSnp::NoFirmware)?;
     if !ovmf.is_file() {
-        return Err(format!("COFFER_OVMF: {} is not a file", ovmf.display()));
+        return Err(NoSnp::FirmwareMissing(ovmf));
     }
     Ok(SnpConfig::new(ovmf))
 }
