@@ -193,7 +193,12 @@ fn assert_clean(before_mounts: &str, group_dir: &Path) {
 fn main() -> std::process::ExitCode {
     coffer_testkit::run(coffer_testkit::tests![
         coffer_run_prints_the_output_and_leaves_nothing_behind: GROUP;
-        every_forbidden_request_is_denied_with_its_reason: GROUP;
+        a_changed_layer_is_not_mounted_and_nothing_is_overlaid_on_it: GROUP;
+        a_command_outside_the_policy_is_denied: GROUP;
+        an_environment_variable_outside_the_policy_is_denied: GROUP;
+        a_working_directory_outside_the_policy_is_denied: GROUP;
+        exec_and_signals_outside_the_policy_are_denied: GROUP;
+        a_policy_whose_digest_is_not_host_data_is_refused: GROUP;
         exec_in_a_running_group_follows_exec_processes: GROUP;
         exec_sent_right_after_create_finds_the_container: GROUP;
         ctrl_c_stops_the_group_through_the_policy: GROUP;
@@ -457,12 +462,11 @@ fn coffer_run_prints_the_output_and_leaves_nothing_behind() {
     assert_clean(&before, &host::group_dir(tmp.path(), "hello"));
 }
 
-fn every_forbidden_request_is_denied_with_its_reason() {
+fn a_changed_layer_is_not_mounted_and_nothing_is_overlaid_on_it() {
     let _serial = one_at_a_time();
     let (tmp, policy) = setup();
     let home = tmp.path();
     let before = mountinfo();
-
     // A layer changed after the policy was generated: its measurement is not in the policy.
     let group = launch(home, "g1", &policy).unwrap();
     let mut c = group.client().unwrap();
@@ -489,16 +493,24 @@ fn every_forbidden_request_is_denied_with_its_reason() {
         "layers",
     );
     group.shutdown().unwrap();
+    assert_clean(&before, &host::group_dir(home, "g1"));
+}
 
-    // Command, env and working dir outside the policy (env dropping disabled for this group).
+/// Create the example container with `change` made to its process, under `policy` with
+/// environment dropping off: the policy must deny it with `reason`, and nothing runs.
+fn create_is_denied(name: &str, change: impl FnOnce(&mut ProcessSpec), reason: &str) {
+    let _serial = one_at_a_time();
+    let (tmp, policy) = setup();
+    let home = tmp.path();
+    let before = mountinfo();
     let strict = policy.replace(
         "allow_environment_variable_dropping := true",
         "allow_environment_variable_dropping := false",
     );
-    let group = launch(home, "g2", &strict).unwrap();
+    let group = launch(home, name, &strict).unwrap();
     let mut c = prepare(&group, home);
     let mut p = hello_process();
-    p.args = vec!["/bin/sh".into(), "-c".into(), "echo pwned".into()];
+    change(&mut p);
     denied(
         c.call::<reply::Created>(&Request::CreateContainer {
             container_id: "hello".into(),
@@ -506,39 +518,48 @@ fn every_forbidden_request_is_denied_with_its_reason() {
             volumes: volumes(),
         }),
         "create_container",
+        reason,
+    );
+    assert_eq!(
+        c.properties().unwrap().containers.len(),
+        0,
+        "no container ran"
+    );
+    group.shutdown().unwrap();
+    assert_clean(&before, &host::group_dir(home, name));
+}
+
+fn a_command_outside_the_policy_is_denied() {
+    create_is_denied(
+        "g2",
+        |p| p.args = vec!["/bin/sh".into(), "-c".into(), "echo pwned".into()],
         "invalid command",
     );
-    let mut p = hello_process();
-    p.env.push("LD_PRELOAD=/tmp/x.so".into());
-    denied(
-        c.call::<reply::Created>(&Request::CreateContainer {
-            container_id: "hello".into(),
-            process: p,
-            volumes: volumes(),
-        }),
-        "create_container",
+}
+
+fn an_environment_variable_outside_the_policy_is_denied() {
+    create_is_denied(
+        "g3",
+        |p| p.env.push("LD_PRELOAD=/tmp/x.so".into()),
         "LD_PRELOAD",
     );
-    let mut p = hello_process();
-    p.cwd = "/".into();
-    denied(
-        c.call::<reply::Created>(&Request::CreateContainer {
-            container_id: "hello".into(),
-            process: p,
-            volumes: volumes(),
-        }),
-        "create_container",
-        "working directory",
-    );
-    let props = c.properties().unwrap();
-    assert_eq!(props.containers.len(), 0, "no container ran");
+}
 
+fn a_working_directory_outside_the_policy_is_denied() {
+    create_is_denied("g4", |p| p.cwd = "/".into(), "working directory");
+}
+
+fn exec_and_signals_outside_the_policy_are_denied() {
+    let _serial = one_at_a_time();
+    let (tmp, policy) = setup();
+    let home = tmp.path();
+    let before = mountinfo();
+    let group = launch(home, "g5", &policy).unwrap();
+    let mut c = prepare(&group, home);
     // The allowed container runs; exec and signal are checked against the policy.
-    let mut p = hello_process();
-    p.args = vec!["/bin/sh".into(), "/app/hello.sh".into()];
     c.call::<reply::Created>(&Request::CreateContainer {
         container_id: "hello".into(),
-        process: p,
+        process: hello_process(),
         volumes: volumes(),
     })
     .unwrap();
@@ -566,12 +587,17 @@ fn every_forbidden_request_is_denied_with_its_reason() {
     );
     let answer = group.shutdown().unwrap();
     assert!(answer.problems.is_empty(), "{answer:?}");
-    assert_clean(&before, &host::group_dir(home, "g2"));
+    assert_clean(&before, &host::group_dir(home, "g5"));
+}
 
-    // A policy whose digest differs from HOST_DATA: the agent refuses to start.
+fn a_policy_whose_digest_is_not_host_data_is_refused() {
+    let _serial = one_at_a_time();
+    let (tmp, policy) = setup();
+    let home = tmp.path();
+    let before = mountinfo();
     let err = host::launch(LaunchSpec {
         home: home.to_path_buf(),
-        name: "g3".into(),
+        name: "g6".into(),
         policy: policy.as_bytes().to_vec(),
         host_data: coffer_policy::digest(b"another policy"),
         agent_exe: common::agent_exe(),
@@ -581,7 +607,7 @@ fn every_forbidden_request_is_denied_with_its_reason() {
     .err()
     .expect("the agent must refuse");
     assert!(err.to_string().contains("differs from HOST_DATA"), "{err}");
-    let _ = std::fs::remove_dir_all(host::group_dir(home, "g3"));
+    let _ = std::fs::remove_dir_all(host::group_dir(home, "g6"));
     assert_eq!(mountinfo(), before);
 }
 
