@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Condvar, Mutex};
 
-use coffer_policy::Enforcer;
+use coffer_policy::{EnforcementPoint as Point, Enforcer};
 use serde_json::{json, Value};
 
 use crate::AgentError;
@@ -514,10 +514,10 @@ impl Agent {
         Ok(files)
     }
 
-    fn decide(&self, rule: &str, input: Value) -> Result<coffer_policy::Decision, Failure> {
+    fn decide(&self, point: Point, input: Value) -> Result<coffer_policy::Decision, Failure> {
         lock(&self.state)
             .enforcer
-            .decide(rule, &input)
+            .decide(point, &input)
             .map_err(failure)
     }
 
@@ -576,11 +576,11 @@ impl Agent {
         };
         let device_hash = hex::encode(measured.root);
         let decision = self.decide(
-            "mount_device",
+            Point::MountDevice,
             json!({"target": target, "deviceHash": device_hash}),
         )?;
         if !decision.allowed {
-            return denied("mount_device", decision.reason);
+            return denied(Point::MountDevice.name(), decision.reason);
         }
         let mounted = std::fs::create_dir_all(target)
             .map_err(|e| format!("{}: {e}", layers_root.display()))
@@ -611,11 +611,11 @@ impl Agent {
         };
         let device_hash = hex::encode(measured.root);
         let decision = self.decide(
-            "mount_device",
+            Point::MountDevice,
             json!({"target": target, "deviceHash": device_hash}),
         )?;
         if !decision.allowed {
-            return denied("mount_device", decision.reason);
+            return denied(Point::MountDevice.name(), decision.reason);
         }
         let dm_name = format!("coffer-{serial}");
         let mounted = std::fs::create_dir_all(target)
@@ -658,19 +658,19 @@ impl Agent {
                 return failed(format!("layer {l} is still being mounted"));
             }
             st.enforcer
-                .decide("mount_overlay", &input)
+                .decide(Point::MountOverlay, &input)
                 .map_err(failure)?
         };
         if !d.allowed {
-            return denied("mount_overlay", d.reason);
+            return denied(Point::MountOverlay.name(), d.reason);
         }
         let scratch = dir.join("scratch");
         match self.decide(
-            "scratch_mount",
+            Point::ScratchMount,
             json!({"target": scratch, "encrypted": false}),
         ) {
             Ok(d) if d.allowed => {}
-            Ok(d) => return denied("scratch_mount", d.reason),
+            Ok(d) => return denied(Point::ScratchMount.name(), d.reason),
             Err(e) => return Err(e),
         }
         let (upper, work) = (scratch.join("upper"), scratch.join("work"));
@@ -717,8 +717,8 @@ impl Agent {
         }
         let Some(rootfs) = lock(&self.state).overlays.get(id).cloned() else {
             // Still ask the policy, so the denial carries its reason.
-            return match self.decide("create_container", json!({"containerID": id})) {
-                Ok(d) => denied("create_container", d.reason),
+            return match self.decide(Point::CreateContainer, json!({"containerID": id})) {
+                Ok(d) => denied(Point::CreateContainer.name(), d.reason),
                 Err(e) => Err(e),
             };
         };
@@ -736,9 +736,9 @@ impl Agent {
             "capabilities": {"bounding": p.capabilities, "effective": p.capabilities, "permitted": p.capabilities, "inheritable": [], "ambient": []},
             "resources": {"memory_limit": p.memory_limit, "cpu_millis": p.cpu_millis},
         });
-        let d = self.decide("create_container", input)?;
+        let d = self.decide(Point::CreateContainer, input)?;
         if !d.allowed {
-            return denied("create_container", d.reason);
+            return denied(Point::CreateContainer.name(), d.reason);
         }
         // Run what the policy returned: its env_list and caps_list, not the request's.
         let env = match decided_env(&d.result, &p.env) {
@@ -1158,11 +1158,11 @@ impl Agent {
             return failed("invalid container id");
         }
         let d = self.decide(
-            "exec_in_container",
+            Point::ExecInContainer,
             json!({"containerID": id, "argList": p.args, "envList": p.env, "workingDir": p.cwd}),
         )?;
         if !d.allowed {
-            return denied("exec_in_container", d.reason);
+            return denied(Point::ExecInContainer.name(), d.reason);
         }
         let env = match decided_env(&d.result, &p.env) {
             Ok(e) => e,
@@ -1206,11 +1206,11 @@ impl Agent {
             return failed("invalid container id");
         }
         let d = self.decide(
-            "signal_container_process",
+            Point::SignalContainerProcess,
             json!({"containerID": id, "signal": signal, "isInitProcess": true, "argList": []}),
         )?;
         if !d.allowed {
-            return denied("signal_container_process", d.reason);
+            return denied(Point::SignalContainerProcess.name(), d.reason);
         }
         self.runc(&["kill", "--", id, &signal.to_string()])
     }
@@ -1232,14 +1232,14 @@ impl Agent {
         }
         let dir = self.work.join("containers").join(id);
         let (rootfs, scratch) = (dir.join("rootfs"), dir.join("scratch"));
-        for (rule, input) in [
-            ("shutdown_container", json!({"containerID": id})),
-            ("unmount_overlay", json!({"unmountTarget": rootfs})),
-            ("scratch_unmount", json!({"unmountTarget": scratch})),
+        for (point, input) in [
+            (Point::ShutdownContainer, json!({"containerID": id})),
+            (Point::UnmountOverlay, json!({"unmountTarget": rootfs})),
+            (Point::ScratchUnmount, json!({"unmountTarget": scratch})),
         ] {
-            match self.decide(rule, input) {
+            match self.decide(point, input) {
                 Ok(d) if d.allowed => {}
-                Ok(d) => return denied(rule, d.reason),
+                Ok(d) => return denied(point.name(), d.reason),
                 Err(e) => return Err(e),
             }
         }
@@ -1279,9 +1279,9 @@ impl Agent {
     }
 
     fn properties(&self) -> Result<reply::Properties, Failure> {
-        match self.decide("get_properties", json!({})) {
+        match self.decide(Point::GetProperties, json!({})) {
             Ok(d) if d.allowed => {}
-            Ok(d) => return denied("get_properties", d.reason),
+            Ok(d) => return denied(Point::GetProperties.name(), d.reason),
             Err(e) => return Err(e),
         }
         let st = lock(&self.state);
@@ -1307,9 +1307,9 @@ impl Agent {
     fn shutdown(&self) -> (Result<reply::ShutDown, Failure>, bool) {
         let ids: Vec<String> = lock(&self.state).containers.keys().cloned().collect();
         for id in &ids {
-            match self.decide("shutdown_container", json!({"containerID": id})) {
+            match self.decide(Point::ShutdownContainer, json!({"containerID": id})) {
                 Ok(d) if d.allowed => {}
-                Ok(d) => return (denied("shutdown_container", d.reason), false),
+                Ok(d) => return (denied(Point::ShutdownContainer.name(), d.reason), false),
                 Err(e) => return (Err(e), false),
             }
         }

@@ -80,14 +80,14 @@ fn generated_policy_round_trip_on_the_example_image() {
     for (i, r) in roots.iter().enumerate() {
         let t = format!("/run/layers/{i}");
         assert!(
-            e.decide("mount_device", &json!({"target": t, "deviceHash": r}))
+            e.decide_named("mount_device", &json!({"target": t, "deviceHash": r}))
                 .unwrap()
                 .allowed
         );
         paths.push(t);
     }
     assert!(
-        !e.decide(
+        !e.decide_named(
             "mount_device",
             &json!({"target": "/run/layers/9", "deviceHash": "ab".repeat(32)})
         )
@@ -96,7 +96,7 @@ fn generated_policy_round_trip_on_the_example_image() {
     );
     assert!(
         !e.clone()
-            .decide(
+            .decide_named(
                 "mount_overlay",
                 &json!({"containerID": "hello", "layerPaths": paths, "target": "/r"})
             )
@@ -105,7 +105,7 @@ fn generated_policy_round_trip_on_the_example_image() {
     );
     let top_first: Vec<_> = paths.iter().rev().collect();
     assert!(
-        e.decide(
+        e.decide_named(
             "mount_overlay",
             &json!({"containerID": "hello", "layerPaths": top_first, "target": "/r"})
         )
@@ -128,7 +128,7 @@ fn generated_policy_round_trip_on_the_example_image() {
     };
     let d = e
         .clone()
-        .decide(
+        .decide_named(
             "create_container",
             &create(
                 json!(["/bin/sh", "-c", "cat /etc/shadow"]),
@@ -138,7 +138,7 @@ fn generated_policy_round_trip_on_the_example_image() {
         .unwrap();
     assert!(!d.allowed);
     let d = e
-        .decide(
+        .decide_named(
             "create_container",
             &create(
                 json!(["/bin/sh", "/app/hello.sh"]),
@@ -151,10 +151,10 @@ fn generated_policy_round_trip_on_the_example_image() {
         d.result["env_list"],
         json!(["PATH=/bin", "GREETING=bonjour"])
     );
-    assert!(e.decide("exec_in_container", &json!({"containerID": "hello", "argList": ["/bin/true"], "envList": [], "workingDir": "/app"})).unwrap().allowed);
-    assert!(!e.decide("exec_in_container", &json!({"containerID": "hello", "argList": ["/bin/sh"], "envList": [], "workingDir": "/app"})).unwrap().allowed);
+    assert!(e.decide_named("exec_in_container", &json!({"containerID": "hello", "argList": ["/bin/true"], "envList": [], "workingDir": "/app"})).unwrap().allowed);
+    assert!(!e.decide_named("exec_in_container", &json!({"containerID": "hello", "argList": ["/bin/sh"], "envList": [], "workingDir": "/app"})).unwrap().allowed);
     assert!(
-        e.decide(
+        e.decide_named(
             "signal_container_process",
             &json!({"containerID": "hello", "signal": 15, "isInitProcess": true, "argList": []})
         )
@@ -162,7 +162,7 @@ fn generated_policy_round_trip_on_the_example_image() {
         .allowed
     );
     assert!(
-        !e.decide(
+        !e.decide_named(
             "signal_container_process",
             &json!({"containerID": "hello", "signal": 9, "isInitProcess": true, "argList": []})
         )

@@ -32,7 +32,7 @@ fn bench(c: &mut Criterion) {
     for (i, l) in primary["layers"].as_array().unwrap().iter().enumerate() {
         let t = format!("/l/{i}");
         assert!(
-            e.decide("mount_device", &json!({"target": t, "deviceHash": l}))
+            e.decide_named("mount_device", &json!({"target": t, "deviceHash": l}))
                 .unwrap()
                 .allowed
         );
@@ -40,7 +40,7 @@ fn bench(c: &mut Criterion) {
     }
     paths.reverse();
     assert!(
-        e.decide(
+        e.decide_named(
             "mount_overlay",
             &json!({"containerID": "c", "layerPaths": paths, "target": "/r"})
         )
@@ -60,14 +60,14 @@ fn bench(c: &mut Criterion) {
     // Warm up once.
     assert!(
         e.clone()
-            .decide("create_container", &input)
+            .decide_named("create_container", &input)
             .unwrap()
             .allowed
     );
     c.bench_function("create_container_warm", |b| {
         b.iter_batched(
             || e.clone(),
-            |mut en| assert!(en.decide("create_container", &input).unwrap().allowed),
+            |mut en| assert!(en.decide_named("create_container", &input).unwrap().allowed),
             BatchSize::SmallInput,
         )
     });
@@ -77,7 +77,7 @@ fn bench(c: &mut Criterion) {
             || e.clone(),
             |mut en| {
                 assert!(
-                    en.decide(
+                    en.decide_named(
                         "mount_device",
                         &json!({"target": "/x", "deviceHash": layer})
                     )

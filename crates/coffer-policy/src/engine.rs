@@ -13,52 +13,199 @@ pub const FRAMEWORK_REGO: &str = include_str!("../rego/framework.rego");
 /// value `az confcom acipolicygen` writes into ACI policies.
 pub const FRAMEWORK_VERSION: &str = "0.2.3";
 
+/// An enforcement point: a request of the host the agent asks the policy about before acting,
+/// named as Azure's framework names its rules (`data.policy.<name>`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum EnforcementPoint {
+    /// `mount_device`.
+    MountDevice,
+    /// `unmount_device`.
+    UnmountDevice,
+    /// `mount_overlay`.
+    MountOverlay,
+    /// `unmount_overlay`.
+    UnmountOverlay,
+    /// `create_container`.
+    CreateContainer,
+    /// `exec_in_container`.
+    ExecInContainer,
+    /// `exec_external`.
+    ExecExternal,
+    /// `shutdown_container`.
+    ShutdownContainer,
+    /// `signal_container_process`.
+    SignalContainerProcess,
+    /// `get_properties`.
+    GetProperties,
+    /// `dump_stacks`.
+    DumpStacks,
+    /// `runtime_logging`.
+    RuntimeLogging,
+    /// `scratch_mount`.
+    ScratchMount,
+    /// `scratch_unmount`.
+    ScratchUnmount,
+    /// `load_fragment`.
+    LoadFragment,
+    /// `plan9_mount`.
+    Plan9Mount,
+    /// `plan9_unmount`.
+    Plan9Unmount,
+}
+
+impl EnforcementPoint {
+    /// Every point, in the order of Azure's `api.rego` table.
+    pub const ALL: [EnforcementPoint; 17] = [
+        EnforcementPoint::MountDevice,
+        EnforcementPoint::UnmountDevice,
+        EnforcementPoint::MountOverlay,
+        EnforcementPoint::UnmountOverlay,
+        EnforcementPoint::CreateContainer,
+        EnforcementPoint::ExecInContainer,
+        EnforcementPoint::ExecExternal,
+        EnforcementPoint::ShutdownContainer,
+        EnforcementPoint::SignalContainerProcess,
+        EnforcementPoint::GetProperties,
+        EnforcementPoint::DumpStacks,
+        EnforcementPoint::RuntimeLogging,
+        EnforcementPoint::ScratchMount,
+        EnforcementPoint::ScratchUnmount,
+        EnforcementPoint::LoadFragment,
+        EnforcementPoint::Plan9Mount,
+        EnforcementPoint::Plan9Unmount,
+    ];
+
+    /// The rule's name in a policy.
+    pub const fn name(self) -> &'static str {
+        match self {
+            EnforcementPoint::MountDevice => "mount_device",
+            EnforcementPoint::UnmountDevice => "unmount_device",
+            EnforcementPoint::MountOverlay => "mount_overlay",
+            EnforcementPoint::UnmountOverlay => "unmount_overlay",
+            EnforcementPoint::CreateContainer => "create_container",
+            EnforcementPoint::ExecInContainer => "exec_in_container",
+            EnforcementPoint::ExecExternal => "exec_external",
+            EnforcementPoint::ShutdownContainer => "shutdown_container",
+            EnforcementPoint::SignalContainerProcess => "signal_container_process",
+            EnforcementPoint::GetProperties => "get_properties",
+            EnforcementPoint::DumpStacks => "dump_stacks",
+            EnforcementPoint::RuntimeLogging => "runtime_logging",
+            EnforcementPoint::ScratchMount => "scratch_mount",
+            EnforcementPoint::ScratchUnmount => "scratch_unmount",
+            EnforcementPoint::LoadFragment => "load_fragment",
+            EnforcementPoint::Plan9Mount => "plan9_mount",
+            EnforcementPoint::Plan9Unmount => "plan9_unmount",
+        }
+    }
+}
+
+impl std::fmt::Display for EnforcementPoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for EnforcementPoint {
+    type Err = PolicyError;
+
+    fn from_str(s: &str) -> Result<Self, PolicyError> {
+        Self::ALL
+            .into_iter()
+            .find(|p| p.name() == s)
+            .ok_or_else(|| PolicyError::UnknownRule(s.into()))
+    }
+}
+
 /// The enforcement points, and the result used when a policy does not define one (as hcsshim's
 /// `api.rego` default results for policies older than the point).
 /// The enforcement points: name, the API version that introduced it, and the result used when a
 /// policy older than that version does not define it (Azure's `api.rego` table).
-const POINTS: [(&str, Version, &str); 17] = [
-    ("mount_device", Version(0, 1, 0), r#"{"allowed": false}"#),
-    ("unmount_device", Version(0, 2, 0), r#"{"allowed": true}"#),
-    ("mount_overlay", Version(0, 1, 0), r#"{"allowed": false}"#),
-    ("unmount_overlay", Version(0, 6, 0), r#"{"allowed": true}"#),
+const POINTS: [(EnforcementPoint, Version, &str); 17] = [
     (
-        "create_container",
+        EnforcementPoint::MountDevice,
+        Version(0, 1, 0),
+        r#"{"allowed": false}"#,
+    ),
+    (
+        EnforcementPoint::UnmountDevice,
+        Version(0, 2, 0),
+        r#"{"allowed": true}"#,
+    ),
+    (
+        EnforcementPoint::MountOverlay,
+        Version(0, 1, 0),
+        r#"{"allowed": false}"#,
+    ),
+    (
+        EnforcementPoint::UnmountOverlay,
+        Version(0, 6, 0),
+        r#"{"allowed": true}"#,
+    ),
+    (
+        EnforcementPoint::CreateContainer,
         Version(0, 1, 0),
         r#"{"allowed": false, "env_list": null, "allow_stdio_access": false}"#,
     ),
     (
-        "exec_in_container",
+        EnforcementPoint::ExecInContainer,
         Version(0, 2, 0),
         r#"{"allowed": true, "env_list": null}"#,
     ),
     (
-        "exec_external",
+        EnforcementPoint::ExecExternal,
         Version(0, 3, 0),
         r#"{"allowed": true, "env_list": null, "allow_stdio_access": false}"#,
     ),
     (
-        "shutdown_container",
+        EnforcementPoint::ShutdownContainer,
         Version(0, 4, 0),
         r#"{"allowed": true}"#,
     ),
     (
-        "signal_container_process",
+        EnforcementPoint::SignalContainerProcess,
         Version(0, 5, 0),
         r#"{"allowed": true}"#,
     ),
-    ("get_properties", Version(0, 7, 0), r#"{"allowed": true}"#),
-    ("dump_stacks", Version(0, 7, 0), r#"{"allowed": true}"#),
-    ("runtime_logging", Version(0, 8, 0), r#"{"allowed": true}"#),
-    ("scratch_mount", Version(0, 10, 0), r#"{"allowed": true}"#),
-    ("scratch_unmount", Version(0, 10, 0), r#"{"allowed": true}"#),
     (
-        "load_fragment",
+        EnforcementPoint::GetProperties,
+        Version(0, 7, 0),
+        r#"{"allowed": true}"#,
+    ),
+    (
+        EnforcementPoint::DumpStacks,
+        Version(0, 7, 0),
+        r#"{"allowed": true}"#,
+    ),
+    (
+        EnforcementPoint::RuntimeLogging,
+        Version(0, 8, 0),
+        r#"{"allowed": true}"#,
+    ),
+    (
+        EnforcementPoint::ScratchMount,
+        Version(0, 10, 0),
+        r#"{"allowed": true}"#,
+    ),
+    (
+        EnforcementPoint::ScratchUnmount,
+        Version(0, 10, 0),
+        r#"{"allowed": true}"#,
+    ),
+    (
+        EnforcementPoint::LoadFragment,
         Version(0, 9, 0),
         r#"{"allowed": false, "add_module": false}"#,
     ),
-    ("plan9_mount", Version(0, 6, 0), r#"{"allowed": true}"#),
-    ("plan9_unmount", Version(0, 6, 0), r#"{"allowed": true}"#),
+    (
+        EnforcementPoint::Plan9Mount,
+        Version(0, 6, 0),
+        r#"{"allowed": true}"#,
+    ),
+    (
+        EnforcementPoint::Plan9Unmount,
+        Version(0, 6, 0),
+        r#"{"allowed": true}"#,
+    ),
 ];
 
 /// A policy API version (`api_version := "0.10.0"`).
@@ -78,7 +225,7 @@ pub const ENFORCEMENT_POINTS: [&str; 17] = {
     let mut out = [""; 17];
     let mut i = 0;
     while i < POINTS.len() {
-        out[i] = POINTS[i].0;
+        out[i] = POINTS[i].0.name();
         i += 1;
     }
     out
@@ -101,7 +248,7 @@ pub struct Enforcer {
     engine: Engine,
     state: Map<String, Value>,
     /// The enforcement points the policy itself defines.
-    declared: Vec<&'static str>,
+    declared: Vec<EnforcementPoint>,
     /// The policy's `api_version` (`api_svn` in older policies).
     api_version: Version,
 }
@@ -153,12 +300,12 @@ impl Enforcer {
             )));
         }
         let mut declared = Vec::new();
-        for (name, ..) in POINTS {
+        for (point, ..) in POINTS {
             if engine
-                .has_declared_rule_rooted_at("policy.rego", name)
+                .has_declared_rule_rooted_at("policy.rego", point.name())
                 .map_err(|e| PolicyError::Load(e.to_string()))?
             {
-                declared.push(name);
+                declared.push(point);
             }
         }
         let mut enforcer = Enforcer {
@@ -179,7 +326,7 @@ impl Enforcer {
             })?,
         };
         // Prepare the evaluator now (analysis of policy and framework), not on the first request.
-        enforcer.decide("get_properties", &json!({}))?;
+        enforcer.decide(EnforcementPoint::GetProperties, &json!({}))?;
         Ok(enforcer)
     }
 
@@ -234,14 +381,26 @@ impl Enforcer {
         Value::Object(self.state.clone())
     }
 
-    /// Decide `rule` for `input`; apply the result's metadata updates only when allowed.
-    pub fn decide(&mut self, rule: &str, input: &Value) -> Result<Decision, PolicyError> {
+    /// [`Enforcer::decide`] for a point named by a string (`coffer policy eval`, tests): an
+    /// unknown name is [`PolicyError::UnknownRule`].
+    pub fn decide_named(&mut self, rule: &str, input: &Value) -> Result<Decision, PolicyError> {
+        self.decide(rule.parse()?, input)
+    }
+
+    /// Decide `point` for `input`; apply the result's metadata updates only when allowed.
+    pub fn decide(
+        &mut self,
+        point: EnforcementPoint,
+        input: &Value,
+    ) -> Result<Decision, PolicyError> {
         let (_, introduced, default) = POINTS
             .iter()
-            .find(|(name, ..)| *name == rule)
+            .find(|(p, ..)| *p == point)
             .copied()
-            .ok_or_else(|| PolicyError::UnknownRule(rule.into()))?;
-        if !self.declared.contains(&rule) && self.api_version >= introduced {
+            .ok_or_else(|| PolicyError::UnknownRule(point.name().into()))?;
+        let rule = point.name();
+        let declared = self.declared.contains(&point);
+        if !declared && self.api_version >= introduced {
             // A policy written for an API that has this point but does not define it: deny, as
             // Azure's framework does (its defaults are only for policies older than the point).
             return Ok(Decision {
@@ -283,7 +442,7 @@ impl Enforcer {
             }
             from_regorus(&v, rule)
         };
-        let mut result = if self.declared.contains(&rule) {
+        let mut result = if declared {
             match eval(&mut self.engine, format!("data.policy.{rule}")) {
                 Ok(v) => v,
                 // regorus reports a declared rule with no value for this input as an error.
@@ -298,7 +457,7 @@ impl Enforcer {
         } else {
             Value::Null
         };
-        if result.is_null() && self.declared.contains(&rule) {
+        if result.is_null() && declared {
             // Declared but without a result for this input: nothing allowed it.
             result = json!({ "allowed": false });
         } else if result.is_null() {

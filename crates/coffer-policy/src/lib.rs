@@ -16,7 +16,9 @@ mod gen;
 mod pod;
 mod settings;
 
-pub use engine::{Decision, Enforcer, ENFORCEMENT_POINTS, FRAMEWORK_REGO, FRAMEWORK_VERSION};
+pub use engine::{
+    Decision, EnforcementPoint, Enforcer, ENFORCEMENT_POINTS, FRAMEWORK_REGO, FRAMEWORK_VERSION,
+};
 pub use gen::{
     allow_all_policy, generate, resolve_container, volume_source, GenOptions, ImageFacts,
     ResolvedContainer, DEFAULT_CAPS, SKR_ANNOTATION, SKR_BROKER_ANNOTATIONS,

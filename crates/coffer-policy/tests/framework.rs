@@ -12,7 +12,7 @@
 
 use std::collections::BTreeMap;
 
-use coffer_policy::{Decision, Enforcer, ENFORCEMENT_POINTS};
+use coffer_policy::{Decision, EnforcementPoint, Enforcer, PolicyError, ENFORCEMENT_POINTS};
 use serde_json::{json, Value};
 
 // ---------------------------------------------------------------- fixture
@@ -211,7 +211,7 @@ fn signal(signal: u32, init: bool, args: &[&str]) -> Value {
 }
 
 fn allow(e: &mut Enforcer, rule: &str, input: Value) -> Decision {
-    let d = e.decide(rule, &input).unwrap();
+    let d = e.decide_named(rule, &input).unwrap();
     assert!(d.allowed, "{rule} {input} was denied: {:?}", d.reason);
     d
 }
@@ -228,7 +228,7 @@ fn errors(d: &Decision) -> Vec<String> {
 /// Denied with exactly `reason`, and the state unchanged.
 fn deny(e: &mut Enforcer, rule: &str, input: Value, reason: &str) -> Decision {
     let before = e.state();
-    let d = e.decide(rule, &input).unwrap();
+    let d = e.decide_named(rule, &input).unwrap();
     assert!(!d.allowed, "{rule} {input} was allowed: {}", d.result);
     assert_eq!(errors(&d), [reason], "{rule} {input}");
     assert_eq!(e.state(), before, "a denied {rule} changed the state");
@@ -1316,7 +1316,7 @@ mod environment {
         let p = Policy::new().with(|c| c["env_rules"][2]["pattern"] = json!("TOKEN=(["));
         let (mut e, input) = create(&p, |_| {});
         let before = e.state();
-        let d = e.decide("create_container", &input).unwrap();
+        let d = e.decide_named("create_container", &input).unwrap();
         assert!(!d.allowed, "{}", d.result);
         assert_eq!(e.state(), before);
     }
@@ -2194,10 +2194,24 @@ fn every_enforcement_point_is_covered_by_a_module_here() {
 fn a_request_may_not_carry_its_own_state() {
     let mut e = Policy::new().enforcer();
     let err = e
-        .decide(
+        .decide_named(
             "mount_device",
             &json!({"target": BASE_AT, "deviceHash": BASE, "metadata": {"devices": {}}}),
         )
         .unwrap_err();
     assert!(err.to_string().contains("metadata"), "{err}");
+}
+
+#[test]
+fn each_enforcement_point_is_named_as_the_policy_names_it_and_parses_back() {
+    let names: Vec<&str> = EnforcementPoint::ALL.iter().map(|p| p.name()).collect();
+    assert_eq!(names, ENFORCEMENT_POINTS);
+    for p in EnforcementPoint::ALL {
+        assert_eq!(p.name().parse::<EnforcementPoint>().unwrap(), p);
+        assert_eq!(p.to_string(), p.name());
+    }
+    assert!(matches!(
+        "mount_devices".parse::<EnforcementPoint>(),
+        Err(PolicyError::UnknownRule(n)) if n == "mount_devices"
+    ));
 }

@@ -254,7 +254,7 @@ mod missing_rules {
 
     fn decide(policy: &str) -> coffer_policy::Decision {
         let mut e = Enforcer::new(policy).unwrap();
-        e.decide(
+        e.decide_named(
             "exec_in_container",
             &json!({"containerID": "c", "argList": ["/bin/sh"]}),
         )
@@ -389,7 +389,7 @@ mod pinned_by_the_policy {
         change(&mut input);
         let mut e = Enforcer::new(&policy).unwrap();
         e.set_state(json!({"matches": {"c": [c]}})).unwrap();
-        e.decide("create_container", &input).unwrap()
+        e.decide_named("create_container", &input).unwrap()
     }
 
     const SECURE: &str = "apiVersion: v1\nkind: Pod\nmetadata: {name: x}\nspec:\n  securityContext: {supplementalGroups: [7], fsGroup: 2000}\n  containers:\n  - name: a\n    image: app:1\n    securityContext: {readOnlyRootFilesystem: true}\n";

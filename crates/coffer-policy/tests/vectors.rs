@@ -54,13 +54,13 @@ fn aci_attestation_example_enforces_layers_overlay_command_env() {
     for (i, l) in layers.iter().enumerate() {
         let target = format!("/run/layers/p{i}");
         let d = e
-            .decide("mount_device", &json!({"target": target, "deviceHash": l}))
+            .decide_named("mount_device", &json!({"target": target, "deviceHash": l}))
             .unwrap();
         assert!(d.allowed, "layer {i}: {}", errors(&d));
         paths.push(target);
     }
     let d = e
-        .decide(
+        .decide_named(
             "mount_device",
             &json!({"target": "/run/layers/x", "deviceHash": "00".repeat(32)}),
         )
@@ -69,7 +69,7 @@ fn aci_attestation_example_enforces_layers_overlay_command_env() {
     assert!(errors(&d).contains("not a layer"), "{}", errors(&d));
     // The same target twice is refused.
     let d = e
-        .decide(
+        .decide_named(
             "mount_device",
             &json!({"target": "/run/layers/p0", "deviceHash": layers[0]}),
         )
@@ -81,7 +81,7 @@ fn aci_attestation_example_enforces_layers_overlay_command_env() {
     wrong.swap(0, 1);
     let before = e.state();
     let d = e
-        .decide(
+        .decide_named(
             "mount_overlay",
             &json!({"containerID": "c1", "layerPaths": wrong, "target": "/run/c1/rootfs"}),
         )
@@ -91,7 +91,7 @@ fn aci_attestation_example_enforces_layers_overlay_command_env() {
     assert_eq!(e.state(), before);
     let top_first: Vec<String> = paths.iter().rev().cloned().collect();
     let d = e
-        .decide(
+        .decide_named(
             "mount_overlay",
             &json!({"containerID": "c1", "layerPaths": top_first, "target": "/run/c1/rootfs"}),
         )
@@ -115,7 +115,7 @@ fn aci_attestation_example_enforces_layers_overlay_command_env() {
     };
     let d = e
         .clone()
-        .decide(
+        .decide_named(
             "create_container",
             &create(
                 vec!["python3", "evil.py"],
@@ -128,7 +128,7 @@ fn aci_attestation_example_enforces_layers_overlay_command_env() {
     assert!(errors(&d).contains("invalid command"), "{}", errors(&d));
     let d = e
         .clone()
-        .decide(
+        .decide_named(
             "create_container",
             &create(vec!["python3", "primary.py"], allowed_env.clone(), "/tmp"),
         )
@@ -140,7 +140,7 @@ fn aci_attestation_example_enforces_layers_overlay_command_env() {
     let mut env = allowed_env.clone();
     env.push("EVIL=1".into());
     let d = e
-        .decide(
+        .decide_named(
             "create_container",
             &create(vec!["python3", "primary.py"], env, "/usr/src/app"),
         )
@@ -151,7 +151,7 @@ fn aci_attestation_example_enforces_layers_overlay_command_env() {
     assert_eq!(d.result["allow_stdio_access"], true);
     // Created once only.
     let d = e
-        .decide(
+        .decide_named(
             "create_container",
             &create(
                 vec!["python3", "primary.py"],
@@ -162,10 +162,10 @@ fn aci_attestation_example_enforces_layers_overlay_command_env() {
         .unwrap();
     assert!(!d.allowed);
     // exec_processes is empty: any exec is denied. Signals list is empty: SIGTERM denied.
-    let d = e.decide("exec_in_container", &json!({"containerID": "c1", "argList": ["/bin/sh"], "envList": [], "workingDir": "/usr/src/app"})).unwrap();
+    let d = e.decide_named("exec_in_container", &json!({"containerID": "c1", "argList": ["/bin/sh"], "envList": [], "workingDir": "/usr/src/app"})).unwrap();
     assert!(!d.allowed);
     let d = e
-        .decide(
+        .decide_named(
             "signal_container_process",
             &json!({"containerID": "c1", "signal": 15, "isInitProcess": true, "argList": []}),
         )
@@ -173,15 +173,19 @@ fn aci_attestation_example_enforces_layers_overlay_command_env() {
     assert!(!d.allowed);
     assert!(errors(&d).contains("signal 15"), "{}", errors(&d));
     assert!(
-        e.decide("shutdown_container", &json!({"containerID": "c1"}))
+        e.decide_named("shutdown_container", &json!({"containerID": "c1"}))
             .unwrap()
             .allowed
     );
     // Switches.
-    assert!(e.decide("get_properties", &json!({})).unwrap().allowed);
-    assert!(!e.decide("dump_stacks", &json!({})).unwrap().allowed);
     assert!(
-        !e.decide(
+        e.decide_named("get_properties", &json!({}))
+            .unwrap()
+            .allowed
+    );
+    assert!(!e.decide_named("dump_stacks", &json!({})).unwrap().allowed);
+    assert!(
+        !e.decide_named(
             "scratch_mount",
             &json!({"target": "/s", "encrypted": false})
         )
@@ -189,7 +193,7 @@ fn aci_attestation_example_enforces_layers_overlay_command_env() {
         .allowed
     );
     assert!(
-        e.decide("scratch_mount", &json!({"target": "/s", "encrypted": true}))
+        e.decide_named("scratch_mount", &json!({"target": "/s", "encrypted": true}))
             .unwrap()
             .allowed
     );
@@ -219,12 +223,12 @@ fn env_outside_rules_is_denied_without_dropping() {
         "16b514057a06ad665f92c02863aca074fd5976c755d26bff16365299169e8415"
     );
     assert!(
-        e.decide("mount_device", &json!({"target": "/l0", "deviceHash": l}))
+        e.decide_named("mount_device", &json!({"target": "/l0", "deviceHash": l}))
             .unwrap()
             .allowed
     );
     assert!(
-        e.decide(
+        e.decide_named(
             "mount_overlay",
             &json!({"containerID": "p", "layerPaths": ["/l0"], "target": "/r"})
         )
@@ -239,7 +243,7 @@ fn env_outside_rules_is_denied_without_dropping() {
     let path = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
     let d = e
         .clone()
-        .decide("create_container", &input(vec![path, "EVIL=1"]))
+        .decide_named("create_container", &input(vec![path, "EVIL=1"]))
         .unwrap();
     assert!(!d.allowed);
     assert!(
@@ -250,7 +254,7 @@ fn env_outside_rules_is_denied_without_dropping() {
     // PATH is required by this container.
     let d = e
         .clone()
-        .decide("create_container", &input(vec!["TERM=xterm"]))
+        .decide_named("create_container", &input(vec!["TERM=xterm"]))
         .unwrap();
     assert!(!d.allowed);
     assert!(
@@ -259,7 +263,7 @@ fn env_outside_rules_is_denied_without_dropping() {
         errors(&d)
     );
     assert!(
-        e.decide("create_container", &input(vec![path, "TERM=xterm"]))
+        e.decide_named("create_container", &input(vec![path, "TERM=xterm"]))
             .unwrap()
             .allowed
     );
@@ -275,7 +279,7 @@ fn allow_all_allows_every_point_and_has_the_known_digest() {
     let mut e = Enforcer::new(std::str::from_utf8(&bytes).unwrap()).unwrap();
     for p in coffer_policy::ENFORCEMENT_POINTS {
         let d = e
-            .decide(
+            .decide_named(
                 p,
                 &json!({"containerID": "x", "target": "/t", "deviceHash": "ab"}),
             )
@@ -295,7 +299,7 @@ fn unknown_rules_and_bad_policies_are_errors() {
     assert!(Enforcer::new("package policy\nx := \n").is_err());
     let mut e = Enforcer::new(&coffer_policy::allow_all_policy()).unwrap();
     assert!(e
-        .decide("format_disk", &json!({}))
+        .decide_named("format_disk", &json!({}))
         .unwrap_err()
         .to_string()
         .contains("unknown enforcement point"));

@@ -246,7 +246,7 @@ fn eval(a: EvalArgs) -> Result<ExitCode> {
     if let Some(s) = &a.state {
         e.set_state(read_json(s)?)?;
     }
-    let d = e.decide(&a.rule, &read_json(&a.input)?)?;
+    let d = e.decide_named(&a.rule, &read_json(&a.input)?)?;
     println!(
         "{}",
         serde_json::to_string_pretty(&json!({
