@@ -514,6 +514,11 @@ impl Agent {
         Ok(files)
     }
 
+    /// Whether the policy names `volume` as an encrypted volume.
+    fn is_encrypted(&self, volume: &str) -> bool {
+        self.encrypted.iter().any(|e| e.name == volume)
+    }
+
     fn decide(&self, point: Point, input: Value) -> Result<coffer_policy::Decision, Failure> {
         lock(&self.state)
             .enforcer
@@ -725,7 +730,7 @@ impl Agent {
         let mounts: Vec<Value> = volumes
             .iter()
             .map(|v| json!({"destination": v.destination,
-                            "source": coffer_policy::volume_source(&v.name, self.encrypted.iter().any(|e| e.name == v.name)),
+                            "source": coffer_policy::volume_source(&v.name, self.is_encrypted(&v.name)),
                             "options": ["rbind", "rshared", if v.read_only { "ro" } else { "rw" }], "type": "bind"}))
             .collect();
         let input = json!({
@@ -764,7 +769,7 @@ impl Agent {
             if let Err(e) = std::fs::create_dir_all(&src) {
                 return failed(format!("volume {}: {e}", v.name));
             }
-            let encrypted = self.encrypted.iter().any(|e| e.name == v.name);
+            let encrypted = self.is_encrypted(&v.name);
             if let (Some(g), false) = (self.fs_group, encrypted) {
                 if let Err(e) = oci::own_by_fs_group(&src, g) {
                     return failed(format!("volume {}: fsGroup {g}: {e}", v.name));
@@ -775,7 +780,7 @@ impl Agent {
                 destination: v.destination.clone(),
                 read_only: v.read_only,
                 // An encrypted volume's file system was made outside the TEE.
-                from_outside: self.encrypted.iter().any(|e| e.name == v.name),
+                from_outside: encrypted,
             });
         }
         let cgroup = format!("/coffer/{}-{id}", self.cgroup_prefix);

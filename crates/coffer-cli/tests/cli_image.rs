@@ -16,7 +16,9 @@ fn main() -> std::process::ExitCode {
     ])
 }
 
-fn measure_tar_prints_azures_layer_hash_for_every_vector() {
+/// The tar2ext4 vectors' tars, generated into a temporary directory (as `<case>.tar`), and each
+/// case's name and expected root.
+fn vector_cases() -> (tempfile::TempDir, Vec<(String, String)>) {
     let dir = coffer_testkit::vectors();
     let tmp = tempfile::tempdir().unwrap();
     let out = Command::new("python3")
@@ -30,29 +32,32 @@ fn measure_tar_prints_azures_layer_hash_for_every_vector() {
         String::from_utf8_lossy(&out.stderr)
     );
     let expected = String::from_utf8(coffer_testkit::read(&dir, "tar2ext4/expected.txt")).unwrap();
-    let mut cases = 0;
-    for line in expected
+    let cases = expected
         .lines()
         .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
-    {
-        let f: Vec<&str> = line.split_whitespace().collect();
-        let tar = tmp.path().join(format!("{}.tar", f[0]));
+        .map(|line| {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            (f[0].to_string(), f[2].to_string())
+        })
+        .collect();
+    (tmp, cases)
+}
+
+fn measure_tar_prints_azures_layer_hash_for_every_vector() {
+    let (tmp, expected) = vector_cases();
+    let mut cases = 0;
+    for (name, root) in &expected {
+        let tar = tmp.path().join(format!("{name}.tar"));
         let out = coffer(
             tmp.path(),
             &["image", "measure", "--tar", tar.to_str().unwrap()],
         );
         assert!(
             out.status.success(),
-            "{}: {}",
-            f[0],
+            "{name}: {}",
             String::from_utf8_lossy(&out.stderr)
         );
-        assert_eq!(
-            String::from_utf8_lossy(&out.stdout).trim(),
-            f[2],
-            "{}",
-            f[0]
-        );
+        assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), root, "{name}");
         cases += 1;
     }
     assert_eq!(cases, 10);
@@ -72,22 +77,9 @@ fn measure_tar_refuses_what_is_not_a_tar() {
 
 fn measure_tar_dash_reads_the_layer_from_stdin() {
     use std::io::Write as _;
-    let dir = coffer_testkit::vectors();
-    let tmp = tempfile::tempdir().unwrap();
-    let out = Command::new("python3")
-        .arg(dir.join("tar2ext4/gen_tars.py"))
-        .arg(tmp.path())
-        .output()
-        .unwrap();
-    assert!(out.status.success());
-    let expected = String::from_utf8(coffer_testkit::read(&dir, "tar2ext4/expected.txt")).unwrap();
-    let case: Vec<&str> = expected
-        .lines()
-        .find(|l| !l.starts_with('#') && !l.trim().is_empty())
-        .unwrap()
-        .split_whitespace()
-        .collect();
-    let tar = std::fs::read(tmp.path().join(format!("{}.tar", case[0]))).unwrap();
+    let (tmp, cases) = vector_cases();
+    let (name, root) = &cases[0];
+    let tar = std::fs::read(tmp.path().join(format!("{name}.tar"))).unwrap();
     let mut child = Command::new(env!("CARGO_BIN_EXE_coffer"))
         .args(["image", "measure", "--tar", "-"])
         .env("COFFER_HOME", tmp.path())
@@ -98,5 +90,5 @@ fn measure_tar_dash_reads_the_layer_from_stdin() {
     child.stdin.take().unwrap().write_all(&tar).unwrap();
     let out = child.wait_with_output().unwrap();
     assert!(out.status.success());
-    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), case[2]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), root);
 }

@@ -293,32 +293,10 @@ fn policy_gen_names_the_launch_measurement_a_release_policy_needs() {
 /// policy tooling) computes for the same layer tars, in the same order.
 fn policy_gen_layer_hashes_are_what_hcsshim_computes() {
     let tmp = tempfile::tempdir().unwrap();
-    let oci = tmp.path().join("hello");
-    coffer_testkit::build_example_image(&oci);
-    let home = tmp.path().join("home");
-    ok(coffer(
-        &home,
-        &[
-            "image",
-            "import",
-            &format!("oci:{}:latest", oci.display()),
-            "--name",
-            "hello:latest",
-        ],
-    ));
+    let home = tmp.path();
+    common::import_example(home);
     let pod = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/hello/pod.yaml");
-    let policy_path = tmp.path().join("p.rego");
-    ok(coffer(
-        &home,
-        &[
-            "policy",
-            "gen",
-            pod.to_str().unwrap(),
-            "-o",
-            policy_path.to_str().unwrap(),
-        ],
-    ));
-    let policy = std::fs::read_to_string(&policy_path).unwrap();
+    let policy = common::policy_gen(home, &pod);
     let line = policy
         .lines()
         .find(|l| l.starts_with("containers := "))
@@ -330,7 +308,7 @@ fn policy_gen_layer_hashes_are_what_hcsshim_computes() {
         .iter()
         .map(|l| l.as_str().unwrap().to_string())
         .collect();
-    let store = coffer_image::Store::open(&home).unwrap();
+    let store = coffer_image::Store::open(home).unwrap();
     let img = store
         .resolve(&coffer_image::ImageRef::Stored("hello:latest".into()))
         .unwrap();

@@ -22,6 +22,10 @@ const GROUP: &[Need] = &[
     Need::Tool("umoci"),
 ];
 
+/// Prints `tick N` every 0.1 s; on SIGTERM `got TERM`, exit 3.
+const TICKS_UNTIL_TERM: &str =
+    "trap 'echo got TERM; exit 3' TERM; i=0; while true; do echo tick $i; i=$((i+1)); sleep 0.1; done";
+
 fn setup(script: &str) -> tempfile::TempDir {
     let home = tempfile::tempdir().unwrap();
     common::import_example(home.path());
@@ -95,8 +99,7 @@ fn main() -> std::process::ExitCode {
 
 fn a_detached_group_runs_logs_stops_through_the_policy_and_is_removed() {
     let _serial = one_at_a_time();
-    let script = "trap 'echo got TERM; exit 3' TERM; i=0; while true; do echo tick $i; i=$((i+1)); sleep 0.1; done";
-    let home = setup(script);
+    let home = setup(TICKS_UNTIL_TERM);
     let h = home.path();
     let _cleanup = Cleanup(h);
     let pod = h.join("pod.yaml");
@@ -158,8 +161,7 @@ fn stop_kills_what_ignores_sigterm_after_the_grace_period() {
 fn logs_follow_prints_new_lines_and_ends_when_the_group_stops() {
     use std::io::BufRead as _;
     let _serial = one_at_a_time();
-    let script = "trap 'echo got TERM; exit 3' TERM; i=0; while true; do echo tick $i; i=$((i+1)); sleep 0.1; done";
-    let home = setup(script);
+    let home = setup(TICKS_UNTIL_TERM);
     let h = home.path();
     let _cleanup = Cleanup(h);
     out(h, &["run", "-d", h.join("pod.yaml").to_str().unwrap()]);

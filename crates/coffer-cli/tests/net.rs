@@ -77,25 +77,6 @@ fn pod(home: &Path, name: &str, script: &str, ports: &str) -> PathBuf {
     path
 }
 
-fn policy_gen(home: &Path, pod: &Path) -> String {
-    let out = home.join(format!(
-        "{}.rego",
-        pod.file_stem().unwrap().to_string_lossy()
-    ));
-    let o = coffer(
-        home,
-        &[
-            "policy",
-            "gen",
-            pod.to_str().unwrap(),
-            "-o",
-            out.to_str().unwrap(),
-        ],
-    );
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    std::fs::read_to_string(out).unwrap()
-}
-
 fn free_port() -> u16 {
     TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
         .unwrap()
@@ -287,6 +268,9 @@ impl Drop for Interrupted {
     }
 }
 
+/// The example image's files served on port 8080 until SIGTERM.
+const HTTPD_8080: &str = "trap 'exit 0' TERM; /bin/busybox httpd -f -p 8080 -h /app & wait";
+
 fn a_published_port_answers_on_the_host() {
     let _serial = one_at_a_time();
     let tmp = setup();
@@ -295,10 +279,10 @@ fn a_published_port_answers_on_the_host() {
     let pod = pod(
         home,
         "web",
-        "trap 'exit 0' TERM; /bin/busybox httpd -f -p 8080 -h /app & wait",
+        HTTPD_8080,
         &format!("[{{containerPort: 8080, hostPort: {port}, name: http}}]"),
     );
-    let policy = policy_gen(home, &pod);
+    let policy = common::policy_gen(home, &pod);
     assert!(
         policy.contains(&format!(
             r#"coffer_ports := [{{"container":"main","container_port":8080,"host_port":{port},"protocol":"TCP","name":"http"}}]"#
@@ -374,7 +358,7 @@ fn a_port_is_published_on_the_address_asked_for_and_ps_shows_it() {
     let pod = pod(
         home,
         "addr",
-        "trap 'exit 0' TERM; /bin/busybox httpd -f -p 8080 -h /app & wait",
+        HTTPD_8080,
         &format!("[{{containerPort: 8080, hostPort: {port}}}]"),
     );
     let o = coffer(
@@ -511,7 +495,7 @@ fn teardown_leaves_no_veth_rule_or_lease() {
         "true",
         &format!("[{{containerPort: 80, hostPort: {port}}}, {{containerPort: 53, hostPort: {port}, protocol: UDP}}]"),
     );
-    let policy = policy_gen(home, &pod);
+    let policy = common::policy_gen(home, &pod);
     let group = launch(home, "gone", &policy).unwrap();
     let net = group.network().unwrap();
     let info = net.info().clone();
@@ -561,7 +545,7 @@ fn a_port_already_in_use_is_a_clear_error() {
         "true",
         &format!("[{{containerPort: 80, hostPort: {port}}}]"),
     );
-    let policy = policy_gen(home, &pod);
+    let policy = common::policy_gen(home, &pod);
     let err = launch(home, "busy", &policy)
         .err()
         .expect("the port is taken");
@@ -1135,7 +1119,7 @@ fn a_udp_port_is_published_end_to_end() {
         .unwrap()
         .replace("hello:latest", "udpecho:1");
     std::fs::write(&pod, yaml).unwrap();
-    let policy = policy_gen(home, &pod);
+    let policy = common::policy_gen(home, &pod);
     assert!(
         policy.contains(&format!(
             r#"coffer_ports := [{{"container":"main","container_port":5353,"host_port":{port},"protocol":"UDP"}}]"#

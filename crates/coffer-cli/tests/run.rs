@@ -274,19 +274,7 @@ fn an_emptydir_rule_for_any_name_does_not_admit_an_encrypted_volume() {
          keyBrokerEndpoint: \"http://127.0.0.1:9\", keyBrokerKey: NzbLsXh8uDCcd-6MNwXF4W_7noWXFZAfHkxZsRGC9Xs}\n",
     )
     .unwrap();
-    let out = home.join("enc.rego");
-    let o = coffer(
-        home,
-        &[
-            "policy",
-            "gen",
-            pod.to_str().unwrap(),
-            "-o",
-            out.to_str().unwrap(),
-        ],
-    );
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let policy = std::fs::read_to_string(&out).unwrap();
+    let policy = common::policy_gen(home, &pod);
     // Coffer's own policy names each volume's kind.
     assert!(
         policy.contains(r#""source":"sandbox:///coffer/encrypted/secret""#),
@@ -333,22 +321,14 @@ fn an_emptydir_rule_for_any_name_does_not_admit_an_encrypted_volume() {
 /// The real policy `az confcom acipolicygen` wrote (`policies/aci-attestation-example.rego`), its
 /// first container turned into the example group's, as that tool writes one: Azure's field set,
 /// user and capability rules, its emptyDir and resolv.conf mounts, its platform variables; the
-/// layers are Coffer's hashes of the example image (`layers` given: these instead). The one rule
-/// changed is `allow_unencrypted_scratch`: Coffer's scratch is not encrypted (README).
-fn azure_shaped_policy(home: &Path, layers: Option<Vec<String>>) -> PathBuf {
+/// layers are `layers`. The one rule changed is `allow_unencrypted_scratch`: Coffer's scratch is
+/// not encrypted (README).
+fn azure_shaped_policy(home: &Path, layers: Vec<String>) -> PathBuf {
     let aci = String::from_utf8(coffer_testkit::read(
         &coffer_testkit::vectors(),
         "policies/aci-attestation-example.rego",
     ))
     .unwrap();
-    let layers = layers.unwrap_or_else(|| {
-        let measured = coffer(home, &["image", "measure", "hello:latest"]);
-        assert!(measured.status.success());
-        String::from_utf8_lossy(&measured.stdout)
-            .lines()
-            .map(|l| l.split(' ').nth(1).unwrap().to_string())
-            .collect()
-    });
     let mut lines: Vec<String> = aci.lines().map(str::to_string).collect();
     let at = lines
         .iter()
@@ -386,19 +366,34 @@ fn azure_shaped_policy(home: &Path, layers: Option<Vec<String>>) -> PathBuf {
     path
 }
 
-fn a_policy_in_the_shape_azures_tooling_writes_governs_a_group() {
-    let _serial = one_at_a_time();
-    let (tmp, _) = setup();
-    let policy = azure_shaped_policy(tmp.path(), None);
-    let out = coffer(
-        tmp.path(),
+/// Coffer's layer hashes of the example image, base first (`coffer image measure`).
+fn measured_layers(home: &Path) -> Vec<String> {
+    let measured = coffer(home, &["image", "measure", "hello:latest"]);
+    assert!(measured.status.success());
+    String::from_utf8_lossy(&measured.stdout)
+        .lines()
+        .map(|l| l.split(' ').nth(1).unwrap().to_string())
+        .collect()
+}
+
+/// `coffer run --policy POLICY` of the example Pod.
+fn run_with_policy(home: &Path, policy: &Path) -> std::process::Output {
+    coffer(
+        home,
         &[
             "run",
             "--policy",
             policy.to_str().unwrap(),
             pod_path().to_str().unwrap(),
         ],
-    );
+    )
+}
+
+fn a_policy_in_the_shape_azures_tooling_writes_governs_a_group() {
+    let _serial = one_at_a_time();
+    let (tmp, _) = setup();
+    let policy = azure_shaped_policy(tmp.path(), measured_layers(tmp.path()));
+    let out = run_with_policy(tmp.path(), &policy);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),
@@ -416,24 +411,12 @@ fn an_azure_shaped_policy_with_another_layer_hash_refuses_the_layer() {
     let _serial = one_at_a_time();
     let (tmp, _) = setup();
     // The image's layers, with one digit of the top layer's hash changed.
-    let measured = coffer(tmp.path(), &["image", "measure", "hello:latest"]);
-    let mut layers: Vec<String> = String::from_utf8_lossy(&measured.stdout)
-        .lines()
-        .map(|l| l.split(' ').nth(1).unwrap().to_string())
-        .collect();
+    let mut layers = measured_layers(tmp.path());
     let top = layers.last_mut().unwrap();
     let flipped = if top.starts_with('0') { "1" } else { "0" };
     top.replace_range(0..1, flipped);
-    let policy = azure_shaped_policy(tmp.path(), Some(layers));
-    let out = coffer(
-        tmp.path(),
-        &[
-            "run",
-            "--policy",
-            policy.to_str().unwrap(),
-            pod_path().to_str().unwrap(),
-        ],
-    );
+    let policy = azure_shaped_policy(tmp.path(), layers);
+    let out = run_with_policy(tmp.path(), &policy);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "{stderr}");
     assert!(

@@ -5,7 +5,7 @@
 use std::path::Path;
 use std::process::Command;
 
-use coffer_image::{Digest, ImageError, ImageRef, Store};
+use coffer_image::{Digest, ImageError, ImageRef, Store, StoredImage};
 use coffer_testkit::Need;
 use serde_json::json;
 
@@ -100,6 +100,21 @@ fn hand_layout(dir: &Path, tamper_diff_id: bool) -> Vec<u8> {
     layer
 }
 
+/// [`hand_layout`] under `dir`, imported as `hand:v1` into a store at `dir/home`: the layer
+/// tar, the store, the image.
+fn import_hand(dir: &Path) -> (Vec<u8>, Store, StoredImage) {
+    let layer = hand_layout(dir, false);
+    let store = Store::open(&dir.join("home")).unwrap();
+    let img = store
+        .import(
+            &ImageRef::parse(&format!("oci:{}:v1", dir.join("oci").display())).unwrap(),
+            Some("hand:v1"),
+            None,
+        )
+        .unwrap();
+    (layer, store, img)
+}
+
 fn main() -> std::process::ExitCode {
     coffer_testkit::run(coffer_testkit::tests![
         umoci_image_imports_and_measures_as_azure_does:
@@ -170,15 +185,7 @@ fn umoci_image_imports_and_measures_as_azure_does() {
 
 fn uncompressed_layers_import_and_measure() {
     let tmp = tempfile::tempdir().unwrap();
-    let layer = hand_layout(tmp.path(), false);
-    let store = Store::open(&tmp.path().join("home")).unwrap();
-    let img = store
-        .import(
-            &ImageRef::parse(&format!("oci:{}:v1", tmp.path().join("oci").display())).unwrap(),
-            Some("hand:v1"),
-            None,
-        )
-        .unwrap();
+    let (layer, store, img) = import_hand(tmp.path());
     let m = store.measure(&img, None).unwrap();
     assert_eq!(
         m[0].root_hash,
@@ -283,15 +290,7 @@ fn measurements_and_account_files_are_cached() {
 
 fn a_missing_layer_image_is_built_again_the_same() {
     let tmp = tempfile::tempdir().unwrap();
-    let layer = hand_layout(tmp.path(), false);
-    let store = Store::open(&tmp.path().join("home")).unwrap();
-    let img = store
-        .import(
-            &ImageRef::parse(&format!("oci:{}:v1", tmp.path().join("oci").display())).unwrap(),
-            Some("hand:v1"),
-            None,
-        )
-        .unwrap();
+    let (layer, store, img) = import_hand(tmp.path());
     let path = store.layer_image(&img, 0).unwrap();
     let first = std::fs::read(&path).unwrap();
     // The ext4 image of the layer, then its tree.

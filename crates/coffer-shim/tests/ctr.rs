@@ -171,19 +171,9 @@ fn leftovers(home: &Path, id: &str) -> Vec<String> {
             .filter(|l| l.contains(&home_s))
             .map(|l| format!("mount: {l}")),
     );
-    for c in std::fs::read_dir("/sys/fs/cgroup")
-        .into_iter()
-        .flatten()
-        .flatten()
-    {
-        for g in std::fs::read_dir(c.path().join("coffer"))
-            .into_iter()
-            .flatten()
-            .flatten()
-        {
-            if g.file_name().to_string_lossy().ends_with(&format!("-{id}")) {
-                out.push(format!("cgroup {}", g.path().display()));
-            }
+    for g in coffer_testkit::container_cgroups() {
+        if g.to_string_lossy().ends_with(&format!("-{id}")) {
+            out.push(format!("cgroup {}", g.display()));
         }
     }
     for g in std::fs::read_dir(home.join("run"))

@@ -369,3 +369,21 @@ pub fn tar2ext4_reference() -> PathBuf {
     );
     PathBuf::from(String::from_utf8_lossy(&out.stdout).trim().to_string())
 }
+
+/// The container cgroups agents made: every directory under `/sys/fs/cgroup/*/coffer/` (each
+/// cgroup v1 hierarchy, or the v2 root), named `<agent prefix>-<container id>`.
+pub fn container_cgroups() -> Vec<PathBuf> {
+    std::fs::read_dir("/sys/fs/cgroup")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .flat_map(|c| {
+            std::fs::read_dir(c.path().join("coffer"))
+                .into_iter()
+                .flatten()
+                .flatten()
+                .map(|g| g.path())
+                .filter(|p| p.is_dir())
+        })
+        .collect()
+}

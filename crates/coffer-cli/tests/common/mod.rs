@@ -100,6 +100,26 @@ pub(crate) fn import_example(home: &Path) {
     );
 }
 
+/// `coffer policy gen POD -o HOME/<pod stem>.rego`; the policy's text.
+pub(crate) fn policy_gen(home: &Path, pod: &Path) -> String {
+    let out = home.join(format!(
+        "{}.rego",
+        pod.file_stem().unwrap().to_string_lossy()
+    ));
+    let o = coffer(
+        home,
+        &[
+            "policy",
+            "gen",
+            pod.to_str().unwrap(),
+            "-o",
+            out.to_str().unwrap(),
+        ],
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    std::fs::read_to_string(out).unwrap()
+}
+
 /// What the group whose host directory is `group_dir` left of its network: iptables rules
 /// naming its CNI id, its address lease, its saved CNI state.
 pub(crate) fn network_leftovers(group_dir: &Path) -> Vec<String> {
@@ -165,24 +185,13 @@ pub(crate) fn group_leftovers(home: &Path, name: &str) -> Vec<String> {
             left.push(format!("process {pid}: {cmd}"));
         }
     }
-    for c in std::fs::read_dir("/sys/fs/cgroup")
-        .into_iter()
-        .flatten()
-        .flatten()
-    {
-        for g in std::fs::read_dir(c.path().join("coffer"))
-            .into_iter()
-            .flatten()
-            .flatten()
-            .filter(|g| g.path().is_dir())
-        {
-            let procs = std::fs::read_to_string(g.path().join("cgroup.procs")).unwrap_or_default();
-            left.push(format!(
-                "cgroup: {} (processes: {})",
-                g.path().display(),
-                procs.split_whitespace().collect::<Vec<_>>().join(" ")
-            ));
-        }
+    for g in coffer_testkit::container_cgroups() {
+        let procs = std::fs::read_to_string(g.join("cgroup.procs")).unwrap_or_default();
+        left.push(format!(
+            "cgroup: {} (processes: {})",
+            g.display(),
+            procs.split_whitespace().collect::<Vec<_>>().join(" ")
+        ));
     }
     let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
     left.extend(
