@@ -16,6 +16,7 @@ The agent of a Coffer confidential group, started by `coffer run` (never by hand
   --io DIR   run as PID 1 of the namespace sandbox; DIR is the host's I/O directory";
 
 fn main() -> ExitCode {
+    coffer_policy::no_library_backtraces();
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args.iter().map(String::as_str).collect::<Vec<_>>()[..] {
         ["--vm"] => coffer_agent::vm::main(),

@@ -65,6 +65,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    coffer_policy::no_library_backtraces();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Snp(c) => cmd::snp::run(c),

@@ -208,6 +208,8 @@ fn main() -> std::process::ExitCode {
             Need::Tool("psql"),
             POSTGRES;
         a_udp_port_is_published_end_to_end: Need::Tool("cc"), NET;
+        a_group_reaches_outside_when_the_hosts_forward_policy_is_drop: NET;
+        another_host_reaches_a_published_port_when_the_hosts_forward_policy_is_drop: NET;
     ])
 }
 
@@ -235,6 +237,117 @@ fn a_group_reaches_a_server_outside_it() {
     eprintln!("outbound: {:?}", started.elapsed());
     let dir = host::group_dir(home, "client");
     assert!(common::network_leftovers(&dir).is_empty());
+}
+
+/// The host's FORWARD policy set to DROP (as Docker sets it) until dropped, then restored.
+struct ForwardDrop(String);
+
+impl ForwardDrop {
+    fn new() -> Self {
+        let rules = Command::new("iptables")
+            .args(["-S", "FORWARD"])
+            .output()
+            .unwrap();
+        let rules = String::from_utf8_lossy(&rules.stdout).into_owned();
+        let was = rules
+            .lines()
+            .find_map(|l| l.strip_prefix("-P FORWARD "))
+            .unwrap_or("ACCEPT")
+            .trim()
+            .to_string();
+        sh(&["iptables", "-w", "-P", "FORWARD", "DROP"]);
+        ForwardDrop(was)
+    }
+}
+
+impl Drop for ForwardDrop {
+    fn drop(&mut self) {
+        let _ = Command::new("iptables")
+            .args(["-w", "-P", "FORWARD", &self.0])
+            .status();
+    }
+}
+
+/// The subnet's own FORWARD rules let the group's connections out and their answers back in
+/// where the host drops forwarded traffic by default.
+fn a_group_reaches_outside_when_the_hosts_forward_policy_is_drop() {
+    let _serial = one_at_a_time();
+    let tmp = setup();
+    let home = tmp.path();
+    let outside = Outside::new();
+    let _drop = ForwardDrop::new();
+    let server = outside.serve_once(7778, "pong through DROP");
+    let pod = pod(
+        home,
+        "dropclient",
+        "wget -q -O - http://10.199.77.2:7778/ && echo",
+        "",
+    );
+    let (ok, lines, stderr) = run_lines(home, &pod);
+    assert!(ok, "{lines:?}\n{stderr}");
+    assert!(
+        lines.iter().any(|l| l == "pong through DROP"),
+        "{lines:?}\n{stderr}"
+    );
+    assert_eq!(server.join().unwrap(), "10.199.77.1");
+}
+
+/// A connection from another host to a port published on the host's address is forwarded to
+/// the group (conntrack state DNAT) although the host drops forwarded traffic by default.
+fn another_host_reaches_a_published_port_when_the_hosts_forward_policy_is_drop() {
+    let _serial = one_at_a_time();
+    let tmp = setup();
+    let home = tmp.path();
+    let outside = Outside::new();
+    let _drop = ForwardDrop::new();
+    let port = free_port();
+    let pod = pod(
+        home,
+        "dropweb",
+        HTTPD_8080,
+        &format!("[{{containerPort: 8080, hostPort: {port}}}]"),
+    );
+    // Published on the host's address on the link to the other host (10.199.77.1).
+    let o = coffer(
+        home,
+        &[
+            "run",
+            "--detach",
+            "--publish-address",
+            "10.199.77.1",
+            pod.to_str().unwrap(),
+        ],
+    );
+    let _group = Detached(home, "dropweb");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let nsfile = std::fs::File::open(format!("/run/netns/{}", outside.ns)).unwrap();
+    let answer = std::thread::spawn(move || {
+        nix::sched::setns(&nsfile, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+        let started = Instant::now();
+        loop {
+            let answer = (|| {
+                let to = std::net::SocketAddr::from(([10, 199, 77, 1], port));
+                let mut c = TcpStream::connect_timeout(&to, Duration::from_secs(2)).ok()?;
+                c.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+                c.write_all(b"GET /hello.sh HTTP/1.0\r\nHost: x\r\n\r\n")
+                    .ok()?;
+                let mut s = String::new();
+                c.read_to_string(&mut s).ok()?;
+                s.starts_with("HTTP/1.").then_some(s)
+            })();
+            if let Some(a) = answer {
+                return Some(a);
+            }
+            if started.elapsed() > Duration::from_secs(20) {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    })
+    .join()
+    .unwrap();
+    let body = answer.unwrap_or_else(|| panic!("no answer on 10.199.77.1:{port} from outside"));
+    assert!(body.starts_with("HTTP/1.1 200 OK"), "{body}");
 }
 
 /// A detached group, stopped and removed when dropped, so a failing test leaves nothing running.

@@ -29,6 +29,19 @@ pub use settings::{
     SkrPolicy, ENCRYPTED_VOLUMES, FS_GROUP, HOSTNAME, PORTS, SKR,
 };
 
+/// Turn off backtraces in library errors unless `RUST_LIB_BACKTRACE` asks for them; binaries
+/// that load policies call it first in `main`, while they have one thread.
+///
+/// Why: regorus's parser makes and drops an `anyhow` error at each alternative it tries, and
+/// with `RUST_BACKTRACE` set (as many developers keep it) each one captures a backtrace: loading
+/// a generated policy then takes 5.3 ms instead of 2.0 ms, on every group's start, in the agent
+/// and in the launcher. Panics still print backtraces as `RUST_BACKTRACE` says.
+pub fn no_library_backtraces() {
+    if std::env::var_os("RUST_LIB_BACKTRACE").is_none() {
+        std::env::set_var("RUST_LIB_BACKTRACE", "0");
+    }
+}
+
 /// Errors of policy generation and enforcement.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
