@@ -505,6 +505,53 @@ impl Supervision {
     }
 }
 
+/// Mount every layer the Pod's containers use, once each (`l0`, `l1`, ... in order of first
+/// use), all at once on their own connections: measuring a layer is the agent's longest step per
+/// layer, and it serves each connection on a thread of its own. Layer digest -> mount target.
+fn mount_layers(
+    group: &dyn RunningGroup,
+    pod: &coffer_policy::Pod,
+    store: &Store,
+) -> Result<BTreeMap<String, String>> {
+    let mut mounted = BTreeMap::new();
+    let mut work = Vec::new();
+    for c in &pod.spec.containers {
+        let img = store.resolve(&ImageRef::parse(&c.image)?)?;
+        for (li, layer) in img.image.layers.iter().enumerate() {
+            let key = layer.digest.to_string();
+            if mounted.contains_key(&key) {
+                continue;
+            }
+            let target = format!("/run/coffer/layers/l{}", mounted.len());
+            let what = format!("container '{}': layer {}", c.name, layer.digest);
+            let image = store.layer_image(&img, li).context(what.clone())?;
+            let name = group.stage_layer(&image).context(what.clone())?;
+            work.push((group.client()?, target.clone(), name, what));
+            mounted.insert(key, target);
+        }
+    }
+    std::thread::scope(|s| {
+        let mounts: Vec<_> = work
+            .into_iter()
+            .map(|(mut client, target, name, what)| {
+                s.spawn(move || client.mount_layer(&target, &name).context(what))
+            })
+            .collect();
+        // Every mount is waited for; the first failure is the answer.
+        let mut first = Ok(());
+        for m in mounts {
+            let r = m
+                .join()
+                .unwrap_or_else(|_| Err(anyhow::anyhow!("mounting a layer panicked")));
+            if let (Err(e), Ok(())) = (r, &first) {
+                first = Err(e);
+            }
+        }
+        first
+    })?;
+    Ok(mounted)
+}
+
 #[allow(clippy::too_many_arguments)]
 fn drive(
     group: &dyn RunningGroup,
@@ -555,7 +602,8 @@ fn drive(
             });
         });
     }
-    let mut mounted: BTreeMap<String, String> = BTreeMap::new();
+    let mounted = mount_layers(group, pod, store)?;
+    timing.mark("layer images measured by the agent and mounted");
     let mut launches = Vec::new();
     for (i, c) in pod.spec.containers.iter().enumerate() {
         // Interrupted while starting: no further container starts (those started get SIGTERM).
@@ -563,23 +611,12 @@ fn drive(
             break;
         }
         let img = store.resolve(&ImageRef::parse(&c.image)?)?;
-        let mut paths = Vec::new();
-        for (li, layer) in img.image.layers.iter().enumerate() {
-            let key = layer.digest.to_string();
-            if !mounted.contains_key(&key) {
-                let target = format!("/run/coffer/layers/l{}", mounted.len());
-                let what = || format!("container '{}': layer {}", c.name, layer.digest);
-                let image = store.layer_image(&img, li).with_context(what)?;
-                let name = group.stage_layer(&image).with_context(what)?;
-                client.mount_layer(&target, &name).with_context(what)?;
-                mounted.insert(key.clone(), target);
-            }
-            paths.push(mounted[&key].clone());
-        }
-        timing.mark(&format!(
-            "{}: layer images measured by the agent and mounted",
-            c.name
-        ));
+        let mut paths: Vec<String> = img
+            .image
+            .layers
+            .iter()
+            .filter_map(|l| mounted.get(&l.digest.to_string()).cloned())
+            .collect();
         paths.reverse();
         let img_facts = facts.get(&c.image).context("image facts")?;
         let resolved = coffer_policy::resolve_container(pod, i, img_facts)?;
