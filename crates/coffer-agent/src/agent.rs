@@ -360,13 +360,19 @@ impl Agent {
 
     /// The loopback interface and the SKR API, before serving.
     fn start_services(&self, egress: &Path) -> Result<(), AgentError> {
-        // The loopback interface of the fresh network namespace, for sidecars on localhost.
+        // The loopback interface of the fresh network namespace, for sidecars on localhost: in
+        // the background, unless the SKR API is to listen on it now (127.0.0.1 exists only once
+        // lo is up).
         let up = std::thread::spawn(|| {
             let _ = Command::new("ip")
                 .args(["link", "set", "lo", "up"])
                 .status();
         });
-        *self.loopback.lock().unwrap_or_else(|p| p.into_inner()) = Some(up);
+        if self.skr.is_some() {
+            let _ = up.join();
+        } else {
+            *self.loopback.lock().unwrap_or_else(|p| p.into_inner()) = Some(up);
+        }
         // The group's own UTS namespace gets the host name the policy gives (the Pod's name).
         if let Some(h) = &self.hostname {
             nix::unistd::sethostname(h)

@@ -7,6 +7,8 @@ use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Component, Path, PathBuf};
 use std::process::Command;
 
+use coffer_proto::layout::ModuleSet;
+
 use crate::cpio::{Archive, Node};
 use crate::{io, HostError};
 
@@ -15,29 +17,30 @@ use crate::{io, HostError};
 /// `-no-reboot` ends the VM if init dies. (`quiet` stalled the boot here: not used.)
 pub const APPEND: &str = "console=ttyS0 loglevel=3 panic=-1 rdinit=/usr/bin/coffer-agent -- --vm";
 
-/// Modules the agent loads, in this order after their dependencies (crc32c before jbd2/ext4:
-/// a soft dependency `depends=` does not name).
-const MODULES: &[&str] = &[
-    "virtio_mmio",
-    "virtio_console",
-    "virtio_pci",
-    "virtio_blk",
-    "virtio_net",
-    "dm_verity",
-    // dm-crypt's aes-xts-plain64: the crypto API would ask modprobe for xts and ecb, and the
-    // guest has no modprobe.
-    "ecb",
-    "xts",
-    "dm_crypt",
-    "loop",
-    "crc32c_generic",
-    "crc32c_intel",
-    "crc16",
-    "ext4",
-    "overlay",
-    // Fails with ENODEV outside an SNP guest: the agent then uses the emulated processor.
-    "sev_guest",
-];
+/// The modules of each set the agent loads ([`ModuleSet`]), in this order after their
+/// dependencies (crc32c before jbd2/ext4: a soft dependency `depends=` does not name).
+fn modules_of(set: ModuleSet) -> &'static [&'static str] {
+    match set {
+        ModuleSet::Boot => &[
+            "virtio_mmio",
+            "virtio_console",
+            "virtio_blk",
+            "dm_verity",
+            "crc32c_generic",
+            "crc32c_intel",
+            "crc16",
+            "ext4",
+            "overlay",
+            // Fails with ENODEV outside an SNP guest: the agent then uses the emulated processor.
+            "sev_guest",
+        ],
+        ModuleSet::Pci => &["virtio_pci"],
+        ModuleSet::Net => &["virtio_net"],
+        // dm-crypt's aes-xts-plain64: the crypto API would ask modprobe for xts and ecb, and the
+        // guest has no modprobe.
+        ModuleSet::Volumes => &["ecb", "xts", "dm_crypt", "loop"],
+    }
+}
 
 /// A built guest image.
 #[derive(Clone, Debug)]
@@ -173,8 +176,9 @@ fn module_depends(ko: &[u8]) -> Vec<String> {
         .unwrap_or_default()
 }
 
-/// The modules to load, dependencies first: (name, content).
-fn modules(dir: &Path) -> Result<Vec<(String, Vec<u8>)>, HostError> {
+/// The modules of each set, dependencies first, each module in the first set that needs it:
+/// (set, name, content).
+fn modules(dir: &Path) -> Result<Vec<(ModuleSet, String, Vec<u8>)>, HostError> {
     let mut by_name: BTreeMap<String, PathBuf> = BTreeMap::new();
     let mut stack = vec![dir.join("kernel")];
     while let Some(d) = stack.pop() {
@@ -192,7 +196,6 @@ fn modules(dir: &Path) -> Result<Vec<(String, Vec<u8>)>, HostError> {
             }
         }
     }
-    let mut order = Vec::new();
     let mut seen = BTreeSet::new();
     fn visit(
         name: &str,
@@ -215,10 +218,15 @@ fn modules(dir: &Path) -> Result<Vec<(String, Vec<u8>)>, HostError> {
         order.push((name.to_string(), bytes));
         Ok(())
     }
-    for m in MODULES {
-        visit(m, &by_name, &mut seen, &mut order)?;
+    let mut out = Vec::new();
+    for set in ModuleSet::ALL {
+        let mut order = Vec::new();
+        for m in modules_of(set) {
+            visit(m, &by_name, &mut seen, &mut order)?;
+        }
+        out.extend(order.into_iter().map(|(name, bytes)| (set, name, bytes)));
     }
-    Ok(order)
+    Ok(out)
 }
 
 /// A program on PATH.
@@ -371,13 +379,24 @@ pub fn initramfs(agent: &Path, modules_dir: &Path) -> Result<Vec<u8>, HostError>
             }
         }
     }
-    let mut list = String::new();
-    for (name, bytes) in modules(modules_dir)? {
+    let mut lists: BTreeMap<&str, String> = ModuleSet::ALL
+        .iter()
+        .map(|s| (s.list(), String::new()))
+        .collect();
+    for (set, name, bytes) in modules(modules_dir)? {
         let path = format!("usr/lib/coffer/modules/{name}.ko");
-        list.push_str(&format!("/{path}\n"));
+        lists
+            .entry(set.list())
+            .or_default()
+            .push_str(&format!("/{path}\n"));
         a.insert(&path, Node::File(0o644, bytes));
     }
-    a.insert("etc/coffer/modules", Node::File(0o644, list.into_bytes()));
+    for (list, text) in lists {
+        a.insert(
+            list.trim_start_matches('/'),
+            Node::File(0o644, text.into_bytes()),
+        );
+    }
     Ok(a.to_bytes())
 }
 

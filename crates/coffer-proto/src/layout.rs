@@ -40,3 +40,39 @@ pub struct GroupNet {
 pub const GROUP_FILE: &str = "net.json";
 /// Largest `resolv.conf` passed on.
 pub const MAX_RESOLV_CONF: usize = 64 << 10;
+
+/// The guest image's kernel modules, in sets the agent loads only when the group needs them
+/// (under TCG a module takes 3-160 ms to load). Each set is a list in the initramfs, one module
+/// path per line, dependencies first; a later set lists only what the sets before it lack.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ModuleSet {
+    /// At boot: the channel, disks, dm-verity, ext4, overlayfs, `sev-guest`.
+    Boot,
+    /// When the guest has a PCI bus (SNP's q35 machine; microvm has none): virtio-pci.
+    Pci,
+    /// When the group has a network: virtio-net.
+    Net,
+    /// When the group has encrypted volumes: dm-crypt, its ciphers, and loop (a pinned
+    /// volume's hash tree).
+    Volumes,
+}
+
+impl ModuleSet {
+    /// Every set, in the order their lists are made.
+    pub const ALL: [ModuleSet; 4] = [
+        ModuleSet::Boot,
+        ModuleSet::Pci,
+        ModuleSet::Net,
+        ModuleSet::Volumes,
+    ];
+
+    /// Its list in the initramfs (an absolute path in the guest).
+    pub fn list(self) -> &'static str {
+        match self {
+            ModuleSet::Boot => "/etc/coffer/modules",
+            ModuleSet::Pci => "/etc/coffer/modules.pci",
+            ModuleSet::Net => "/etc/coffer/modules.net",
+            ModuleSet::Volumes => "/etc/coffer/modules.volumes",
+        }
+    }
+}
