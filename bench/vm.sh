@@ -2,7 +2,7 @@
 # A VM group's start against the VM floor, side by side, N runs each: time to the first output
 # line of `coffer run --isolation vm` (hello group) and time to the one line a bare QEMU boot of
 # the same kernel prints from a one-line initramfs (busybox sh), same QEMU flags (microvm, TCG
-# unless KVM is usable, the same memory). Then one group's phases: the launcher's
+# unless KVM is usable, the group's memory and vCPUs: 512 MiB, 2). Then one group's phases: the launcher's
 # (COFFER_TIMING) and the guest's own `serving` line from its console; and QEMU's RSS.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -52,7 +52,7 @@ def first_line(cmd, needle=None):
     p.kill() if needle else None
     p.wait()
     return dt
-bare_cmd = ["qemu-system-x86_64", "-M", "microvm", *accel, "-m", "512M", "-nodefaults",
+bare_cmd = ["qemu-system-x86_64", "-M", "microvm", *accel, "-m", "512M", "-smp", "2", "-nodefaults",
             "-no-user-config", "-display", "none", "-no-reboot", "-serial", "stdio",
             "-kernel", kernel, "-initrd", f"{work}/bare.cpio", "-append", append]
 bare, group = [], []

@@ -21,9 +21,14 @@ pub const APPEND: &str = "console=ttyS0 loglevel=3 panic=-1 rdinit=/usr/bin/coff
 /// dependencies (crc32c before jbd2/ext4: a soft dependency `depends=` does not name).
 fn modules_of(set: ModuleSet) -> &'static [&'static str] {
     match set {
-        ModuleSet::Boot => &[
+        ModuleSet::Channel => &[
             "virtio_mmio",
             "virtio_console",
+            // Fails with ENODEV outside an SNP guest: the agent then uses the emulated processor.
+            "sev_guest",
+        ],
+        ModuleSet::Pci => &["virtio_pci"],
+        ModuleSet::Storage => &[
             "virtio_blk",
             "dm_verity",
             "crc32c_generic",
@@ -31,10 +36,7 @@ fn modules_of(set: ModuleSet) -> &'static [&'static str] {
             "crc16",
             "ext4",
             "overlay",
-            // Fails with ENODEV outside an SNP guest: the agent then uses the emulated processor.
-            "sev_guest",
         ],
-        ModuleSet::Pci => &["virtio_pci"],
         ModuleSet::Net => &["virtio_net"],
         // dm-crypt's aes-xts-plain64: the crypto API would ask modprobe for xts and ecb, and the
         // guest has no modprobe.
@@ -176,9 +178,17 @@ fn module_depends(ko: &[u8]) -> Vec<String> {
         .unwrap_or_default()
 }
 
-/// The modules of each set, dependencies first, each module in the first set that needs it:
-/// (set, name, content).
-fn modules(dir: &Path) -> Result<Vec<(ModuleSet, String, Vec<u8>)>, HostError> {
+/// A kernel module as the initramfs takes it.
+struct Module {
+    set: ModuleSet,
+    name: String,
+    bytes: Vec<u8>,
+    /// Where the host has it.
+    file: PathBuf,
+}
+
+/// The modules of each set, dependencies first, each module in the first set that needs it.
+fn modules(dir: &Path) -> Result<Vec<Module>, HostError> {
     let mut by_name: BTreeMap<String, PathBuf> = BTreeMap::new();
     let mut stack = vec![dir.join("kernel")];
     while let Some(d) = stack.pop() {
@@ -201,7 +211,7 @@ fn modules(dir: &Path) -> Result<Vec<(ModuleSet, String, Vec<u8>)>, HostError> {
         name: &str,
         by_name: &BTreeMap<String, PathBuf>,
         seen: &mut BTreeSet<String>,
-        order: &mut Vec<(String, Vec<u8>)>,
+        order: &mut Vec<(String, Vec<u8>, PathBuf)>,
     ) -> Result<(), HostError> {
         // modinfo's `depends=` spells some names with '-' (dm-mod), file stems are keyed with '_'.
         let name = &name.replace('-', "_");
@@ -215,7 +225,7 @@ fn modules(dir: &Path) -> Result<Vec<(ModuleSet, String, Vec<u8>)>, HostError> {
         for dep in module_depends(&bytes) {
             visit(&dep, by_name, seen, order)?;
         }
-        order.push((name.to_string(), bytes));
+        order.push((name.to_string(), bytes, path.clone()));
         Ok(())
     }
     let mut out = Vec::new();
@@ -224,7 +234,12 @@ fn modules(dir: &Path) -> Result<Vec<(ModuleSet, String, Vec<u8>)>, HostError> {
         for m in modules_of(set) {
             visit(m, &by_name, &mut seen, &mut order)?;
         }
-        out.extend(order.into_iter().map(|(name, bytes)| (set, name, bytes)));
+        out.extend(order.into_iter().map(|(name, bytes, file)| Module {
+            set,
+            name,
+            bytes,
+            file,
+        }));
     }
     Ok(out)
 }
@@ -241,7 +256,12 @@ fn which(name: &str) -> Result<PathBuf, HostError> {
 }
 
 /// Add `path` as the host has it: every symlink on the way (as a symlink), then the file.
-fn add_host_path(a: &mut Archive, path: &Path, depth: u32) -> Result<(), HostError> {
+fn add_host_path(
+    a: &mut Archive,
+    inputs: &mut Vec<PathBuf>,
+    path: &Path,
+    depth: u32,
+) -> Result<(), HostError> {
     if depth > 16 {
         return Err(HostError::Tool(format!("{}: symlink loop", path.display())));
     }
@@ -255,6 +275,7 @@ fn add_host_path(a: &mut Archive, path: &Path, depth: u32) -> Result<(), HostErr
         let md = std::fs::symlink_metadata(&prefix)
             .map_err(io(format!("reading {}", prefix.display())))?;
         if md.file_type().is_symlink() {
+            inputs.push(prefix.clone());
             let target = std::fs::read_link(&prefix)
                 .map_err(io(format!("readlink {}", prefix.display())))?;
             a.insert(
@@ -266,9 +287,10 @@ fn add_host_path(a: &mut Archive, path: &Path, depth: u32) -> Result<(), HostErr
             for rest in &comps[i + 1..] {
                 resolved.push(rest);
             }
-            return add_host_path(a, &normalize(&resolved), depth + 1);
+            return add_host_path(a, inputs, &normalize(&resolved), depth + 1);
         }
         if i + 1 == comps.len() && md.is_file() {
+            inputs.push(prefix.clone());
             let bytes =
                 std::fs::read(&prefix).map_err(io(format!("reading {}", prefix.display())))?;
             a.insert(
@@ -338,9 +360,11 @@ fn stripped(agent: &Path) -> Result<Vec<u8>, HostError> {
     bytes
 }
 
-/// The initramfs's bytes, for a kernel's module directory.
-pub fn initramfs(agent: &Path, modules_dir: &Path) -> Result<Vec<u8>, HostError> {
+/// The initramfs's bytes, for a kernel's module directory, and the host files it was made from
+/// (the agent, the programs and libraries, the modules, and every symlink on their way).
+pub fn initramfs(agent: &Path, modules_dir: &Path) -> Result<(Vec<u8>, Vec<PathBuf>), HostError> {
     let mut a = Archive::default();
+    let mut inputs = vec![agent.to_path_buf(), PathBuf::from("/etc/ld.so.cache")];
     for d in ["proc", "sys", "dev", "run", "tmp", "etc"] {
         a.insert(d, Node::Dir(0o755));
     }
@@ -361,17 +385,18 @@ pub fn initramfs(agent: &Path, modules_dir: &Path) -> Result<Vec<u8>, HostError>
     let mut programs = vec![agent.to_path_buf()];
     for p in ["runc", "mount"] {
         let path = which(p)?;
-        add_host_path(&mut a, &path, 0)?;
+        add_host_path(&mut a, &mut inputs, &path, 0)?;
         programs.push(path);
     }
     for p in &programs {
         for lib in libraries(p)? {
-            add_host_path(&mut a, &lib, 0)?;
+            add_host_path(&mut a, &mut inputs, &lib, 0)?;
         }
     }
     // busybox for `ip` (the agent brings up lo) and a shell to look around.
     if let Ok(bb) = which("busybox") {
         let bytes = std::fs::read(&bb).map_err(io("reading busybox"))?;
+        inputs.push(bb);
         a.insert("usr/bin/busybox", Node::File(0o755, bytes));
         for applet in ["usr/bin/sh", "usr/sbin/ip"] {
             if !a.contains(applet) {
@@ -383,7 +408,14 @@ pub fn initramfs(agent: &Path, modules_dir: &Path) -> Result<Vec<u8>, HostError>
         .iter()
         .map(|s| (s.list(), String::new()))
         .collect();
-    for (set, name, bytes) in modules(modules_dir)? {
+    for Module {
+        set,
+        name,
+        bytes,
+        file,
+    } in modules(modules_dir)?
+    {
+        inputs.push(file);
         let path = format!("usr/lib/coffer/modules/{name}.ko");
         lists
             .entry(set.list())
@@ -397,16 +429,91 @@ pub fn initramfs(agent: &Path, modules_dir: &Path) -> Result<Vec<u8>, HostError>
             Node::File(0o644, text.into_bytes()),
         );
     }
-    Ok(a.to_bytes())
+    Ok((a.to_bytes(), inputs))
+}
+
+/// What the last build read from the host, to find its image again without building it anew
+/// (which reads, strips and hashes ~40 MB: ~180 ms on every `coffer run --isolation vm`). Each
+/// input is identified as `make` would, by its size and modification time, and by its inode
+/// besides (a file replaced by another); the programs by where PATH finds them now.
+#[derive(serde::Serialize, serde::Deserialize, PartialEq, Debug)]
+struct BuildInputs {
+    agent: PathBuf,
+    deb: PathBuf,
+    programs: Vec<(String, PathBuf)>,
+    files: Vec<FileId>,
+    dir: PathBuf,
+}
+
+#[derive(serde::Serialize, serde::Deserialize, PartialEq, Debug)]
+struct FileId {
+    path: PathBuf,
+    len: u64,
+    mtime_ns: i128,
+    ino: u64,
+}
+
+impl FileId {
+    fn of(path: &Path) -> Option<FileId> {
+        use std::os::unix::fs::MetadataExt as _;
+        let md = std::fs::symlink_metadata(path).ok()?;
+        Some(FileId {
+            path: path.to_path_buf(),
+            len: md.len(),
+            mtime_ns: i128::from(md.mtime()) * 1_000_000_000 + i128::from(md.mtime_nsec()),
+            ino: md.ino(),
+        })
+    }
+}
+
+/// The programs the initramfs takes from the host's PATH.
+const HOST_PROGRAMS: [&str; 3] = ["runc", "mount", "busybox"];
+
+fn programs_now() -> Vec<(String, PathBuf)> {
+    HOST_PROGRAMS
+        .iter()
+        .filter_map(|p| which(p).ok().map(|w| (p.to_string(), w)))
+        .collect()
+}
+
+/// The image the last build made, if nothing it was made from has changed since.
+fn unchanged(home: &Path, agent: &Path, deb: &Path) -> Option<GuestImage> {
+    let text = std::fs::read(home.join("uvm").join("inputs.json")).ok()?;
+    let last: BuildInputs = serde_json::from_slice(&text).ok()?;
+    let same = last.agent == agent
+        && last.deb == deb
+        && last.programs == programs_now()
+        && last
+            .files
+            .iter()
+            .all(|f| FileId::of(&f.path).as_ref() == Some(f));
+    if !same || !last.dir.join("initrd.img").is_file() || !last.dir.join("vmlinuz").is_file() {
+        return None;
+    }
+    let hex = std::fs::read_to_string(last.dir.join("measurement")).ok()?;
+    let measurement: [u8; 48] = hex::decode(hex.trim()).ok()?.try_into().ok()?;
+    Some(GuestImage {
+        kernel: last.dir.join("vmlinuz"),
+        vmlinux: Some(last.dir.join("vmlinux")).filter(|p| p.exists()),
+        initrd: last.dir.join("initrd.img"),
+        dir: last.dir,
+        append: APPEND.to_string(),
+        measurement,
+    })
 }
 
 /// Build (or find in the cache) the guest image.
 pub fn build(opts: &BuildOptions) -> Result<GuestImage, HostError> {
     let deb = kernel_deb(&opts.home, opts.kernel_deb.as_deref())?;
+    if let Some(image) = unchanged(&opts.home, &opts.agent, &deb) {
+        return Ok(image);
+    }
     let (kernel_path, modules_dir) = unpack_kernel(&opts.home, &deb)?;
     let kernel =
         std::fs::read(&kernel_path).map_err(io(format!("reading {}", kernel_path.display())))?;
-    let initrd = initramfs(&opts.agent, &modules_dir)?;
+    let (initrd, mut inputs) = initramfs(&opts.agent, &modules_dir)?;
+    inputs.push(deb.clone());
+    inputs.push(kernel_path.clone());
     let mut h = openssl::sha::Sha256::new();
     h.update(&kernel);
     h.update(&initrd);
@@ -439,6 +546,21 @@ pub fn build(opts: &BuildOptions) -> Result<GuestImage, HostError> {
             let tmp = elf.with_extension(format!("tmp{}", std::process::id()));
             std::fs::write(&tmp, bytes).map_err(io(format!("writing {}", tmp.display())))?;
             std::fs::rename(&tmp, &elf).map_err(io(format!("writing {}", elf.display())))?;
+        }
+    }
+    // Best effort: without it the next run builds again.
+    let record = BuildInputs {
+        agent: opts.agent.clone(),
+        deb,
+        programs: programs_now(),
+        files: inputs.iter().filter_map(|p| FileId::of(p)).collect(),
+        dir: dir.clone(),
+    };
+    if let Ok(text) = serde_json::to_vec(&record) {
+        let path = opts.home.join("uvm").join("inputs.json");
+        let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+        if std::fs::write(&tmp, text).is_ok() {
+            let _ = std::fs::rename(&tmp, &path);
         }
     }
     Ok(GuestImage {
@@ -575,5 +697,70 @@ mod vmlinux_tests {
         let len = u32::try_from(payload.len()).unwrap();
         let e = vmlinux(&bzimage(&payload, 0, len)).unwrap_err().to_string();
         assert!(e.contains("not an ELF"), "{e}");
+    }
+}
+
+#[cfg(test)]
+mod cache_tests {
+    use super::*;
+
+    /// A home whose last build recorded `input` (and the agent and package paths given).
+    fn recorded(home: &Path, input: &Path) -> PathBuf {
+        let dir = home.join("uvm").join("0123456789abcdef");
+        std::fs::create_dir_all(&dir).unwrap();
+        for f in ["initrd.img", "vmlinuz"] {
+            std::fs::write(dir.join(f), b"x").unwrap();
+        }
+        std::fs::write(dir.join("measurement"), hex::encode([7u8; 48])).unwrap();
+        std::fs::write(input, b"one").unwrap();
+        let record = BuildInputs {
+            agent: "/agent".into(),
+            deb: "/kernel.deb".into(),
+            programs: programs_now(),
+            files: vec![FileId::of(input).unwrap()],
+            dir: dir.clone(),
+        };
+        std::fs::write(
+            home.join("uvm/inputs.json"),
+            serde_json::to_vec(&record).unwrap(),
+        )
+        .unwrap();
+        dir
+    }
+
+    #[test]
+    fn an_image_whose_inputs_are_unchanged_is_found_again() {
+        let home = tempfile::tempdir().unwrap();
+        let input = home.path().join("input");
+        let dir = recorded(home.path(), &input);
+        let image = unchanged(home.path(), Path::new("/agent"), Path::new("/kernel.deb")).unwrap();
+        assert_eq!(image.dir, dir);
+        assert_eq!(image.initrd, dir.join("initrd.img"));
+        assert_eq!(image.measurement, [7u8; 48]);
+    }
+
+    #[test]
+    fn a_changed_input_means_a_new_build() {
+        let home = tempfile::tempdir().unwrap();
+        let input = home.path().join("input");
+        recorded(home.path(), &input);
+        std::fs::write(&input, b"two, longer").unwrap();
+        assert!(unchanged(home.path(), Path::new("/agent"), Path::new("/kernel.deb")).is_none());
+    }
+
+    #[test]
+    fn another_agent_or_kernel_package_means_a_new_build() {
+        let home = tempfile::tempdir().unwrap();
+        recorded(home.path(), &home.path().join("input"));
+        assert!(unchanged(home.path(), Path::new("/other"), Path::new("/kernel.deb")).is_none());
+        assert!(unchanged(home.path(), Path::new("/agent"), Path::new("/other.deb")).is_none());
+    }
+
+    #[test]
+    fn a_recorded_image_that_is_gone_means_a_new_build() {
+        let home = tempfile::tempdir().unwrap();
+        let dir = recorded(home.path(), &home.path().join("input"));
+        std::fs::remove_file(dir.join("initrd.img")).unwrap();
+        assert!(unchanged(home.path(), Path::new("/agent"), Path::new("/kernel.deb")).is_none());
     }
 }

@@ -46,10 +46,12 @@ pub const MAX_RESOLV_CONF: usize = 64 << 10;
 /// path per line, dependencies first; a later set lists only what the sets before it lack.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ModuleSet {
-    /// At boot: the channel, disks, dm-verity, ext4, overlayfs, `sev-guest`.
-    Boot,
+    /// First, at boot: the channel's port and `sev-guest` (which decides the secure processor).
+    Channel,
     /// When the guest has a PCI bus (SNP's q35 machine; microvm has none): virtio-pci.
     Pci,
+    /// At boot, beside the policy check: disks, dm-verity, ext4, overlayfs.
+    Storage,
     /// When the group has a network: virtio-net.
     Net,
     /// When the group has encrypted volumes: dm-crypt, its ciphers, and loop (a pinned
@@ -59,9 +61,10 @@ pub enum ModuleSet {
 
 impl ModuleSet {
     /// Every set, in the order their lists are made.
-    pub const ALL: [ModuleSet; 4] = [
-        ModuleSet::Boot,
+    pub const ALL: [ModuleSet; 5] = [
+        ModuleSet::Channel,
         ModuleSet::Pci,
+        ModuleSet::Storage,
         ModuleSet::Net,
         ModuleSet::Volumes,
     ];
@@ -69,8 +72,9 @@ impl ModuleSet {
     /// Its list in the initramfs (an absolute path in the guest).
     pub fn list(self) -> &'static str {
         match self {
-            ModuleSet::Boot => "/etc/coffer/modules",
+            ModuleSet::Channel => "/etc/coffer/modules.channel",
             ModuleSet::Pci => "/etc/coffer/modules.pci",
+            ModuleSet::Storage => "/etc/coffer/modules.storage",
             ModuleSet::Net => "/etc/coffer/modules.net",
             ModuleSet::Volumes => "/etc/coffer/modules.volumes",
         }
