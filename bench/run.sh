@@ -3,7 +3,7 @@
 # `runc run` of an equivalent bundle (same image, unpacked by umoci), side by side, N runs each.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-N=${N:-10}
+N=${N:-20}
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 cargo build --release -q -p coffer-cli -p coffer-agent
@@ -32,10 +32,13 @@ def first_line(cmd):
     dt = time.perf_counter() - t
     p.wait()
     return dt * 1e3
-coffer = [first_line(["target/release/coffer", "run", "examples/hello/pod.yaml"]) for _ in range(n)]
-# runc's bundle gets a network namespace with loopback only: the same as --network none.
-alone = [first_line(["target/release/coffer", "run", "--network", "none", "examples/hello/pod.yaml"]) for _ in range(n)]
-runc = [first_line(["runc", "run", "--bundle", f"{work}/bundle", f"bench{i}"]) for i in range(n)]
+coffer, alone, runc = [], [], []
+# Round robin, so that whatever else the machine does falls on all three alike. runc's bundle
+# gets a network namespace with loopback only: the same as --network none.
+for i in range(n):
+    coffer.append(first_line(["target/release/coffer", "run", "examples/hello/pod.yaml"]))
+    alone.append(first_line(["target/release/coffer", "run", "--network", "none", "examples/hello/pod.yaml"]))
+    runc.append(first_line(["runc", "run", "--bundle", f"{work}/bundle", f"bench{i}"]))
 rows = (("coffer run", coffer), ("  --network none", alone), ("runc run", runc))
 for name, xs in rows:
     print(f"{name:16} first line: median {statistics.median(xs):6.1f} ms  min {min(xs):6.1f}  max {max(xs):6.1f}  (n={n})")
