@@ -61,12 +61,120 @@ impl Output {
     }
 }
 
+/// Why a container was not created, past the policy's own decision (a failure reply with
+/// this message).
+#[derive(Debug, thiserror::Error)]
+enum CreateError {
+    #[error("waiting for runc: {0}")]
+    WaitRunc(#[source] std::io::Error),
+    #[error("runc did not start the container within {0} s")]
+    RuncTimeout(u64),
+    /// The decision's result is not what the framework returns (a policy the agent cannot
+    /// follow: never read as "nothing").
+    #[error("the policy's env_list is not a list of strings: {0}")]
+    EnvList(#[source] serde_json::Error),
+    #[error("the policy's caps_list is malformed: {0}")]
+    CapsList(#[source] serde_json::Error),
+    #[error(transparent)]
+    Spec(#[from] oci::SpecError),
+}
+
+/// Why the containers' `/etc/hosts`, `/etc/hostname` and `/etc/resolv.conf` were not made.
+#[derive(Debug, thiserror::Error)]
+enum GroupFilesError {
+    #[error("{file}: {0}", file = coffer_proto::GROUP_FILE)]
+    Read(#[source] std::io::Error),
+    #[error("{file}: {0}", file = coffer_proto::GROUP_FILE)]
+    Parse(#[source] serde_json::Error),
+    #[error("{file} is too large", file = coffer_proto::GROUP_FILE)]
+    TooLarge,
+    #[error("setting the host name: {0}")]
+    Hostname(#[source] nix::Error),
+    #[error("the host's resolv.conf is too large or not text")]
+    ResolvConf,
+    #[error("{what}: {source}")]
+    Write {
+        what: String,
+        source: std::io::Error,
+    },
+}
+
+/// Why a released key does not give a volume's passphrase.
+#[derive(Debug, thiserror::Error)]
+enum KeyError {
+    #[error("released key has no '{0}'")]
+    Missing(&'static str),
+    #[error("keyDerivationSalt is not hex")]
+    SaltNotHex,
+    #[error("deriving the volume key: {0}")]
+    Derive(#[source] openssl::error::ErrorStack),
+    #[error("released key type {0:?} cannot open a volume")]
+    KeyType(Option<String>),
+}
+
+/// Why an encrypted volume stays closed.
+#[derive(Debug, thiserror::Error)]
+enum VolumeError {
+    #[error(transparent)]
+    Broker(#[from] crate::skr::SkrSetupError),
+    /// The key release failed: the SKR API's own answer.
+    #[error("{0}")]
+    Release(String),
+    #[error("released key is not a JWK: {0}")]
+    NotJwk(#[source] serde_json::Error),
+    #[error(transparent)]
+    Key(#[from] KeyError),
+    #[error("{url}: {source}")]
+    Remote { url: String, source: std::io::Error },
+    #[error(transparent)]
+    Luks(#[from] coffer_encfs::LuksError),
+    #[error(transparent)]
+    Disk(#[from] layer_image::LayerError),
+    #[error("the image is truncated: its file system needs {fs} bytes, the volume has {size}")]
+    Truncated { fs: u64, size: u64 },
+    #[error("the volume does not hold an ext4 file system")]
+    NotExt4,
+    #[error("a volume whose plaintext the policy pins must be read-only")]
+    PinnedWritable,
+    #[error("hashing the volume's plaintext: {0}")]
+    ReadPlaintext(#[source] coffer_encfs::LuksError),
+    #[error("hashing the volume's plaintext: {0}")]
+    HashPlaintext(#[source] coffer_verity::VerityError),
+    #[error("the policy's verity_root is not hex")]
+    PinNotHex,
+    #[error(
+        "the volume's plaintext (dm-verity root {found}) is not the one the policy pins ({pinned})"
+    )]
+    NotPinned { found: String, pinned: String },
+    #[error("the volume's hash tree: {0}")]
+    Tree(#[source] coffer_verity::VerityError),
+    #[error("the volume's hash tree does not have the pinned root")]
+    TreeRoot,
+    #[error(transparent)]
+    Device(#[from] crate::DeviceError),
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        source: std::io::Error,
+    },
+    #[error("mounting {dev}: {source}")]
+    Mount { dev: String, source: nix::Error },
+    /// mount(8) failed: what it said.
+    #[error("mounting: {0}")]
+    MountCommand(String),
+}
+
+fn vol_io(what: impl std::fmt::Display) -> impl FnOnce(std::io::Error) -> VolumeError {
+    let what = what.to_string();
+    move |source| VolumeError::Io { what, source }
+}
+
 /// Read `s` line by line (lines longer than [`MAX_LINE`] split) into `out`.
 /// `runc run` returns only when the container ends; it writes its pid file once the container
 /// exists and its process runs. Waiting for that (or for runc to end: a process that cannot start
 /// is reported through its exit status, as before) means a request that follows the create reply
 /// (exec, signal) finds the container.
-fn wait_started(child: &mut Child, pid_file: &Path) -> Result<(), String> {
+fn wait_started(child: &mut Child, pid_file: &Path) -> Result<(), CreateError> {
     const LIMIT: std::time::Duration = std::time::Duration::from_secs(120);
     let start = std::time::Instant::now();
     let mut pause = std::time::Duration::from_micros(500);
@@ -77,13 +185,10 @@ fn wait_started(child: &mut Child, pid_file: &Path) -> Result<(), String> {
         match child.try_wait() {
             Ok(Some(_)) => return Ok(()),
             Ok(None) => {}
-            Err(e) => return Err(format!("waiting for runc: {e}")),
+            Err(e) => return Err(CreateError::WaitRunc(e)),
         }
         if start.elapsed() > LIMIT {
-            return Err(format!(
-                "runc did not start the container within {} s",
-                LIMIT.as_secs()
-            ));
+            return Err(CreateError::RuncTimeout(LIMIT.as_secs()));
         }
         std::thread::sleep(pause);
         // runc takes 15-30 ms: a finer poll than that is cheap and is start-up time saved.
@@ -145,7 +250,7 @@ pub struct Agent {
     /// The group that owns emptyDir volumes (the Pod's fsGroup), from the policy.
     fs_group: Option<u32>,
     /// The containers' `/etc/hosts`, `/etc/hostname` and `/etc/resolv.conf`, made once.
-    group_files: std::sync::OnceLock<Result<oci::GroupFiles, String>>,
+    group_files: std::sync::OnceLock<Result<oci::GroupFiles, GroupFilesError>>,
     /// Bringing the loopback interface up (`ip`, a few ms) runs while the host sends the first
     /// requests; the first container waits for it.
     loopback: Mutex<Option<std::thread::JoinHandle<()>>>,
@@ -486,33 +591,36 @@ impl Agent {
     /// directory, from the policy's host name and what the host says of the network (`net.json`:
     /// the group's address and the host's resolvers; none: loopback only). A policy without a
     /// host name gets the host's name for the group.
-    fn make_group_files(&self) -> Result<oci::GroupFiles, String> {
+    fn make_group_files(&self) -> Result<oci::GroupFiles, GroupFilesError> {
         let io = Path::new(coffer_proto::IO_DIR).join(coffer_proto::GROUP_FILE);
         let net: coffer_proto::GroupNet = match std::fs::read(&io) {
-            Ok(b) if b.len() <= 2 * coffer_proto::MAX_RESOLV_CONF => serde_json::from_slice(&b)
-                .map_err(|e| format!("{}: {e}", coffer_proto::GROUP_FILE))?,
-            Ok(_) => return Err(format!("{} is too large", coffer_proto::GROUP_FILE)),
+            Ok(b) if b.len() <= 2 * coffer_proto::MAX_RESOLV_CONF => {
+                serde_json::from_slice(&b).map_err(GroupFilesError::Parse)?
+            }
+            Ok(_) => return Err(GroupFilesError::TooLarge),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Default::default(),
-            Err(e) => return Err(format!("{}: {e}", coffer_proto::GROUP_FILE)),
+            Err(e) => return Err(GroupFilesError::Read(e)),
         };
         let name = match &self.hostname {
             Some(h) => h.clone(),
             None if coffer_policy::is_dns_label(&net.name) => {
-                nix::unistd::sethostname(&net.name)
-                    .map_err(|e| format!("setting the host name: {e}"))?;
+                nix::unistd::sethostname(&net.name).map_err(GroupFilesError::Hostname)?;
                 net.name.clone()
             }
             None => "localhost".to_string(),
         };
         if net.resolv_conf.len() > coffer_proto::MAX_RESOLV_CONF || net.resolv_conf.contains('\0') {
-            return Err("the host's resolv.conf is too large or not text".into());
+            return Err(GroupFilesError::ResolvConf);
         }
         let own = match net.address {
             Some(a) => a.to_string(),
             None => "127.0.1.1".to_string(),
         };
         let dir = self.work.join("etc");
-        std::fs::create_dir_all(&dir).map_err(|e| format!("mkdir {}: {e}", dir.display()))?;
+        std::fs::create_dir_all(&dir).map_err(|source| GroupFilesError::Write {
+            what: format!("mkdir {}", dir.display()),
+            source,
+        })?;
         let files = oci::GroupFiles {
             hosts: dir.join("hosts"),
             hostname: dir.join("hostname"),
@@ -528,7 +636,10 @@ impl Agent {
             (&files.hostname, format!("{name}\n")),
             (&files.resolv_conf, net.resolv_conf.clone()),
         ] {
-            std::fs::write(path, text).map_err(|e| format!("writing {}: {e}", path.display()))?;
+            std::fs::write(path, text).map_err(|source| GroupFilesError::Write {
+                what: format!("writing {}", path.display()),
+                source,
+            })?;
         }
         Ok(files)
     }
@@ -893,7 +1004,7 @@ impl Agent {
 
     /// Release the volume's key (as the policy names it), unlock the LUKS2 image, mount it
     /// read-only. A no-op for volumes that are not encrypted or already open.
-    fn open_encrypted(&self, name: &str) -> Result<(), String> {
+    fn open_encrypted(&self, name: &str) -> Result<(), VolumeError> {
         let Some(policy) = self.encrypted.iter().find(|v| v.name == name) else {
             return Ok(());
         };
@@ -901,12 +1012,11 @@ impl Agent {
         if lock(&self.state).opened.contains_key(name) {
             return Ok(());
         }
-        let broker = crate::skr::Broker::from_policy(&policy.broker).map_err(|e| e.to_string())?;
+        let broker = crate::skr::Broker::from_policy(&policy.broker)?;
         let egress = PathBuf::from(coffer_proto::IO_DIR).join("egress.sock");
-        let jwk =
-            crate::skr::release_jwk(&self.sp, &egress, &broker, &policy.key).map_err(|(_, m)| m)?;
-        let jwk: Value =
-            serde_json::from_str(&jwk).map_err(|e| format!("released key is not a JWK: {e}"))?;
+        let jwk = crate::skr::release_jwk(&self.sp, &egress, &broker, &policy.key)
+            .map_err(|(_, m)| VolumeError::Release(m))?;
+        let jwk: Value = serde_json::from_str(&jwk).map_err(VolumeError::NotJwk)?;
         let k = volume_key(&jwk, &policy.salt, &policy.label)?;
         let image = PathBuf::from(coffer_proto::IO_DIR)
             .join("volumes")
@@ -917,15 +1027,23 @@ impl Agent {
         let mut disk = None;
         let vol = match url.as_deref().map(str::trim) {
             Some(url) => {
-                let hostport =
-                    coffer_encfs::source::url_host_port(url).map_err(|e| e.to_string())?;
+                let hostport = coffer_encfs::source::url_host_port(url).map_err(|source| {
+                    VolumeError::Remote {
+                        url: url.to_string(),
+                        source,
+                    }
+                })?;
                 let connect: coffer_encfs::source::Connect = Box::new(move || {
                     let mut s = UnixStream::connect(&egress)?;
                     s.write_all(format!("CONNECT {hostport}\n").as_bytes())?;
                     Ok(Box::new(s) as Box<dyn coffer_encfs::source::Stream>)
                 });
-                let src = coffer_encfs::source::HttpSource::new(url, Some(connect))
-                    .map_err(|e| format!("{url}: {e}"))?;
+                let src = coffer_encfs::source::HttpSource::new(url, Some(connect)).map_err(
+                    |source| VolumeError::Remote {
+                        url: url.to_string(),
+                        source,
+                    },
+                )?;
                 coffer_encfs::block::Volume::open_source(Box::new(src), &k, false)
             }
             None => match self.volume_disks.get(name) {
@@ -937,18 +1055,17 @@ impl Agent {
                 }
                 None => coffer_encfs::block::Volume::open(&image, &k, !*read_only),
             },
-        }
-        .map_err(|e| e.to_string())?;
-        let start = vol.read_at(0, 2048).map_err(|e| e.to_string())?;
+        }?;
+        let start = vol.read_at(0, 2048)?;
         match coffer_encfs::ext4_size(&start) {
             Some(fs) if fs <= vol.size() => {}
             Some(fs) => {
-                return Err(format!(
-                    "the image is truncated: its file system needs {fs} bytes, the volume has {}",
-                    vol.size()
-                ))
+                return Err(VolumeError::Truncated {
+                    fs,
+                    size: vol.size(),
+                })
             }
-            None => return Err("the volume does not hold an ext4 file system".into()),
+            None => return Err(VolumeError::NotExt4),
         }
         // Pinned content: the whole plaintext file system is read and hashed once, here, and
         // every later read is checked against those hashes (dm-verity in a VM, the FUSE block
@@ -958,25 +1075,23 @@ impl Agent {
             None
         } else {
             if !*read_only {
-                return Err("a volume whose plaintext the policy pins must be read-only".into());
+                return Err(VolumeError::PinnedWritable);
             }
             let fs = coffer_encfs::ext4_size(&start).unwrap_or(0).div_ceil(4096) * 4096;
             let level0 = vol
                 .plaintext_hashes(fs)
-                .map_err(|e| format!("hashing the volume's plaintext: {e}"))?;
-            let root = coffer_verity::root_from_level0(&level0)
-                .map_err(|e| format!("hashing the volume's plaintext: {e}"))?;
-            let pinned = hex::decode(&policy.verity_root)
-                .map_err(|_| "the policy's verity_root is not hex".to_string())?;
+                .map_err(VolumeError::ReadPlaintext)?;
+            let root =
+                coffer_verity::root_from_level0(&level0).map_err(VolumeError::HashPlaintext)?;
+            let pinned = hex::decode(&policy.verity_root).map_err(|_| VolumeError::PinNotHex)?;
             if pinned.len() != 32 || !openssl::memcmp::eq(&root, &pinned[..]) {
-                return Err(format!(
-                    "the volume's plaintext (dm-verity root {}) is not the one the policy pins ({})",
-                    hex::encode(root),
-                    policy.verity_root
-                ));
+                return Err(VolumeError::NotPinned {
+                    found: hex::encode(root),
+                    pinned: policy.verity_root.clone(),
+                });
             }
             if disk.is_none() {
-                vol.pin(level0).map_err(|e| e.to_string())?;
+                vol.pin(level0)?;
                 None
             } else {
                 Some((level0, root))
@@ -985,7 +1100,7 @@ impl Agent {
         let dir = self.work.join("volumes").join(name);
         if let Some(dev) = disk {
             // A block device in a VM: the guest kernel's dm-crypt with the key unlocked above.
-            std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+            std::fs::create_dir_all(&dir).map_err(vol_io(format!("mkdir {}", dir.display())))?;
             let dm_name = format!("coffer-vol-{name}");
             let (sectors, params) = vol.dm_crypt(&dev.to_string_lossy());
             let mut mapped = crate::dm::create(
@@ -1029,16 +1144,19 @@ impl Agent {
                     let _ = crate::dm::remove(&v);
                 }
                 let _ = crate::dm::remove(&dm_name);
-                return Err(format!("mounting {}: {e}", mapped.display()));
+                return Err(VolumeError::Mount {
+                    dev: mapped.display().to_string(),
+                    source: e,
+                });
             }
             lock(&self.state).opened.insert(name.to_string(), dir);
             return Ok(());
         }
         let block_dir = self.work.join("volumes").join(format!(".{name}.block"));
         for d in [&block_dir, &dir] {
-            std::fs::create_dir_all(d).map_err(|e| e.to_string())?;
+            std::fs::create_dir_all(d).map_err(vol_io(format!("mkdir {}", d.display())))?;
         }
-        let block = coffer_encfs::block::mount(vol, &block_dir).map_err(|e| e.to_string())?;
+        let block = coffer_encfs::block::mount(vol, &block_dir)?;
         let status = Command::new("mount")
             .args([
                 "-t",
@@ -1054,11 +1172,10 @@ impl Agent {
             .arg(&block.disk)
             .arg(&dir)
             .output()
-            .map_err(|e| e.to_string())?;
+            .map_err(vol_io("running mount"))?;
         if !status.status.success() {
-            return Err(format!(
-                "mounting: {}",
-                String::from_utf8_lossy(&status.stderr).trim()
+            return Err(VolumeError::MountCommand(
+                String::from_utf8_lossy(&status.stderr).trim().to_string(),
             ));
         }
         lock(&self.state).blocks.push(block);
@@ -1077,7 +1194,7 @@ impl Agent {
         volume: &str,
         level0: &[[u8; 32]],
         root: &[u8; 32],
-    ) -> Result<PathBuf, String> {
+    ) -> Result<PathBuf, VolumeError> {
         let tree_path = self.work.join("volumes").join(format!(".{volume}.verity"));
         let mut tree = std::fs::OpenOptions::new()
             .create(true)
@@ -1085,12 +1202,12 @@ impl Agent {
             .read(true)
             .write(true)
             .open(&tree_path)
-            .map_err(|e| format!("{}: {e}", tree_path.display()))?;
+            .map_err(vol_io(tree_path.display()))?;
         let _ = std::fs::remove_file(&tree_path);
         let written = coffer_verity::write_hash_device(&mut tree, level0, [0; 16])
-            .map_err(|e| format!("the volume's hash tree: {e}"))?;
+            .map_err(VolumeError::Tree)?;
         if written.root != *root {
-            return Err("the volume's hash tree does not have the pinned root".into());
+            return Err(VolumeError::TreeRoot);
         }
         // The mapping holds the loop device; closing it detaches it once unmapped (autoclear).
         let (_dev, hash) = crate::loopdev::attach_read_only(&tree, written.bytes)?;
@@ -1415,17 +1532,16 @@ impl Agent {
 
 /// The environment a decision grants: its `env_list`, or the request's when the rule returns none
 /// (a rule that allows everything). A malformed list is an error, never an empty environment.
-fn decided_env(result: &Value, requested: &[String]) -> Result<Vec<String>, String> {
+fn decided_env(result: &Value, requested: &[String]) -> Result<Vec<String>, CreateError> {
     match result.get("env_list") {
         None | Some(Value::Null) => Ok(requested.to_vec()),
-        Some(v) => serde_json::from_value(v.clone())
-            .map_err(|e| format!("the policy's env_list is not a list of strings: {e}")),
+        Some(v) => serde_json::from_value(v.clone()).map_err(CreateError::EnvList),
     }
 }
 
 /// The capability sets a decision grants: its `caps_list` (each of the five as decided; a kind
 /// it leaves out is empty), or the request's when the rule returns none.
-fn decided_caps(result: &Value, requested: &[String]) -> Result<oci::CapsList, String> {
+fn decided_caps(result: &Value, requested: &[String]) -> Result<oci::CapsList, CreateError> {
     match result.get("caps_list") {
         None | Some(Value::Null) => Ok(oci::CapsList {
             bounding: requested.to_vec(),
@@ -1433,8 +1549,7 @@ fn decided_caps(result: &Value, requested: &[String]) -> Result<oci::CapsList, S
             permitted: requested.to_vec(),
             ..Default::default()
         }),
-        Some(v) => serde_json::from_value(v.clone())
-            .map_err(|e| format!("the policy's caps_list is malformed: {e}")),
+        Some(v) => serde_json::from_value(v.clone()).map_err(CreateError::CapsList),
     }
 }
 
@@ -1705,19 +1820,32 @@ pub(crate) mod oci {
 
     use coffer_proto::ProcessSpec;
 
+    /// Why the OCI spec for a container was not made.
+    #[derive(Debug, thiserror::Error)]
+    pub(crate) enum SpecError {
+        #[error("building the OCI spec: {0}")]
+        Build(#[from] oci_spec::OciSpecError),
+        #[error("unknown capability '{0}'")]
+        UnknownCapability(String),
+        #[error("memory limit too large")]
+        MemoryLimit,
+        #[error("cpu limit too large")]
+        CpuLimit,
+    }
+
     fn mnt(
         dest: &str,
         typ: &str,
         src: &str,
         opts: &[&str],
-    ) -> Result<oci_spec::runtime::Mount, String> {
+    ) -> Result<oci_spec::runtime::Mount, SpecError> {
         MountBuilder::default()
             .destination(dest)
             .typ(typ)
             .source(src)
             .options(opts.iter().map(|s| s.to_string()).collect::<Vec<_>>())
             .build()
-            .map_err(|e| e.to_string())
+            .map_err(SpecError::Build)
     }
 
     /// The five capability sets, as a policy decision returns them.
@@ -1739,7 +1867,7 @@ pub(crate) mod oci {
     /// `CAP_CHOWN` -> the capability; an unknown name is an error, never dropped in silence.
     pub(crate) fn cap_set(
         names: &[String],
-    ) -> Result<std::collections::HashSet<Capability>, String> {
+    ) -> Result<std::collections::HashSet<Capability>, SpecError> {
         names
             .iter()
             .map(|n| {
@@ -1755,7 +1883,7 @@ pub(crate) mod oci {
                             .ok()
                     })
                     .flatten()
-                    .ok_or_else(|| format!("unknown capability '{}'", n.escape_debug()))
+                    .ok_or_else(|| SpecError::UnknownCapability(n.escape_debug().to_string()))
             })
             .collect()
     }
@@ -1771,18 +1899,14 @@ pub(crate) mod oci {
 
     /// Kubernetes' fsGroup ownership of a volume directory: group `gid`, group-writable, setgid
     /// (files made in it belong to the group).
-    pub(crate) fn own_by_fs_group(dir: &Path, gid: u32) -> Result<(), String> {
+    pub(crate) fn own_by_fs_group(dir: &Path, gid: u32) -> std::io::Result<()> {
         use std::os::unix::fs::PermissionsExt as _;
-        std::os::unix::fs::chown(dir, None, Some(gid)).map_err(|e| e.to_string())?;
-        let mode = std::fs::metadata(dir)
-            .map_err(|e| e.to_string())?
-            .permissions()
-            .mode();
+        std::os::unix::fs::chown(dir, None, Some(gid))?;
+        let mode = std::fs::metadata(dir)?.permissions().mode();
         std::fs::set_permissions(
             dir,
             std::fs::Permissions::from_mode((mode & 0o7777) | 0o2070),
         )
-        .map_err(|e| e.to_string())
     }
 
     /// The group's name-service files, bound read-only into every container.
@@ -1832,14 +1956,14 @@ pub(crate) mod oci {
         volumes: &[VolumeBind],
         cgroup: &str,
         files: Option<&GroupFiles>,
-    ) -> Result<Spec, String> {
+    ) -> Result<Spec, SpecError> {
         let nofile = nofile_limit();
         let rlimits = vec![oci_spec::runtime::PosixRlimitBuilder::default()
             .typ(oci_spec::runtime::PosixRlimitType::RlimitNofile)
             .hard(nofile)
             .soft(nofile)
             .build()
-            .map_err(|e| e.to_string())?];
+            .map_err(SpecError::Build)?];
         let capabilities = LinuxCapabilitiesBuilder::default()
             .bounding(cap_set(&caps.bounding)?)
             .effective(cap_set(&caps.effective)?)
@@ -1847,7 +1971,7 @@ pub(crate) mod oci {
             .inheritable(cap_set(&caps.inheritable)?)
             .ambient(cap_set(&caps.ambient)?)
             .build()
-            .map_err(|e| e.to_string())?;
+            .map_err(SpecError::Build)?;
         let process = ProcessBuilder::default()
             .terminal(false)
             .args(p.args.clone())
@@ -1859,13 +1983,13 @@ pub(crate) mod oci {
                     .gid(p.gid)
                     .additional_gids(p.additional_gids.clone())
                     .build()
-                    .map_err(|e| e.to_string())?,
+                    .map_err(SpecError::Build)?,
             )
             .capabilities(capabilities)
             .no_new_privileges(p.no_new_privileges)
             .rlimits(rlimits)
             .build()
-            .map_err(|e| e.to_string())?;
+            .map_err(SpecError::Build)?;
         let mut mounts = vec![
             mnt("/proc", "proc", "proc", &["nosuid", "noexec", "nodev"])?,
             mnt(
@@ -1937,34 +2061,34 @@ pub(crate) mod oci {
                 LinuxNamespaceBuilder::default()
                     .typ(t)
                     .build()
-                    .map_err(|e| e.to_string())
+                    .map_err(SpecError::Build)
             })
             .collect::<Result<Vec<_>, _>>()?;
         let mut resources = oci_spec::runtime::LinuxResourcesBuilder::default();
         if let Some(m) = p.memory_limit {
-            let limit = i64::try_from(m).map_err(|_| "memory limit too large".to_string())?;
+            let limit = i64::try_from(m).map_err(|_| SpecError::MemoryLimit)?;
             resources = resources.memory(
                 oci_spec::runtime::LinuxMemoryBuilder::default()
                     .limit(limit)
                     .build()
-                    .map_err(|e| e.to_string())?,
+                    .map_err(SpecError::Build)?,
             );
         }
         if let Some(c) = p.cpu_millis {
             let quota = c
                 .checked_mul(100)
                 .and_then(|q| i64::try_from(q).ok())
-                .ok_or_else(|| "cpu limit too large".to_string())?;
+                .ok_or(SpecError::CpuLimit)?;
             resources = resources.cpu(
                 oci_spec::runtime::LinuxCpuBuilder::default()
                     .quota(quota)
                     .period(100_000u64)
                     .build()
-                    .map_err(|e| e.to_string())?,
+                    .map_err(SpecError::Build)?,
             );
         }
         let linux = LinuxBuilder::default()
-            .resources(resources.build().map_err(|e| e.to_string())?)
+            .resources(resources.build().map_err(SpecError::Build)?)
             .namespaces(namespaces)
             .cgroups_path(PathBuf::from(cgroup))
             .masked_paths(vec![
@@ -1981,7 +2105,7 @@ pub(crate) mod oci {
                 "/proc/sysrq-trigger".into(),
             ])
             .build()
-            .map_err(|e| e.to_string())?;
+            .map_err(SpecError::Build)?;
         let mut spec = SpecBuilder::default()
             .version("1.0.2")
             .root(
@@ -1989,13 +2113,13 @@ pub(crate) mod oci {
                     .path(rootfs)
                     .readonly(p.read_only_rootfs)
                     .build()
-                    .map_err(|e| e.to_string())?,
+                    .map_err(SpecError::Build)?,
             )
             .process(process)
             .mounts(mounts)
             .linux(linux)
             .build()
-            .map_err(|e| e.to_string())?;
+            .map_err(SpecError::Build)?;
         // The builder's defaults set a hostname, which needs a UTS namespace of its own; the
         // group shares the sandbox's.
         spec.set_hostname(None);
@@ -2079,19 +2203,19 @@ pub(crate) mod oci {
             assert_eq!(v["linux"]["resources"]["memory"]["limit"], 1u64 << 30);
             for c in [u64::MAX, u64::MAX / 100 + 1, i64::MAX as u64 / 100 + 1] {
                 let e = spec_of(Some(c), None).unwrap_err();
-                assert!(e.contains("cpu limit too large"), "{c}: {e}");
+                assert!(matches!(e, SpecError::CpuLimit), "{c}: {e}");
             }
             let e = spec_of(None, Some(u64::MAX)).unwrap_err();
-            assert!(e.contains("memory limit too large"), "{e}");
+            assert!(matches!(e, SpecError::MemoryLimit), "{e}");
         }
     }
 }
 
 /// The passphrase for a volume from a released key: an `oct` key as is; an RSA key derived with
 /// HKDF-SHA256 over the private exponent (salt and label from the policy), as Azure's encfs does.
-fn volume_key(jwk: &Value, salt_hex: &str, label: &str) -> Result<Vec<u8>, String> {
+fn volume_key(jwk: &Value, salt_hex: &str, label: &str) -> Result<Vec<u8>, KeyError> {
     use base64::Engine as _;
-    let b64 = |f: &str| {
+    let b64 = |f: &'static str| {
         jwk[f]
             .as_str()
             .and_then(|k| {
@@ -2099,22 +2223,21 @@ fn volume_key(jwk: &Value, salt_hex: &str, label: &str) -> Result<Vec<u8>, Strin
                     .decode(k.trim_end_matches('='))
                     .ok()
             })
-            .ok_or(format!("released key has no '{f}'"))
+            .ok_or(KeyError::Missing(f))
     };
     match jwk["kty"].as_str() {
         Some("oct") => b64("k"),
         Some("RSA") => {
             let d = b64("d")?;
-            let salt =
-                hex::decode(salt_hex).map_err(|_| "keyDerivationSalt is not hex".to_string())?;
+            let salt = hex::decode(salt_hex).map_err(|_| KeyError::SaltNotHex)?;
             let info = if label.is_empty() {
                 "Symmetric Encryption Key"
             } else {
                 label
             };
-            hkdf_sha256(&d, &salt, info.as_bytes()).map_err(|e| e.to_string())
+            hkdf_sha256(&d, &salt, info.as_bytes()).map_err(KeyError::Derive)
         }
-        other => Err(format!("released key type {other:?} cannot open a volume")),
+        other => Err(KeyError::KeyType(other.map(str::to_string))),
     }
 }
 
@@ -2348,7 +2471,10 @@ mod tests {
         assert_eq!(set.len(), 2);
         for bad in ["CAP_FOO", "CHOWN", "cap_chown", "CAP_CAP_CHOWN", ""] {
             let e = oci::cap_set(&[bad.into()]).unwrap_err();
-            assert!(e.contains("unknown capability"), "{bad}: {e}");
+            assert!(
+                matches!(&e, oci::SpecError::UnknownCapability(n) if n == &bad.escape_debug().to_string()),
+                "{bad}: {e}"
+            );
         }
     }
 
