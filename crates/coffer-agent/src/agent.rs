@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Condvar, Mutex};
 
+use coffer_policy::input::{self, Input};
 use coffer_policy::{EnforcementPoint as Point, Enforcer};
 use serde_json::{json, Value};
 
@@ -649,11 +650,8 @@ impl Agent {
         self.encrypted.iter().any(|e| e.name == volume)
     }
 
-    fn decide(&self, point: Point, input: Value) -> Result<coffer_policy::Decision, Failure> {
-        lock(&self.state)
-            .enforcer
-            .decide(point, &input)
-            .map_err(failure)
+    fn ask(&self, input: Input<'_>) -> Result<coffer_policy::Decision, Failure> {
+        lock(&self.state).enforcer.ask(&input).map_err(failure)
     }
 
     /// Measure the layer image the host placed, ask the policy, mount it read-only. On any
@@ -710,10 +708,10 @@ impl Agent {
             Err(e) => return failed(format!("layer {target}: {e}")),
         };
         let device_hash = hex::encode(measured.root);
-        let decision = self.decide(
-            Point::MountDevice,
-            json!({"target": target, "deviceHash": device_hash}),
-        )?;
+        let decision = self.ask(Input::MountDevice(input::MountDevice {
+            target,
+            device_hash: &device_hash,
+        }))?;
         if !decision.allowed {
             return denied(Point::MountDevice.name(), decision.reason);
         }
@@ -745,10 +743,10 @@ impl Agent {
             Err(e) => return failed(format!("layer {target}: {e}")),
         };
         let device_hash = hex::encode(measured.root);
-        let decision = self.decide(
-            Point::MountDevice,
-            json!({"target": target, "deviceHash": device_hash}),
-        )?;
+        let decision = self.ask(Input::MountDevice(input::MountDevice {
+            target,
+            device_hash: &device_hash,
+        }))?;
         if !decision.allowed {
             return denied(Point::MountDevice.name(), decision.reason);
         }
@@ -782,7 +780,12 @@ impl Agent {
         }
         let dir = self.work.join("containers").join(id);
         let rootfs = dir.join("rootfs");
-        let input = json!({"containerID": id, "layerPaths": layer_paths, "target": rootfs});
+        let target = rootfs.to_string_lossy();
+        let input = Input::MountOverlay(input::MountOverlay {
+            container_id: id,
+            layer_paths,
+            target: &target,
+        });
         // A layer the policy already counts may still be being mounted: never overlay it
         // half-done. (A layer that failed is forgotten by the policy state, which then denies the
         // overlay.) One lock for both, so no layer can be approved between the check and the
@@ -792,18 +795,16 @@ impl Agent {
             if let Some(l) = layer_paths.iter().find(|l| st.pending.contains(l.as_str())) {
                 return failed(format!("layer {l} is still being mounted"));
             }
-            st.enforcer
-                .decide(Point::MountOverlay, &input)
-                .map_err(failure)?
+            st.enforcer.ask(&input).map_err(failure)?
         };
         if !d.allowed {
             return denied(Point::MountOverlay.name(), d.reason);
         }
         let scratch = dir.join("scratch");
-        match self.decide(
-            Point::ScratchMount,
-            json!({"target": scratch, "encrypted": false}),
-        ) {
+        match self.ask(Input::ScratchMount(input::ScratchMount {
+            target: &scratch.to_string_lossy(),
+            encrypted: false,
+        })) {
             Ok(d) if d.allowed => {}
             Ok(d) => return denied(Point::ScratchMount.name(), d.reason),
             Err(e) => return Err(e),
@@ -850,28 +851,53 @@ impl Agent {
         {
             return failed(format!("invalid volume name '{}'", v.name.escape_debug()));
         }
+        let by_number = |id: u32| input::IdName {
+            id: id.to_string(),
+            name: String::new(),
+        };
+        let input = Input::CreateContainer(Box::new(input::CreateContainer {
+            container_id: id,
+            arg_list: &p.args,
+            env_list: &p.env,
+            working_dir: &p.cwd,
+            mounts: volumes
+                .iter()
+                .map(|v| input::Mount {
+                    destination: &v.destination,
+                    source: coffer_policy::volume_source(&v.name, self.is_encrypted(&v.name)),
+                    options: vec!["rbind", "rshared", if v.read_only { "ro" } else { "rw" }],
+                    kind: "bind",
+                })
+                .collect(),
+            privileged: false,
+            no_new_privileges: p.no_new_privileges,
+            user: by_number(p.uid),
+            umask: "0022",
+            read_only_root_filesystem: p.read_only_rootfs,
+            groups: std::iter::once(p.gid)
+                .chain(p.additional_gids.iter().copied())
+                .map(by_number)
+                .collect(),
+            capabilities: input::Capabilities {
+                bounding: &p.capabilities,
+                effective: &p.capabilities,
+                permitted: &p.capabilities,
+                inheritable: &[],
+                ambient: &[],
+            },
+            resources: input::Resources {
+                memory_limit: p.memory_limit,
+                cpu_millis: p.cpu_millis,
+            },
+        }));
         let Some(rootfs) = lock(&self.state).overlays.get(id).cloned() else {
             // Still ask the policy, so the denial carries its reason.
-            return match self.decide(Point::CreateContainer, json!({"containerID": id})) {
+            return match self.ask(input) {
                 Ok(d) => denied(Point::CreateContainer.name(), d.reason),
                 Err(e) => Err(e),
             };
         };
-        let mounts: Vec<Value> = volumes
-            .iter()
-            .map(|v| json!({"destination": v.destination,
-                            "source": coffer_policy::volume_source(&v.name, self.is_encrypted(&v.name)),
-                            "options": ["rbind", "rshared", if v.read_only { "ro" } else { "rw" }], "type": "bind"}))
-            .collect();
-        let input = json!({
-            "containerID": id, "argList": p.args, "envList": p.env, "workingDir": p.cwd, "mounts": mounts,
-            "privileged": false, "noNewPrivileges": p.no_new_privileges,
-            "user": {"id": p.uid.to_string(), "name": ""}, "umask": "0022", "readOnlyRootFilesystem": p.read_only_rootfs,
-            "groups": std::iter::once(p.gid).chain(p.additional_gids.iter().copied()).map(|g| json!({"id": g.to_string(), "name": ""})).collect::<Vec<_>>(),
-            "capabilities": {"bounding": p.capabilities, "effective": p.capabilities, "permitted": p.capabilities, "inheritable": [], "ambient": []},
-            "resources": {"memory_limit": p.memory_limit, "cpu_millis": p.cpu_millis},
-        });
-        let d = self.decide(Point::CreateContainer, input)?;
+        let d = self.ask(input)?;
         if !d.allowed {
             return denied(Point::CreateContainer.name(), d.reason);
         }
@@ -1306,10 +1332,12 @@ impl Agent {
         if !safe_id(id) {
             return failed("invalid container id");
         }
-        let d = self.decide(
-            Point::ExecInContainer,
-            json!({"containerID": id, "argList": p.args, "envList": p.env, "workingDir": p.cwd}),
-        )?;
+        let d = self.ask(Input::ExecInContainer(input::ExecInContainer {
+            container_id: id,
+            arg_list: &p.args,
+            env_list: &p.env,
+            working_dir: &p.cwd,
+        }))?;
         if !d.allowed {
             return denied(Point::ExecInContainer.name(), d.reason);
         }
@@ -1354,10 +1382,14 @@ impl Agent {
         if !safe_id(id) {
             return failed("invalid container id");
         }
-        let d = self.decide(
-            Point::SignalContainerProcess,
-            json!({"containerID": id, "signal": signal, "isInitProcess": true, "argList": []}),
-        )?;
+        let d = self.ask(Input::SignalContainerProcess(
+            input::SignalContainerProcess {
+                container_id: id,
+                signal,
+                is_init_process: true,
+                arg_list: &[],
+            },
+        ))?;
         if !d.allowed {
             return denied(Point::SignalContainerProcess.name(), d.reason);
         }
@@ -1381,12 +1413,18 @@ impl Agent {
         }
         let dir = self.work.join("containers").join(id);
         let (rootfs, scratch) = (dir.join("rootfs"), dir.join("scratch"));
-        for (point, input) in [
-            (Point::ShutdownContainer, json!({"containerID": id})),
-            (Point::UnmountOverlay, json!({"unmountTarget": rootfs})),
-            (Point::ScratchUnmount, json!({"unmountTarget": scratch})),
+        let (rootfs_s, scratch_s) = (rootfs.to_string_lossy(), scratch.to_string_lossy());
+        for input in [
+            Input::ShutdownContainer(input::ContainerId { container_id: id }),
+            Input::UnmountOverlay(input::UnmountTarget {
+                unmount_target: &rootfs_s,
+            }),
+            Input::ScratchUnmount(input::UnmountTarget {
+                unmount_target: &scratch_s,
+            }),
         ] {
-            match self.decide(point, input) {
+            let point = input.point();
+            match self.ask(input) {
                 Ok(d) if d.allowed => {}
                 Ok(d) => return denied(point.name(), d.reason),
                 Err(e) => return Err(e),
@@ -1428,7 +1466,7 @@ impl Agent {
     }
 
     fn properties(&self) -> Result<reply::Properties, Failure> {
-        match self.decide(Point::GetProperties, json!({})) {
+        match self.ask(Input::GetProperties(input::NoInput {})) {
             Ok(d) if d.allowed => {}
             Ok(d) => return denied(Point::GetProperties.name(), d.reason),
             Err(e) => return Err(e),
@@ -1456,7 +1494,9 @@ impl Agent {
     fn shutdown(&self) -> (Result<reply::ShutDown, Failure>, bool) {
         let ids: Vec<String> = lock(&self.state).containers.keys().cloned().collect();
         for id in &ids {
-            match self.decide(Point::ShutdownContainer, json!({"containerID": id})) {
+            match self.ask(Input::ShutdownContainer(input::ContainerId {
+                container_id: id,
+            })) {
                 Ok(d) if d.allowed => {}
                 Ok(d) => return (denied(Point::ShutdownContainer.name(), d.reason), false),
                 Err(e) => return (Err(e), false),

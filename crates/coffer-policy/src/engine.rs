@@ -377,6 +377,13 @@ impl Enforcer {
         self.decide(rule.parse()?, input)
     }
 
+    /// Ask the point `input` is for ([`crate::input`]): what the agent calls.
+    pub fn ask(&mut self, input: &crate::Input<'_>) -> Result<Decision, PolicyError> {
+        let value = serde_json::to_value(input)
+            .map_err(|e| PolicyError::BadInput(format!("{}: {e}", input.point().name())))?;
+        self.decide(input.point(), &value)
+    }
+
     /// Decide `point` for `input`; apply the result's metadata updates only when allowed.
     pub fn decide(
         &mut self,

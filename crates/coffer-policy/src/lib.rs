@@ -13,6 +13,7 @@
 
 mod engine;
 mod gen;
+pub mod input;
 mod pod;
 mod settings;
 
@@ -23,6 +24,7 @@ pub use gen::{
     allow_all_policy, generate, resolve_container, volume_source, GenOptions, ImageFacts,
     ResolvedContainer, DEFAULT_CAPS, SKR_ANNOTATION, SKR_BROKER_ANNOTATIONS,
 };
+pub use input::Input;
 pub use pod::{is_dns_label, parse_pod, ContainerPort, Pod, PodSecurityContext, ENCFS_DRIVER};
 pub use settings::{
     EncryptedVolumePolicy, KeyBrokerPolicy, PortPolicy, PortProblem, SettingError, Settings,
