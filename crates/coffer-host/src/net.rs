@@ -13,7 +13,7 @@
 //! **Subnet-wide rules instead of per-group ones.** Outbound NAT (one MASQUERADE rule) and the
 //! FORWARD rules that let the groups' traffic through on hosts whose FORWARD policy is DROP (as
 //! Docker sets it) are the same for every group, so they are added once for the whole subnet and
-//! kept, like the bridge ([`ensure_rules`]). The `firewall` plugin would add and delete the same
+//! kept, like the bridge (`ensure_rules`). The `firewall` plugin would add and delete the same
 //! FORWARD rules per group: about nine `iptables` runs, 20 ms on the start of every group and as
 //! much on its end, for no difference in what passes. The FORWARD rules also accept connections
 //! to a published port from other hosts (conntrack state DNAT), which the plugin's rules do not.
