@@ -27,7 +27,7 @@ const NET: &[Need] = &[
     Need::Check("the CNI plugins", cni_plugins),
 ];
 
-fn cni_plugins() -> Result<(), String> {
+fn cni_plugins() -> Result<(), coffer_testkit::Unmet> {
     if coffer_host::net::available() {
         Ok(())
     } else {
@@ -36,7 +36,7 @@ fn cni_plugins() -> Result<(), String> {
 }
 
 /// Port 80 is privileged here (the test checks that only root may publish it).
-fn port_80_is_privileged() -> Result<(), String> {
+fn port_80_is_privileged() -> Result<(), coffer_testkit::Unmet> {
     let unprivileged_start: u32 =
         std::fs::read_to_string("/proc/sys/net/ipv4/ip_unprivileged_port_start")
             .ok()
@@ -718,7 +718,7 @@ fn app_script(app: &str) -> PathBuf {
 }
 
 /// The image `app` is cached, or mmdebstrap is here to build it.
-fn app_buildable(app: &str) -> Result<(), String> {
+fn app_buildable(app: &str) -> Result<(), coffer_testkit::Unmet> {
     if app_cache(app).join("index.json").exists() || coffer_testkit::on_path("mmdebstrap") {
         Ok(())
     } else {

@@ -45,11 +45,11 @@ const VM_GROUP: &[Need] = &[
 /// The kernel package, downloaded into `kernels()` once (`COFFER_UVM_KERNELS`, set by `main`).
 const KERNEL: Need = Need::Check("the kernel package", kernel_package);
 
-fn kernel_package() -> Result<(), String> {
+fn kernel_package() -> Result<(), coffer_testkit::Unmet> {
     let home = tempfile::tempdir().map_err(|e| e.to_string())?;
     coffer_host::image::kernel_deb(home.path(), None)
         .map(drop)
-        .map_err(|e| e.to_string())
+        .map_err(|e| e.to_string().into())
 }
 
 /// A fresh home with the example image imported and the guest image built.

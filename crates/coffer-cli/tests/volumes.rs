@@ -40,11 +40,11 @@ const VM: &[Need] = &[
     Need::Check("the kernel package", kernel_package),
 ];
 
-fn kernel_package() -> Result<(), String> {
+fn kernel_package() -> Result<(), coffer_testkit::Unmet> {
     let home = tempfile::tempdir().map_err(|e| e.to_string())?;
     coffer_host::image::kernel_deb(home.path(), None)
         .map(drop)
-        .map_err(|e| e.to_string())
+        .map_err(|e| e.to_string().into())
 }
 
 fn setup() -> Setup {

@@ -127,7 +127,7 @@ fn main() -> std::process::ExitCode {
 /// virtee's `sev-snp-measure`, which CI does not install.
 const SEV_SNP_MEASURE: Need = Need::Optional(&Need::Check("sev-snp-measure", found));
 
-fn found() -> Result<(), String> {
+fn found() -> Result<(), coffer_testkit::Unmet> {
     tool()
         .map(drop)
         .ok_or_else(|| "not found (pip install sev-snp-measure, or set SEV_SNP_MEASURE)".into())

@@ -40,6 +40,29 @@ use std::sync::Mutex;
 
 use libtest_mimic::{Arguments, Completion, Failed, Trial};
 
+/// Why a [`Need`] is not met: the reason shown beside `ignored` (or the failure under
+/// `COFFER_REQUIRE_VECTORS=1`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Unmet(pub String);
+
+impl std::fmt::Display for Unmet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl From<String> for Unmet {
+    fn from(why: String) -> Self {
+        Unmet(why)
+    }
+}
+
+impl From<&str> for Unmet {
+    fn from(why: &str) -> Self {
+        Unmet(why.to_string())
+    }
+}
+
 /// Something optional a test needs; checked at run time, just before the test.
 #[derive(Clone, Copy, Debug)]
 #[non_exhaustive]
@@ -55,7 +78,7 @@ pub enum Need {
     /// `python3` that can import each of these modules.
     Python(&'static [&'static str]),
     /// Anything else: what it is, and a check that says why it is missing.
-    Check(&'static str, fn() -> Result<(), String>),
+    Check(&'static str, fn() -> Result<(), Unmet>),
     /// A need CI does not install either: unmet, the test is ignored even under
     /// `COFFER_REQUIRE_VECTORS=1`.
     Optional(&'static Need),
@@ -78,7 +101,7 @@ impl Need {
     }
 
     /// `Ok` when met, else why not: the reason shown beside `ignored`.
-    fn check(&self) -> Result<(), String> {
+    fn check(&self) -> Result<(), Unmet> {
         match *self {
             Need::Vectors => {
                 let dir = vectors_path();
@@ -88,14 +111,15 @@ impl Need {
                     Err(format!(
                         "needs the test vectors: {} is missing, set COFFER_VECTORS",
                         dir.display()
-                    ))
+                    )
+                    .into())
                 }
             }
             Need::Tool(name) => {
                 if on_path(name) {
                     Ok(())
                 } else {
-                    Err(format!("needs {name} on PATH"))
+                    Err(format!("needs {name} on PATH").into())
                 }
             }
             Need::Root => {
@@ -103,14 +127,14 @@ impl Need {
                 // /proc/self belongs to the process's effective uid.
                 match std::fs::metadata("/proc/self") {
                     Ok(m) if m.uid() == 0 => Ok(()),
-                    _ => Err("needs root".to_string()),
+                    _ => Err("needs root".into()),
                 }
             }
             Need::Path(path) => {
                 if Path::new(path).exists() {
                     Ok(())
                 } else {
-                    Err(format!("needs {path}"))
+                    Err(format!("needs {path}").into())
                 }
             }
             Need::Python(modules) => {
@@ -124,17 +148,19 @@ impl Need {
                 if ok {
                     Ok(())
                 } else {
-                    Err(format!("needs python3 with {}", modules.join(", ")))
+                    Err(format!("needs python3 with {}", modules.join(", ")).into())
                 }
             }
-            Need::Check(what, check) => check().map_err(|why| format!("needs {what}: {why}")),
+            Need::Check(what, check) => {
+                check().map_err(|why| format!("needs {what}: {why}").into())
+            }
             Need::Optional(need) => need.check(),
         }
     }
 
     /// [`Need::check`], evaluated once per binary.
-    fn met(&self) -> Result<(), String> {
-        static SEEN: Mutex<Option<HashMap<String, Result<(), String>>>> = Mutex::new(None);
+    fn met(&self) -> Result<(), Unmet> {
+        static SEEN: Mutex<Option<HashMap<String, Result<(), Unmet>>>> = Mutex::new(None);
         let mut seen = SEEN.lock().unwrap_or_else(|p| p.into_inner());
         seen.get_or_insert_with(HashMap::new)
             .entry(self.key())
@@ -231,14 +257,14 @@ pub fn run(tests: Vec<Test>) -> ExitCode {
 }
 
 /// The payload of [`skip`].
-struct Skipped(String);
+struct Skipped(Unmet);
 
 /// Ends the running test as unable to run here, for a need only found out by trying (e.g.
 /// containerd cannot start in this sandbox): reported as ignored with `why`, or a failure under
 /// `COFFER_REQUIRE_VECTORS=1`. Only valid inside a test run by [`run`].
 pub fn skip(why: impl Into<String>) -> ! {
     // resume_unwind: no panic message, and the harness tells it from a panic by its payload.
-    resume_unwind(Box::new(Skipped(why.into())))
+    resume_unwind(Box::new(Skipped(Unmet(why.into()))))
 }
 
 /// Whether `COFFER_REQUIRE_VECTORS=1`: every need must be met (CI installs them all).
@@ -246,11 +272,11 @@ pub fn required() -> bool {
     std::env::var("COFFER_REQUIRE_VECTORS").as_deref() == Ok("1")
 }
 
-fn unmet(why: String) -> Result<Completion, Failed> {
+fn unmet(why: Unmet) -> Result<Completion, Failed> {
     if required() {
         Err(format!("{why}; COFFER_REQUIRE_VECTORS=1 makes that a failure").into())
     } else {
-        Ok(Completion::ignored_with(why))
+        Ok(Completion::ignored_with(why.0))
     }
 }
 
@@ -336,14 +362,14 @@ fn tar2ext4_prebuilt() -> PathBuf {
     std::env::temp_dir().join("tar2ext4-roothash")
 }
 
-fn tar2ext4_available() -> Result<(), String> {
+fn tar2ext4_available() -> Result<(), Unmet> {
     if std::env::var_os("COFFER_TAR2EXT4").is_some() || tar2ext4_prebuilt().is_file() {
         return Ok(());
     }
     if on_path("go") {
         Ok(())
     } else {
-        Err("not prebuilt, and go is not on PATH (set COFFER_TAR2EXT4)".to_string())
+        Err("not prebuilt, and go is not on PATH (set COFFER_TAR2EXT4)".into())
     }
 }
 
