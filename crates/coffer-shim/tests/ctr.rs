@@ -212,10 +212,16 @@ fn main() -> std::process::ExitCode {
             Need::Tool("containerd"),
             Need::Tool("ctr"),
             coffer_testkit::EXAMPLE_IMAGE;
+        a_group_left_by_a_killed_shim_is_ended_by_containerds_cleanup:
+            Need::Root,
+            Need::Tool("containerd"),
+            Need::Tool("ctr"),
+            coffer_testkit::EXAMPLE_IMAGE;
     ])
 }
 
-fn ctr_run_through_the_shim_runs_the_policy_and_denies_a_changed_one() {
+/// A home, a containerd of the test's own, and the example image in both stores.
+fn setup() -> (tempfile::TempDir, PathBuf, Containerd) {
     let tmp = tempfile::tempdir().expect("tempdir");
     let home = tmp.path().join("home");
     std::fs::create_dir_all(&home).expect("mkdir");
@@ -257,6 +263,11 @@ fn ctr_run_through_the_shim_runs_the_policy_and_denies_a_changed_one() {
         String::from_utf8_lossy(&imported.stderr)
     );
 
+    (tmp, home, ctrd)
+}
+
+fn ctr_run_through_the_shim_runs_the_policy_and_denies_a_changed_one() {
+    let (tmp, home, ctrd) = setup();
     // The policy, as the Pod's annotation.
     let pod = tmp.path().join("pod.yaml");
     std::fs::write(&pod, POD).expect("write pod");
@@ -436,6 +447,80 @@ fn ctr_run_through_the_shim_runs_the_policy_and_denies_a_changed_one() {
         "task delete: {}",
         String::from_utf8_lossy(&del.stderr)
     );
+    let _ = ctrd.ctr(&["container", "rm", &id]);
+    assert_nothing_left(&home, &id);
+}
+
+/// containerd runs the shim's `delete` after a shim dies: the group that shim left (its sandbox,
+/// run directory, cgroups) is ended then.
+fn a_group_left_by_a_killed_shim_is_ended_by_containerds_cleanup() {
+    let (tmp, home, ctrd) = setup();
+    let pod = tmp.path().join("sleeper.yaml");
+    std::fs::write(&pod, SLEEPER).expect("write pod");
+    let annotated = coffer(
+        &home,
+        &["policy", "gen", "--annotate", &pod.display().to_string()],
+    );
+    let doc: serde_yaml::Value = serde_yaml::from_slice(&annotated.stdout).expect("YAML");
+    let value = doc["metadata"]["annotations"]["coffer.dev/policy"]
+        .as_str()
+        .expect("annotation")
+        .to_string();
+    let id = format!("shimtest-{}-orphan", std::process::id());
+    let out = ctrd.ctr(&[
+        "run",
+        "-d",
+        "--runtime",
+        "io.containerd.coffer.v2",
+        "--annotation",
+        &format!("coffer.dev/policy={value}"),
+        "hello:latest",
+        &id,
+        "/bin/sleep",
+        "300",
+    ]);
+    assert!(
+        out.status.success(),
+        "ctr run -d: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The group's sandbox, by the pid its run directory records.
+    let group = std::fs::read_dir(home.join("run"))
+        .expect("run directory")
+        .flatten()
+        .find(|g| g.file_name().to_string_lossy().starts_with("ctrd-"))
+        .expect("the group's run directory")
+        .path();
+    let sandbox = std::fs::read_to_string(group.join("pid")).expect("pid file");
+    assert!(coffer_host::process_alive(&sandbox), "the sandbox runs");
+    let shim: Vec<i32> = std::fs::read_dir("/proc")
+        .expect("/proc")
+        .flatten()
+        .filter_map(|p| {
+            let cmd = std::fs::read(p.path().join("cmdline")).ok()?;
+            let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+            (cmd.contains("containerd-shim-coffer-v2") && cmd.contains(&format!("-id {id} ")))
+                .then(|| p.file_name().to_string_lossy().parse().ok())
+                .flatten()
+        })
+        .collect();
+    assert_eq!(shim.len(), 1, "one shim for the task: {shim:?}");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(shim[0]),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .expect("kill the shim");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while coffer_host::process_alive(&sandbox) || group.exists() {
+        assert!(
+            Instant::now() < deadline,
+            "the killed shim's group is still there: sandbox alive {}, run directory {}",
+            coffer_host::process_alive(&sandbox),
+            group.exists()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let _ = ctrd.ctr(&["task", "delete", &id]);
     let _ = ctrd.ctr(&["container", "rm", &id]);
     assert_nothing_left(&home, &id);
 }
