@@ -417,11 +417,6 @@ impl Agent {
         self
     }
 
-    /// Whether encrypted volumes arrive as block devices ([`Agent::with_volume_disks`]).
-    pub fn has_volume_disks(&self) -> bool {
-        !self.volume_disks.is_empty()
-    }
-
     /// Serve on `socket` until a shutdown request.
     pub fn serve(self, socket: &Path) -> Result<(), AgentError> {
         self.start_services(&socket.with_file_name("egress.sock"))?;

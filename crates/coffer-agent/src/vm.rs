@@ -97,10 +97,11 @@ fn boot_and_serve() -> Result<(), AgentError> {
         Arc::new(coffer_sp::EmulatedClient::new(&io_dir.join("sp.sock")))
     };
     let volume_disks = volume_disks(&mux)?;
+    let has_volumes = !volume_disks.is_empty();
     let verdict = crate::agent::start(&policy, sp)
         .map(|a| a.with_layer_disks().with_volume_disks(volume_disks));
     let _ = storage.join();
-    if verdict.as_ref().is_ok_and(|a| a.has_volume_disks()) {
+    if has_volumes && verdict.is_ok() {
         // dm-crypt needs dm-mod, which came with dm-verity.
         load_modules(ModuleSet::Volumes);
     }

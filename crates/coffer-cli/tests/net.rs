@@ -239,6 +239,26 @@ fn a_group_reaches_a_server_outside_it() {
     assert!(common::network_leftovers(&dir).is_empty());
 }
 
+/// `GET /hello.sh` from `to`, tried for up to 20 s until an HTTP answer comes: the answer.
+fn get_hello(to: std::net::SocketAddr) -> Option<String> {
+    let started = Instant::now();
+    loop {
+        let answer = (|| {
+            let mut c = TcpStream::connect_timeout(&to, Duration::from_secs(2)).ok()?;
+            c.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+            c.write_all(b"GET /hello.sh HTTP/1.0\r\nHost: x\r\n\r\n")
+                .ok()?;
+            let mut s = String::new();
+            c.read_to_string(&mut s).ok()?;
+            s.starts_with("HTTP/1.").then_some(s)
+        })();
+        if answer.is_some() || started.elapsed() > Duration::from_secs(20) {
+            return answer;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// The host's FORWARD policy set to DROP (as Docker sets it) until dropped, then restored.
 struct ForwardDrop(String);
 
@@ -301,48 +321,12 @@ fn another_host_reaches_a_published_port_when_the_hosts_forward_policy_is_drop()
     let outside = Outside::new();
     let _drop = ForwardDrop::new();
     let port = free_port();
-    let pod = pod(
-        home,
-        "dropweb",
-        HTTPD_8080,
-        &format!("[{{containerPort: 8080, hostPort: {port}}}]"),
-    );
     // Published on the host's address on the link to the other host (10.199.77.1).
-    let o = coffer(
-        home,
-        &[
-            "run",
-            "--detach",
-            "--publish-address",
-            "10.199.77.1",
-            pod.to_str().unwrap(),
-        ],
-    );
-    let _group = Detached(home, "dropweb");
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let _group = detached_httpd(home, "dropweb", "10.199.77.1", port);
     let nsfile = std::fs::File::open(format!("/run/netns/{}", outside.ns)).unwrap();
     let answer = std::thread::spawn(move || {
         nix::sched::setns(&nsfile, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
-        let started = Instant::now();
-        loop {
-            let answer = (|| {
-                let to = std::net::SocketAddr::from(([10, 199, 77, 1], port));
-                let mut c = TcpStream::connect_timeout(&to, Duration::from_secs(2)).ok()?;
-                c.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-                c.write_all(b"GET /hello.sh HTTP/1.0\r\nHost: x\r\n\r\n")
-                    .ok()?;
-                let mut s = String::new();
-                c.read_to_string(&mut s).ok()?;
-                s.starts_with("HTTP/1.").then_some(s)
-            })();
-            if let Some(a) = answer {
-                return Some(a);
-            }
-            if started.elapsed() > Duration::from_secs(20) {
-                return None;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        get_hello(std::net::SocketAddr::from(([10, 199, 77, 1], port)))
     })
     .join()
     .unwrap();
@@ -357,6 +341,35 @@ impl Drop for Detached<'_> {
     fn drop(&mut self) {
         let _ = coffer(self.0, &["rm", "--force", self.1]);
     }
+}
+
+/// A detached group `name` serving the example image's files on 8080, published on
+/// `address`:`port` (`coffer run --detach --publish-address`).
+fn detached_httpd<'a>(
+    home: &'a Path,
+    name: &'static str,
+    address: &str,
+    port: u16,
+) -> Detached<'a> {
+    let pod = pod(
+        home,
+        name,
+        HTTPD_8080,
+        &format!("[{{containerPort: 8080, hostPort: {port}}}]"),
+    );
+    let o = coffer(
+        home,
+        &[
+            "run",
+            "--detach",
+            "--publish-address",
+            address,
+            pod.to_str().unwrap(),
+        ],
+    );
+    let group = Detached(home, name);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    group
 }
 
 /// `coffer run`, interrupted (Ctrl-C) and waited for when dropped, so a failing test leaves no
@@ -423,25 +436,8 @@ fn a_published_port_answers_on_the_host() {
         "{wired}"
     );
     let started = Instant::now();
-    let body = loop {
-        let answer = (|| {
-            let mut c = TcpStream::connect((Ipv4Addr::LOCALHOST, port)).ok()?;
-            c.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-            c.write_all(b"GET /hello.sh HTTP/1.0\r\nHost: x\r\n\r\n")
-                .ok()?;
-            let mut s = String::new();
-            c.read_to_string(&mut s).ok()?;
-            s.starts_with("HTTP/1.").then_some(s)
-        })();
-        if let Some(a) = answer {
-            break a;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(20),
-            "no answer on 127.0.0.1:{port}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let body = get_hello(std::net::SocketAddr::from((Ipv4Addr::LOCALHOST, port)))
+        .unwrap_or_else(|| panic!("no answer on 127.0.0.1:{port}"));
     eprintln!("first answer after {:?}", started.elapsed());
     assert!(body.starts_with("HTTP/1.1 200 OK"), "{body}");
     assert!(
@@ -468,24 +464,7 @@ fn a_port_is_published_on_the_address_asked_for_and_ps_shows_it() {
     let tmp = setup();
     let home = tmp.path();
     let port = free_port();
-    let pod = pod(
-        home,
-        "addr",
-        HTTPD_8080,
-        &format!("[{{containerPort: 8080, hostPort: {port}}}]"),
-    );
-    let o = coffer(
-        home,
-        &[
-            "run",
-            "--detach",
-            "--publish-address",
-            "127.0.0.2",
-            pod.to_str().unwrap(),
-        ],
-    );
-    let _group = Detached(home, "addr");
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let _group = detached_httpd(home, "addr", "127.0.0.2", port);
     let asked = std::net::SocketAddr::from(([127, 0, 0, 2], port));
     let started = Instant::now();
     while TcpStream::connect_timeout(&asked, Duration::from_secs(2)).is_err() {

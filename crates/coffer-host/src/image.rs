@@ -492,14 +492,21 @@ fn unchanged(home: &Path, agent: &Path, deb: &Path) -> Option<GuestImage> {
     }
     let hex = std::fs::read_to_string(last.dir.join("measurement")).ok()?;
     let measurement: [u8; 48] = hex::decode(hex.trim()).ok()?.try_into().ok()?;
-    Some(GuestImage {
-        kernel: last.dir.join("vmlinuz"),
-        vmlinux: Some(last.dir.join("vmlinux")).filter(|p| p.exists()),
-        initrd: last.dir.join("initrd.img"),
-        dir: last.dir,
-        append: APPEND.to_string(),
-        measurement,
-    })
+    Some(GuestImage::in_dir(last.dir, measurement))
+}
+
+impl GuestImage {
+    /// The image whose files `build` wrote into `dir`.
+    fn in_dir(dir: PathBuf, measurement: [u8; 48]) -> Self {
+        GuestImage {
+            kernel: dir.join("vmlinuz"),
+            vmlinux: Some(dir.join("vmlinux")).filter(|p| p.exists()),
+            initrd: dir.join("initrd.img"),
+            dir,
+            append: APPEND.to_string(),
+            measurement,
+        }
+    }
 }
 
 /// Build (or find in the cache) the guest image.
@@ -563,14 +570,7 @@ pub fn build(opts: &BuildOptions) -> Result<GuestImage, HostError> {
             let _ = std::fs::rename(&tmp, &path);
         }
     }
-    Ok(GuestImage {
-        kernel: dir.join("vmlinuz"),
-        vmlinux: Some(dir.join("vmlinux")).filter(|p| p.exists()),
-        initrd: dir.join("initrd.img"),
-        dir,
-        append: APPEND.to_string(),
-        measurement,
-    })
+    Ok(GuestImage::in_dir(dir, measurement))
 }
 
 /// The uncompressed kernel inside a bzImage: the payload the setup header locates

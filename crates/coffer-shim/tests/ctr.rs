@@ -362,41 +362,10 @@ fn ctr_run_through_the_shim_runs_the_policy_and_denies_a_changed_one() {
     assert_nothing_left(&home, &id);
 
     // Exec through the policy's exec_processes, in a container that keeps running.
-    let pod = tmp.path().join("sleeper.yaml");
-    std::fs::write(&pod, SLEEPER).expect("write pod");
-    let annotated = coffer(
-        &home,
-        &[
-            "policy",
-            "gen",
-            "--annotate",
-            "--gzip",
-            &pod.display().to_string(),
-        ],
-    );
-    let doc: serde_yaml::Value = serde_yaml::from_slice(&annotated.stdout).expect("YAML");
-    let value = doc["metadata"]["annotations"]["coffer.dev/policy"]
-        .as_str()
-        .expect("annotation");
+    let value = sleeper_annotation(tmp.path(), &home, true);
     assert!(value.starts_with("gzip:"));
     let id = format!("shimtest-{}-exec", std::process::id());
-    let out = ctrd.ctr(&[
-        "run",
-        "-d",
-        "--runtime",
-        "io.containerd.coffer.v2",
-        "--annotation",
-        &format!("coffer.dev/policy={value}"),
-        "hello:latest",
-        &id,
-        "/bin/sleep",
-        "300",
-    ]);
-    assert!(
-        out.status.success(),
-        "ctr run -d: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    run_sleeper(&ctrd, &id, &value);
     let exec = ctrd.ctr(&[
         "task",
         "exec",
@@ -455,35 +424,9 @@ fn ctr_run_through_the_shim_runs_the_policy_and_denies_a_changed_one() {
 /// run directory, cgroups) is ended then.
 fn a_group_left_by_a_killed_shim_is_ended_by_containerds_cleanup() {
     let (tmp, home, ctrd) = setup();
-    let pod = tmp.path().join("sleeper.yaml");
-    std::fs::write(&pod, SLEEPER).expect("write pod");
-    let annotated = coffer(
-        &home,
-        &["policy", "gen", "--annotate", &pod.display().to_string()],
-    );
-    let doc: serde_yaml::Value = serde_yaml::from_slice(&annotated.stdout).expect("YAML");
-    let value = doc["metadata"]["annotations"]["coffer.dev/policy"]
-        .as_str()
-        .expect("annotation")
-        .to_string();
+    let value = sleeper_annotation(tmp.path(), &home, false);
     let id = format!("shimtest-{}-orphan", std::process::id());
-    let out = ctrd.ctr(&[
-        "run",
-        "-d",
-        "--runtime",
-        "io.containerd.coffer.v2",
-        "--annotation",
-        &format!("coffer.dev/policy={value}"),
-        "hello:latest",
-        &id,
-        "/bin/sleep",
-        "300",
-    ]);
-    assert!(
-        out.status.success(),
-        "ctr run -d: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    run_sleeper(&ctrd, &id, &value);
     // The group's sandbox, by the pid its run directory records.
     let group = std::fs::read_dir(home.join("run"))
         .expect("run directory")
@@ -523,6 +466,46 @@ fn a_group_left_by_a_killed_shim_is_ended_by_containerds_cleanup() {
     let _ = ctrd.ctr(&["task", "delete", &id]);
     let _ = ctrd.ctr(&["container", "rm", &id]);
     assert_nothing_left(&home, &id);
+}
+
+/// The `coffer.dev/policy` annotation `coffer policy gen --annotate` writes for [`SLEEPER`]
+/// (`--gzip` with `gzip`).
+fn sleeper_annotation(dir: &Path, home: &Path, gzip: bool) -> String {
+    let pod = dir.join("sleeper.yaml");
+    std::fs::write(&pod, SLEEPER).expect("write pod");
+    let pod = pod.display().to_string();
+    let mut args = vec!["policy", "gen", "--annotate"];
+    if gzip {
+        args.push("--gzip");
+    }
+    args.push(&pod);
+    let annotated = coffer(home, &args);
+    let doc: serde_yaml::Value = serde_yaml::from_slice(&annotated.stdout).expect("YAML");
+    doc["metadata"]["annotations"]["coffer.dev/policy"]
+        .as_str()
+        .expect("annotation")
+        .to_string()
+}
+
+/// `ctr run -d` of [`SLEEPER`]'s container as `id` through the shim, with the annotation `value`.
+fn run_sleeper(ctrd: &Containerd, id: &str, value: &str) {
+    let out = ctrd.ctr(&[
+        "run",
+        "-d",
+        "--runtime",
+        "io.containerd.coffer.v2",
+        "--annotation",
+        &format!("coffer.dev/policy={value}"),
+        "hello:latest",
+        id,
+        "/bin/sleep",
+        "300",
+    ]);
+    assert!(
+        out.status.success(),
+        "ctr run -d: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 const SLEEPER: &str = "apiVersion: v1

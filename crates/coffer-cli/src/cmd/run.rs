@@ -193,21 +193,40 @@ fn detach(a: &RunArgs, home: &std::path::Path, pod: &coffer_policy::Pod) -> Resu
     }
 }
 
-/// Every layer image the Pod's containers use, once each, in order (a VM attaches them as disks
-/// at launch).
-fn layer_images(store: &Store, pod: &coffer_policy::Pod) -> Result<Vec<std::path::PathBuf>> {
+/// A layer the Pod's containers use: its digest, its layer image, and what to call it in errors.
+struct PodLayer {
+    digest: String,
+    image: std::path::PathBuf,
+    what: String,
+}
+
+/// Every layer the Pod's containers use, once each, in order of first use.
+fn pod_layers(store: &Store, pod: &coffer_policy::Pod) -> Result<Vec<PodLayer>> {
     let mut seen = std::collections::BTreeSet::new();
     let mut out = Vec::new();
     for c in &pod.spec.containers {
         let img = store.resolve(&ImageRef::parse(&c.image)?)?;
         for (i, layer) in img.image.layers.iter().enumerate() {
             if seen.insert(layer.digest.to_string()) {
-                let what = || format!("container '{}': layer {}", c.name, layer.digest);
-                out.push(store.layer_image(&img, i).with_context(what)?);
+                let what = format!("container '{}': layer {}", c.name, layer.digest);
+                out.push(PodLayer {
+                    digest: layer.digest.to_string(),
+                    image: store.layer_image(&img, i).context(what.clone())?,
+                    what,
+                });
             }
         }
     }
     Ok(out)
+}
+
+/// Every layer image the Pod's containers use, once each, in order (a VM attaches them as disks
+/// at launch).
+fn layer_images(store: &Store, pod: &coffer_policy::Pod) -> Result<Vec<std::path::PathBuf>> {
+    Ok(pod_layers(store, pod)?
+        .into_iter()
+        .map(|l| l.image)
+        .collect())
 }
 
 fn run_group(
@@ -526,20 +545,13 @@ fn mount_layers(
 ) -> Result<BTreeMap<String, String>> {
     let mut mounted = BTreeMap::new();
     let mut work = Vec::new();
-    for c in &pod.spec.containers {
-        let img = store.resolve(&ImageRef::parse(&c.image)?)?;
-        for (li, layer) in img.image.layers.iter().enumerate() {
-            let key = layer.digest.to_string();
-            if mounted.contains_key(&key) {
-                continue;
-            }
-            let target = format!("/run/coffer/layers/l{}", mounted.len());
-            let what = format!("container '{}': layer {}", c.name, layer.digest);
-            let image = store.layer_image(&img, li).context(what.clone())?;
-            let name = group.stage_layer(&image).context(what.clone())?;
-            work.push((group.client()?, target.clone(), name, what));
-            mounted.insert(key, target);
-        }
+    for (i, layer) in pod_layers(store, pod)?.into_iter().enumerate() {
+        let target = format!("/run/coffer/layers/l{i}");
+        let name = group
+            .stage_layer(&layer.image)
+            .context(layer.what.clone())?;
+        work.push((group.client()?, target.clone(), name, layer.what));
+        mounted.insert(layer.digest, target);
     }
     std::thread::scope(|s| {
         let mounts: Vec<_> = work
